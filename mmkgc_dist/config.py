@@ -1,0 +1,288 @@
+"""The one configuration schema: a tree of dataclasses, YAML recipes and dotted command-line overrides.
+
+Every field carries its help text in ``metadata["help"]``; ``validate()`` checks types, ranges and
+cross-field rules and names the offending key. ``load_config(path, overrides)`` is the only entry point
+the launchers use; ``dump_config`` writes the resolved tree into the run folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, mistyped or out of range; the message names the dotted key."""
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class SyntheticConfig:
+    num_entities: int = _f(4000, "entities of the generated graph")
+    num_relations: int = _f(24, "relations of the generated graph")
+    num_triples: int = _f(24000, "distinct triples generated before the split")
+    latent_dim: int = _f(4, "complex dimension of the planted latent geometry")
+    visual_dim: int = _f(128, "width of the generated visual features")
+    text_dim: int = _f(64, "width of the generated text features")
+    visual_missing: float = _f(0.3, "fraction of entities without a visual feature")
+    text_missing: float = _f(0.2, "fraction of entities without a text feature")
+    feature_noise: float = _f(0.1, "std of Gaussian noise added to features (relative to signal)")
+    valid_fraction: float = _f(0.05, "fraction of triples held out for validation")
+    test_fraction: float = _f(0.05, "fraction of triples held out for testing")
+    seed: int = _f(7, "seed of the generator: same seed, same graph")
+
+
+@dataclass
+class DataConfig:
+    source: str = _f("synthetic", "'synthetic' (generate the embedded default) or 'parquet' (read data.path)",
+                     choices=("synthetic", "parquet"))
+    path: str = _f("", "prepared Parquet dataset folder or fsspec URL (data.source=parquet)")
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata={"help": "generated graph"})
+
+
+@dataclass
+class ModelConfig:
+    dim: int = _f(64, "complex dimension d of RotatE (real width 2d)")
+    gamma: float = _f(12.0, "RotatE margin")
+    epsilon: float = _f(2.0, "RotatE embedding-range epsilon")
+    modalities: list = _f(["visual", "text"], "modalities fused with the structure; [] = structure-only RotatE")
+    raw_features: str = _f("trainable", "'trainable' (paper: feature tables are fine-tuned) or 'frozen'",
+                           choices=("trainable", "frozen"))
+
+
+@dataclass
+class MATConfig:
+    enabled: bool = _f(True, "train the modality generators adversarially (MAT)")
+    mu: float = _f(1e-4, "weight of the adversarial term in the discriminator loss (released scripts: 0)")
+    noise_dim: int = _f(64, "Gaussian noise width fed to the generators")
+    hidden: int = _f(512, "generator hidden width")
+    lr: float = _f(1e-4, "generator Adam learning rate")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(12, "passes over the training triples")
+    max_steps: int = _f(0, "stop after this many steps (0 = no limit)")
+    batch_size: int = _f(512, "positives per step (global)")
+    num_negatives: int = _f(64, "negatives per positive")
+    negatives: str = _f("per_positive", "'per_positive' (exact) or 'chunk_shared' (scalable)",
+                        choices=("per_positive", "chunk_shared"))
+    chunk_size: int = _f(64, "positives sharing one set of negatives (negatives=chunk_shared)")
+    corruption: str = _f("bern", "'bern' (per-relation head/tail probabilities) or 'uniform'",
+                         choices=("bern", "uniform"))
+    filter_negatives: bool = _f(True, "resample negatives that are training triples (per_positive only)")
+    lr: float = _f(1e-3, "Adam learning rate of the model")
+    adversarial_temperature: float = _f(2.0, "self-adversarial softmax temperature alpha")
+    seed: int = _f(42, "seed of initialisation and sampling")
+    threads: int = _f(0, "torch intra-op threads (0 = leave torch's default)")
+    compile: bool = _f(True, "torch.compile the fused RotatE distance kernels")
+    log_every: int = _f(20, "steps between JSONL metric records")
+    checkpoint_every: int = _f(0, "epochs between checkpoints (0 = only at the end)")
+
+
+@dataclass
+class EvalConfig:
+    splits: list = _f(["test"], "splits evaluated after training")
+    every: int = _f(0, "epochs between validation runs (0 = only at the end)")
+    batch_size: int = _f(256, "queries scored at once (bounds memory: batch x entities floats)")
+    ties: str = _f("realistic", "tie policy: 'realistic' (mean of optimistic and pessimistic), 'optimistic' "
+                   "(reference code: strictly better only) or 'pessimistic'",
+                   choices=("realistic", "optimistic", "pessimistic"))
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = _f("runs", "parent folder of run folders")
+    name: str = _f("", "run folder name (empty: timestamp)")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "dataset"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model"})
+    mat: MATConfig = field(default_factory=MATConfig, metadata={"help": "modality adversarial training"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation"})
+    run: RunConfig = field(default_factory=RunConfig, metadata={"help": "run folder"})
+
+    def validate(self) -> "Config":
+        _validate_tree(self, "")
+        _cross_checks(self)
+        return self
+
+
+KNOWN_MODALITIES = ("visual", "text")
+
+_POSITIVE = {
+    "data.synthetic.num_entities", "data.synthetic.num_relations", "data.synthetic.num_triples",
+    "data.synthetic.latent_dim", "data.synthetic.visual_dim", "data.synthetic.text_dim",
+    "model.dim", "mat.noise_dim", "mat.hidden", "train.epochs", "train.batch_size", "train.num_negatives",
+    "train.chunk_size", "train.log_every", "eval.batch_size", "model.gamma", "train.lr",
+    "train.adversarial_temperature", "mat.lr",
+}
+_NON_NEGATIVE = {"train.max_steps", "train.threads", "train.checkpoint_every", "eval.every", "mat.mu",
+                 "data.synthetic.feature_noise", "model.epsilon"}
+_FRACTIONS = {"data.synthetic.visual_missing", "data.synthetic.text_missing",
+              "data.synthetic.valid_fraction", "data.synthetic.test_fraction"}
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _validate_tree(node, prefix: str) -> None:
+    types = _field_types(type(node))
+    for f in dataclasses.fields(node):
+        key = prefix + f.name
+        value = getattr(node, f.name)
+        expected = types[f.name]
+        if dataclasses.is_dataclass(expected):
+            _validate_tree(value, key + ".")
+            continue
+        _check_type(key, value, expected)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{key}: expected one of {list(choices)}, got {value!r}")
+        if key in _POSITIVE and not value > 0:
+            raise ConfigError(f"{key}: must be > 0, got {value!r}")
+        if key in _NON_NEGATIVE and value < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value!r}")
+        if key in _FRACTIONS and not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key}: must be in [0, 1), got {value!r}")
+
+
+def _check_type(key: str, value, expected) -> None:
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif expected is str:
+        ok = isinstance(value, str)
+    elif expected is list:
+        ok = isinstance(value, list)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected.__name__}, got {type(value).__name__} ({value!r})")
+
+
+def _cross_checks(cfg: Config) -> None:
+    for m in cfg.model.modalities:
+        if m not in KNOWN_MODALITIES:
+            raise ConfigError(f"model.modalities: unknown modality {m!r}; known: {list(KNOWN_MODALITIES)}")
+    if len(set(cfg.model.modalities)) != len(cfg.model.modalities):
+        raise ConfigError(f"model.modalities: duplicates in {cfg.model.modalities}")
+    if cfg.data.source == "parquet" and not cfg.data.path:
+        raise ConfigError("data.path: required when data.source=parquet")
+    if cfg.train.negatives == "chunk_shared" and cfg.train.chunk_size > cfg.train.batch_size:
+        raise ConfigError(f"train.chunk_size: must be <= train.batch_size ({cfg.train.batch_size}), "
+                          f"got {cfg.train.chunk_size}")
+    if cfg.mat.enabled and not cfg.model.modalities:
+        raise ConfigError("mat.enabled: MAT generates modality embeddings and needs model.modalities; "
+                          "set mat.enabled=false for structure-only runs")
+    for s in cfg.eval.splits:
+        if s not in ("train", "valid", "test"):
+            raise ConfigError(f"eval.splits: unknown split {s!r}; known: ['train', 'valid', 'test']")
+    syn = cfg.data.synthetic
+    if syn.valid_fraction + syn.test_fraction >= 0.5:
+        raise ConfigError("data.synthetic.valid_fraction + test_fraction: must be < 0.5")
+
+
+def _from_dict(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or '<root>'}: expected a mapping, got {type(data).__name__}")
+    types = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in types:
+            raise ConfigError(f"{prefix}{key}: unknown key; known keys here: {sorted(types)}")
+        expected = types[key]
+        if dataclasses.is_dataclass(expected):
+            kwargs[key] = _from_dict(expected, value or {}, f"{prefix}{key}.")
+        else:
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            _check_type(prefix + key, value, expected)
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {k} is not a section")
+    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
+    """``--train.lr=1e-3`` or ``--train.lr 1e-3`` → [("train.lr", "1e-3")]."""
+    pairs, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"override {arg!r}: expected --section.key=value")
+        body = arg[2:]
+        if "=" in body:
+            key, value = body.split("=", 1)
+        elif i + 1 < len(args):
+            key, value = body, args[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"override {arg!r}: missing value")
+        pairs.append((key, value))
+        i += 1
+    return pairs
+
+
+def load_config(path: str | None = None, overrides: list[tuple[str, str]] | None = None) -> Config:
+    tree: dict = {}
+    if path:
+        if not os.path.exists(path):
+            raise ConfigError(f"config file {path}: not found")
+        with open(path) as fh:
+            try:
+                tree = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {path}: not valid YAML: {exc}") from exc
+    for key, value in overrides or []:
+        _set_dotted(tree, key, value)
+    return _from_dict(Config, tree, "").validate()
+
+
+def dump_config(cfg: Config, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def describe(cls=Config, prefix: str = "") -> list[str]:
+    """One line per field: dotted key, default, help. Used by ``mmkgc-dist config --help``."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        t = _field_types(cls)[f.name]
+        if dataclasses.is_dataclass(t):
+            lines += describe(t, prefix + f.name + ".")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"{prefix}{f.name} = {default!r}  # {f.metadata.get('help', '')}")
+    return lines

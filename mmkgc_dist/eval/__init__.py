@@ -1,0 +1,1 @@
+"""Evaluation: filtered ranking and its metrics."""

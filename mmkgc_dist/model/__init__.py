@@ -1,0 +1,13 @@
+"""Model math: fusion, scoring, generator, losses. No torch.distributed / torchrec / deepspeed here.
+
+Everything consumes looked-up embedding rows (tensors), never table ids, so the table lookup
+(local ``nn.Embedding`` or TorchRec sharded tables) is swappable.
+"""
+from .fusion import AdaMFFusion, masked_attention
+from .generator import ModalityGenerator, MATGenerators
+from .losses import self_adversarial_loss, pairwise_sigmoid_loss
+from .scoring import RotatE, complex_l1_distance
+from .kernels import DistanceKernels
+
+__all__ = ["AdaMFFusion", "masked_attention", "ModalityGenerator", "MATGenerators", "self_adversarial_loss",
+           "pairwise_sigmoid_loss", "RotatE", "complex_l1_distance", "DistanceKernels"]

