@@ -212,11 +212,23 @@ def _from_dict(cls, data: dict, prefix: str):
         if dataclasses.is_dataclass(expected):
             kwargs[key] = _from_dict(expected, value or {}, f"{prefix}{key}.")
         else:
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
+            if expected is float:
+                value = _as_float(value)
             _check_type(prefix + key, value, expected)
             kwargs[key] = value
     return cls(**kwargs)
+
+
+def _as_float(value):
+    """YAML 1.1 reads '1e-3' (no dot) as a string; accept it, and ints, where a float is expected."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def to_dict(cfg) -> dict:

@@ -58,12 +58,14 @@ class DistanceKernels:
     def chunk_shared(self, query: Tensor, rows: Tensor, index: Tensor, chunk: int) -> Tensor:
         """index [ceil(B / chunk), K]; a trailing partial chunk (B not a multiple of chunk) uses the last row."""
         full = (query.shape[0] // chunk) * chunk
-        self._dyn(query, rows, index)
-        dist = self._shared(query[:full], rows, index[:full // chunk])
-        if full == query.shape[0]:
-            return dist
-        rest = index[-1:].expand(query.shape[0] - full, -1)
-        return torch.cat([dist, self.gathered(query[full:], rows, rest)])
+        parts = []
+        if full:
+            self._dyn(query, rows, index)
+            parts.append(self._shared(query[:full], rows, index[:full // chunk]))
+        if full < query.shape[0]:
+            rest = index[-1:].expand(query.shape[0] - full, -1)
+            parts.append(self.gathered(query[full:], rows, rest))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def all_pairs(self, query: Tensor, candidates: Tensor) -> Tensor:
         self._dyn(query, candidates)

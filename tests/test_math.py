@@ -1,0 +1,106 @@
+"""Model math against hand-computed values (plain tensors, no tables, no distribution)."""
+import ast
+import math
+import os
+
+import torch
+
+from mmkgc_dist.model import (AdaMFFusion, DistanceKernels, MATGenerators, RotatE, complex_l1_distance,
+                              masked_attention, pairwise_sigmoid_loss, self_adversarial_loss)
+
+
+def test_rotate_score_hand_computed():
+    rot = RotatE(dim=2, gamma=12.0, epsilon=2.0)           # embedding_range = 7
+    h = torch.tensor([1.0, 0.0, 0.0, 2.0])                 # h = (1 + 0i, 0 + 2i)
+    t = torch.tensor([0.0, 1.0, 1.0, 0.0])                 # t = (0 + 1i, 1 + 0i)
+    # phase θ = r / (7/π): choose r so θ = (π/2, π)
+    r = torch.tensor([3.5, 7.0])
+    # h∘e^{iθ} = (1·i, 2i·(−1)) = (0 + 1i, 0 − 2i);  minus t → (0 + 0i, −1 − 2i): moduli 0 and √5
+    expected = 12.0 - math.sqrt(5.0)
+    assert torch.allclose(rot.score(h, r, t), torch.tensor(expected), atol=1e-5)
+
+
+def test_head_query_is_conjugate_rotation():
+    torch.manual_seed(0)
+    rot = RotatE(dim=8, gamma=6.0)
+    h, t, r = torch.randn(5, 16), torch.randn(5, 16), torch.randn(5, 8)
+    phase = rot.phase(r)
+    tail_form = complex_l1_distance(rot.query(h, phase), t)
+    head_form = complex_l1_distance(rot.query(t, phase, torch.ones(5, dtype=torch.bool)), h)
+    assert torch.allclose(tail_form, head_form, atol=1e-5)
+
+
+def test_masked_attention_hand_computed():
+    w = torch.tensor([1.0, 0.0])
+    x = torch.tensor([[[0.0, 5.0], [100.0, 0.0], [-100.0, 0.0]]])  # tanh → [0, 1, -1] on coordinate 0
+    both = masked_attention(x, torch.tensor([[True, True, True]]), w)
+    e = math.e
+    assert torch.allclose(both, torch.tensor([[1, e, 1 / e]]) / (1 + e + 1 / e), atol=1e-6)
+    no_visual = masked_attention(x, torch.tensor([[True, False, True]]), w)
+    assert torch.allclose(no_visual, torch.tensor([[1, 0, 1 / e]]) / (1 + 1 / e), atol=1e-6)
+
+
+def test_fusion_ignores_absent_modality_rows():
+    torch.manual_seed(0)
+    fusion = AdaMFFusion(4, {"visual": 3})
+    s = torch.randn(2, 4)
+    garbage = torch.full((2, 3), 1e6)
+    joint, weights = fusion(s, {"visual": garbage}, {"visual": torch.tensor([False, False])})
+    assert torch.allclose(joint, s) and torch.allclose(weights[:, 1], torch.zeros(2))
+
+
+def test_self_adversarial_loss_hand_computed():
+    pos = torch.tensor([2.0])
+    neg = torch.tensor([[0.0, 1.0]])
+    ls = lambda x: math.log(1 / (1 + math.exp(-x)))
+    w0, w1 = 1 / (1 + math.exp(2.0)), math.exp(2.0) / (1 + math.exp(2.0))  # softmax(2·[0, 1])
+    expected = -0.5 * (ls(2.0) + w0 * ls(0.0) + w1 * ls(-1.0))
+    assert abs(self_adversarial_loss(pos, neg, 2.0).item() - expected) < 1e-6
+    # The adversarial weights are constants: the gradient flows only through log σ(−f⁻).
+    neg = neg.clone().requires_grad_()
+    self_adversarial_loss(pos, neg, 2.0).backward()
+    sig = lambda x: 1 / (1 + math.exp(-x))
+    assert torch.allclose(neg.grad, torch.tensor([[0.5 * w0 * sig(0.0), 0.5 * w1 * sig(1.0)]]), atol=1e-6)
+
+
+def test_pairwise_loss_direction():
+    good, bad = torch.tensor([5.0]), torch.tensor([-5.0])
+    assert pairwise_sigmoid_loss(good, bad) < pairwise_sigmoid_loss(bad, good)
+
+
+def test_generators_shapes():
+    gens = MATGenerators(["visual", "text"], width=8, noise_dim=4, hidden=16)
+    out = gens(torch.randn(3, 8))
+    assert set(out) == {"visual", "text"} and out["text"].shape == (3, 8)
+
+
+def test_kernels_match_reference_and_compiled():
+    torch.manual_seed(0)
+    q, rows = torch.randn(6, 10, dtype=torch.float64), torch.randn(9, 10, dtype=torch.float64)
+    idx = torch.randint(0, 9, (6, 4))
+    ref = complex_l1_distance(q.unsqueeze(1), rows[idx])
+    for kernels in (DistanceKernels(compile=False), DistanceKernels(compile=True)):
+        assert torch.allclose(kernels.gathered(q, rows, idx), ref)
+        shared = torch.randint(0, 9, (2, 4))              # chunks of 3 positives
+        expect = complex_l1_distance(q.view(2, 3, 1, 10), rows[shared].unsqueeze(1)).view(6, 4)
+        assert torch.allclose(kernels.chunk_shared(q, rows, shared, 3), expect)
+        partial = torch.randint(0, 9, (2, 4))             # 6 positives in chunks of 4: last chunk has 2
+        got = kernels.chunk_shared(q, rows, partial, 4)
+        expect = torch.cat([complex_l1_distance(q[:4, None], rows[partial[0]][None]),
+                            complex_l1_distance(q[4:, None], rows[partial[1]][None])])
+        assert torch.allclose(got, expect)
+        assert torch.allclose(kernels.all_pairs(q, rows), complex_l1_distance(q[:, None], rows[None]))
+
+
+def test_model_math_has_no_distribution_imports():
+    root = os.path.join(os.path.dirname(__file__), "..", "mmkgc_dist", "model")
+    banned = ("torch.distributed", "torchrec", "deepspeed")
+    for name in os.listdir(root):
+        if not name.endswith(".py"):
+            continue
+        tree = ast.parse(open(os.path.join(root, name)).read())
+        for node in ast.walk(tree):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for mod in mods:
+                assert not mod.startswith(banned), f"{name} imports {mod}"
