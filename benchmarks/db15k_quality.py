@@ -1,4 +1,8 @@
-"""DB15K quality run: structure-only RotatE at the paper's dim/negatives, learning curve on valid, final test.
+"""DB15K quality run: structure-only RotatE at the paper's dim/negatives, learning curve and final test.
+
+The curve is measured on the test split (filtered, realistic ties): DB15K's valid file repeats training
+triples, so valid MRR is inflated; no model selection uses the curve (the last epoch is reported,
+as in the paper's protocol).
 
     python benchmarks/db15k_quality.py [--src ../shared/datasets/DB15K] [--epochs 40] [--lr 1e-3]
 
@@ -25,7 +29,7 @@ from mmkgc_dist.train.trainer import Trainer
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--src", default=os.path.join(SHARED_DATASETS, "DB15K"))
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
@@ -44,12 +48,13 @@ def main() -> int:
         cfg.train.epochs = epoch
         trainer.fit()
         if epoch % args.eval_every == 0 or epoch == args.epochs:
-            m = trainer.evaluate("valid")
-            curve.append({"epoch": epoch, "seconds": round(time.time() - t0, 1), "valid_mrr": m["mrr"],
-                          "valid_hits@10": m["hits@10"]})
+            t_eval = time.time()
+            m = trainer.evaluate("test")
+            curve.append({"epoch": epoch, "seconds": round(time.time() - t0, 1), "test_mrr": m["mrr"],
+                          "test_hits@10": m["hits@10"], "eval_seconds": round(time.time() - t_eval, 1)})
             print(curve[-1], flush=True)
             write_json(os.path.join(out, "curve.json"), curve)
-    train_seconds = time.time() - t0
+    train_seconds = time.time() - t0 - sum(c.get("eval_seconds", 0) for c in curve)
     test = trainer.evaluate("test")
     summary = {"config": "configs/db15k.yaml, structure-only RotatE", "lr": args.lr, "epochs": args.epochs,
                "train_seconds": round(train_seconds, 1), "test": test, "machine": machine(),
@@ -67,7 +72,7 @@ def plot(curve: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([c["epoch"] for c in curve], [c["valid_mrr"] for c in curve], marker="o", label="valid MRR")
+    ax.plot([c["epoch"] for c in curve], [c["test_mrr"] for c in curve], marker="o", label="test MRR (ours)")
     ax.axhline(0.2928, ls="--", c="gray", label="paper RotatE (test)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("filtered MRR (realistic ties)")

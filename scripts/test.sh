@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test suite (unit, data, training, end-to-end through torchrun). Runs in ~5 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1
+exec .venv/bin/python -m pytest -q --timeout=900 -p no:cacheprovider tests "$@"
