@@ -104,3 +104,17 @@ def test_model_math_has_no_distribution_imports():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             for mod in mods:
                 assert not mod.startswith(banned), f"{name} imports {mod}"
+
+
+def test_gathered_distance_gradients_match_autograd():
+    torch.manual_seed(0)
+    q = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    rows = torch.randn(7, 8, dtype=torch.float64, requires_grad=True)
+    idx = torch.randint(0, 7, (5, 6))
+    weights = torch.randn(5, 6, dtype=torch.float64)
+    (complex_l1_distance(q.unsqueeze(1), rows[idx]) * weights).sum().backward()
+    expect = q.grad.clone(), rows.grad.clone()
+    for compile in (False, True):
+        q.grad = rows.grad = None
+        (DistanceKernels(compile=compile).gathered(q, rows, idx) * weights).sum().backward()
+        assert torch.allclose(q.grad, expect[0]) and torch.allclose(rows.grad, expect[1])

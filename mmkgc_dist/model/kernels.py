@@ -17,6 +17,35 @@ def gathered_distance(query: Tensor, rows: Tensor, index: Tensor) -> Tensor:
     return diff.pow(2).sum(2).sqrt().sum(-1)
 
 
+def gathered_distance_backward(grad: Tensor, query: Tensor, rows: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """∂/∂query [B, 2d] and ∂/∂candidate-row [B, K, 2d] of Σ grad·dist (the latter still to be scattered)."""
+    cand = rows[index]
+    diff = (query.unsqueeze(1) - cand).unflatten(-1, (2, -1))       # [B, K, 2, d]
+    modulus = diff.pow(2).sum(2, keepdim=True).sqrt().clamp_min(1e-30)
+    per_candidate = (grad[:, :, None, None] * diff / modulus).flatten(-2)
+    return per_candidate.sum(1), per_candidate
+
+
+class _GatheredDistance(torch.autograd.Function):
+    """Hand-written backward: autograd through a compiled gather scatters B·K rows with atomic adds;
+    computing the per-candidate gradient in one fused loop and scattering it with index_add_ is ~1.5x
+    faster (benchmarks/throughput.py, structure mode)."""
+
+    @staticmethod
+    def forward(ctx, forward_fn, backward_fn, query, rows, index):
+        ctx.backward_fn = backward_fn
+        ctx.save_for_backward(query, rows, index)
+        return forward_fn(query, rows, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        query, rows, index = ctx.saved_tensors
+        grad_query, per_candidate = ctx.backward_fn(grad.contiguous(), query, rows, index)
+        grad_rows = torch.zeros_like(rows).index_add_(0, index.reshape(-1), per_candidate.reshape(-1, rows.shape[1]),
+                                                      alpha=-1)
+        return None, None, grad_query, grad_rows, None
+
+
 def chunk_shared_distance(query: Tensor, rows: Tensor, index: Tensor) -> Tensor:
     """Candidates shared by chunks of positives: query [C·S, 2d], index [C, K] → dist [C·S, K]."""
     chunks, k = index.shape
@@ -43,17 +72,24 @@ class DistanceKernels:
         self.compiled = compile
         wrap = (lambda f: torch.compile(f, dynamic=None)) if compile else (lambda f: f)
         self._gathered = wrap(gathered_distance)
+        self._gathered_backward = wrap(gathered_distance_backward)
         self._shared = wrap(chunk_shared_distance)
         self._all_pairs = wrap(all_pairs_distance)
 
     def _dyn(self, *tensors: Tensor) -> None:
         if self.compiled:
             for t in tensors:
-                torch._dynamo.mark_dynamic(t, 0)
+                torch._dynamo.maybe_mark_dynamic(t, 0)
 
     def gathered(self, query: Tensor, rows: Tensor, index: Tensor) -> Tensor:
         self._dyn(query, rows, index)
+        if torch.is_grad_enabled() and (query.requires_grad or rows.requires_grad):
+            return _GatheredDistance.apply(self._gathered, self._backward, query, rows, index)
         return self._gathered(query, rows, index)
+
+    def _backward(self, grad: Tensor, query: Tensor, rows: Tensor, index: Tensor):
+        self._dyn(grad, query, rows, index)
+        return self._gathered_backward(grad, query, rows, index)
 
     def chunk_shared(self, query: Tensor, rows: Tensor, index: Tensor, chunk: int) -> Tensor:
         """index [ceil(B / chunk), K]; a trailing partial chunk (B not a multiple of chunk) uses the last row."""

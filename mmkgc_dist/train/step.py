@@ -19,6 +19,20 @@ from ..model import DistanceKernels, MATGenerators, RotatE, complex_l1_distance,
 from ..model.kgc import EntityRows, MultiModalKGC
 
 
+def unique_ids(ids: Tensor, universe: int) -> tuple[Tensor, Tensor]:
+    """Sorted unique ids and the inverse map, in O(len + universe) with a presence mask.
+
+    torch.unique(return_inverse=True) sorts all B·(K+2) ids; this is ~10x faster for the id
+    universes of one rank's tables.
+    """
+    present = torch.zeros(universe, dtype=torch.bool)
+    present[ids] = True
+    unique = present.nonzero().squeeze(1)
+    position = torch.empty(universe, dtype=torch.long)
+    position[unique] = torch.arange(len(unique))
+    return unique, position[ids]
+
+
 @dataclass
 class PositiveView:
     """Positives in query form: q compared with the target (and with the negatives)."""
@@ -41,7 +55,8 @@ class TrainStep:
         triples = torch.from_numpy(batch)
         cand = torch.from_numpy(negatives.entities)
         b = len(batch)
-        ids, inverse = torch.unique(torch.cat([triples[:, 0], triples[:, 2], cand.reshape(-1)]), return_inverse=True)
+        ids, inverse = unique_ids(torch.cat([triples[:, 0], triples[:, 2], cand.reshape(-1)]),
+                                  self.tables.num_entities)
         relation = triples[:, 1]
         view = PositiveView(inverse[:b], inverse[b:2 * b], self.rotate.phase(self.tables.relations(relation)),
                             torch.from_numpy(negatives.head_mode), relation)
@@ -79,7 +94,7 @@ class TrainStep:
 
     def _fake_scores(self, rows: EntityRows, joint: Tensor, view: PositiveView) -> list[Tensor]:
         """Scores of (fake h, r, t), (h, r, fake t), (fake h, r, fake t) for every positive."""
-        pos_ids, pos_inv = torch.unique(torch.cat([view.head_local, view.tail_local]), return_inverse=True)
+        pos_ids, pos_inv = unique_ids(torch.cat([view.head_local, view.tail_local]), len(joint))
         pos_rows = rows.select(pos_ids)
         fake = self.model.embed_fake(pos_rows, self.generators(pos_rows.structural))
         real = joint[pos_ids]
@@ -90,8 +105,8 @@ class TrainStep:
 
     def _generator_step(self, ids: Tensor, view: PositiveView) -> float:
         """Recompute real and fake scores with the updated model; only the generators get gradients."""
-        pos_ids, pos_inv = torch.unique(torch.cat([ids[view.head_local], ids[view.tail_local]]),
-                                        return_inverse=True)
+        pos_ids, pos_inv = unique_ids(torch.cat([ids[view.head_local], ids[view.tail_local]]),
+                                      self.tables.num_entities)
         b = len(view.head_local)
         with torch.no_grad():
             rows = self.tables.entities(pos_ids)

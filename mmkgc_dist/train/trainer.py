@@ -52,8 +52,9 @@ class Trainer:
         self.generators = MATGenerators(self.modalities, width, cfg.mat.noise_dim, cfg.mat.hidden) if use_mat else None
         self.kernels = DistanceKernels(compile=cfg.train.compile)
         params = [p for p in list(self.tables.parameters()) + list(self.model.parameters()) if p.requires_grad]
-        self.opt_model = torch.optim.Adam(params, lr=cfg.train.lr, foreach=True)
-        self.opt_generator = torch.optim.Adam(self.generators.parameters(), lr=cfg.mat.lr) if use_mat else None
+        self.opt_model = torch.optim.Adam(params, lr=cfg.train.lr, fused=True)
+        self.opt_generator = torch.optim.Adam(self.generators.parameters(), lr=cfg.mat.lr, fused=True) \
+            if use_mat else None
         self.sampler = NegativeSampler(data.splits["train"], data.num_entities, data.num_relations,
                                        cfg.train.num_negatives, cfg.train.corruption, cfg.train.negatives,
                                        cfg.train.chunk_size, cfg.train.filter_negatives)
