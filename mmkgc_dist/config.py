@@ -99,6 +99,23 @@ class EvalConfig:
                    choices=("realistic", "optimistic", "pessimistic"))
 
 
+TABLES = ("entity", "relation", "visual", "text")
+SHARDING_TYPES = ("auto", "row_wise", "table_wise", "column_wise", "data_parallel")
+TABLE_OPTIMIZERS = ("exact_rowwise_adagrad", "exact_adagrad", "adam", "partial_rowwise_adam", "exact_sgd")
+
+
+@dataclass
+class ParallelConfig:
+    sharding: dict = _f({}, "per-table sharding type ({table: type}; tables: entity, relation, visual, text; "
+                        "types: auto (planner), row_wise, table_wise, column_wise, data_parallel)")
+    table_optimizer: str = _f("exact_rowwise_adagrad", "TorchRec fused optimizer of trainable tables",
+                              choices=TABLE_OPTIMIZERS)
+    table_lr: float = _f(0.05, "learning rate of the fused table optimizer")
+    frozen_dtype: str = _f("fp32", "storage precision of frozen feature tables", choices=("fp32", "fp16"))
+    zero_stage: int = _f(0, "DeepSpeed ZeRO stage of the MAT generator engine (0, 1 or 2)")
+    dense_bucket_mb: int = _f(25, "DDP bucket size (MiB) of the dense AdaMF parameters")
+
+
 @dataclass
 class RunConfig:
     out_dir: str = _f("runs", "parent folder of run folders")
@@ -112,6 +129,8 @@ class Config:
     mat: MATConfig = field(default_factory=MATConfig, metadata={"help": "modality adversarial training"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation"})
+    parallel: ParallelConfig = field(default_factory=ParallelConfig,
+                                     metadata={"help": "distributed training (torchrun world size > 1)"})
     run: RunConfig = field(default_factory=RunConfig, metadata={"help": "run folder"})
 
     def validate(self) -> "Config":
@@ -127,7 +146,7 @@ _POSITIVE = {
     "data.synthetic.latent_dim", "data.synthetic.visual_dim", "data.synthetic.text_dim",
     "model.dim", "mat.noise_dim", "mat.hidden", "train.epochs", "train.batch_size", "train.num_negatives",
     "train.chunk_size", "train.log_every", "eval.batch_size", "model.gamma", "train.lr",
-    "train.adversarial_temperature", "mat.lr",
+    "train.adversarial_temperature", "mat.lr", "parallel.table_lr", "parallel.dense_bucket_mb",
 }
 _NON_NEGATIVE = {"train.max_steps", "train.threads", "train.checkpoint_every", "eval.every", "mat.mu",
                  "data.synthetic.feature_noise", "model.epsilon"}
@@ -172,6 +191,8 @@ def _check_type(key: str, value, expected) -> None:
         ok = isinstance(value, str)
     elif expected is list:
         ok = isinstance(value, list)
+    elif expected is dict:
+        ok = isinstance(value, dict)
     else:
         ok = isinstance(value, expected)
     if not ok:
@@ -195,6 +216,13 @@ def _cross_checks(cfg: Config) -> None:
     for s in cfg.eval.splits:
         if s not in ("train", "valid", "test"):
             raise ConfigError(f"eval.splits: unknown split {s!r}; known: ['train', 'valid', 'test']")
+    for table, kind in cfg.parallel.sharding.items():
+        if table not in TABLES:
+            raise ConfigError(f"parallel.sharding: unknown table {table!r}; known: {list(TABLES)}")
+        if kind not in SHARDING_TYPES:
+            raise ConfigError(f"parallel.sharding.{table}: expected one of {list(SHARDING_TYPES)}, got {kind!r}")
+    if cfg.parallel.zero_stage not in (0, 1, 2):
+        raise ConfigError(f"parallel.zero_stage: expected 0, 1 or 2, got {cfg.parallel.zero_stage}")
     syn = cfg.data.synthetic
     if syn.valid_fraction + syn.test_fraction >= 0.5:
         raise ConfigError("data.synthetic.valid_fraction + test_fraction: must be < 0.5")

@@ -26,6 +26,10 @@ class LocalTables(nn.Module):
         for m, f in features.items():
             self.register_buffer(f"present_{m}", torch.from_numpy(f.present.copy()))
 
+    def lookup(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EntityRows, Tensor]:
+        """Rows of the given entities and relations (one call: the sharded version is one collective)."""
+        return self.entities(entity_ids), self.relation(relation_ids)
+
     def entities(self, ids: Tensor) -> EntityRows:
         return EntityRows(self.entity(ids), {m: t(ids) for m, t in self.features.items()},
                           {m: getattr(self, f"present_{m}")[ids] for m in self.features})

@@ -28,12 +28,17 @@ class AdaMFFusion(nn.Module):
     def project(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         return {m: self.projections[m](features[m]) for m in self.modalities}
 
-    def fuse(self, structural: Tensor, modal: dict[str, Tensor], masks: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Joint embeddings [U, W] and modality weights [U, 1+M] (structure first)."""
+    def fuse(self, structural: Tensor, modal: dict[str, Tensor], masks: dict[str, Tensor],
+             detach_attention: bool = False) -> tuple[Tensor, Tensor]:
+        """Joint embeddings [U, W] and modality weights [U, 1+M] (structure first).
+
+        ``detach_attention`` keeps gradients out of the attention vector (the generator's update).
+        """
         stacked = torch.stack([structural] + [modal[m] for m in self.modalities], dim=1)
         ones = torch.ones_like(structural[:, 0], dtype=torch.bool)
         present = torch.stack([ones] + [masks[m] for m in self.modalities], dim=1)
-        weights = masked_attention(stacked, present, self.attention)
+        attention = self.attention.detach() if detach_attention else self.attention
+        weights = masked_attention(stacked, present, attention)
         # masked_fill keeps an absent modality's (possibly garbage) row out of the sum entirely.
         joint = (weights.unsqueeze(-1) * stacked.masked_fill(~present.unsqueeze(-1), 0.0)).sum(1)
         return joint, weights

@@ -37,6 +37,9 @@ class MultiModalKGC(nn.Module):
             return rows.structural, None
         return self.fusion(rows.structural, rows.features, rows.masks)
 
-    def embed_fake(self, rows: EntityRows, fakes: dict[str, Tensor]) -> Tensor:
+    def forward(self, rows: EntityRows) -> tuple[Tensor, Tensor | None]:
+        return self.embed(rows)
+
+    def embed_fake(self, rows: EntityRows, fakes: dict[str, Tensor], detach_attention: bool = False) -> Tensor:
         """Fuse generated modality embeddings in place of the projected ones (same attention, same masks)."""
-        return self.fusion.fuse(rows.structural, fakes, rows.masks)[0]
+        return self.fusion.fuse(rows.structural, fakes, rows.masks, detach_attention)[0]

@@ -3,19 +3,23 @@
 Every unique entity of the batch (heads, tails, negatives) is looked up and fused exactly once;
 scores index into that [U, 2d] block. Projecting per triple slot instead is what makes the
 reference code slow (it projects 4096-d features for every one of B·(K+1)·2 slots).
+
+The step is the same for one process and for many: the caller passes the table lookup (local or
+TorchRec), the dense model (plain or DDP-wrapped), how the generator is updated (local Adam or a
+DeepSpeed engine), and ``loss_scale`` (1 / world size when table gradients are summed across ranks).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..config import Config
 from ..data.sampling import NegativeBatch
-from ..model import DistanceKernels, MATGenerators, RotatE, complex_l1_distance, pairwise_sigmoid_loss, \
-    self_adversarial_loss
+from ..model import DistanceKernels, RotatE, complex_l1_distance, pairwise_sigmoid_loss, self_adversarial_loss
 from ..model.kgc import EntityRows, MultiModalKGC
 
 
@@ -43,12 +47,25 @@ class PositiveView:
     relation: Tensor
 
 
+def local_generator_update(generators: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[Tensor], None]:
+    """Single-process generator update: gradients for the generator parameters only, then Adam."""
+    params = list(generators.parameters())
+
+    def update(loss: Tensor) -> None:
+        for p, g in zip(params, torch.autograd.grad(loss, params)):
+            p.grad = g
+        optimizer.step()
+    return update
+
+
 class TrainStep:
-    def __init__(self, cfg: Config, tables, model: MultiModalKGC, generators: MATGenerators | None,
-                 rotate: RotatE, kernels: DistanceKernels, opt_model, opt_generator):
-        self.cfg, self.tables, self.model, self.generators = cfg, tables, model, generators
-        self.rotate, self.kernels = rotate, kernels
-        self.opt_model, self.opt_generator = opt_model, opt_generator
+    def __init__(self, cfg: Config, tables, model: nn.Module, core: MultiModalKGC, generators: nn.Module | None,
+                 rotate: RotatE, kernels: DistanceKernels, opt_model, update_generator: Callable | None,
+                 loss_scale: float = 1.0):
+        self.cfg, self.tables, self.model, self.core, self.generators = cfg, tables, model, core, generators
+        self.rotate, self.kernels, self.opt_model = rotate, kernels, opt_model
+        self.update_generator = update_generator
+        self.loss_scale = loss_scale
         self.mu = cfg.mat.mu if generators is not None else 0.0
 
     def __call__(self, batch: np.ndarray, negatives: NegativeBatch) -> dict:
@@ -58,30 +75,31 @@ class TrainStep:
         ids, inverse = unique_ids(torch.cat([triples[:, 0], triples[:, 2], cand.reshape(-1)]),
                                   self.tables.num_entities)
         relation = triples[:, 1]
-        view = PositiveView(inverse[:b], inverse[b:2 * b], self.rotate.phase(self.tables.relations(relation)),
+        rows, relation_rows = self.tables.lookup(ids, relation)
+        view = PositiveView(inverse[:b], inverse[b:2 * b], self.rotate.phase(relation_rows),
                             torch.from_numpy(negatives.head_mode), relation)
         cand_local = inverse[2 * b:].view_as(cand)
 
-        rows = self.tables.entities(ids)
-        joint, _ = self.model.embed(rows)
+        joint, _ = self.model(rows)
         query, target = self._queries(joint, view)
         positive = self.rotate.gamma - complex_l1_distance(query, target)
         if self.cfg.train.negatives == "chunk_shared":
-            negative = self.rotate.gamma - self.kernels.chunk_shared(query, joint, cand_local,
-                                                                           self.cfg.train.chunk_size)
+            dist = self.kernels.chunk_shared(query, joint, cand_local, self.cfg.train.chunk_size)
         else:
-            negative = self.rotate.gamma - self.kernels.gathered(query, joint, cand_local)
-        kgc_loss = self_adversarial_loss(positive, negative, self.cfg.train.adversarial_temperature)
+            dist = self.kernels.gathered(query, joint, cand_local)
+        kgc_loss = self_adversarial_loss(positive, self.rotate.gamma - dist, self.cfg.train.adversarial_temperature)
         loss = kgc_loss
         metrics = {"loss": kgc_loss.item(), "false_negatives": negatives.false_negatives}
         if self.mu > 0:
-            fake_scores = self._fake_scores(rows, joint, view)
-            adv = sum(pairwise_sigmoid_loss(positive, f) for f in fake_scores)
+            fakes = self._fake_scores(rows, joint, view, self._generate_as_data, detach_attention=False)
+            adv = sum(pairwise_sigmoid_loss(positive, f) for f in fakes)
             loss = loss + self.mu * adv
             metrics["adv_loss"] = adv.item()
-        self.opt_model.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_model.step()
+        if self.opt_model is not None:
+            self.opt_model.zero_grad(set_to_none=True)
+        (loss * self.loss_scale).backward()
+        if self.opt_model is not None:
+            self.opt_model.step()
         if self.generators is not None:
             metrics["gen_loss"] = self._generator_step(ids, view)
         return metrics
@@ -92,34 +110,36 @@ class TrainStep:
         target = torch.where(hm, joint[view.head_local], joint[view.tail_local])
         return self.rotate.query(anchor, view.phase, view.head_mode), target
 
-    def _fake_scores(self, rows: EntityRows, joint: Tensor, view: PositiveView) -> list[Tensor]:
+    def _generate_as_data(self, structural: Tensor) -> dict[str, Tensor]:
+        """The discriminator step sees the generators' output as data: no gradient into the generators."""
+        with torch.no_grad():
+            return self.generators(structural)
+
+    def _fake_scores(self, rows: EntityRows, joint: Tensor, view: PositiveView,
+                     generate: Callable[[Tensor], dict], detach_attention: bool) -> list[Tensor]:
         """Scores of (fake h, r, t), (h, r, fake t), (fake h, r, fake t) for every positive."""
+        b = len(view.head_local)
         pos_ids, pos_inv = unique_ids(torch.cat([view.head_local, view.tail_local]), len(joint))
         pos_rows = rows.select(pos_ids)
-        fake = self.model.embed_fake(pos_rows, self.generators(pos_rows.structural))
+        fake = self.core.embed_fake(pos_rows, generate(pos_rows.structural), detach_attention)
         real = joint[pos_ids]
-        b = len(view.head_local)
         hi, ti = pos_inv[:b], pos_inv[b:]
         score = lambda h, t: self.rotate.gamma - complex_l1_distance(self.rotate.rotate(h, view.phase), t)
         return [score(fake[hi], real[ti]), score(real[hi], fake[ti]), score(fake[hi], fake[ti])]
 
     def _generator_step(self, ids: Tensor, view: PositiveView) -> float:
         """Recompute real and fake scores with the updated model; only the generators get gradients."""
+        b = len(view.head_local)
         pos_ids, pos_inv = unique_ids(torch.cat([ids[view.head_local], ids[view.tail_local]]),
                                       self.tables.num_entities)
-        b = len(view.head_local)
         with torch.no_grad():
-            rows = self.tables.entities(pos_ids)
-            real, _ = self.model.embed(rows)
-            phase = self.rotate.phase(self.tables.relations(view.relation))
-        local = PositiveView(pos_inv[:b], pos_inv[b:], phase, view.head_mode, view.relation)
+            rows, relation_rows = self.tables.lookup(pos_ids, view.relation)
+            real, _ = self.core.embed(rows)
+        local = PositiveView(pos_inv[:b], pos_inv[b:], self.rotate.phase(relation_rows), view.head_mode,
+                             view.relation)
         with torch.no_grad():
             positive = self.rotate.gamma - complex_l1_distance(*self._queries(real, local))
-        fakes = self._fake_scores(rows, real, local)
+        fakes = self._fake_scores(rows, real, local, self.generators, detach_attention=True)
         gen_loss = sum(pairwise_sigmoid_loss(f, positive) for f in fakes)
-        params = list(self.generators.parameters())
-        grads = torch.autograd.grad(gen_loss, params)
-        for p, g in zip(params, grads):
-            p.grad = g
-        self.opt_generator.step()
+        self.update_generator(gen_loss)
         return gen_loss.item()

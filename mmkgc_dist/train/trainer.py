@@ -19,7 +19,7 @@ from ..model.kgc import MultiModalKGC
 from ..tables import LocalTables
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .metrics import JsonlLogger
-from .step import TrainStep
+from .step import TrainStep, local_generator_update
 
 log = logging.getLogger("mmkgc_dist")
 
@@ -58,8 +58,9 @@ class Trainer:
         self.sampler = NegativeSampler(data.splits["train"], data.num_entities, data.num_relations,
                                        cfg.train.num_negatives, cfg.train.corruption, cfg.train.negatives,
                                        cfg.train.chunk_size, cfg.train.filter_negatives)
-        self.step_fn = TrainStep(cfg, self.tables, self.model, self.generators, self.rotate, self.kernels,
-                                 self.opt_model, self.opt_generator)
+        update = local_generator_update(self.generators, self.opt_generator) if use_mat else None
+        self.step_fn = TrainStep(cfg, self.tables, self.model, self.model, self.generators, self.rotate, self.kernels,
+                                 self.opt_model, update)
         self.epoch, self.step = 0, 0
         if run_dir:
             os.makedirs(run_dir, exist_ok=True)
