@@ -37,14 +37,13 @@ class FilterIndex:
         return rows, self.answers[starts + np.arange(counts.sum())]
 
 
-def ranks_from_distances(dist: Tensor, target: Tensor, filter_rows: Tensor, filter_cols: Tensor,
-                         ties: str) -> Tensor:
-    """dist [b, N] (lower is better); the target and filtered entities are excluded from the counts."""
-    true = dist.gather(1, target.unsqueeze(1))
-    dist = dist.index_put((filter_rows, filter_cols), torch.tensor(float("inf")))
-    dist[torch.arange(len(target)), target] = float("inf")
-    better = (dist < true).sum(1).double()
-    equal = (dist == true).sum(1).double()
+def count_better_equal(dist: Tensor, true: Tensor, exclude_rows: Tensor, exclude_cols: Tensor) -> tuple[Tensor, Tensor]:
+    """Per query, candidates strictly better than / tied with ``true`` [b, 1], ignoring excluded cells."""
+    dist = dist.index_put((exclude_rows, exclude_cols), torch.tensor(float("inf")))
+    return (dist < true).sum(1).double(), (dist == true).sum(1).double()
+
+
+def ranks_from_counts(better: Tensor, equal: Tensor, ties: str) -> Tensor:
     if ties == "optimistic":
         return 1 + better
     if ties == "pessimistic":
@@ -52,6 +51,15 @@ def ranks_from_distances(dist: Tensor, target: Tensor, filter_rows: Tensor, filt
     if ties == "realistic":
         return 1 + better + equal / 2
     raise ValueError(f"unknown tie policy {ties!r}; expected one of {TIE_POLICIES}")
+
+
+def ranks_from_distances(dist: Tensor, target: Tensor, filter_rows: Tensor, filter_cols: Tensor,
+                         ties: str) -> Tensor:
+    """dist [b, N] (lower is better); the target and filtered entities are excluded from the counts."""
+    true = dist.gather(1, target.unsqueeze(1))
+    rows = torch.cat([filter_rows, torch.arange(len(target))])
+    cols = torch.cat([filter_cols, target])
+    return ranks_from_counts(*count_better_equal(dist, true, rows, cols), ties)
 
 
 def summarize(ranks: np.ndarray) -> dict:

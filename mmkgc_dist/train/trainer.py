@@ -36,31 +36,23 @@ class Trainer:
     def __init__(self, cfg: Config, data: KGData, run_dir: str | None = None, show_progress: bool = True):
         self.cfg, self.data, self.run_dir = cfg, data, run_dir
         self.show_progress = show_progress
+        self.world_size = 1
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.rng = np.random.default_rng(cfg.train.seed)
         self.rotate = RotatE(cfg.model.dim, cfg.model.gamma, cfg.model.epsilon)
         self.modalities = fused_modalities(cfg, data)
-        features = {m: data.features[m] for m in self.modalities}
-        width = 2 * cfg.model.dim
-        self.tables = LocalTables(data.num_entities, data.num_relations, cfg.model.dim,
-                                  self.rotate.entity_init_bound, self.rotate.relation_init_bound, features,
-                                  trainable_features=cfg.model.raw_features == "trainable")
-        self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()})
-        use_mat = cfg.mat.enabled and bool(self.modalities)
-        self.generators = MATGenerators(self.modalities, width, cfg.mat.noise_dim, cfg.mat.hidden) if use_mat else None
+        self.features = {m: data.features[m] for m in self.modalities}
+        self.use_mat = cfg.mat.enabled and bool(self.modalities)
         self.kernels = DistanceKernels(compile=cfg.train.compile)
-        params = [p for p in list(self.tables.parameters()) + list(self.model.parameters()) if p.requires_grad]
-        self.opt_model = torch.optim.Adam(params, lr=cfg.train.lr, fused=True)
-        self.opt_generator = torch.optim.Adam(self.generators.parameters(), lr=cfg.mat.lr, fused=True) \
-            if use_mat else None
+        self.loss_scale = 1.0
+        self._build()
         self.sampler = NegativeSampler(data.splits["train"], data.num_entities, data.num_relations,
                                        cfg.train.num_negatives, cfg.train.corruption, cfg.train.negatives,
                                        cfg.train.chunk_size, cfg.train.filter_negatives)
-        update = local_generator_update(self.generators, self.opt_generator) if use_mat else None
-        self.step_fn = TrainStep(cfg, self.tables, self.model, self.model, self.generators, self.rotate, self.kernels,
-                                 self.opt_model, update)
+        self.step_fn = TrainStep(cfg, self.tables, self.model, self.core, self.generators, self.rotate, self.kernels,
+                                 self.opt_model, self.update_generator, self.loss_scale)
         self.epoch, self.step = 0, 0
         if run_dir:
             os.makedirs(run_dir, exist_ok=True)
@@ -68,14 +60,34 @@ class Trainer:
         if run_dir:
             dump_config(cfg, os.path.join(run_dir, "config.yaml"))
 
+    def _build(self) -> None:
+        """Tables, dense model, generators and their optimizers (the distributed trainer overrides this)."""
+        cfg, width = self.cfg, 2 * self.cfg.model.dim
+        self.tables = LocalTables(self.data.num_entities, self.data.num_relations, cfg.model.dim,
+                                  self.rotate.entity_init_bound, self.rotate.relation_init_bound, self.features,
+                                  trainable_features=cfg.model.raw_features == "trainable")
+        self.core = self.model = MultiModalKGC(width, {m: f.dim for m, f in self.features.items()})
+        self.generators = MATGenerators(self.modalities, width, cfg.mat.noise_dim, cfg.mat.hidden) \
+            if self.use_mat else None
+        params = [p for p in list(self.tables.parameters()) + list(self.model.parameters()) if p.requires_grad]
+        self.opt_model = torch.optim.Adam(params, lr=cfg.train.lr, fused=True)
+        self.opt_generator = torch.optim.Adam(self.generators.parameters(), lr=cfg.mat.lr, fused=True) \
+            if self.use_mat else None
+        self.update_generator = local_generator_update(self.generators, self.opt_generator) if self.use_mat else None
+
     # ------------------------------------------------------------------------------------ training
     def batches(self):
-        """Shuffled batches of the training triples; the last one may be smaller (nothing dropped)."""
+        """Shuffled batches of the training triples with their negatives; the last batch may be smaller
+        (nothing is dropped)."""
         train = self.data.splits["train"]
         order = self.rng.permutation(len(train))
         bs = self.cfg.train.batch_size
         for start in range(0, len(order), bs):
-            yield train[order[start:start + bs]]
+            batch = train[order[start:start + bs]]
+            yield batch, self.sampler.sample(batch, self.rng)
+
+    def reduce_metrics(self, metrics: dict) -> dict:
+        return metrics
 
     def fit(self) -> dict:
         cfg = self.cfg.train
@@ -88,11 +100,10 @@ class Trainer:
         t0 = time.time()
         positives = 0
         while self.epoch < cfg.epochs and not self._done():
-            for batch in self.batches():
-                negatives = self.sampler.sample(batch, self.rng)
-                metrics = self.step_fn(batch, negatives)
+            for batch, negatives in self.batches():
+                metrics = self.reduce_metrics(self.step_fn(batch, negatives))
                 self.step += 1
-                positives += len(batch)
+                positives += len(batch) * self.world_size
                 rate = positives / max(time.time() - t0, 1e-9)
                 bar.update(1)
                 bar.set_postfix(epoch=self.epoch, loss=f"{metrics['loss']:.4f}", pos_per_s=f"{rate:,.0f}")

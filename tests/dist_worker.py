@@ -1,0 +1,58 @@
+"""Worker for the distributed tests, started by torchrun: trains a tiny graph for a few steps and writes
+what the tests compare (losses, metrics, parameter digests, shard sizes) to OUT/rank-<r>.json."""
+import json
+import os
+import sys
+
+import torch
+
+from mmkgc_dist.config import load_config, parse_overrides
+from mmkgc_dist.data.synthetic import generate
+from mmkgc_dist.eval.ranking import filtered_ranks, link_prediction_metrics
+from mmkgc_dist.parallel.trainer import DistributedTrainer
+
+TINY = ["--data.synthetic.num_entities=300", "--data.synthetic.num_triples=2400", "--model.dim=8",
+        "--train.batch_size=64", "--train.num_negatives=8", "--mat.hidden=16", "--mat.noise_dim=4",
+        "--train.compile=false", "--train.threads=1", "--train.log_every=1"]
+
+
+def digest(module: torch.nn.Module) -> dict:
+    return {k: v.detach().double().sum().item() for k, v in module.state_dict().items()}
+
+
+def main() -> None:
+    out, extra = sys.argv[1], sys.argv[2:]
+    torch.set_num_threads(1)
+    cfg = load_config(None, parse_overrides(TINY + extra))
+    trainer = DistributedTrainer(cfg, generate(cfg.data.synthetic), run_dir=None, show_progress=False)
+    rank = trainer.env.rank
+    losses = []
+    for batch, negatives in trainer.batches():
+        losses.append(trainer.reduce_metrics(trainer.step_fn(batch, negatives))["loss"])
+        if len(losses) == cfg.train.max_steps:
+            break
+    metrics = trainer.evaluate("test")
+    # Reference: one process ranks with the gathered full tables and the same kernels.
+    tables = {name: trainer.tables.full_table(name) for name in ["entity", "relation"] + trainer.modalities}
+    from mmkgc_dist.model.kgc import EntityRows
+    import numpy as np
+    masks = {m: torch.from_numpy(trainer.data.features[m].present) for m in trainer.modalities}
+    rows = EntityRows(tables["entity"], {m: tables[m] for m in trainer.modalities}, masks)
+    with torch.no_grad():
+        joint = trainer.core.embed(rows)[0]
+    reference = link_prediction_metrics(filtered_ranks(joint, tables["relation"], trainer.rotate,
+                                                       trainer.data.splits["test"], trainer.known_triples(),
+                                                       trainer.kernels, cfg.eval.batch_size, cfg.eval.ties))
+    result = {"rank": rank, "losses": losses, "metrics": metrics, "reference": reference,
+              "dense": digest(trainer.core),
+              "dense_exact": [p.detach().flatten().tolist() for p in trainer.core.parameters()],
+              "generator_exact": [p.detach().flatten().tolist() for p in trainer.generators.parameters()]
+              if trainer.generators is not None else [],
+              "entity_shards": trainer.tables.local_shard_sizes("entity"),
+              "plan": trainer.tables.plan_json()}
+    with open(os.path.join(out, f"rank-{rank}.json"), "w") as fh:
+        json.dump(result, fh)
+
+
+if __name__ == "__main__":
+    main()
