@@ -87,6 +87,7 @@ class TrainConfig:
     compile: bool = _f(True, "torch.compile the fused RotatE distance kernels")
     log_every: int = _f(20, "steps between JSONL metric records")
     checkpoint_every: int = _f(0, "epochs between checkpoints (0 = only at the end)")
+    checkpoint_every_steps: int = _f(0, "steps between checkpoints, mid-epoch included (0 = off)")
 
 
 @dataclass
@@ -148,7 +149,7 @@ _POSITIVE = {
     "train.chunk_size", "train.log_every", "eval.batch_size", "model.gamma", "train.lr",
     "train.adversarial_temperature", "mat.lr", "parallel.table_lr", "parallel.dense_bucket_mb",
 }
-_NON_NEGATIVE = {"train.max_steps", "train.threads", "train.checkpoint_every", "eval.every", "mat.mu",
+_NON_NEGATIVE = {"train.max_steps", "train.checkpoint_every_steps", "train.threads", "train.checkpoint_every", "eval.every", "mat.mu",
                  "data.synthetic.feature_noise", "model.epsilon"}
 _FRACTIONS = {"data.synthetic.visual_missing", "data.synthetic.text_missing",
               "data.synthetic.valid_fraction", "data.synthetic.test_fraction"}

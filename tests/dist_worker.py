@@ -21,16 +21,28 @@ def digest(module: torch.nn.Module) -> dict:
 
 
 def main() -> None:
-    out, extra = sys.argv[1], sys.argv[2:]
+    """argv: OUT [--run-dir DIR] [--save] [--resume] [overrides...]: train (train.max_steps steps from the
+    cursor), optionally save a checkpoint / resume from the newest one first."""
+    out, args = sys.argv[1], sys.argv[2:]
+    run_dir = args[args.index("--run-dir") + 1] if "--run-dir" in args else None
+    flags = {a for a in args if a in ("--save", "--resume", "--eval-only")}
+    extra = [a for i, a in enumerate(args) if a not in flags and a != "--run-dir" and
+             (i == 0 or args[i - 1] != "--run-dir")]
     torch.set_num_threads(1)
     cfg = load_config(None, parse_overrides(TINY + extra))
-    trainer = DistributedTrainer(cfg, generate(cfg.data.synthetic), run_dir=None, show_progress=False)
+    trainer = DistributedTrainer(cfg, generate(cfg.data.synthetic), run_dir=run_dir, show_progress=False)
     rank = trainer.env.rank
+    if "--resume" in flags:
+        assert trainer.resume(), "no checkpoint to resume from"
     losses = []
-    for batch, negatives in trainer.batches():
+    for batch, negatives in ([] if "--eval-only" in flags else trainer.batches()):
         losses.append(trainer.reduce_metrics(trainer.step_fn(batch, negatives))["loss"])
+        trainer.step += 1
+        trainer.batch_in_epoch += 1
         if len(losses) == cfg.train.max_steps:
             break
+    if "--save" in flags:
+        trainer.save()
     metrics = trainer.evaluate("test")
     # Reference: one process ranks with the gathered full tables and the same kernels.
     tables = {name: trainer.tables.full_table(name) for name in ["entity", "relation"] + trainer.modalities}

@@ -41,17 +41,20 @@ def test_frozen_features_stay_fixed_trainable_move():
                    for p in g["params"])
 
 
-@pytest.mark.parametrize("negatives", ["per_positive", "chunk_shared"])
-def test_resume_matches_uninterrupted(tmp_path, negatives):
+@pytest.mark.parametrize("negatives, stop", [("per_positive", "train.epochs=1"), ("chunk_shared", "train.epochs=1"),
+                                             ("per_positive", "train.max_steps=7")])
+def test_resume_matches_uninterrupted(tmp_path, negatives, stop):
+    """Stop at an epoch boundary or mid-epoch (max_steps), resume, and land on the same parameters."""
     extra = [("train.negatives", negatives), ("train.chunk_size", "32")]
     straight = make(tmp_path / "a", ("train.epochs", "2"), *extra)
     straight.fit()
-    first = make(tmp_path / "b", ("train.epochs", "1"), *extra)
+    first = make(tmp_path / "b", ("train.epochs", "2"), tuple(stop.split("=")), *extra)
     first.fit()
     first.save()
     second = make(tmp_path / "b", ("train.epochs", "2"), *extra)
-    assert second.resume() and second.epoch == 1
+    assert second.resume() and second.step == first.step
     second.fit()
+    assert second.step == straight.step
     for key, value in params(straight.tables).items():
         assert torch.equal(value, params(second.tables)[key]), key
     for key, value in params(straight.generators).items():

@@ -24,6 +24,7 @@ from ..eval.ranking import FilterIndex, count_better_equal, link_prediction_metr
 from ..model import MATGenerators
 from ..model.kgc import MultiModalKGC
 from ..train.trainer import Trainer
+from . import checkpoint
 from .env import DistEnv, allreduce_sum_hook, init_distributed
 from .tables import ShardedTables
 
@@ -96,19 +97,17 @@ class DistributedTrainer(Trainer):
     # ------------------------------------------------------------------------------------ data
     def batches(self):
         """Each rank takes a disjoint slice of every global batch. Per-positive negatives are drawn for the
-        global batch from the shared stream and sliced, so any world size trains on identical data."""
-        train = self.data.splits["train"]
-        order = self.rng.permutation(len(train))
-        bs, rank, world = self.cfg.train.batch_size, self.env.rank, self.env.world_size
-        for start in range(0, len(order), bs):
-            batch = train[order[start:start + bs]]
+        global batch and sliced, so any world size trains on identical data."""
+        rank, world = self.env.rank, self.env.world_size
+        for index, batch in self.global_batches():
             bounds = np.linspace(0, len(batch), world + 1).astype(int)
             lo, hi = bounds[rank], bounds[rank + 1]
+            rng = self.batch_rng(index)
             if self.cfg.train.negatives == "per_positive":
-                neg = self.sampler.sample(batch, self.rng)
+                neg = self.sampler.sample(batch, rng)
                 yield batch[lo:hi], NegativeBatch(neg.head_mode[lo:hi], neg.entities[lo:hi], neg.false_negatives)
-            else:
-                slices = [self.sampler.sample(batch[a:b], self.rng) for a, b in zip(bounds[:-1], bounds[1:])]
+            else:  # chunks must not straddle ranks: each slice gets its own chunks
+                slices = [self.sampler.sample(batch[a:b], rng) for a, b in zip(bounds[:-1], bounds[1:])]
                 yield batch[lo:hi], slices[rank]
 
     def reduce_metrics(self, metrics: dict) -> dict:
@@ -184,7 +183,13 @@ class DistributedTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save(self) -> str:
-        raise NotImplementedError("distributed checkpoints (torch.distributed.checkpoint) are not implemented yet")
+        path = checkpoint.save(self, os.path.join(self.run_dir, "checkpoints"))
+        self.logger.log("checkpoint", path=os.path.basename(path), **self.cursor())
+        return path
 
-    def resume(self) -> bool:
-        raise NotImplementedError("distributed checkpoints (torch.distributed.checkpoint) are not implemented yet")
+    def resume(self, path: str | None = None) -> bool:
+        path = path or (checkpoint.latest(os.path.join(self.run_dir, "checkpoints")) if self.run_dir else None)
+        if path is None:
+            return False
+        checkpoint.load(self, path)
+        return True

@@ -40,7 +40,6 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
-        self.rng = np.random.default_rng(cfg.train.seed)
         self.rotate = RotatE(cfg.model.dim, cfg.model.gamma, cfg.model.epsilon)
         self.modalities = fused_modalities(cfg, data)
         self.features = {m: data.features[m] for m in self.modalities}
@@ -53,7 +52,7 @@ class Trainer:
                                        cfg.train.chunk_size, cfg.train.filter_negatives)
         self.step_fn = TrainStep(cfg, self.tables, self.model, self.core, self.generators, self.rotate, self.kernels,
                                  self.opt_model, self.update_generator, self.loss_scale)
-        self.epoch, self.step = 0, 0
+        self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         if run_dir:
             os.makedirs(run_dir, exist_ok=True)
         self.logger = JsonlLogger(os.path.join(run_dir, "metrics.jsonl") if run_dir else None)
@@ -76,23 +75,34 @@ class Trainer:
         self.update_generator = local_generator_update(self.generators, self.opt_generator) if self.use_mat else None
 
     # ------------------------------------------------------------------------------------ training
+    # The data stream is random-access: the epoch's order and each batch's negatives come from seeds
+    # derived from (seed, epoch[, batch]), so the cursor (epoch, batch_in_epoch) is all a resume needs.
+    def epoch_order(self) -> np.ndarray:
+        return np.random.default_rng([self.cfg.train.seed, self.epoch]).permutation(len(self.data.splits["train"]))
+
+    def batch_rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.cfg.train.seed, self.epoch, index, 1])
+
+    def batches_per_epoch(self) -> int:
+        return -(-len(self.data.splits["train"]) // self.cfg.train.batch_size)
+
+    def global_batches(self):
+        """(index, global batch) from the cursor to the end of the epoch; the last batch may be smaller."""
+        train, order, bs = self.data.splits["train"], self.epoch_order(), self.cfg.train.batch_size
+        for index in range(self.batch_in_epoch, self.batches_per_epoch()):
+            yield index, train[order[index * bs:(index + 1) * bs]]
+
     def batches(self):
-        """Shuffled batches of the training triples with their negatives; the last batch may be smaller
-        (nothing is dropped)."""
-        train = self.data.splits["train"]
-        order = self.rng.permutation(len(train))
-        bs = self.cfg.train.batch_size
-        for start in range(0, len(order), bs):
-            batch = train[order[start:start + bs]]
-            yield batch, self.sampler.sample(batch, self.rng)
+        """Shuffled batches of the training triples with their negatives (nothing is dropped)."""
+        for index, batch in self.global_batches():
+            yield batch, self.sampler.sample(batch, self.batch_rng(index))
 
     def reduce_metrics(self, metrics: dict) -> dict:
         return metrics
 
     def fit(self) -> dict:
         cfg = self.cfg.train
-        n_train = len(self.data.splits["train"])
-        steps_per_epoch = -(-n_train // cfg.batch_size)
+        steps_per_epoch = self.batches_per_epoch()
         total = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
         bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=not self.show_progress,
                    dynamic_ncols=True, mininterval=1.0)
@@ -103,6 +113,7 @@ class Trainer:
             for batch, negatives in self.batches():
                 metrics = self.reduce_metrics(self.step_fn(batch, negatives))
                 self.step += 1
+                self.batch_in_epoch += 1
                 positives += len(batch) * self.world_size
                 rate = positives / max(time.time() - t0, 1e-9)
                 bar.update(1)
@@ -111,10 +122,13 @@ class Trainer:
                     self.logger.log("train", epoch=self.epoch, step=self.step, positives_per_s=round(rate, 1),
                                     **metrics)
                 last = metrics
+                if self.run_dir and cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
+                    self.save()
                 if self._done():
                     break
             else:
                 self.epoch += 1
+                self.batch_in_epoch = 0
                 self._end_of_epoch()
         bar.close()
         return {"steps": self.step, "epochs": self.epoch, "seconds": time.time() - t0, **last}
@@ -159,8 +173,13 @@ class Trainer:
                 "generators": self.generators.state_dict() if self.generators else None,
                 "opt_model": self.opt_model.state_dict(),
                 "opt_generator": self.opt_generator.state_dict() if self.opt_generator else None,
-                "epoch": self.epoch, "step": self.step, "numpy_rng": self.rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state()}
+                "cursor": self.cursor(), "torch_rng": torch.get_rng_state()}
+
+    def cursor(self) -> dict:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step}
+
+    def set_cursor(self, cursor: dict) -> None:
+        self.epoch, self.batch_in_epoch, self.step = cursor["epoch"], cursor["batch_in_epoch"], cursor["step"]
 
     def load_state_dict(self, state: dict) -> None:
         self.tables.load_state_dict(state["tables"])
@@ -171,8 +190,7 @@ class Trainer:
                 raise ValueError("checkpoint has no MAT generators but mat.enabled=true")
             self.generators.load_state_dict(state["generators"])
             self.opt_generator.load_state_dict(state["opt_generator"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.rng.bit_generator.state = state["numpy_rng"]
+        self.set_cursor(state["cursor"])
         torch.set_rng_state(state["torch_rng"])
 
     def save(self) -> str:
