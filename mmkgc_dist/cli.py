@@ -35,54 +35,103 @@ def format_metrics(split: str, m: dict) -> str:
             f"({m['count']} ranks)")
 
 
+def _describe(data) -> str:
+    mods = ", ".join(f"{m} {int(f.present.sum())}/{data.num_entities}" for m, f in data.features.items()) or "none"
+    splits = ", ".join(f"{s} {len(t)}" for s, t in data.splits.items())
+    return f"dataset {data.name}: {data.num_entities} entities, {data.num_relations} relations, {splits}; modalities {mods}"
+
+
+def _make_trainer(cfg, data, run_dir, distributed: bool):
+    """One process: the single-process trainer. Several (torchrun/srun) or --distributed: TorchRec + DDP +
+    DeepSpeed. Returns (trainer, is_main)."""
+    if not distributed:
+        from .train.trainer import Trainer
+        return Trainer(cfg, data, run_dir), True
+    from .parallel.trainer import DistributedTrainer
+    trainer = DistributedTrainer(cfg, data, run_dir)
+    if trainer.env.is_main:
+        print(f"sharding plan ({trainer.env.world_size} ranks, backend {trainer.env.backend}):\n"
+              f"{trainer.tables.plan_summary()}")
+        if run_dir:
+            with open(os.path.join(run_dir, "sharding_plan.json"), "w") as fh:
+                fh.write(trainer.tables.plan_json())
+    return trainer, trainer.env.is_main
+
+
+def _shared_run_dir(cfg, args, distributed: bool) -> str:
+    """Rank 0 names the run folder (timestamps differ between processes) and tells the others."""
+    run_dir = args.run_dir or _run_dir(cfg)
+    if distributed:
+        import torch.distributed as dist
+        from .parallel.env import init_distributed
+        init_distributed()
+        box = [run_dir]
+        dist.broadcast_object_list(box, src=0)
+        run_dir = box[0]
+    return run_dir
+
+
 def cmd_train(args, overrides) -> int:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("WORLD_SIZE > 1: multi-process training is not available in this version; "
-                          "run with --nproc_per_node=1")
     from .data.build import build_dataset
-    from .train.trainer import Trainer
+    from .parallel.env import world_size_from_environment
 
     cfg = load_config(args.config, overrides)
-    run_dir = args.run_dir or _run_dir(cfg)
+    distributed = args.distributed or world_size_from_environment() > 1
+    run_dir = _shared_run_dir(cfg, args, distributed)
     data = build_dataset(cfg)
-    print(f"dataset {data.name}: {data.num_entities} entities, {data.num_relations} relations, "
-          f"{', '.join(f'{s} {len(t)}' for s, t in data.splits.items())}; "
-          f"modalities {', '.join(f'{m} {int(f.present.sum())}/{data.num_entities}' for m, f in data.features.items()) or 'none'}")
-    trainer = Trainer(cfg, data, run_dir)
-    if args.resume and trainer.resume():
-        print(f"resumed at epoch {trainer.epoch}, step {trainer.step}")
+    trainer, main = _make_trainer(cfg, data, run_dir, distributed)
+    say = print if main else (lambda *a, **k: None)
+    say(_describe(data))
+    # torchrun restarts a failed job with TORCHELASTIC_RESTART_COUNT > 0: continue from the last checkpoint.
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if (args.resume or restarted) and trainer.resume():
+        say(f"resumed at epoch {trainer.epoch}, batch {trainer.batch_in_epoch}, step {trainer.step}")
     summary = trainer.fit()
     trainer.save()
-    print(f"trained {summary['steps']} steps in {summary['seconds']:.1f}s; run folder {run_dir}")
+    say(f"trained {summary['steps']} steps in {summary['seconds']:.1f}s; run folder {run_dir}")
     results = {"train": summary}
     for split in cfg.eval.splits:
         metrics = trainer.evaluate(split)
         trainer.logger.log("eval", epoch=trainer.epoch, step=trainer.step,
                            **{k: v for k, v in metrics.items() if not isinstance(v, dict)})
         results[split] = metrics
-        print(format_metrics(split, metrics))
-    _write_json(os.path.join(run_dir, "results.json"), results)
+        say(format_metrics(split, metrics))
+    if main:
+        _write_json(os.path.join(run_dir, "results.json"), results)
     trainer.logger.close()
     return 0
 
 
 def cmd_evaluate(args, overrides) -> int:
     from .data.build import build_dataset
+    from .parallel.env import world_size_from_environment
     from .train.checkpoint import latest_checkpoint, load_checkpoint
-    from .train.trainer import Trainer
 
     run_dir = args.run_dir
     cfg = load_config(os.path.join(run_dir, "config.yaml"), overrides)
-    ckpt = args.checkpoint or latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    data = build_dataset(cfg)
+    ckpt = args.checkpoint
+    if ckpt is None:
+        from .parallel.checkpoint import latest
+        ckpt = latest(os.path.join(run_dir, "checkpoints")) or latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     if ckpt is None:
         raise DataError(f"{run_dir}/checkpoints: no checkpoint found")
-    trainer = Trainer(cfg, build_dataset(cfg), run_dir=None)
-    trainer.load_state_dict(load_checkpoint(ckpt))
+    distributed = os.path.isdir(ckpt)          # distributed checkpoints are folders (DCP + DeepSpeed)
+    if distributed:
+        from .parallel.trainer import DistributedTrainer
+        trainer = DistributedTrainer(cfg, data, run_dir=None)
+        trainer.resume(ckpt)
+        main = trainer.env.is_main
+    else:
+        from .train.trainer import Trainer
+        trainer, main = Trainer(cfg, data, run_dir=None), True
+        trainer.load_state_dict(load_checkpoint(ckpt))
     results = {}
     for split in args.split or cfg.eval.splits:
         results[split] = trainer.evaluate(split, ties=args.ties)
-        print(format_metrics(split, results[split]))
-    if args.output:
+        if main:
+            print(format_metrics(split, results[split]))
+    if args.output and main:
         _write_json(args.output, results)
     return 0
 
@@ -136,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML recipe (default: the built-in defaults = configs/default.yaml)")
     t.add_argument("--run-dir", help="run folder (default: run.out_dir/run.name)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    t.add_argument("--distributed", action="store_true",
+                   help="use the TorchRec/DDP/DeepSpeed trainer even with one process (automatic when WORLD_SIZE > 1)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a run folder's checkpoint")
@@ -176,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)   # our own messages; libraries (TorchRec's TBE) stay at WARNING
     argv = sys.argv[1:] if argv is None else argv
     args, rest = build_parser().parse_known_args(argv)
     try:

@@ -54,22 +54,23 @@ def init_distributed() -> DistEnv:
     backend = "nccl" if cuda else "gloo"
     if not cuda:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")   # DeepSpeed then uses gloo and its CPU ops
+    if "WORLD_SIZE" not in os.environ:              # a lone process (not torchrun/srun): a world of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
         dist.init_process_group(backend)
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
 
 
-def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
-    dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def allreduce_sum_hook(_state, bucket):
