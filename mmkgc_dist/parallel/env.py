@@ -62,8 +62,28 @@ def init_distributed() -> DistEnv:
     if cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        store = _elastic_store()
+        if store is None:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]))
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+
+
+def _elastic_store():
+    """Under torchrun's agent store, a store namespaced by restart attempt.
+
+    After an elastic restart the agent's store still holds the previous attempt's process-group keys;
+    seen here (torch 2.13, gloo): a restarted rank read a dead peer's address and the restart failed.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from datetime import timedelta
+    base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                         timeout=timedelta(minutes=10))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"mmkgc/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/attempt-{attempt}", base)
 
 
 def _free_port() -> int:
