@@ -1,0 +1,85 @@
+"""Render launch/slurm/train.sbatch for a config and submit it.
+
+    python launch/slurm/submit.py --config configs/db15k.yaml --nodes 2 --nproc-per-node 8 \\
+        --time 12:00:00 --partition gpu --account myproj [--dry-run] -- --train.epochs=100
+
+The config (with the overrides after ``--``) is validated before anything is submitted; the rendered job
+script is written into the run folder, so every run keeps the exact script it ran with.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def render(template: str, headers: dict[str, str], env: dict[str, str]) -> str:
+    lines = [l for l in template.splitlines() if not l.startswith("#SBATCH")]
+    insert = lines.index("set -euo pipefail")
+    block = [f"#SBATCH --{k}={v}" for k, v in headers.items()]
+    block += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    return "\n".join(lines[:insert] + block + lines[insert:]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ours, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", help="YAML recipe passed to launch/train.py")
+    ap.add_argument("--nodes", type=int, default=1)
+    ap.add_argument("--nproc-per-node", type=int, default=1, help="ranks per node (GPUs per node)")
+    ap.add_argument("--cpus-per-task", type=int, default=2, help="CPU cores per node for the job")
+    ap.add_argument("--time", default="01:00:00")
+    ap.add_argument("--partition")
+    ap.add_argument("--account")
+    ap.add_argument("--job-name", default="mmkgc-dist")
+    ap.add_argument("--run-dir", help="run folder (default: runs/<job-name>-<timestamp>)")
+    ap.add_argument("--dry-run", action="store_true", help="print the job script, submit nothing")
+    args = ap.parse_args(ours)
+
+    sys.path.insert(0, REPO)
+    from mmkgc_dist.config import ConfigError, load_config, parse_overrides
+    try:
+        load_config(args.config, parse_overrides(train_args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run_dir = os.path.abspath(args.run_dir or os.path.join(REPO, "runs", f"{args.job_name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    os.makedirs(run_dir, exist_ok=True)
+    headers = {"job-name": args.job_name, "nodes": str(args.nodes), "ntasks-per-node": "1",
+               "cpus-per-task": str(args.cpus_per_task), "time": args.time,
+               "output": os.path.join(run_dir, "slurm-%j.out")}
+    if args.partition:
+        headers["partition"] = args.partition
+    if args.account:
+        headers["account"] = args.account
+    env = {"NPROC_PER_NODE": str(args.nproc_per_node), "MMKGC_REPO": REPO,
+           "MMKGC_PYTHON": os.environ.get("MMKGC_PYTHON", sys.executable)}
+    with open(os.path.join(HERE, "train.sbatch")) as fh:
+        script = render(fh.read(), headers, env)
+    job_file = os.path.join(run_dir, "job.sbatch")
+    with open(job_file, "w") as fh:
+        fh.write(script)
+    train = (["--config", os.path.abspath(args.config)] if args.config else []) + ["--run-dir", run_dir] + train_args
+    if args.dry_run:
+        print(script)
+        print("sbatch", job_file, " ".join(map(shlex.quote, train)))
+        return 0
+    out = subprocess.run(["sbatch", "--parsable", job_file, *train], capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"error: sbatch failed: {out.stderr.strip()}", file=sys.stderr)
+        return out.returncode
+    job_id = re.match(r"\d+", out.stdout.strip()).group(0)
+    print(f"submitted job {job_id}; run folder {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
