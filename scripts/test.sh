@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite (unit, data, training, end-to-end through torchrun). Runs in ~5 minutes on 2 cores.
+# The test suite: unit, data, training, 2-rank gloo, torchrun (elastic + multi-node), real Slurm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1
