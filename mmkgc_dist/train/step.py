@@ -10,6 +10,9 @@ DeepSpeed engine), and ``loss_scale`` (1 / world size when table gradients are s
 """
 from __future__ import annotations
 
+import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -35,6 +38,25 @@ def unique_ids(ids: Tensor, universe: int) -> tuple[Tensor, Tensor]:
     position = torch.empty(universe, dtype=torch.long)
     position[unique] = torch.arange(len(unique))
     return unique, position[ids]
+
+
+class PhaseTimer:
+    """Wall time per step phase, for benchmarks; disabled it only yields."""
+
+    def __init__(self, enabled: bool = False):
+        self.enabled = enabled
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str):
+        if not self.enabled:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
 
 
 @dataclass
@@ -67,19 +89,38 @@ class TrainStep:
         self.update_generator = update_generator
         self.loss_scale = loss_scale
         self.mu = cfg.mat.mu if generators is not None else 0.0
+        self.timer = PhaseTimer()
 
     def __call__(self, batch: np.ndarray, negatives: NegativeBatch) -> dict:
+        timer = self.timer
         triples = torch.from_numpy(batch)
         cand = torch.from_numpy(negatives.entities)
         b = len(batch)
         ids, inverse = unique_ids(torch.cat([triples[:, 0], triples[:, 2], cand.reshape(-1)]),
                                   self.tables.num_entities)
         relation = triples[:, 1]
-        rows, relation_rows = self.tables.lookup(ids, relation)
-        view = PositiveView(inverse[:b], inverse[b:2 * b], self.rotate.phase(relation_rows),
-                            torch.from_numpy(negatives.head_mode), relation)
-        cand_local = inverse[2 * b:].view_as(cand)
+        with timer("lookup"):
+            rows, relation_rows = self.tables.lookup(ids, relation)
+        with timer("forward"):
+            loss, view, metrics = self._discriminator_forward(rows, relation_rows, inverse, cand, triples, negatives)
+        if self.opt_model is not None:
+            self.opt_model.zero_grad(set_to_none=True)
+        with timer("backward"):     # includes the table-gradient all-to-all and the fused table update
+            (loss * self.loss_scale).backward()
+        with timer("optimizer"):
+            if self.opt_model is not None:
+                self.opt_model.step()
+        with timer("generator"):
+            if self.generators is not None:
+                metrics["gen_loss"] = self._generator_step(ids, view)
+        return metrics
 
+    def _discriminator_forward(self, rows, relation_rows, inverse, cand, triples, negatives):
+        """The discriminator's loss (KGC + μ·adversarial), the positives' view and the step's metrics."""
+        b = len(triples)
+        view = PositiveView(inverse[:b], inverse[b:2 * b], self.rotate.phase(relation_rows),
+                            torch.from_numpy(negatives.head_mode), triples[:, 1])
+        cand_local = inverse[2 * b:].view_as(cand)
         joint, _ = self.model(rows)
         query, target = self._queries(joint, view)
         positive = self.rotate.gamma - complex_l1_distance(query, target)
@@ -95,14 +136,7 @@ class TrainStep:
             adv = sum(pairwise_sigmoid_loss(positive, f) for f in fakes)
             loss = loss + self.mu * adv
             metrics["adv_loss"] = adv.item()
-        if self.opt_model is not None:
-            self.opt_model.zero_grad(set_to_none=True)
-        (loss * self.loss_scale).backward()
-        if self.opt_model is not None:
-            self.opt_model.step()
-        if self.generators is not None:
-            metrics["gen_loss"] = self._generator_step(ids, view)
-        return metrics
+        return loss, view, metrics
 
     def _queries(self, joint: Tensor, view: PositiveView) -> tuple[Tensor, Tensor]:
         hm = view.head_mode.unsqueeze(-1)
