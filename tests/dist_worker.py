@@ -61,7 +61,12 @@ def main() -> None:
               "generator_exact": [p.detach().flatten().tolist() for p in trainer.generators.parameters()]
               if trainer.generators is not None else [],
               "entity_shards": trainer.tables.local_shard_sizes("entity"),
-              "plan": trainer.tables.plan_json()}
+              "plan": trainer.tables.plan_json(),
+              "feature_drift": {m: (tables[m] - torch.from_numpy(trainer.data.features[m].values)).abs().max().item()
+                                for m in trainer.modalities},
+              "feature_dtype": {m: str(trainer.tables._weight(m).metadata().tensor_properties.dtype)
+                                if hasattr(trainer.tables._weight(m), "local_shards")
+                                else str(trainer.tables._weight(m).dtype) for m in trainer.modalities}}
     with open(os.path.join(out, f"rank-{rank}.json"), "w") as fh:
         json.dump(result, fh)
 

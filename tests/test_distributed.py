@@ -87,3 +87,23 @@ def test_zero_stage_2_generator(tmp_path, runs):
     assert zero2[0]["generator_exact"] == zero2[1]["generator_exact"]
     for p0, p2 in zip(zero0[0]["generator_exact"], zero2[0]["generator_exact"]):
         assert np.allclose(p0, p2, atol=1e-6)
+
+
+def test_latest_ignores_half_written_checkpoints(tmp_path):
+    from mmkgc_dist.parallel.checkpoint import latest
+    (tmp_path / "step-000000005").mkdir()
+    (tmp_path / "step-000000005" / "meta.json").write_text("{}")
+    (tmp_path / ".tmp-step-000000010").mkdir()                 # crashed while writing
+    (tmp_path / ".tmp-step-000000010" / "meta.json").write_text("{}")
+    (tmp_path / "step-000000015").mkdir()                      # no commit marker
+    assert latest(str(tmp_path)).endswith("step-000000005")
+
+
+def test_frozen_fp16_feature_tables(tmp_path):
+    result = torchrun(2, tmp_path / "frozen", "--train.max_steps=5", "--model.raw_features=frozen",
+                      "--parallel.frozen_dtype=fp16")[0]
+    assert set(result["feature_dtype"].values()) == {"torch.float16"}
+    # Unchanged by training: only the fp16 rounding of the stored features differs.
+    assert all(drift < 1e-2 for drift in result["feature_drift"].values()), result["feature_drift"]
+    trainable = torchrun(1, tmp_path / "trainable", "--train.max_steps=5")[0]
+    assert any(drift > 1e-3 for drift in trainable["feature_drift"].values())

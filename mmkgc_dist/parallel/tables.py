@@ -14,7 +14,7 @@ import json
 import numpy as np
 import torch
 import torch.distributed as dist
-from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import Tensor, nn
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 from torchrec.distributed import DistributedModelParallel
@@ -84,9 +84,9 @@ class ShardedTables(nn.Module):
         module = TableModule(specs)
         sharders = [EmbeddingCollectionSharder(fused_params={"optimizer": OPTIMIZERS[cfg.table_optimizer],
                                                              "learning_rate": cfg.table_lr}),
-                    FrozenCollectionSharder(fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.0,
-                                                          "weights_precision": SparseType.FP16
-                                                          if frozen_dtype == DataType.FP16 else SparseType.FP32})]
+                    # Frozen tables: plain SGD at lr 0 keeps no optimizer state; their output is detached, so
+                    # backward never reaches them. Precision comes from the table config (data_type).
+                    FrozenCollectionSharder(fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.0})]
         constraints = {t: ParameterConstraints(sharding_types=[SHARDING[k].value])
                        for t, k in cfg.sharding.items() if k != "auto" and t in specs}
         planner = EmbeddingShardingPlanner(topology=Topology(world_size=env.world_size,
