@@ -107,3 +107,9 @@ def test_frozen_fp16_feature_tables(tmp_path):
     assert all(drift < 1e-2 for drift in result["feature_drift"].values()), result["feature_drift"]
     trainable = torchrun(1, tmp_path / "trainable", "--train.max_steps=5")[0]
     assert any(drift > 1e-3 for drift in trainable["feature_drift"].values())
+
+
+def test_widths_not_multiple_of_four(tmp_path):
+    """TorchRec kernels need widths divisible by 4; d=7 (as d=250 relations) is padded and sliced."""
+    result = torchrun(2, tmp_path / "odd", "--train.max_steps=3", "--model.dim=7")[0]
+    assert result["metrics"]["mrr"] == pytest.approx(result["reference"]["mrr"], abs=1e-6)

@@ -81,6 +81,10 @@ class ShardedTables(nn.Module):
         for m, f in features.items():
             specs[m] = (num_entities, f.dim, trainable_features, DataType.FP32 if trainable_features else frozen_dtype)
         self.trainable = {name: spec[2] for name, spec in specs.items()}
+        # TorchRec kernels need widths that are multiples of 4 (d=250 relations are not): pad, slice on lookup.
+        self.widths = {name: spec[1] for name, spec in specs.items()}
+        specs = {name: (rows, -(-width // 4) * 4, trainable, dtype) for name, (rows, width, trainable, dtype)
+                 in specs.items()}
         module = TableModule(specs)
         sharders = [EmbeddingCollectionSharder(fused_params={"optimizer": OPTIMIZERS[cfg.table_optimizer],
                                                              "learning_rate": cfg.table_lr}),
@@ -113,6 +117,7 @@ class ShardedTables(nn.Module):
     def load_full(self, name: str, full: Tensor) -> None:
         """Copy this rank's shard(s) of a full [rows, width] table into the sharded storage."""
         weight = self._weight(name)
+        full = torch.nn.functional.pad(full, (0, weight.size(1) - full.shape[1]))
         with torch.no_grad():
             if hasattr(weight, "local_shards"):
                 for shard in weight.local_shards():
@@ -131,14 +136,14 @@ class ShardedTables(nn.Module):
         """Gather a whole table onto every rank (tests and small-graph tools only)."""
         weight = self._weight(name)
         if not hasattr(weight, "local_shards"):
-            return weight.detach().clone().float()
+            return weight.detach().clone().float()[:, :self.widths[name]]
         rows, width = weight.size()
         full = torch.zeros(rows, width)
         for shard in weight.local_shards():
             (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
             full[r0:r0 + nr, c0:c0 + nc] = shard.tensor.float()
         dist.all_reduce(full)   # shards are disjoint: the sum assembles the table
-        return full
+        return full[:, :self.widths[name]]
 
     def plan_summary(self) -> str:
         return str(self.plan)
@@ -158,7 +163,7 @@ class ShardedTables(nn.Module):
             features[m] = _jagged(m, entity_ids)
         out = self.dmp(features)
         counts = {"entity": len(entity_ids), "relation": len(relation_ids), **{m: len(entity_ids) for m in self.modalities}}
-        rows = {name: out[name][name].values()[:counts[name]] for name in features}
+        rows = {name: out[name][name].values()[:counts[name], :self.widths[name]] for name in features}
         for m in self.modalities:
             rows[m] = rows[m].float() if self.trainable[m] else rows[m].detach().float()
         entity = EntityRows(rows["entity"], {m: rows[m] for m in self.modalities},
