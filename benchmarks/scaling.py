@@ -43,7 +43,8 @@ def worker(out: str, steps: int, mode: str) -> None:
     totals = []
     for i in range(steps + 2):
         if i == 2:                                  # after warm-up (compilation, allocator)
-            timer.enabled, timer.seconds = True, type(timer.seconds)()
+            timer.enabled = True
+            timer.seconds.clear()
         torch.distributed.barrier()
         start = time.perf_counter()
         with timer("data"):

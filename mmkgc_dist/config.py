@@ -108,7 +108,8 @@ TABLE_OPTIMIZERS = ("exact_rowwise_adagrad", "exact_adagrad", "adam", "partial_r
 @dataclass
 class ParallelConfig:
     sharding: dict = _f({}, "per-table sharding type ({table: type}; tables: entity, relation, visual, text; "
-                        "types: auto (planner), row_wise, table_wise, column_wise, data_parallel)")
+                        "types: auto (planner), row_wise, table_wise, column_wise, data_parallel); "
+                        "unset entity-indexed tables are row_wise, the relation table goes to the planner")
     table_optimizer: str = _f("exact_rowwise_adagrad", "TorchRec fused optimizer of trainable tables",
                               choices=TABLE_OPTIMIZERS)
     table_lr: float = _f(0.05, "learning rate of the fused table optimizer")

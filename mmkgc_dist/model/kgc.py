@@ -21,6 +21,17 @@ class EntityRows:
                           {m: k[index] for m, k in self.masks.items()})
 
 
+@dataclass
+class EmbeddedEntities:
+    """What scoring needs of a set of entities: joint embeddings, structural rows, presence masks."""
+    joint: Tensor
+    structural: Tensor
+    masks: dict[str, Tensor]
+
+    def select(self, index: Tensor) -> "EmbeddedEntities":
+        return EmbeddedEntities(self.joint[index], self.structural[index], {m: k[index] for m, k in self.masks.items()})
+
+
 class MultiModalKGC(nn.Module):
     """Joint entity embeddings: AdaMF over (structure, modalities), or the structural row alone."""
 
@@ -40,6 +51,7 @@ class MultiModalKGC(nn.Module):
     def forward(self, rows: EntityRows) -> tuple[Tensor, Tensor | None]:
         return self.embed(rows)
 
-    def embed_fake(self, rows: EntityRows, fakes: dict[str, Tensor], detach_attention: bool = False) -> Tensor:
+    def embed_fake(self, structural: Tensor, masks: dict[str, Tensor], fakes: dict[str, Tensor],
+                   detach_attention: bool = False) -> Tensor:
         """Fuse generated modality embeddings in place of the projected ones (same attention, same masks)."""
-        return self.fusion.fuse(rows.structural, fakes, rows.masks, detach_attention)[0]
+        return self.fusion.fuse(structural, fakes, masks, detach_attention)[0]

@@ -91,8 +91,12 @@ class ShardedTables(nn.Module):
                     # Frozen tables: plain SGD at lr 0 keeps no optimizer state; their output is detached, so
                     # backward never reaches them. Precision comes from the table config (data_type).
                     FrozenCollectionSharder(fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.0})]
+        # Entity-indexed tables default to row-wise: the owner-computes fusion (embedder.py) then finds every
+        # row it fuses on its own rank. Relations and explicit choices go to the planner / the user.
+        chosen = {t: "row_wise" for t in specs if t != "relation"}
+        chosen.update(cfg.sharding)
         constraints = {t: ParameterConstraints(sharding_types=[SHARDING[k].value])
-                       for t, k in cfg.sharding.items() if k != "auto" and t in specs}
+                       for t, k in chosen.items() if k != "auto" and t in specs}
         planner = EmbeddingShardingPlanner(topology=Topology(world_size=env.world_size,
                                                              compute_device=env.device.type),
                                            constraints=constraints)

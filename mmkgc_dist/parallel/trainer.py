@@ -25,6 +25,7 @@ from ..model import MATGenerators
 from ..model.kgc import MultiModalKGC
 from ..train.trainer import Trainer
 from . import checkpoint
+from .embedder import OwnerEmbedder
 from .env import DistEnv, allreduce_sum_hook, init_distributed
 from .tables import ShardedTables
 
@@ -69,6 +70,7 @@ class DistributedTrainer(Trainer):
             self.model.register_comm_hook(None, allreduce_sum_hook)
         else:
             self.model = self.core
+        self.embedder = OwnerEmbedder(self.tables, self.model, self.data.num_entities, env.world_size)
         dense += [p for name, p in self.tables.dmp.named_parameters()
                   if isinstance(p, nn.Parameter) and p.requires_grad and self._data_parallel(name)]
         self.opt_model = torch.optim.Adam(dense, lr=cfg.train.lr) if dense else None

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..config import Config
 from ..data.sampling import NegativeBatch
 from ..model import DistanceKernels, RotatE, complex_l1_distance, pairwise_sigmoid_loss, self_adversarial_loss
-from ..model.kgc import EntityRows, MultiModalKGC
+from ..model.kgc import EmbeddedEntities, MultiModalKGC
 
 
 def unique_ids(ids: Tensor, universe: int) -> tuple[Tensor, Tensor]:
@@ -69,6 +69,18 @@ class PositiveView:
     relation: Tensor
 
 
+class LocalEmbedder:
+    """Table lookup, then fusion of the looked-up rows, in this process."""
+
+    def __init__(self, tables, model: nn.Module):
+        self.tables, self.model = tables, model
+
+    def __call__(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EmbeddedEntities, Tensor]:
+        rows, relation_rows = self.tables.lookup(entity_ids, relation_ids)
+        joint, _ = self.model(rows)
+        return EmbeddedEntities(joint, rows.structural, rows.masks), relation_rows
+
+
 def local_generator_update(generators: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[Tensor], None]:
     """Single-process generator update: gradients for the generator parameters only, then Adam."""
     params = list(generators.parameters())
@@ -81,10 +93,12 @@ def local_generator_update(generators: nn.Module, optimizer: torch.optim.Optimiz
 
 
 class TrainStep:
-    def __init__(self, cfg: Config, tables, model: nn.Module, core: MultiModalKGC, generators: nn.Module | None,
-                 rotate: RotatE, kernels: DistanceKernels, opt_model, update_generator: Callable | None,
-                 loss_scale: float = 1.0):
-        self.cfg, self.tables, self.model, self.core, self.generators = cfg, tables, model, core, generators
+    def __init__(self, cfg: Config, embed: Callable, num_entities: int, core: MultiModalKGC,
+                 generators: nn.Module | None, rotate: RotatE, kernels: DistanceKernels, opt_model,
+                 update_generator: Callable | None, loss_scale: float = 1.0):
+        """``embed(entity_ids, relation_ids) -> (EmbeddedEntities, relation rows)``: lookup + fusion,
+        local (``LocalEmbedder``) or computed by the rows' owners (``parallel.embedder``)."""
+        self.cfg, self.embed, self.num_entities, self.core, self.generators = cfg, embed, num_entities, core, generators
         self.rotate, self.kernels, self.opt_model = rotate, kernels, opt_model
         self.update_generator = update_generator
         self.loss_scale = loss_scale
@@ -96,13 +110,12 @@ class TrainStep:
         triples = torch.from_numpy(batch)
         cand = torch.from_numpy(negatives.entities)
         b = len(batch)
-        ids, inverse = unique_ids(torch.cat([triples[:, 0], triples[:, 2], cand.reshape(-1)]),
-                                  self.tables.num_entities)
-        relation = triples[:, 1]
-        with timer("lookup"):
-            rows, relation_rows = self.tables.lookup(ids, relation)
-        with timer("forward"):
-            loss, view, metrics = self._discriminator_forward(rows, relation_rows, inverse, cand, triples, negatives)
+        ids, inverse = unique_ids(torch.cat([triples[:, 0], triples[:, 2], cand.reshape(-1)]), self.num_entities)
+        with timer("embed"):        # table lookup (incl. all-to-all) and fusion of each unique entity
+            entities, relation_rows = self.embed(ids, triples[:, 1])
+        with timer("score"):
+            loss, view, metrics = self._discriminator_forward(entities, relation_rows, inverse, cand, triples,
+                                                              negatives)
         if self.opt_model is not None:
             self.opt_model.zero_grad(set_to_none=True)
         with timer("backward"):     # includes the table-gradient all-to-all and the fused table update
@@ -115,13 +128,13 @@ class TrainStep:
                 metrics["gen_loss"] = self._generator_step(ids, view)
         return metrics
 
-    def _discriminator_forward(self, rows, relation_rows, inverse, cand, triples, negatives):
+    def _discriminator_forward(self, entities: EmbeddedEntities, relation_rows, inverse, cand, triples, negatives):
         """The discriminator's loss (KGC + μ·adversarial), the positives' view and the step's metrics."""
         b = len(triples)
         view = PositiveView(inverse[:b], inverse[b:2 * b], self.rotate.phase(relation_rows),
                             torch.from_numpy(negatives.head_mode), triples[:, 1])
         cand_local = inverse[2 * b:].view_as(cand)
-        joint, _ = self.model(rows)
+        joint = entities.joint
         query, target = self._queries(joint, view)
         positive = self.rotate.gamma - complex_l1_distance(query, target)
         if self.cfg.train.negatives == "chunk_shared":
@@ -132,7 +145,7 @@ class TrainStep:
         loss = kgc_loss
         metrics = {"loss": kgc_loss.item(), "false_negatives": negatives.false_negatives}
         if self.mu > 0:
-            fakes = self._fake_scores(rows, joint, view, self._generate_as_data, detach_attention=False)
+            fakes = self._fake_scores(entities, view, self._generate_as_data, detach_attention=False)
             adv = sum(pairwise_sigmoid_loss(positive, f) for f in fakes)
             loss = loss + self.mu * adv
             metrics["adv_loss"] = adv.item()
@@ -149,14 +162,14 @@ class TrainStep:
         with torch.no_grad():
             return self.generators(structural)
 
-    def _fake_scores(self, rows: EntityRows, joint: Tensor, view: PositiveView,
+    def _fake_scores(self, entities: EmbeddedEntities, view: PositiveView,
                      generate: Callable[[Tensor], dict], detach_attention: bool) -> list[Tensor]:
         """Scores of (fake h, r, t), (h, r, fake t), (fake h, r, fake t) for every positive."""
         b = len(view.head_local)
-        pos_ids, pos_inv = unique_ids(torch.cat([view.head_local, view.tail_local]), len(joint))
-        pos_rows = rows.select(pos_ids)
-        fake = self.core.embed_fake(pos_rows, generate(pos_rows.structural), detach_attention)
-        real = joint[pos_ids]
+        pos_ids, pos_inv = unique_ids(torch.cat([view.head_local, view.tail_local]), len(entities.joint))
+        pos = entities.select(pos_ids)
+        fake = self.core.embed_fake(pos.structural, pos.masks, generate(pos.structural), detach_attention)
+        real = pos.joint
         hi, ti = pos_inv[:b], pos_inv[b:]
         score = lambda h, t: self.rotate.gamma - complex_l1_distance(self.rotate.rotate(h, view.phase), t)
         return [score(fake[hi], real[ti]), score(real[hi], fake[ti]), score(fake[hi], fake[ti])]
@@ -164,16 +177,14 @@ class TrainStep:
     def _generator_step(self, ids: Tensor, view: PositiveView) -> float:
         """Recompute real and fake scores with the updated model; only the generators get gradients."""
         b = len(view.head_local)
-        pos_ids, pos_inv = unique_ids(torch.cat([ids[view.head_local], ids[view.tail_local]]),
-                                      self.tables.num_entities)
+        pos_ids, pos_inv = unique_ids(torch.cat([ids[view.head_local], ids[view.tail_local]]), self.num_entities)
         with torch.no_grad():
-            rows, relation_rows = self.tables.lookup(pos_ids, view.relation)
-            real, _ = self.core.embed(rows)
+            entities, relation_rows = self.embed(pos_ids, view.relation)
         local = PositiveView(pos_inv[:b], pos_inv[b:], self.rotate.phase(relation_rows), view.head_mode,
                              view.relation)
         with torch.no_grad():
-            positive = self.rotate.gamma - complex_l1_distance(*self._queries(real, local))
-        fakes = self._fake_scores(rows, real, local, self.generators, detach_attention=True)
+            positive = self.rotate.gamma - complex_l1_distance(*self._queries(entities.joint, local))
+        fakes = self._fake_scores(entities, local, self.generators, detach_attention=True)
         gen_loss = sum(pairwise_sigmoid_loss(f, positive) for f in fakes)
         self.update_generator(gen_loss)
         return gen_loss.item()

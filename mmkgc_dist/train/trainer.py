@@ -19,7 +19,7 @@ from ..model.kgc import MultiModalKGC
 from ..tables import LocalTables
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .metrics import JsonlLogger
-from .step import TrainStep, local_generator_update
+from .step import LocalEmbedder, TrainStep, local_generator_update
 
 log = logging.getLogger("mmkgc_dist")
 
@@ -50,8 +50,8 @@ class Trainer:
         self.sampler = NegativeSampler(data.splits["train"], data.num_entities, data.num_relations,
                                        cfg.train.num_negatives, cfg.train.corruption, cfg.train.negatives,
                                        cfg.train.chunk_size, cfg.train.filter_negatives)
-        self.step_fn = TrainStep(cfg, self.tables, self.model, self.core, self.generators, self.rotate, self.kernels,
-                                 self.opt_model, self.update_generator, self.loss_scale)
+        self.step_fn = TrainStep(cfg, self.embedder, data.num_entities, self.core, self.generators, self.rotate,
+                                 self.kernels, self.opt_model, self.update_generator, self.loss_scale)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         if run_dir:
             os.makedirs(run_dir, exist_ok=True)
@@ -66,6 +66,7 @@ class Trainer:
                                   self.rotate.entity_init_bound, self.rotate.relation_init_bound, self.features,
                                   trainable_features=cfg.model.raw_features == "trainable")
         self.core = self.model = MultiModalKGC(width, {m: f.dim for m, f in self.features.items()})
+        self.embedder = LocalEmbedder(self.tables, self.model)
         self.generators = MATGenerators(self.modalities, width, cfg.mat.noise_dim, cfg.mat.hidden) \
             if self.use_mat else None
         params = [p for p in list(self.tables.parameters()) + list(self.model.parameters()) if p.requires_grad]
