@@ -1,6 +1,6 @@
 """Distributed scaling at the DB15K config: 1 rank x 1 thread vs 2 ranks x 1 thread (gloo), same global
 batch (1024 positives, 128 per-positive negatives, d=250, 4096-d visual + 384-d text, MAT on), with the
-step time split into data, lookup (incl. all-to-all), forward, backward (incl. gradient all-to-all and the
+step time split into data, embed (lookup + fusion + all-to-alls), score, backward (incl. gradient all-to-alls and the
 fused table update), dense optimizer, generator (DeepSpeed).
 
     python benchmarks/scaling.py [--steps 4] [--mode exact|scalable]
@@ -24,7 +24,7 @@ from _common import machine, results_dir, write_json  # noqa: E402
 MODES = {"exact": [("train.negatives", "per_positive")],
          "scalable": [("train.negatives", "chunk_shared"), ("train.chunk_size", "64"),
                       ("model.raw_features", "frozen")]}
-PHASES = ["data", "lookup", "forward", "backward", "optimizer", "generator"]
+PHASES = ["data", "embed", "score", "backward", "optimizer", "generator"]
 
 
 def worker(out: str, steps: int, mode: str) -> None:
@@ -89,7 +89,7 @@ def main() -> int:
     # Communication share: how much the lookup + backward phases (which carry the all-to-alls and the
     # dense all-reduce) grew beyond halving, relative to the 2-rank step.
     comm = max(0.0, sum(rows[1]["phases_s"].get(k, 0) - rows[0]["phases_s"].get(k, 0) / 2
-                        for k in ("lookup", "backward", "optimizer"))) / rows[1]["step_s"]
+                        for k in ("embed", "backward", "optimizer"))) / rows[1]["step_s"]
     report = {"machine": machine(), "mode": args.mode, "rows": rows, "speedup": speedup,
               "communication_share_estimate": comm}
     write_json(os.path.join(out, "scaling.json"), report)
