@@ -1,0 +1,1 @@
+"""Dataset layout on Parquet, converters, and negative sampling."""

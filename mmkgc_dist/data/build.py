@@ -1,0 +1,12 @@
+"""Config → in-memory dataset (generated or read from a prepared Parquet folder)."""
+from __future__ import annotations
+
+from ..config import Config
+from .format import KGData, load_dataset
+from .synthetic import generate
+
+
+def build_dataset(cfg: Config) -> KGData:
+    if cfg.data.source == "synthetic":
+        return generate(cfg.data.synthetic)
+    return load_dataset(cfg.data.path, modalities=cfg.model.modalities)

@@ -1,0 +1,241 @@
+"""The on-disk dataset: a folder (local path or any fsspec URL) of Parquet files plus a manifest.
+
+    manifest.json            format name + version, counts, splits, modalities (see docs/dataset-format.md)
+    entities.parquet         id:int64, name:string, has_<modality>:bool
+    relations.parquet        id:int64, name:string
+    triples/<split>/part-NNNNN.parquet   head:int64, relation:int64, tail:int64 (row groups of ≤1M rows)
+    features/<modality>.parquet          id:int64, feature:fixed_size_list<float32>[dim]  (present rows only)
+
+Triples are split into part files and row groups so a streaming reader can hand disjoint row groups to
+ranks; features store only present rows, so a missing modality costs nothing on disk.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import DataError
+
+FORMAT_NAME = "mmkgc-dist"
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+ROW_GROUP_ROWS = 1 << 20
+PART_ROWS = 1 << 24
+TRIPLE_SCHEMA = pa.schema([("head", pa.int64()), ("relation", pa.int64()), ("tail", pa.int64())])
+
+
+@dataclass
+class Features:
+    """Dense [N, dim] float32 matrix (zeros where absent) and a presence mask [N]."""
+    values: np.ndarray
+    present: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return self.values.shape[1]
+
+
+@dataclass
+class KGData:
+    num_entities: int
+    num_relations: int
+    splits: dict[str, np.ndarray]                 # name -> int64 [n, 3] (head, relation, tail)
+    entity_names: list[str]
+    relation_names: list[str]
+    features: dict[str, Features] = field(default_factory=dict)
+    name: str = "dataset"
+
+
+# ----------------------------------------------------------------------------------------- writing
+def write_dataset(data: KGData, out_dir: str, source: str = "") -> None:
+    """Write atomically: build in a sibling temporary folder, then rename over ``out_dir``."""
+    validate(data, origin=source or "in-memory dataset")
+    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
+    try:
+        manifest = _write_contents(data, tmp, source)
+        with open(os.path.join(tmp, "manifest.json"), "w") as fh:
+            json.dump(manifest, fh, indent=2)
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_contents(data: KGData, root: str, source: str) -> dict:
+    n = data.num_entities
+    entity_cols = {"id": pa.array(np.arange(n, dtype=np.int64)), "name": pa.array(data.entity_names, pa.string())}
+    for m, feats in data.features.items():
+        entity_cols[f"has_{m}"] = pa.array(feats.present.astype(bool))
+    pq.write_table(pa.table(entity_cols), os.path.join(root, "entities.parquet"))
+    pq.write_table(pa.table({"id": pa.array(np.arange(data.num_relations, dtype=np.int64)),
+                             "name": pa.array(data.relation_names, pa.string())}),
+                   os.path.join(root, "relations.parquet"))
+    splits = {}
+    for split, triples in data.splits.items():
+        splits[split] = {"rows": int(len(triples)), "files": _write_triples(triples, root, split)}
+    modalities = {}
+    os.makedirs(os.path.join(root, "features"), exist_ok=True)
+    for m, feats in data.features.items():
+        rel = f"features/{m}.parquet"
+        ids = np.flatnonzero(feats.present).astype(np.int64)
+        flat = pa.array(np.ascontiguousarray(feats.values[ids], dtype=np.float32).reshape(-1))
+        table = pa.table({"id": pa.array(ids), "feature": pa.FixedSizeListArray.from_arrays(flat, feats.dim)})
+        pq.write_table(table, os.path.join(root, rel), row_group_size=65536)
+        modalities[m] = {"dim": feats.dim, "file": rel, "present": int(len(ids))}
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": data.name, "source": source,
+            "num_entities": n, "num_relations": data.num_relations,
+            "entities": "entities.parquet", "relations": "relations.parquet",
+            "splits": splits, "modalities": modalities}
+
+
+def _write_triples(triples: np.ndarray, root: str, split: str) -> list[str]:
+    files = []
+    os.makedirs(os.path.join(root, "triples", split), exist_ok=True)
+    for part, start in enumerate(range(0, max(len(triples), 1), PART_ROWS)):
+        chunk = triples[start:start + PART_ROWS]
+        rel = f"triples/{split}/part-{part:05d}.parquet"
+        table = pa.table({"head": chunk[:, 0], "relation": chunk[:, 1], "tail": chunk[:, 2]}, schema=TRIPLE_SCHEMA)
+        pq.write_table(table, os.path.join(root, rel), row_group_size=ROW_GROUP_ROWS)
+        files.append(rel)
+    return files
+
+
+# ----------------------------------------------------------------------------------------- reading
+def _join(root: str, rel: str) -> str:
+    return root.rstrip("/") + "/" + rel
+
+
+def read_manifest(root: str) -> dict:
+    path = _join(root, "manifest.json")
+    try:
+        with fsspec.open(path, "r") as fh:
+            manifest = json.load(fh)
+    except FileNotFoundError:
+        raise DataError(f"{path}: manifest not found; is {root} a dataset written by `mmkgc-dist prepare`?")
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})")
+    if manifest.get("format") != FORMAT_NAME:
+        raise DataError(f"{path}: field 'format' is {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: field 'format_version' is {manifest.get('format_version')!r}; "
+                        f"this version reads {FORMAT_VERSION}")
+    for key in ("num_entities", "num_relations", "splits", "modalities"):
+        if key not in manifest:
+            raise DataError(f"{path}: required field {key!r} missing")
+    return manifest
+
+
+def _read_table(path: str, columns=None) -> pa.Table:
+    try:
+        with fsspec.open(path, "rb") as fh:
+            return pq.read_table(fh, columns=columns)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file listed in the manifest is missing")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})")
+    except KeyError as exc:
+        raise DataError(f"{path}: column {exc} missing")
+
+
+def read_triples(root: str, manifest: dict, split: str) -> np.ndarray:
+    info = manifest["splits"][split]
+    parts = []
+    for rel in info["files"]:
+        path = _join(root, rel)
+        table = _read_table(path)
+        if not table.schema.equals(TRIPLE_SCHEMA):
+            raise DataError(f"{path}: schema {table.schema.to_string()!r} differs from the expected "
+                            f"head:int64, relation:int64, tail:int64")
+        parts.append(np.stack([table.column(c).to_numpy() for c in ("head", "relation", "tail")], axis=1))
+    triples = np.concatenate(parts) if parts else np.zeros((0, 3), np.int64)
+    if len(triples) != info["rows"]:
+        raise DataError(f"{_join(root, 'manifest.json')}: split {split!r} declares {info['rows']} rows, "
+                        f"files hold {len(triples)}")
+    return triples.astype(np.int64, copy=False)
+
+
+def read_features(root: str, manifest: dict, modality: str) -> Features:
+    info = manifest["modalities"][modality]
+    path = _join(root, info["file"])
+    table = _read_table(path)
+    n, dim = manifest["num_entities"], info["dim"]
+    col = table.column("feature").combine_chunks()
+    if not pa.types.is_fixed_size_list(col.type) or col.type.list_size != dim:
+        raise DataError(f"{path}: field 'feature' has type {col.type}, expected fixed_size_list<float>[{dim}]")
+    ids = table.column("id").to_numpy()
+    rows = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+    values = np.zeros((n, dim), np.float32)
+    present = np.zeros(n, bool)
+    check_feature_rows(path, ids, rows, n)
+    values[ids] = rows
+    present[ids] = True
+    return Features(values, present)
+
+
+def check_feature_rows(origin: str, ids: np.ndarray, rows: np.ndarray, num_entities: int) -> None:
+    bad = np.flatnonzero((ids < 0) | (ids >= num_entities))
+    if len(bad):
+        raise DataError(f"{origin}: row {bad[0]}: entity id {ids[bad[0]]} out of range [0, {num_entities})"
+                        f" ({len(bad)} such rows)")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"{origin}: entity id {uniq[counts > 1][0]} appears {counts.max()} times")
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise DataError(f"{origin}: row {row} (entity {ids[row]}): feature holds NaN/Inf "
+                        f"({int((~finite).sum())} such rows)")
+
+
+def load_dataset(root: str, modalities: list[str] | None = None) -> KGData:
+    """Read a prepared dataset (all splits in memory; the streaming loader reads train lazily)."""
+    manifest = read_manifest(root)
+    n, r = manifest["num_entities"], manifest["num_relations"]
+    ents = _read_table(_join(root, manifest["entities"]), columns=["id", "name"])
+    rels = _read_table(_join(root, manifest["relations"]), columns=["id", "name"])
+    if ents.num_rows != n:
+        raise DataError(f"{_join(root, manifest['entities'])}: {ents.num_rows} rows, manifest says {n} entities")
+    if rels.num_rows != r:
+        raise DataError(f"{_join(root, manifest['relations'])}: {rels.num_rows} rows, manifest says {r} relations")
+    splits = {s: read_triples(root, manifest, s) for s in manifest["splits"]}
+    wanted = list(manifest["modalities"]) if modalities is None else modalities
+    features = {}
+    for m in wanted:
+        if m not in manifest["modalities"]:
+            continue  # a modality absent from the data is missing for every entity (handled by the model)
+        features[m] = read_features(root, manifest, m)
+    data = KGData(n, r, splits, ents.column("name").to_pylist(), rels.column("name").to_pylist(),
+                  features, manifest.get("name", "dataset"))
+    validate(data, origin=root)
+    return data
+
+
+def validate(data: KGData, origin: str) -> None:
+    for split, triples in data.splits.items():
+        if triples.ndim != 2 or triples.shape[1] != 3:
+            raise DataError(f"{origin}: split {split!r}: expected [n, 3] triples, got shape {triples.shape}")
+        for col, name, limit in ((0, "head", data.num_entities), (1, "relation", data.num_relations),
+                                 (2, "tail", data.num_entities)):
+            bad = np.flatnonzero((triples[:, col] < 0) | (triples[:, col] >= limit))
+            if len(bad):
+                raise DataError(f"{origin}: split {split!r} row {bad[0]}: {name} id {triples[bad[0], col]} "
+                                f"out of range [0, {limit}) ({len(bad)} such rows)")
+    if len(data.entity_names) != data.num_entities:
+        raise DataError(f"{origin}: {len(data.entity_names)} entity names for {data.num_entities} entities")
+    for m, f in data.features.items():
+        if f.values.shape[0] != data.num_entities or f.present.shape != (data.num_entities,):
+            raise DataError(f"{origin}: modality {m!r}: {f.values.shape[0]} rows for {data.num_entities} entities")
+        if not np.isfinite(f.values[f.present]).all():
+            raise DataError(f"{origin}: modality {m!r}: features hold NaN/Inf")

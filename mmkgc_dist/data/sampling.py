@@ -1,0 +1,73 @@
+"""Negative sampling: Bernoulli/uniform head-or-tail corruption, per-positive or chunk-shared candidates,
+and filtering of false negatives against the training set (exact, by sorted triple keys)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def triple_keys(triples: np.ndarray, num_entities: int, num_relations: int) -> np.ndarray:
+    """One int64 per (h, r, t); exact for graphs up to ~2^63 / (N² R) (checked by the caller)."""
+    return (triples[:, 0] * num_relations + triples[:, 1]) * num_entities + triples[:, 2]
+
+
+def head_probabilities(train: np.ndarray, num_relations: int) -> np.ndarray:
+    """P(corrupt head | r) = tph / (tph + hpt) — the 'bern' scheme of Wang et al. (2014)."""
+    probs = np.full(num_relations, 0.5)
+    for r in np.unique(train[:, 1]):
+        rows = train[train[:, 1] == r]
+        tph = len(rows) / len(np.unique(rows[:, 0]))
+        hpt = len(rows) / len(np.unique(rows[:, 2]))
+        probs[r] = tph / (tph + hpt)
+    return probs
+
+
+@dataclass
+class NegativeBatch:
+    head_mode: np.ndarray     # bool [B]: True where the head is corrupted
+    entities: np.ndarray      # int64 [B, K] (per_positive) or [ceil(B / chunk), K] (chunk_shared)
+    false_negatives: int      # candidates that are known triples and survived resampling
+
+
+class NegativeSampler:
+    def __init__(self, train: np.ndarray, num_entities: int, num_relations: int, num_negatives: int,
+                 corruption: str = "bern", mode: str = "per_positive", chunk_size: int = 64,
+                 filter_negatives: bool = True, max_rounds: int = 10):
+        self.n, self.k = num_entities, num_negatives
+        self.mode, self.chunk_size, self.max_rounds = mode, chunk_size, max_rounds
+        self.head_prob = head_probabilities(train, num_relations) if corruption == "bern" \
+            else np.full(num_relations, 0.5)
+        self.num_relations = num_relations
+        # Chunk-shared candidates cannot be filtered per positive (as in PyTorch-BigGraph): off there.
+        self.filter = filter_negatives and mode == "per_positive"
+        if self.filter:
+            if float(num_entities) ** 2 * num_relations >= 2 ** 62:
+                raise ValueError("graph too large for exact negative filtering; set train.filter_negatives=false")
+            self.known = np.sort(triple_keys(train, num_entities, num_relations))
+
+    def sample(self, batch: np.ndarray, rng: np.random.Generator) -> NegativeBatch:
+        head_mode = rng.random(len(batch)) < self.head_prob[batch[:, 1]]
+        if self.mode == "chunk_shared":
+            cand = rng.integers(0, self.n, size=(-(-len(batch) // self.chunk_size), self.k))
+            return NegativeBatch(head_mode, cand, 0)
+        cand = rng.integers(0, self.n, size=(len(batch), self.k))
+        false = 0
+        if self.filter:
+            false = self._resample_known(batch, head_mode, cand, rng)
+        return NegativeBatch(head_mode, cand, false)
+
+    def _is_known(self, batch, head_mode, cand) -> np.ndarray:
+        h = np.where(head_mode[:, None], cand, batch[:, :1])
+        t = np.where(head_mode[:, None], batch[:, 2:3], cand)
+        keys = (h * self.num_relations + batch[:, 1:2]) * self.n + t
+        pos = np.searchsorted(self.known, keys).clip(max=len(self.known) - 1)
+        return self.known[pos] == keys
+
+    def _resample_known(self, batch, head_mode, cand, rng) -> int:
+        for _ in range(self.max_rounds):
+            hit = self._is_known(batch, head_mode, cand)
+            if not hit.any():
+                return 0
+            cand[hit] = rng.integers(0, self.n, size=int(hit.sum()))
+        return int(self._is_known(batch, head_mode, cand).sum())
