@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 import torch
 
 from _common import REPO, SHARED_DATASETS, machine, results_dir, write_json
 from mmkgc_dist.config import load_config
-from mmkgc_dist.data.format import write_dataset
 from mmkgc_dist.data.openke import read_openke
 from mmkgc_dist.train.trainer import Trainer
 

@@ -104,7 +104,6 @@ def cmd_train(args, overrides) -> int:
 
 def cmd_evaluate(args, overrides) -> int:
     from .data.build import build_dataset
-    from .parallel.env import world_size_from_environment
     from .train.checkpoint import latest_checkpoint, load_checkpoint
 
     run_dir = args.run_dir

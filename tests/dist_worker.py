@@ -47,7 +47,6 @@ def main() -> None:
     # Reference: one process ranks with the gathered full tables and the same kernels.
     tables = {name: trainer.tables.full_table(name) for name in ["entity", "relation"] + trainer.modalities}
     from mmkgc_dist.model.kgc import EntityRows
-    import numpy as np
     masks = {m: torch.from_numpy(trainer.data.features[m].present) for m in trainer.modalities}
     rows = EntityRows(tables["entity"], {m: tables[m] for m in trainer.modalities}, masks)
     with torch.no_grad():

@@ -1,5 +1,4 @@
 """Training behaviour on small generated graphs: learning, MAT wiring, frozen features, resume."""
-import numpy as np
 import pytest
 import torch
 

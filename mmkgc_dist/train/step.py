@@ -109,7 +109,6 @@ class TrainStep:
         timer = self.timer
         triples = torch.from_numpy(batch)
         cand = torch.from_numpy(negatives.entities)
-        b = len(batch)
         ids, inverse = unique_ids(torch.cat([triples[:, 0], triples[:, 2], cand.reshape(-1)]), self.num_entities)
         with timer("embed"):        # table lookup (incl. all-to-all) and fusion of each unique entity
             entities, relation_rows = self.embed(ids, triples[:, 1])
