@@ -33,11 +33,13 @@ MODES = {
 }
 
 
-def db15k_shaped(rng: np.random.Generator, n=12842, r=279, triples=79222) -> KGData:
+def db15k_shaped(rng: np.random.Generator, n=12842, r=279, triples=79222, visual=4096, text=384,
+                 test=10) -> KGData:
+    """Random graph and features with DB15K's sizes (speed does not depend on the values)."""
     train = np.stack([rng.integers(0, n, triples), rng.integers(0, r, triples), rng.integers(0, n, triples)], 1)
-    feats = {"visual": Features(rng.standard_normal((n, 4096), dtype=np.float32), np.ones(n, bool)),
-             "text": Features(rng.standard_normal((n, 384), dtype=np.float32), np.ones(n, bool))}
-    return KGData(n, r, {"train": train, "valid": train[:10], "test": train[:10]},
+    feats = {"visual": Features(rng.standard_normal((n, visual), dtype=np.float32), np.ones(n, bool)),
+             "text": Features(rng.standard_normal((n, text), dtype=np.float32), np.ones(n, bool))}
+    return KGData(n, r, {"train": train, "valid": train[:10], "test": train[:test]},
                   [str(i) for i in range(n)], [str(i) for i in range(r)], feats, "db15k-shaped")
 
 
@@ -50,9 +52,10 @@ def sgemm_gflops(threads: int) -> float:
     return 5 * 2 * 4096 * 4096 * 512 / (time.perf_counter() - t) / 1e9
 
 
-def measure(data: KGData, overrides, steps: int) -> dict:
+def measure(data: KGData, overrides, steps: int, device: str = "cpu") -> dict:
     cfg = load_config(None, [("model.dim", "250"), ("train.batch_size", "1024"), ("train.num_negatives", "128"),
-                             ("train.filter_negatives", "true"), ("train.epochs", "1")] + overrides)
+                             ("train.filter_negatives", "true"), ("train.epochs", "1"), ("train.device", device)]
+                      + overrides)
     trainer = Trainer(cfg, data, None, show_progress=False)
     batches = trainer.batches()
     timings = []

@@ -85,6 +85,8 @@ class TrainConfig:
     seed: int = _f(42, "seed of initialisation and sampling")
     threads: int = _f(0, "torch intra-op threads (0 = leave torch's default)")
     compile: bool = _f(True, "torch.compile the fused RotatE distance kernels")
+    device: str = _f("auto", "single-process device: 'auto' (CUDA when visible), 'cpu' or 'cuda'; distributed "
+                     "runs use one device per rank", choices=("auto", "cpu", "cuda"))
     log_every: int = _f(20, "steps between JSONL metric records")
     checkpoint_every: int = _f(0, "epochs between checkpoints (0 = only at the end)")
     checkpoint_every_steps: int = _f(0, "steps between checkpoints, mid-epoch included (0 = off)")

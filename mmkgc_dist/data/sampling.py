@@ -13,14 +13,19 @@ def triple_keys(triples: np.ndarray, num_entities: int, num_relations: int) -> n
 
 
 def head_probabilities(train: np.ndarray, num_relations: int) -> np.ndarray:
-    """P(corrupt head | r) = tph / (tph + hpt) — the 'bern' scheme of Wang et al. (2014)."""
-    probs = np.full(num_relations, 0.5)
-    for r in np.unique(train[:, 1]):
-        rows = train[train[:, 1] == r]
-        tph = len(rows) / len(np.unique(rows[:, 0]))
-        hpt = len(rows) / len(np.unique(rows[:, 2]))
-        probs[r] = tph / (tph + hpt)
-    return probs
+    """P(corrupt head | r) = tph / (tph + hpt) — the 'bern' scheme of Wang et al. (2014); 0.5 for unseen r."""
+    rel = train[:, 1]
+    count = np.bincount(rel, minlength=num_relations).astype(float)
+    width = int(train[:, [0, 2]].max()) + 1 if len(train) else 1
+
+    def distinct(col: int) -> np.ndarray:   # distinct heads (or tails) per relation, vectorised
+        pairs = np.unique(rel * width + train[:, col])
+        return np.bincount(pairs // width, minlength=num_relations).astype(float)
+
+    seen = count > 0
+    tph = np.divide(count, distinct(0), out=np.ones(num_relations), where=seen)
+    hpt = np.divide(count, distinct(2), out=np.ones(num_relations), where=seen)
+    return np.where(seen, tph / (tph + hpt), 0.5)
 
 
 @dataclass

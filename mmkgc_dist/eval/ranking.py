@@ -39,7 +39,7 @@ class FilterIndex:
 
 def count_better_equal(dist: Tensor, true: Tensor, exclude_rows: Tensor, exclude_cols: Tensor) -> tuple[Tensor, Tensor]:
     """Per query, candidates strictly better than / tied with ``true`` [b, 1], ignoring excluded cells."""
-    dist = dist.index_put((exclude_rows, exclude_cols), torch.tensor(float("inf")))
+    dist = dist.index_put((exclude_rows, exclude_cols), torch.tensor(float("inf"), device=dist.device))
     return (dist < true).sum(1).double(), (dist == true).sum(1).double()
 
 
@@ -57,7 +57,7 @@ def ranks_from_distances(dist: Tensor, target: Tensor, filter_rows: Tensor, filt
                          ties: str) -> Tensor:
     """dist [b, N] (lower is better); the target and filtered entities are excluded from the counts."""
     true = dist.gather(1, target.unsqueeze(1))
-    rows = torch.cat([filter_rows, torch.arange(len(target))])
+    rows = torch.cat([filter_rows, torch.arange(len(target), device=target.device)])
     cols = torch.cat([filter_cols, target])
     return ranks_from_counts(*count_better_equal(dist, true, rows, cols), ties)
 
@@ -82,12 +82,13 @@ def filtered_ranks(joint: Tensor, relation_rows: Tensor, rotate: RotatE, triples
         ranks = []
         for start in range(0, len(triples), batch_size):
             chunk = triples[start:start + batch_size]
-            anchors, rels = torch.from_numpy(chunk[:, anchor_col]), torch.from_numpy(chunk[:, 1])
+            on_device = lambda a: torch.from_numpy(a).to(joint.device)
+            anchors, rels = on_device(chunk[:, anchor_col]), on_device(chunk[:, 1])
             query = rotate.rotate(joint[anchors], sign * rotate.phase(relation_rows[rels]))
             dist = kernels.all_pairs(query, joint)
             rows, cols = index.pairs(chunk[:, anchor_col], chunk[:, 1])
-            ranks.append(ranks_from_distances(dist, torch.from_numpy(chunk[:, answer_col]),
-                                              torch.from_numpy(rows), torch.from_numpy(cols), ties))
+            ranks.append(ranks_from_distances(dist, on_device(chunk[:, answer_col]), on_device(rows),
+                                              on_device(cols), ties).cpu())
             if progress is not None:
                 progress.update(len(chunk))
         out[direction] = torch.cat(ranks).numpy() if ranks else np.zeros(0)

@@ -15,7 +15,7 @@ class ModalityGenerator(nn.Module):
 
     def forward(self, structural: Tensor, noise: Tensor | None = None) -> Tensor:
         if noise is None:
-            noise = torch.randn(structural.shape[0], self.noise_dim, dtype=structural.dtype)
+            noise = torch.randn(structural.shape[0], self.noise_dim, dtype=structural.dtype, device=structural.device)
         return self.net(torch.cat([structural, noise], dim=-1))
 
 

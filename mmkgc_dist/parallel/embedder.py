@@ -33,7 +33,7 @@ class OwnerEmbedder:
         recv_counts = torch.empty_like(send_counts)
         dist.all_to_all_single(recv_counts, send_counts)
         send, recv = send_counts.tolist(), recv_counts.tolist()
-        requested = torch.empty(sum(recv), dtype=torch.long)
+        requested = torch.empty(sum(recv), dtype=torch.long, device=entity_ids.device)
         dist.all_to_all_single(requested, entity_ids.contiguous(), recv, send)
 
         owned, position = unique_ids(requested, self.num_entities)   # requests from several ranks coincide
@@ -41,7 +41,7 @@ class OwnerEmbedder:
         joint, _ = self.model(rows)
         fused = joint is not rows.structural          # structure-only: the joint row is the structural row
         answers = (torch.cat([joint, rows.structural], dim=1) if fused else joint)[position]
-        received = differentiable_all_to_all(torch.empty(len(entity_ids), answers.shape[1]), answers, send, recv)
+        received = differentiable_all_to_all(answers.new_empty(len(entity_ids), answers.shape[1]), answers, send, recv)
         width = joint.shape[1]
         joint, structural = (received[:, :width], received[:, width:]) if fused else (received, received)
         masks = {m: getattr(self.tables, f"present_{m}")[entity_ids] for m in self.tables.modalities}

@@ -54,6 +54,9 @@ class DistributedTrainer(Trainer):
         self.world_size = self.env.world_size
         torch.manual_seed(cfg.train.seed + 1000 * self.env.rank)   # per-rank noise streams after identical init
 
+    def choose_device(self) -> torch.device:
+        return self.env.device            # one device per rank, from LOCAL_RANK (see env.py)
+
     def _build(self) -> None:
         cfg, env, width = self.cfg, self.env, 2 * self.cfg.model.dim
         self.loss_scale = 1.0 / env.world_size

@@ -32,11 +32,11 @@ def unique_ids(ids: Tensor, universe: int) -> tuple[Tensor, Tensor]:
     torch.unique(return_inverse=True) sorts all B·(K+2) ids; this is ~10x faster for the id
     universes of one rank's tables.
     """
-    present = torch.zeros(universe, dtype=torch.bool)
+    present = torch.zeros(universe, dtype=torch.bool, device=ids.device)
     present[ids] = True
     unique = present.nonzero().squeeze(1)
-    position = torch.empty(universe, dtype=torch.long)
-    position[unique] = torch.arange(len(unique))
+    position = torch.empty(universe, dtype=torch.long, device=ids.device)
+    position[unique] = torch.arange(len(unique), device=ids.device)
     return unique, position[ids]
 
 
@@ -95,7 +95,8 @@ def local_generator_update(generators: nn.Module, optimizer: torch.optim.Optimiz
 class TrainStep:
     def __init__(self, cfg: Config, embed: Callable, num_entities: int, core: MultiModalKGC,
                  generators: nn.Module | None, rotate: RotatE, kernels: DistanceKernels, opt_model,
-                 update_generator: Callable | None, loss_scale: float = 1.0):
+                 update_generator: Callable | None, loss_scale: float = 1.0,
+                 device: torch.device = torch.device("cpu")):
         """``embed(entity_ids, relation_ids) -> (EmbeddedEntities, relation rows)``: lookup + fusion,
         local (``LocalEmbedder``) or computed by the rows' owners (``parallel.embedder``)."""
         self.cfg, self.embed, self.num_entities, self.core, self.generators = cfg, embed, num_entities, core, generators
@@ -104,11 +105,12 @@ class TrainStep:
         self.loss_scale = loss_scale
         self.mu = cfg.mat.mu if generators is not None else 0.0
         self.timer = PhaseTimer()
+        self.device = device
 
     def __call__(self, batch: np.ndarray, negatives: NegativeBatch) -> dict:
         timer = self.timer
-        triples = torch.from_numpy(batch)
-        cand = torch.from_numpy(negatives.entities)
+        triples = torch.from_numpy(batch).to(self.device)
+        cand = torch.from_numpy(negatives.entities).to(self.device)
         ids, inverse = unique_ids(torch.cat([triples[:, 0], triples[:, 2], cand.reshape(-1)]), self.num_entities)
         with timer("embed"):        # table lookup (incl. all-to-all) and fusion of each unique entity
             entities, relation_rows = self.embed(ids, triples[:, 1])
@@ -131,7 +133,7 @@ class TrainStep:
         """The discriminator's loss (KGC + μ·adversarial), the positives' view and the step's metrics."""
         b = len(triples)
         view = PositiveView(inverse[:b], inverse[b:2 * b], self.rotate.phase(relation_rows),
-                            torch.from_numpy(negatives.head_mode), triples[:, 1])
+                            torch.from_numpy(negatives.head_mode).to(self.device), triples[:, 1])
         cand_local = inverse[2 * b:].view_as(cand)
         joint = entities.joint
         query, target = self._queries(joint, view)

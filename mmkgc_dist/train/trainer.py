@@ -44,6 +44,7 @@ class Trainer:
         self.modalities = fused_modalities(cfg, data)
         self.features = {m: data.features[m] for m in self.modalities}
         self.use_mat = cfg.mat.enabled and bool(self.modalities)
+        self.device = self.choose_device()
         self.kernels = DistanceKernels(compile=cfg.train.compile)
         self.loss_scale = 1.0
         self._build()
@@ -51,7 +52,7 @@ class Trainer:
                                        cfg.train.num_negatives, cfg.train.corruption, cfg.train.negatives,
                                        cfg.train.chunk_size, cfg.train.filter_negatives)
         self.step_fn = TrainStep(cfg, self.embedder, data.num_entities, self.core, self.generators, self.rotate,
-                                 self.kernels, self.opt_model, self.update_generator, self.loss_scale)
+                                 self.kernels, self.opt_model, self.update_generator, self.loss_scale, self.device)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         if run_dir:
             os.makedirs(run_dir, exist_ok=True)
@@ -59,15 +60,21 @@ class Trainer:
         if run_dir:
             dump_config(cfg, os.path.join(run_dir, "config.yaml"))
 
+    def choose_device(self) -> torch.device:
+        wanted = self.cfg.train.device
+        if wanted == "cuda" and not torch.cuda.is_available():
+            raise ValueError("train.device=cuda but no CUDA device is visible")
+        return torch.device("cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu")
+
     def _build(self) -> None:
         """Tables, dense model, generators and their optimizers (the distributed trainer overrides this)."""
         cfg, width = self.cfg, 2 * self.cfg.model.dim
         self.tables = LocalTables(self.data.num_entities, self.data.num_relations, cfg.model.dim,
                                   self.rotate.entity_init_bound, self.rotate.relation_init_bound, self.features,
-                                  trainable_features=cfg.model.raw_features == "trainable")
-        self.core = self.model = MultiModalKGC(width, {m: f.dim for m, f in self.features.items()})
+                                  trainable_features=cfg.model.raw_features == "trainable").to(self.device)
+        self.core = self.model = MultiModalKGC(width, {m: f.dim for m, f in self.features.items()}).to(self.device)
         self.embedder = LocalEmbedder(self.tables, self.model)
-        self.generators = MATGenerators(self.modalities, width, cfg.mat.noise_dim, cfg.mat.hidden) \
+        self.generators = MATGenerators(self.modalities, width, cfg.mat.noise_dim, cfg.mat.hidden).to(self.device) \
             if self.use_mat else None
         params = [p for p in list(self.tables.parameters()) + list(self.model.parameters()) if p.requires_grad]
         self.opt_model = torch.optim.Adam(params, lr=cfg.train.lr, fused=True)
@@ -150,7 +157,7 @@ class Trainer:
     def entity_embeddings(self, chunk: int = 4096) -> torch.Tensor:
         parts = []
         for start in range(0, self.data.num_entities, chunk):
-            ids = torch.arange(start, min(start + chunk, self.data.num_entities))
+            ids = torch.arange(start, min(start + chunk, self.data.num_entities), device=self.device)
             parts.append(self.model.embed(self.tables.entities(ids))[0])
         return torch.cat(parts)
 
@@ -174,7 +181,8 @@ class Trainer:
                 "generators": self.generators.state_dict() if self.generators else None,
                 "opt_model": self.opt_model.state_dict(),
                 "opt_generator": self.opt_generator.state_dict() if self.opt_generator else None,
-                "cursor": self.cursor(), "torch_rng": torch.get_rng_state()}
+                "cursor": self.cursor(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None}
 
     def cursor(self) -> dict:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step}
@@ -193,6 +201,8 @@ class Trainer:
             self.opt_generator.load_state_dict(state["opt_generator"])
         self.set_cursor(state["cursor"])
         torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"])
 
     def save(self) -> str:
         path = save_checkpoint(self.state_dict(), os.path.join(self.run_dir, "checkpoints"), self.step)
