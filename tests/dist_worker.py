@@ -60,6 +60,7 @@ def main() -> None:
               "generator_exact": [p.detach().flatten().tolist() for p in trainer.generators.parameters()]
               if trainer.generators is not None else [],
               "entity_shards": trainer.tables.local_shard_sizes("entity"),
+              "relation_exact": tables["relation"].flatten().tolist(),
               "plan": trainer.tables.plan_json(),
               "feature_drift": {m: (tables[m] - torch.from_numpy(trainer.data.features[m].values)).abs().max().item()
                                 for m in trainer.modalities},

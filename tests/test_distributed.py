@@ -113,3 +113,16 @@ def test_widths_not_multiple_of_four(tmp_path):
     """TorchRec kernels need widths divisible by 4; d=7 (as d=250 relations) is padded and sliced."""
     result = torchrun(2, tmp_path / "odd", "--train.max_steps=3", "--model.dim=7")[0]
     assert result["metrics"]["mrr"] == pytest.approx(result["reference"]["mrr"], abs=1e-6)
+
+
+def test_forced_sharding_types_and_data_parallel_relations(tmp_path):
+    """data_parallel relations are replicated, trained by the dense Adam and kept identical across ranks."""
+    forced = "--parallel.sharding={relation: data_parallel, entity: table_wise, visual: column_wise}"
+    trained = torchrun(2, tmp_path / "t", "--train.max_steps=5", forced)
+    initial = torchrun(2, tmp_path / "i", "--eval-only", forced)
+    plan = json.loads(trained[0]["plan"])
+    assert (plan["relation"]["sharding_type"], plan["entity"]["sharding_type"],
+            plan["visual"]["sharding_type"]) == ("data_parallel", "table_wise", "column_wise")
+    assert trained[0]["relation_exact"] == trained[1]["relation_exact"]
+    assert trained[0]["relation_exact"] != initial[0]["relation_exact"]
+    assert trained[0]["metrics"]["mrr"] == pytest.approx(trained[0]["reference"]["mrr"], abs=1e-6)

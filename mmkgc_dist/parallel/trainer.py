@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.format import KGData
 from ..data.sampling import NegativeBatch
 from ..eval.ranking import FilterIndex, count_better_equal, link_prediction_metrics, ranks_from_counts
@@ -43,11 +43,11 @@ class DistributedTrainer(Trainer):
                  env: DistEnv | None = None):
         self.env = env or init_distributed()
         if cfg.train.batch_size % self.env.world_size:
-            raise ValueError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of the world size "
+            raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of the world size "
                              f"({self.env.world_size})")
         local = cfg.train.batch_size // self.env.world_size
         if cfg.train.negatives == "chunk_shared" and local % cfg.train.chunk_size:
-            raise ValueError(f"train.chunk_size ({cfg.train.chunk_size}) must divide the per-rank batch ({local})")
+            raise ConfigError(f"train.chunk_size ({cfg.train.chunk_size}) must divide the per-rank batch ({local})")
         main = self.env.is_main
         super().__init__(cfg, data, run_dir if main else None, show_progress and main)
         self.run_dir = run_dir

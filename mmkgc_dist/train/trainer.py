@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import Config, dump_config
+from ..config import Config, ConfigError, dump_config
 from ..data.format import KGData
 from ..data.sampling import NegativeSampler
 from ..eval.ranking import filtered_ranks, link_prediction_metrics
@@ -63,7 +63,7 @@ class Trainer:
     def choose_device(self) -> torch.device:
         wanted = self.cfg.train.device
         if wanted == "cuda" and not torch.cuda.is_available():
-            raise ValueError("train.device=cuda but no CUDA device is visible")
+            raise ConfigError("train.device: cuda requested but no CUDA device is visible")
         return torch.device("cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu")
 
     def _build(self) -> None:
