@@ -27,7 +27,7 @@ MODES = {"exact": [("train.negatives", "per_positive")],
 PHASES = ["data", "embed", "score", "backward", "optimizer", "generator"]
 
 
-def worker(out: str, steps: int, mode: str) -> None:
+def worker(out: str, steps: int, mode: str, extra: list[str]) -> None:
     import numpy as np
     import torch
     from throughput import db15k_shaped
@@ -36,7 +36,7 @@ def worker(out: str, steps: int, mode: str) -> None:
 
     torch.set_num_threads(1)
     cfg = load_config(None, [("model.dim", "250"), ("train.batch_size", "1024"), ("train.num_negatives", "128"),
-                             ("train.epochs", "1")] + MODES[mode])
+                             ("train.epochs", "1")] + MODES[mode] + [tuple(o.split("=", 1)) for o in extra])
     trainer = DistributedTrainer(cfg, db15k_shaped(np.random.default_rng(0)), run_dir=None, show_progress=False)
     timer = trainer.step_fn.timer
     batches = trainer.batches()
@@ -65,10 +65,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--mode", choices=list(MODES), default="exact")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra config override for both runs, e.g. --set mat.enabled=false")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.steps, args.mode)
+        worker(args.worker, args.steps, args.mode, args.set)
         return 0
     out = results_dir("scaling")
     rows = []
@@ -77,7 +79,8 @@ def main() -> int:
         path = os.path.join(out, f"world{world}.json")
         env = dict(os.environ, OMP_NUM_THREADS="1")
         res = subprocess.run([torchrun, "--standalone", f"--nproc_per_node={world}", __file__, "--worker", path,
-                              "--steps", str(args.steps), "--mode", args.mode], env=env, capture_output=True, text=True)
+                              "--steps", str(args.steps), "--mode", args.mode, *[f"--set={o}" for o in args.set]],
+                             env=env, capture_output=True, text=True)
         if res.returncode != 0:
             print(res.stderr[-3000:], file=sys.stderr)
             return 1
@@ -90,7 +93,7 @@ def main() -> int:
     # dense all-reduce) grew beyond halving, relative to the 2-rank step.
     comm = max(0.0, sum(rows[1]["phases_s"].get(k, 0) - rows[0]["phases_s"].get(k, 0) / 2
                         for k in ("embed", "backward", "optimizer"))) / rows[1]["step_s"]
-    report = {"machine": machine(), "mode": args.mode, "rows": rows, "speedup": speedup,
+    report = {"machine": machine(), "mode": args.mode, "overrides": args.set, "rows": rows, "speedup": speedup,
               "communication_share_estimate": comm}
     write_json(os.path.join(out, "scaling.json"), report)
     with open(os.path.join(out, "scaling.md"), "w") as fh:
