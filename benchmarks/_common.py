@@ -29,3 +29,21 @@ def write_json(path: str, obj) -> None:
     with open(tmp, "w") as fh:
         json.dump(obj, fh, indent=2)
     os.replace(tmp, path)
+
+
+def new_plot(size=(6, 4)):
+    """A figure and axes on the non-interactive backend (benchmarks run headless)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=size)
+
+
+def save_plot(fig, ax, path: str, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from _common import REPO, SHARED_DATASETS, machine, results_dir, write_json
+from _common import REPO, SHARED_DATASETS, machine, new_plot, results_dir, save_plot, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.openke import read_openke
 from mmkgc_dist.train.trainer import Trainer
@@ -65,19 +65,11 @@ def main() -> int:
 
 
 def plot(curve: list[dict], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_plot()
     ax.plot([c["epoch"] for c in curve], [c["test_mrr"] for c in curve], marker="o", label="test MRR (ours)")
     ax.axhline(0.2928, ls="--", c="gray", label="paper RotatE (test)")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("filtered MRR (realistic ties)")
-    ax.set_title("DB15K, structure-only RotatE, d=250, 128 negatives")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_plot(fig, ax, path, "epoch", "filtered MRR (realistic ties)",
+              "DB15K, structure-only RotatE, d=250, 128 negatives")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _common import machine, results_dir, write_json  # noqa: E402
+from _common import machine, new_plot, results_dir, save_plot, write_json  # noqa: E402
 
 MODES = {"exact": [("train.negatives", "per_positive")],
          "scalable": [("train.negatives", "chunk_shared"), ("train.chunk_size", "64"),
@@ -110,22 +110,14 @@ def main() -> int:
 
 
 def plot(rows, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_plot()
     bottom = [0.0] * len(rows)
     for phase in PHASES:
         vals = [r["phases_s"].get(phase, 0) for r in rows]
         ax.bar([str(r["world_size"]) for r in rows], vals, bottom=bottom, label=phase)
         bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.set_xlabel("ranks (1 thread each)")
-    ax.set_ylabel("seconds per step (per rank)")
-    ax.set_title("Step time by phase, DB15K config")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_plot(fig, ax, path, "ranks (1 thread each)", "seconds per step (per rank)",
+              "Step time by phase, DB15K config")
 
 
 if __name__ == "__main__":
