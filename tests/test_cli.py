@@ -25,9 +25,10 @@ def torchrun(repo, *args):
 
 def test_torchrun_train_then_evaluate(repo, tmp_path):
     run_dir = str(tmp_path / "run")
-    res = torchrun(repo, "--run-dir", run_dir, *TINY)
+    res = torchrun(repo, "--run-dir", run_dir, *TINY, "--run.tensorboard=true")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "MRR" in res.stdout
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run_dir, "tensorboard")))
     results = json.load(open(os.path.join(run_dir, "results.json")))
     records = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
     assert any(r["kind"] == "train" and "positives_per_s" in r for r in records)

@@ -1,4 +1,5 @@
-"""Structured metrics: one JSON object per line, flushed as written (tail -f friendly)."""
+"""Structured metrics: one JSON object per line, flushed as written (tail -f friendly), and optionally the
+same scalars as TensorBoard events (``run.tensorboard=true``; needs the ``tensorboard`` package)."""
 from __future__ import annotations
 
 import json
@@ -6,9 +7,13 @@ import time
 
 
 class JsonlLogger:
-    def __init__(self, path: str | None):
+    def __init__(self, path: str | None, tensorboard_dir: str | None = None):
         self._fh = open(path, "a") if path else None
         self._start = time.time()
+        self._tb = None
+        if tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter   # raises if tensorboard is not installed
+            self._tb = SummaryWriter(tensorboard_dir)
 
     def log(self, kind: str, **fields) -> None:
         if self._fh is None:
@@ -16,8 +21,15 @@ class JsonlLogger:
         record = {"kind": kind, "time": round(time.time() - self._start, 3), **fields}
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
+        if self._tb is not None and "step" in fields:
+            for key, value in fields.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                    self._tb.add_scalar(f"{kind}/{key}", value, fields["step"])
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

@@ -56,7 +56,8 @@ class Trainer:
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         if run_dir:
             os.makedirs(run_dir, exist_ok=True)
-        self.logger = JsonlLogger(os.path.join(run_dir, "metrics.jsonl") if run_dir else None)
+        self.logger = JsonlLogger(os.path.join(run_dir, "metrics.jsonl") if run_dir else None,
+                                  os.path.join(run_dir, "tensorboard") if run_dir and cfg.run.tensorboard else None)
         if run_dir:
             dump_config(cfg, os.path.join(run_dir, "config.yaml"))
 
