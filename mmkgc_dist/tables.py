@@ -36,7 +36,3 @@ class LocalTables(nn.Module):
 
     def relations(self, ids: Tensor) -> Tensor:
         return self.relation(ids)
-
-    @property
-    def num_entities(self) -> int:
-        return self.entity.num_embeddings

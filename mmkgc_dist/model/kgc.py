@@ -15,10 +15,6 @@ class EntityRows:
     features: dict[str, Tensor]
     masks: dict[str, Tensor]
 
-    def select(self, index: Tensor) -> "EntityRows":
-        return EntityRows(self.structural[index], {m: f[index] for m, f in self.features.items()},
-                          {m: k[index] for m, k in self.masks.items()})
-
 
 @dataclass
 class EmbeddedEntities:

@@ -22,10 +22,15 @@ from ..model.kgc import EmbeddedEntities
 from ..train.step import unique_ids
 
 
+def owner_block(num_entities: int, world_size: int) -> int:
+    """Rows per owner: rank r owns ids [r·block, (r+1)·block) — TorchRec's row-wise layout."""
+    return -(-num_entities // world_size)
+
+
 class OwnerEmbedder:
     def __init__(self, tables, model: nn.Module, num_entities: int, world_size: int):
         self.tables, self.model, self.num_entities, self.world = tables, model, num_entities, world_size
-        self.block = -(-num_entities // world_size)
+        self.block = owner_block(num_entities, world_size)
 
     def __call__(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EmbeddedEntities, Tensor]:
         """entity_ids must be sorted (``unique_ids`` returns them so): requests are then grouped by owner."""

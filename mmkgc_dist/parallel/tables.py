@@ -73,7 +73,7 @@ class ShardedTables(nn.Module):
                  relation_bound: float, features: dict[str, Features], trainable_features: bool,
                  cfg: ParallelConfig, seed: int):
         super().__init__()
-        self.env, self.num_entities, self.modalities = env, num_entities, list(features)
+        self.env, self.modalities = env, list(features)
         frozen_dtype = DataType.FP16 if cfg.frozen_dtype == "fp16" else DataType.FP32
         specs = {"entity": (num_entities, 2 * dim, True, DataType.FP32),
                  "relation": (num_relations, dim, True, DataType.FP32)}

@@ -25,7 +25,7 @@ from ..model import MATGenerators
 from ..model.kgc import MultiModalKGC
 from ..train.trainer import Trainer
 from . import checkpoint
-from .embedder import OwnerEmbedder
+from .embedder import OwnerEmbedder, owner_block
 from .env import DistEnv, allreduce_sum_hook, init_distributed
 from .tables import ShardedTables
 
@@ -124,8 +124,10 @@ class DistributedTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------ evaluation
     def candidate_range(self) -> tuple[int, int]:
-        bounds = np.linspace(0, self.data.num_entities, self.env.world_size + 1).astype(int)
-        return int(bounds[self.env.rank]), int(bounds[self.env.rank + 1])
+        """This rank's candidates are the entities it owns, so their lookups and fusion stay local."""
+        block = owner_block(self.data.num_entities, self.env.world_size)
+        lo = min(self.env.rank * block, self.data.num_entities)
+        return lo, min(lo + block, self.data.num_entities)
 
     @torch.no_grad()
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -137,9 +139,8 @@ class DistributedTrainer(Trainer):
         """Joint embeddings of this rank's candidate shard; every rank makes the same number of lookups
         (lookups are collectives)."""
         lo, hi = self.candidate_range()
-        per_rank = -(-self.data.num_entities // self.env.world_size)
         parts = []
-        for start in range(0, max(per_rank, 1), chunk):
+        for start in range(0, max(owner_block(self.data.num_entities, self.env.world_size), 1), chunk):
             ids = torch.arange(lo + start, min(lo + start + chunk, hi)) if lo + start < hi else torch.zeros(0, dtype=torch.long)
             parts.append(self.embed(ids))
         return torch.cat(parts)
