@@ -231,10 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, rest = build_parser().parse_known_args(argv)
     try:
-        return args.fn(args, parse_overrides(rest))
+        code = args.fn(args, parse_overrides(rest))
     except (ConfigError, DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from .parallel.env import shutdown_distributed
+    shutdown_distributed()
+    return code
 
 
 def train_main(argv: list[str] | None = None) -> int:

@@ -71,6 +71,17 @@ def init_distributed() -> DistEnv:
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
 
 
+def shutdown_distributed() -> None:
+    """Barrier, then destroy the process group before the interpreter exits.
+
+    Without it a rank that finishes first can be torn down while gloo's background threads are still
+    joinable; seen here: "terminate called without an active exception" (SIGABRT) on a finished rank.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _elastic_store():
     """Under torchrun's agent store, a store namespaced by restart attempt.
 
