@@ -1,8 +1,8 @@
 """The on-disk dataset: a folder (local path or any fsspec URL) of Parquet files plus a manifest.
 
     manifest.json            format name + version, counts, splits, modalities (see docs/dataset-format.md)
-    entities.parquet         id:int64, name:string, has_<modality>:bool
-    relations.parquet        id:int64, name:string
+    entities.parquet         id:int64, name:string, degree:int64 (train), has_<modality>:bool
+    relations.parquet        id:int64, name:string, count, distinct_heads/tails, tails_per_head, heads_per_tail
     triples/<split>/part-NNNNN.parquet   head:int64, relation:int64, tail:int64 (row groups of ≤1M rows)
     features/<modality>.parquet          id:int64, feature:fixed_size_list<float32>[dim]  (present rows only)
 
@@ -23,9 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import DataError
+from .statistics import TripleStatistics
 
 FORMAT_NAME = "mmkgc-dist"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2            # 2 added training statistics (degrees, per-relation counts); 1 is still read
+READABLE_VERSIONS = (1, 2)
 SPLITS = ("train", "valid", "test")
 ROW_GROUP_ROWS = 1 << 20
 PART_ROWS = 1 << 24
@@ -55,14 +57,14 @@ class KGData:
 
 
 # ----------------------------------------------------------------------------------------- writing
-def write_dataset(data: KGData, out_dir: str, source: str = "") -> None:
+def write_dataset(data: KGData, out_dir: str, source: str = "", row_group_rows: int = ROW_GROUP_ROWS) -> None:
     """Write atomically: build in a sibling temporary folder, then rename over ``out_dir``."""
     validate(data, origin=source or "in-memory dataset")
     parent = os.path.dirname(os.path.abspath(out_dir)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
     try:
-        manifest = _write_contents(data, tmp, source)
+        manifest = _write_contents(data, tmp, source, row_group_rows)
         with open(os.path.join(tmp, "manifest.json"), "w") as fh:
             json.dump(manifest, fh, indent=2)
         if os.path.exists(out_dir):
@@ -73,18 +75,25 @@ def write_dataset(data: KGData, out_dir: str, source: str = "") -> None:
         raise
 
 
-def _write_contents(data: KGData, root: str, source: str) -> dict:
+def relation_stats_table(names, stats: dict[str, np.ndarray]) -> pa.Table:
+    return pa.table({"id": pa.array(np.arange(len(names), dtype=np.int64)), "name": pa.array(names, pa.string()),
+                     **{k: pa.array(v) for k, v in stats.items()}})
+
+
+def _write_contents(data: KGData, root: str, source: str, row_group_rows: int) -> dict:
     n = data.num_entities
-    entity_cols = {"id": pa.array(np.arange(n, dtype=np.int64)), "name": pa.array(data.entity_names, pa.string())}
+    stats = TripleStatistics()
+    stats.update(data.splits.get("train", np.zeros((0, 3), np.int64)))
+    entity_cols = {"id": pa.array(np.arange(n, dtype=np.int64)), "name": pa.array(data.entity_names, pa.string()),
+                   "degree": pa.array(stats.degrees(n))}
     for m, feats in data.features.items():
         entity_cols[f"has_{m}"] = pa.array(feats.present.astype(bool))
     pq.write_table(pa.table(entity_cols), os.path.join(root, "entities.parquet"))
-    pq.write_table(pa.table({"id": pa.array(np.arange(data.num_relations, dtype=np.int64)),
-                             "name": pa.array(data.relation_names, pa.string())}),
+    pq.write_table(relation_stats_table(data.relation_names, stats.relation_table(data.num_relations)),
                    os.path.join(root, "relations.parquet"))
     splits = {}
     for split, triples in data.splits.items():
-        splits[split] = {"rows": int(len(triples)), "files": _write_triples(triples, root, split)}
+        splits[split] = {"rows": int(len(triples)), "files": _write_triples(triples, root, split, row_group_rows)}
     modalities = {}
     os.makedirs(os.path.join(root, "features"), exist_ok=True)
     for m, feats in data.features.items():
@@ -100,14 +109,14 @@ def _write_contents(data: KGData, root: str, source: str) -> dict:
             "splits": splits, "modalities": modalities}
 
 
-def _write_triples(triples: np.ndarray, root: str, split: str) -> list[str]:
+def _write_triples(triples: np.ndarray, root: str, split: str, row_group_rows: int) -> list[str]:
     files = []
     os.makedirs(os.path.join(root, "triples", split), exist_ok=True)
     for part, start in enumerate(range(0, max(len(triples), 1), PART_ROWS)):
         chunk = triples[start:start + PART_ROWS]
         rel = f"triples/{split}/part-{part:05d}.parquet"
         table = pa.table({"head": chunk[:, 0], "relation": chunk[:, 1], "tail": chunk[:, 2]}, schema=TRIPLE_SCHEMA)
-        pq.write_table(table, os.path.join(root, rel), row_group_size=ROW_GROUP_ROWS)
+        pq.write_table(table, os.path.join(root, rel), row_group_size=row_group_rows)
         files.append(rel)
     return files
 
@@ -128,9 +137,9 @@ def read_manifest(root: str) -> dict:
         raise DataError(f"{path}: not valid JSON ({exc})")
     if manifest.get("format") != FORMAT_NAME:
         raise DataError(f"{path}: field 'format' is {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise DataError(f"{path}: field 'format_version' is {manifest.get('format_version')!r}; "
-                        f"this version reads {FORMAT_VERSION}")
+                        f"this version reads {READABLE_VERSIONS}")
     for key in ("num_entities", "num_relations", "splits", "modalities"):
         if key not in manifest:
             raise DataError(f"{path}: required field {key!r} missing")
@@ -147,6 +156,23 @@ def _read_table(path: str, columns=None) -> pa.Table:
         raise DataError(f"{path}: not a readable Parquet file ({exc})")
     except KeyError as exc:
         raise DataError(f"{path}: column {exc} missing")
+
+
+def read_training_statistics(root: str, manifest: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(per-relation statistics, entity degrees) of the training split: stored since format 2, computed by
+    streaming the training row groups for format 1 datasets."""
+    rels = _read_table(_join(root, manifest["relations"]))
+    if "tails_per_head" in rels.column_names:
+        stats = {k: rels.column(k).to_numpy() for k in ("count", "distinct_heads", "distinct_tails",
+                                                         "tails_per_head", "heads_per_tail")}
+        degree = _read_table(_join(root, manifest["entities"]), columns=["degree"]).column("degree").to_numpy()
+        return stats, degree
+    acc = TripleStatistics()
+    for rel in manifest["splits"].get("train", {}).get("files", []):
+        with fsspec.open(_join(root, rel), "rb") as fh:
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=ROW_GROUP_ROWS):
+                acc.update(np.stack([batch.column(c).to_numpy() for c in ("head", "relation", "tail")], 1))
+    return acc.relation_table(manifest["num_relations"]), acc.degrees(manifest["num_entities"])
 
 
 def read_triples(root: str, manifest: dict, split: str) -> np.ndarray:

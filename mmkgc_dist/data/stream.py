@@ -1,0 +1,230 @@
+"""Rank-sharded streaming of a triple split from Parquet at any fsspec URL, in memory bounded by the shuffle
+window (never by the number of edges).
+
+One epoch, seen from every rank at once:
+1. the split's row groups are put in an order drawn from (seed, epoch) and laid end to end;
+2. that sequence of E rows is cut into ``world`` contiguous ranges of E/world rows (±1), one per rank, so
+   every rank gets the same number of steps and each edge belongs to exactly one rank — ranges follow row
+   groups except at the W-1 cuts, where a group is split between two neighbours;
+3. a rank walks its range in windows of whole row-group pieces holding at least ``window_rows`` rows; each
+   window is read by ``workers`` threads (disjoint pieces; pyarrow decodes outside the GIL) and permuted
+   with a generator seeded by (seed, epoch, rank, window) — the bounded shuffle buffer;
+4. the rank's N rows are dealt out as B = ceil(max_rank_rows / batch_size) batches, batch i holding rows
+   [floor(i·N/B), floor((i+1)·N/B)) — all ranks take B steps, nothing is dropped or repeated.
+
+Because every step of this is a pure function of (seed, epoch, rank, world), the cursor (epoch, batch) is
+the whole loader state: ``state_dict`` is two integers and a resumed loader re-reads only the window that
+holds its next batch. Windows are prefetched by a background thread.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import fsspec
+import fsspec.implementations.local
+import numpy as np
+import pyarrow.parquet as pq
+
+from .errors import DataError
+from .format import TRIPLE_SCHEMA, _join, read_manifest
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    file: str
+    index: int          # row group within the file
+    rows: int
+
+
+@dataclass(frozen=True)
+class Piece:
+    group: RowGroup
+    start: int          # rows [start, stop) of the group
+    stop: int
+
+
+def row_groups(root: str, manifest: dict, split: str) -> list[RowGroup]:
+    """Row groups of a split from the Parquet footers only (no data read); checks schema and row count."""
+    groups = []
+    for rel in manifest["splits"][split]["files"]:
+        path = _join(root, rel)
+        try:
+            with fsspec.open(path, "rb") as fh:
+                meta = pq.ParquetFile(fh).metadata
+                schema = meta.schema.to_arrow_schema()
+        except FileNotFoundError:
+            raise DataError(f"{path}: file listed in the manifest is missing")
+        except Exception as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})")
+        if not schema.equals(TRIPLE_SCHEMA):
+            raise DataError(f"{path}: schema {schema.to_string()!r} differs from the expected "
+                            "head:int64, relation:int64, tail:int64")
+        groups += [RowGroup(path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+    total = sum(g.rows for g in groups)
+    if total != manifest["splits"][split]["rows"]:
+        raise DataError(f"{_join(root, 'manifest.json')}: split {split!r} declares "
+                        f"{manifest['splits'][split]['rows']} rows, its row groups hold {total}")
+    return groups
+
+
+class StreamingTriples:
+    def __init__(self, root: str, split: str = "train", *, rank: int = 0, world_size: int = 1,
+                 batch_size: int = 1024, seed: int = 0, window_rows: int = 1 << 21, workers: int = 2,
+                 prefetch: int = 1, shuffle: bool = True, manifest: dict | None = None):
+        self.root, self.split = root, split
+        self.rank, self.world = rank, world_size
+        self.batch_size, self.seed, self.window_rows = batch_size, seed, window_rows
+        self.workers, self.prefetch, self.shuffle = max(1, workers), prefetch, shuffle
+        self.manifest = manifest or read_manifest(root)
+        self.groups = row_groups(root, self.manifest, split)
+        self.total_rows = sum(g.rows for g in self.groups)
+        self.epoch, self.batch = 0, 0
+        self._local = threading.local()        # one open file per (thread, path): handles are not thread-safe
+
+    # ----------------------------------------------------------------------------- the epoch plan
+    def rank_rows(self, rank: int) -> int:
+        bounds = self._bounds()
+        return int(bounds[rank + 1] - bounds[rank])
+
+    def _bounds(self) -> np.ndarray:
+        return np.arange(self.world + 1) * self.total_rows // self.world
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """The same on every rank: enough batches for the largest rank range."""
+        return -(-max(self.rank_rows(r) for r in range(self.world)) // self.batch_size) if self.total_rows else 0
+
+    def group_order(self, epoch: int) -> list[RowGroup]:
+        if not self.shuffle:
+            return list(self.groups)
+        order = np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.groups))
+        return [self.groups[i] for i in order]
+
+    def pieces(self, epoch: int) -> list[Piece]:
+        """This rank's range of the epoch's row sequence, as row-group pieces in order."""
+        lo, hi = self._bounds()[self.rank], self._bounds()[self.rank + 1]
+        out, offset = [], 0
+        for g in self.group_order(epoch):
+            a, b = max(lo - offset, 0), min(hi - offset, g.rows)
+            if a < b:
+                out.append(Piece(g, int(a), int(b)))
+            offset += g.rows
+            if offset >= hi:
+                break
+        return out
+
+    def windows(self, epoch: int) -> list[list[Piece]]:
+        out, current, rows = [], [], 0
+        for p in self.pieces(epoch):
+            current.append(p)
+            rows += p.stop - p.start
+            if rows >= self.window_rows:
+                out.append(current)
+                current, rows = [], 0
+        if current:
+            out.append(current)
+        return out
+
+    def batch_bounds(self) -> np.ndarray:
+        """Row offsets of this rank's batches within its range (B + 1 values)."""
+        n, b = self.rank_rows(self.rank), self.batches_per_epoch
+        return np.arange(b + 1) * n // max(b, 1)
+
+    # ----------------------------------------------------------------------------- reading
+    def _file(self, path: str) -> pq.ParquetFile:
+        files = self._local.__dict__.setdefault("files", {})
+        if path not in files:
+            fs, local_path = fsspec.core.url_to_fs(path)
+            # Local files go to pyarrow's native reader (positional reads, no Python in the loop).
+            source = local_path if isinstance(fs, fsspec.implementations.local.LocalFileSystem) \
+                else fs.open(local_path, "rb")
+            files[path] = pq.ParquetFile(source)
+        return files[path]
+
+    def _read_piece(self, piece: Piece) -> np.ndarray:
+        g = piece.group
+        try:
+            table = self._file(g.file).read_row_group(g.index)
+        except Exception as exc:
+            raise DataError(f"{g.file}: row group {g.index} unreadable ({type(exc).__name__}: {exc})")
+        if table.num_rows != g.rows:
+            raise DataError(f"{g.file}: row group {g.index} holds {table.num_rows} rows, footer says {g.rows}")
+        cols = [table.column(c).to_numpy()[piece.start:piece.stop] for c in ("head", "relation", "tail")]
+        return np.stack(cols, axis=1)
+
+    def _load_window(self, pool: ThreadPoolExecutor, epoch: int, index: int, pieces: list[Piece]) -> np.ndarray:
+        rows = np.concatenate(list(pool.map(self._read_piece, pieces)))
+        if self.shuffle:
+            rows = rows[np.random.default_rng([self.seed, epoch, self.rank, index, 11]).permutation(len(rows))]
+        return rows
+
+    # ----------------------------------------------------------------------------- iteration
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+    def __iter__(self):
+        """Batches of the current epoch from the cursor on; the cursor advances as batches are taken."""
+        bounds = self.batch_bounds()
+        windows = self.windows(self.epoch)
+        sizes = np.array([sum(p.stop - p.start for p in w) for w in windows], np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        if self.batch >= self.batches_per_epoch:
+            return
+        first_row = bounds[self.batch]
+        first_window = int(np.searchsorted(starts, first_row, side="right") - 1)
+        epoch = self.epoch
+        buffer, buffer_start = np.zeros((0, 3), np.int64), first_row   # rows [buffer_start, window end)
+        for index, rows, window_start in self._prefetched(epoch, windows, starts, first_window):
+            if index == first_window:
+                rows = rows[first_row - window_start:]
+            buffer = np.concatenate([buffer, rows]) if len(buffer) else rows
+            window_end = window_start + sizes[index]
+            while self.batch < len(bounds) - 1 and bounds[self.batch + 1] <= window_end:
+                lo, hi = bounds[self.batch], bounds[self.batch + 1]
+                self.batch += 1
+                yield buffer[lo - buffer_start:hi - buffer_start]
+            buffer, buffer_start = buffer[bounds[self.batch] - buffer_start:], bounds[self.batch]
+        if self.batch >= self.batches_per_epoch:
+            self.epoch, self.batch = epoch + 1, 0
+
+    def _prefetched(self, epoch: int, windows, starts, first: int):
+        """(index, permuted rows, first row offset) of each window from ``first``, read ahead in a thread."""
+        todo = list(range(first, len(windows)))
+        if not todo:
+            return
+        out: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
+        stop = threading.Event()
+
+        def produce():
+            with ThreadPoolExecutor(self.workers) as pool:
+                for i in todo:
+                    if stop.is_set():
+                        return
+                    try:
+                        item = (i, self._load_window(pool, epoch, i, windows[i]), int(starts[i]))
+                    except BaseException as exc:      # hand errors to the consumer
+                        out.put(exc)
+                        return
+                    out.put(item)
+
+        thread = threading.Thread(target=produce, name="triple-prefetch", daemon=True)
+        thread.start()
+        try:
+            for _ in todo:
+                item = out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while thread.is_alive():          # unblock a producer waiting on a full queue
+                try:
+                    out.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.05)
