@@ -147,6 +147,17 @@ def cmd_prepare(args, overrides) -> int:
         cfg = load_config(None, [(f"data.synthetic.{k}", v) for k, v in overrides])
         overrides = []
         write_dataset(generate(cfg.data.synthetic), args.out, source="synthetic")
+    elif args.kind == "triples":
+        from .data.convert import TextLayout, convert_triples
+        layout = TextLayout(tuple(args.columns.split(",")), args.delimiter, args.header, args.skip_malformed)
+        sources = {s: getattr(args, s) for s in ("train", "valid", "test") if getattr(args, s)}
+        manifest = convert_triples(args.out, sources, layout, name=args.name)
+        for split, info in manifest["conversion"].items():
+            if isinstance(info, dict) and info["malformed_skipped"]:
+                print(f"{split}: skipped {info['malformed_skipped']} malformed rows (first: {info['first_skipped'][0]})")
+        print(f"{manifest['num_entities']} entities, {manifest['num_relations']} relations, "
+              + ", ".join(f"{s} {v['rows']}" for s, v in manifest["splits"].items())
+              + f" in {manifest['conversion']['seconds']:.1f}s")
     elif args.kind == "features":
         from .data.features import load_features
         data = load_dataset(args.dataset)
@@ -201,6 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
     o = psub.add_parser("openke", help="OpenKE folder (path or fsspec URL) → dataset")
     o.add_argument("src")
     o.add_argument("out")
+    tr = psub.add_parser("triples", help="labeled triples (TSV/CSV, .gz/.bz2/.xz ok, any fsspec URL) → dataset, "
+                                         "out of core")
+    tr.add_argument("out")
+    tr.add_argument("--train", required=True, help="training triples file or URL")
+    tr.add_argument("--valid", help="validation triples")
+    tr.add_argument("--test", help="test triples")
+    tr.add_argument("--columns", default="head,relation,tail",
+                    help="role of each field in file order ('_' ignores a field), e.g. head,tail,relation")
+    tr.add_argument("--delimiter", help="field separator (default: ',' for .csv, tab otherwise)")
+    tr.add_argument("--header", action="store_true", help="the first line of each file is a header")
+    tr.add_argument("--skip-malformed", action="store_true",
+                    help="skip rows with the wrong number of fields (counted and reported) instead of failing")
+    tr.add_argument("--name", help="dataset name (default: the output folder's name)")
     s = psub.add_parser("synthetic", help="the generated default graph (--num_entities=... etc. override)")
     s.add_argument("out")
     f = psub.add_parser("features", help="add/replace a modality from .npy/.pt/.parquet")

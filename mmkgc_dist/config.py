@@ -47,6 +47,11 @@ class DataConfig:
                      choices=("synthetic", "parquet"))
     path: str = _f("", "prepared Parquet dataset folder or fsspec URL (data.source=parquet)")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata={"help": "generated graph"})
+    loader: str = _f("memory", "'memory' (training triples in RAM, random access) or 'stream' (row groups "
+                     "streamed from data.path; memory independent of the edge count)", choices=("memory", "stream"))
+    shuffle_window_rows: int = _f(1 << 21, "stream: rows permuted together (the bounded shuffle buffer)")
+    loader_workers: int = _f(2, "stream: threads reading disjoint row groups of a window")
+    prefetch_windows: int = _f(1, "stream: windows read ahead in the background")
 
 
 @dataclass
@@ -79,7 +84,10 @@ class TrainConfig:
     chunk_size: int = _f(64, "positives sharing one set of negatives (negatives=chunk_shared)")
     corruption: str = _f("bern", "'bern' (per-relation head/tail probabilities) or 'uniform'",
                          choices=("bern", "uniform"))
-    filter_negatives: bool = _f(True, "resample negatives that are training triples (per_positive only)")
+    filter_negatives: bool = _f(True, "resample negatives that are training triples (per_positive only; needs "
+                                "data.loader=memory — exact filtering holds the training keys in RAM)")
+    negative_entities: str = _f("uniform", "distribution of corrupting entities: 'uniform' or 'degree' "
+                                "(proportional to training degree, as hard negatives)", choices=("uniform", "degree"))
     lr: float = _f(1e-3, "Adam learning rate of the model")
     adversarial_temperature: float = _f(2.0, "self-adversarial softmax temperature alpha")
     seed: int = _f(42, "seed of initialisation and sampling")
@@ -100,6 +108,12 @@ class EvalConfig:
     ties: str = _f("realistic", "tie policy: 'realistic' (mean of optimistic and pessimistic), 'optimistic' "
                    "(reference code: strictly better only) or 'pessimistic'",
                    choices=("realistic", "optimistic", "pessimistic"))
+    protocol: str = _f("exact", "'exact' (filtered ranking against all entities) or 'sampled' (against "
+                       "sampled_uniform uniform + sampled_degree degree-proportional candidates per query)",
+                       choices=("exact", "sampled"))
+    sampled_uniform: int = _f(500, "sampled protocol: uniform candidates per query")
+    sampled_degree: int = _f(500, "sampled protocol: degree-proportional candidates per query")
+    max_queries: int = _f(0, "evaluate at most this many triples per split, a seeded sample (0 = all)")
 
 
 TABLES = ("entity", "relation", "visual", "text")
@@ -152,9 +166,11 @@ _POSITIVE = {
     "model.dim", "mat.noise_dim", "mat.hidden", "train.epochs", "train.batch_size", "train.num_negatives",
     "train.chunk_size", "train.log_every", "eval.batch_size", "model.gamma", "train.lr",
     "train.adversarial_temperature", "mat.lr", "parallel.table_lr", "parallel.dense_bucket_mb",
+    "data.shuffle_window_rows", "data.loader_workers", "data.prefetch_windows",
 }
-_NON_NEGATIVE = {"train.max_steps", "train.checkpoint_every_steps", "train.threads", "train.checkpoint_every", "eval.every", "mat.mu",
-                 "data.synthetic.feature_noise", "model.epsilon"}
+_NON_NEGATIVE = {"train.max_steps", "train.checkpoint_every_steps", "train.threads", "train.checkpoint_every",
+                 "eval.every", "mat.mu", "data.synthetic.feature_noise", "model.epsilon", "eval.sampled_uniform",
+                 "eval.sampled_degree", "eval.max_queries"}
 _FRACTIONS = {"data.synthetic.visual_missing", "data.synthetic.text_missing",
               "data.synthetic.valid_fraction", "data.synthetic.test_fraction"}
 
@@ -212,6 +228,13 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"model.modalities: duplicates in {cfg.model.modalities}")
     if cfg.data.source == "parquet" and not cfg.data.path:
         raise ConfigError("data.path: required when data.source=parquet")
+    if cfg.data.loader == "stream" and cfg.data.source != "parquet":
+        raise ConfigError("data.loader: 'stream' reads a prepared dataset; set data.source=parquet and data.path")
+    if cfg.data.loader == "stream" and cfg.train.filter_negatives and cfg.train.negatives == "per_positive":
+        raise ConfigError("train.filter_negatives: exact filtering keeps every training triple in memory; with "
+                          "data.loader=stream set it false (false negatives are ~degree/N rare in large graphs)")
+    if cfg.eval.protocol == "sampled" and cfg.eval.sampled_uniform + cfg.eval.sampled_degree == 0:
+        raise ConfigError("eval.sampled_uniform + eval.sampled_degree: the sampled protocol needs candidates")
     if cfg.train.negatives == "chunk_shared" and cfg.train.chunk_size > cfg.train.batch_size:
         raise ConfigError(f"train.chunk_size: must be <= train.batch_size ({cfg.train.batch_size}), "
                           f"got {cfg.train.chunk_size}")

@@ -10,7 +10,7 @@ import torch
 from mmkgc_dist.config import SyntheticConfig
 from mmkgc_dist.data.errors import DataError
 from mmkgc_dist.data.features import load_features
-from mmkgc_dist.data.format import load_dataset, read_manifest, write_dataset
+from mmkgc_dist.data.format import FORMAT_VERSION, load_dataset, read_manifest, write_dataset
 from mmkgc_dist.data.openke import read_openke, readable_name
 from mmkgc_dist.data.sampling import NegativeSampler, head_probabilities, triple_keys
 from mmkgc_dist.data.synthetic import generate
@@ -39,7 +39,7 @@ def test_synthetic_is_deterministic_and_roundtrips(tmp_path):
         assert np.array_equal(a.features[m].present, c.features[m].present)
         assert np.allclose(a.features[m].values, c.features[m].values)
     manifest = read_manifest(str(tmp_path / "ds"))
-    assert manifest["format_version"] == 1 and manifest["modalities"]["visual"]["dim"] == SMALL.visual_dim
+    assert manifest["format_version"] == FORMAT_VERSION == 2 and manifest["modalities"]["visual"]["dim"] == SMALL.visual_dim
     missing = 1 - a.features["visual"].present.mean()
     assert abs(missing - SMALL.visual_missing) < 0.1
 

@@ -9,4 +9,5 @@ from .synthetic import generate
 def build_dataset(cfg: Config) -> KGData:
     if cfg.data.source == "synthetic":
         return generate(cfg.data.synthetic)
-    return load_dataset(cfg.data.path, modalities=cfg.model.modalities)
+    streamed = ("train",) if cfg.data.loader == "stream" else ()
+    return load_dataset(cfg.data.path, modalities=cfg.model.modalities, skip_splits=streamed)

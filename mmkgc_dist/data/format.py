@@ -225,8 +225,8 @@ def check_feature_rows(origin: str, ids: np.ndarray, rows: np.ndarray, num_entit
                         f"({int((~finite).sum())} such rows)")
 
 
-def load_dataset(root: str, modalities: list[str] | None = None) -> KGData:
-    """Read a prepared dataset (all splits in memory; the streaming loader reads train lazily)."""
+def load_dataset(root: str, modalities: list[str] | None = None, skip_splits: tuple[str, ...] = ()) -> KGData:
+    """Read a prepared dataset; splits in ``skip_splits`` stay on disk (the streaming loader reads them)."""
     manifest = read_manifest(root)
     n, r = manifest["num_entities"], manifest["num_relations"]
     ents = _read_table(_join(root, manifest["entities"]), columns=["id", "name"])
@@ -235,7 +235,7 @@ def load_dataset(root: str, modalities: list[str] | None = None) -> KGData:
         raise DataError(f"{_join(root, manifest['entities'])}: {ents.num_rows} rows, manifest says {n} entities")
     if rels.num_rows != r:
         raise DataError(f"{_join(root, manifest['relations'])}: {rels.num_rows} rows, manifest says {r} relations")
-    splits = {s: read_triples(root, manifest, s) for s in manifest["splits"]}
+    splits = {s: read_triples(root, manifest, s) for s in manifest["splits"] if s not in skip_splits}
     wanted = list(manifest["modalities"]) if modalities is None else modalities
     features = {}
     for m in wanted:

@@ -1,5 +1,6 @@
 """Negative sampling: Bernoulli/uniform head-or-tail corruption, per-positive or chunk-shared candidates,
-and filtering of false negatives against the training set (exact, by sorted triple keys)."""
+corrupting entities drawn uniformly or in proportion to their training degree, and filtering of false
+negatives against the training set (exact, by sorted triple keys; only when the triples are in memory)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,17 +36,38 @@ class NegativeBatch:
     false_negatives: int      # candidates that are known triples and survived resampling
 
 
+class DegreeDistribution:
+    """Draws entity ids with probability proportional to their degree (inverse CDF, O(log N) per draw)."""
+
+    def __init__(self, degree: np.ndarray):
+        total = float(degree.sum())
+        if total <= 0:
+            raise ValueError("degree-proportional sampling needs at least one training triple")
+        self.cdf = np.cumsum(degree, dtype=np.float64) / total
+
+    def draw(self, rng: np.random.Generator, size) -> np.ndarray:
+        return np.searchsorted(self.cdf, rng.random(size), side="right").clip(max=len(self.cdf) - 1)
+
+
 class NegativeSampler:
-    def __init__(self, train: np.ndarray, num_entities: int, num_relations: int, num_negatives: int,
+    """``train`` (in memory) or precomputed ``head_prob`` (streaming: from the dataset's statistics)."""
+
+    def __init__(self, train: np.ndarray | None, num_entities: int, num_relations: int, num_negatives: int,
                  corruption: str = "bern", mode: str = "per_positive", chunk_size: int = 64,
-                 filter_negatives: bool = True, max_rounds: int = 10):
+                 filter_negatives: bool = True, max_rounds: int = 10, head_prob: np.ndarray | None = None,
+                 degree: np.ndarray | None = None):
         self.n, self.k = num_entities, num_negatives
         self.mode, self.chunk_size, self.max_rounds = mode, chunk_size, max_rounds
-        self.head_prob = head_probabilities(train, num_relations) if corruption == "bern" \
-            else np.full(num_relations, 0.5)
+        if corruption == "bern":
+            self.head_prob = head_prob if head_prob is not None else head_probabilities(train, num_relations)
+        else:
+            self.head_prob = np.full(num_relations, 0.5)
         self.num_relations = num_relations
+        self.degree = DegreeDistribution(degree) if degree is not None else None
         # Chunk-shared candidates cannot be filtered per positive (as in PyTorch-BigGraph): off there.
         self.filter = filter_negatives and mode == "per_positive"
+        if self.filter and train is None:
+            raise ValueError("exact negative filtering needs the training triples in memory")
         if self.filter:
             if float(num_entities) ** 2 * num_relations >= 2 ** 62:
                 raise ValueError("graph too large for exact negative filtering; set train.filter_negatives=false")
@@ -54,13 +76,16 @@ class NegativeSampler:
     def sample(self, batch: np.ndarray, rng: np.random.Generator) -> NegativeBatch:
         head_mode = rng.random(len(batch)) < self.head_prob[batch[:, 1]]
         if self.mode == "chunk_shared":
-            cand = rng.integers(0, self.n, size=(-(-len(batch) // self.chunk_size), self.k))
+            cand = self._draw(rng, (-(-len(batch) // self.chunk_size), self.k))
             return NegativeBatch(head_mode, cand, 0)
-        cand = rng.integers(0, self.n, size=(len(batch), self.k))
+        cand = self._draw(rng, (len(batch), self.k))
         false = 0
         if self.filter:
             false = self._resample_known(batch, head_mode, cand, rng)
         return NegativeBatch(head_mode, cand, false)
+
+    def _draw(self, rng: np.random.Generator, size) -> np.ndarray:
+        return self.degree.draw(rng, size) if self.degree is not None else rng.integers(0, self.n, size=size)
 
     def _is_known(self, batch, head_mode, cand) -> np.ndarray:
         h = np.where(head_mode[:, None], cand, batch[:, :1])
@@ -74,5 +99,5 @@ class NegativeSampler:
             hit = self._is_known(batch, head_mode, cand)
             if not hit.any():
                 return 0
-            cand[hit] = rng.integers(0, self.n, size=int(hit.sum()))
+            cand[hit] = self._draw(rng, int(hit.sum()))
         return int(self._is_known(batch, head_mode, cand).sum())

@@ -228,3 +228,20 @@ class StreamingTriples:
                     out.get_nowait()
                 except queue.Empty:
                     thread.join(timeout=0.05)
+
+
+def rows_answering(root: str, split: str, queries: np.ndarray, num_relations: int, *, rank: int = 0,
+                   world_size: int = 1, manifest: dict | None = None) -> np.ndarray:
+    """Rows of ``split`` sharing (head, relation) or (tail, relation) with a query triple — all that filtered
+    ranking of those queries needs from a split too large to hold, found in one streaming pass over this
+    rank's share of the row groups."""
+    tail_keys = np.unique(queries[:, 0] * num_relations + queries[:, 1])
+    head_keys = np.unique(queries[:, 2] * num_relations + queries[:, 1])
+    loader = StreamingTriples(root, split, rank=rank, world_size=world_size, batch_size=1 << 20, shuffle=False,
+                              manifest=manifest)
+    found = [np.zeros((0, 3), np.int64)]
+    for rows in loader:
+        keep = np.isin(rows[:, 0] * num_relations + rows[:, 1], tail_keys) | \
+            np.isin(rows[:, 2] * num_relations + rows[:, 1], head_keys)
+        found.append(rows[keep])
+    return np.concatenate(found)

@@ -99,3 +99,76 @@ def link_prediction_metrics(ranks: dict[str, np.ndarray]) -> dict:
     """Mean over both directions (the paper's protocol), plus each direction on its own."""
     both = np.concatenate([ranks["tail"], ranks["head"]])
     return {**summarize(both), "tail": summarize(ranks["tail"]), "head": summarize(ranks["head"])}
+
+
+# --------------------------------------------------------------------------------------- sampled protocol
+# For graphs where scoring every entity per query is too slow: each query is ranked against k_u uniform and
+# k_d degree-proportional candidates (the degree-based ones are the hard, frequent entities), drawn from
+# seeds of (seed, direction, chunk) so every run and every rank sees the same candidates. Candidates that
+# are the answer or another known answer are excluded, as in the exact protocol. Ranks are smaller than
+# exact ranks (fewer competitors), so sampled metrics are comparable only with sampled metrics of the same
+# settings — every report carries the label.
+
+def eval_subset(triples: np.ndarray, max_queries: int, seed: int) -> np.ndarray:
+    """At most ``max_queries`` triples, a seeded sample in file order (all when 0 or fewer triples)."""
+    if not max_queries or len(triples) <= max_queries:
+        return triples
+    keep = np.sort(np.random.default_rng([seed, 99]).choice(len(triples), max_queries, replace=False))
+    return triples[keep]
+
+
+def protocol_label(cfg, seed: int, used: int, total: int) -> str:
+    label = "filtered, all entities" if cfg.protocol == "exact" else (
+        f"filtered, sampled: {cfg.sampled_uniform} uniform + {cfg.sampled_degree} degree-proportional "
+        f"candidates per query (seed {seed})")
+    return label + (f"; {used} of {total} triples (seeded sample)" if used < total else "")
+
+
+def sampled_candidates(rng: np.random.Generator, queries: int, num_entities: int, k_uniform: int, degree,
+                       k_degree: int) -> np.ndarray:
+    return np.concatenate([rng.integers(0, num_entities, size=(queries, k_uniform)),
+                           degree.draw(rng, (queries, k_degree))], axis=1)
+
+
+def excluded_candidates(index: FilterIndex, anchors: np.ndarray, relations: np.ndarray, answers: np.ndarray,
+                        cand: np.ndarray) -> np.ndarray:
+    """bool [b, k]: candidates that are the query's answer or another known answer."""
+    rows, cols = index.pairs(anchors, relations)
+    width = int(max(cand.max(initial=0), cols.max(initial=0), answers.max(initial=0))) + 1
+    known = np.unique(rows * width + cols)
+    cells = np.arange(len(cand))[:, None] * width + cand
+    return np.isin(cells, known) | (cand == answers[:, None])
+
+
+def sampled_chunks(triples: np.ndarray, num_relations: int, known: np.ndarray, num_entities: int, degree,
+                   cfg, seed: int):
+    """(direction, sign, chunk, anchor ids, answer ids, candidates [b, k], excluded [b, k]) per query chunk."""
+    for d, (direction, anchor_col, answer_col, sign) in enumerate(
+            (("tail", 0, 2, 1.0), ("head", 2, 0, -1.0))):
+        index = FilterIndex(known, num_relations, anchor_col, answer_col)
+        for c, start in enumerate(range(0, len(triples), cfg.batch_size)):
+            chunk = triples[start:start + cfg.batch_size]
+            rng = np.random.default_rng([seed, d, c, 5])
+            cand = sampled_candidates(rng, len(chunk), num_entities, cfg.sampled_uniform, degree, cfg.sampled_degree)
+            excluded = excluded_candidates(index, chunk[:, anchor_col], chunk[:, 1], chunk[:, answer_col], cand)
+            yield direction, sign, chunk, chunk[:, anchor_col], chunk[:, answer_col], cand, excluded
+
+
+@torch.no_grad()
+def sampled_ranks(joint: Tensor, relation_rows: Tensor, rotate: RotatE, triples: np.ndarray, known: np.ndarray,
+                  kernels: DistanceKernels, degree, cfg, seed: int, ties: str = "realistic",
+                  progress=None) -> dict[str, np.ndarray]:
+    """Ranks against sampled candidates (see above); joint [N, 2d] holds every entity's embedding."""
+    out = {"tail": [], "head": []}
+    dev = lambda a: torch.from_numpy(a).to(joint.device)
+    for direction, sign, chunk, anchors, answers, cand, excluded in sampled_chunks(
+            triples, relation_rows.shape[0], known, joint.shape[0], degree, cfg, seed):
+        query = rotate.rotate(joint[dev(anchors)], sign * rotate.phase(relation_rows[dev(chunk[:, 1])]))
+        dist = kernels.gathered(query, joint, dev(cand))
+        true = kernels.gathered(query, joint, dev(answers[:, None]))
+        dist = dist.masked_fill(dev(excluded), float("inf"))
+        out[direction].append(ranks_from_counts((dist < true).sum(1).double(), (dist == true).sum(1).double(),
+                                                ties).cpu())
+        if progress is not None:
+            progress.update(len(chunk))
+    return {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in out.items()}

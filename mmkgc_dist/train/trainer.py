@@ -11,9 +11,11 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config, ConfigError, dump_config
-from ..data.format import KGData
-from ..data.sampling import NegativeSampler
-from ..eval.ranking import filtered_ranks, link_prediction_metrics
+from ..data.format import KGData, read_training_statistics
+from ..data.sampling import DegreeDistribution, NegativeSampler
+from ..data.statistics import head_probability
+from ..data.stream import StreamingTriples, rows_answering
+from ..eval.ranking import eval_subset, filtered_ranks, link_prediction_metrics, protocol_label, sampled_ranks
 from ..model import DistanceKernels, MATGenerators, RotatE
 from ..model.kgc import MultiModalKGC
 from ..tables import LocalTables
@@ -48,9 +50,9 @@ class Trainer:
         self.kernels = DistanceKernels(compile=cfg.train.compile)
         self.loss_scale = 1.0
         self._build()
-        self.sampler = NegativeSampler(data.splits["train"], data.num_entities, data.num_relations,
-                                       cfg.train.num_negatives, cfg.train.corruption, cfg.train.negatives,
-                                       cfg.train.chunk_size, cfg.train.filter_negatives)
+        self._statistics = self._known = None
+        self.stream = self._make_stream()
+        self.sampler = self._make_sampler()
         self.step_fn = TrainStep(cfg, self.embedder, data.num_entities, self.core, self.generators, self.rotate,
                                  self.kernels, self.opt_model, self.update_generator, self.loss_scale, self.device)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
@@ -83,6 +85,50 @@ class Trainer:
             if self.use_mat else None
         self.update_generator = local_generator_update(self.generators, self.opt_generator) if self.use_mat else None
 
+    # ------------------------------------------------------------------------------------ data
+    def rank_and_world(self) -> tuple[int, int]:
+        return 0, 1
+
+    def _make_stream(self) -> StreamingTriples | None:
+        """data.loader=stream: this rank's share of the training row groups, read from data.path."""
+        d = self.cfg.data
+        if d.loader != "stream":
+            return None
+        rank, world = self.rank_and_world()
+        return StreamingTriples(d.path, "train", rank=rank, world_size=world,
+                                batch_size=self.cfg.train.batch_size // world, seed=self.cfg.train.seed,
+                                window_rows=d.shuffle_window_rows, workers=d.loader_workers,
+                                prefetch=d.prefetch_windows)
+
+    def training_statistics(self) -> tuple[np.ndarray | None, np.ndarray]:
+        """(P(corrupt head | relation), entity degrees) of the training split: from the dataset's stored
+        statistics when streaming, from the triples in memory otherwise (head_prob None: the sampler's own)."""
+        if self._statistics is None:
+            if self.stream is not None:
+                relations, degree = read_training_statistics(self.cfg.data.path, self.stream.manifest)
+                self._statistics = head_probability(relations), degree
+            else:
+                train = self.data.splits["train"]
+                self._statistics = None, np.bincount(train[:, [0, 2]].ravel(), minlength=self.data.num_entities)
+        return self._statistics
+
+    def _make_sampler(self) -> NegativeSampler:
+        cfg, data = self.cfg.train, self.data
+        head_prob, degree = self.training_statistics() if self.stream is not None or \
+            cfg.negative_entities == "degree" else (None, None)
+        return NegativeSampler(None if self.stream is not None else data.splits["train"], data.num_entities,
+                               data.num_relations, cfg.num_negatives, cfg.corruption, cfg.negatives,
+                               cfg.chunk_size, cfg.filter_negatives, head_prob=head_prob,
+                               degree=degree if cfg.negative_entities == "degree" else None)
+
+    def streamed_batches(self):
+        """This rank's batches from the streaming loader, from the cursor on, with their negatives."""
+        rank, _ = self.rank_and_world()
+        self.stream.load_state_dict({"epoch": self.epoch, "batch": self.batch_in_epoch})
+        for batch in self.stream:
+            rng = np.random.default_rng([self.cfg.train.seed, self.epoch, self.stream.batch - 1, rank, 2])
+            yield batch, self.sampler.sample(batch, rng)
+
     # ------------------------------------------------------------------------------------ training
     # The data stream is random-access: the epoch's order and each batch's negatives come from seeds
     # derived from (seed, epoch[, batch]), so the cursor (epoch, batch_in_epoch) is all a resume needs.
@@ -93,6 +139,8 @@ class Trainer:
         return np.random.default_rng([self.cfg.train.seed, self.epoch, index, 1])
 
     def batches_per_epoch(self) -> int:
+        if self.stream is not None:
+            return self.stream.batches_per_epoch
         return -(-len(self.data.splits["train"]) // self.cfg.train.batch_size)
 
     def global_batches(self):
@@ -103,6 +151,9 @@ class Trainer:
 
     def batches(self):
         """Shuffled batches of the training triples with their negatives (nothing is dropped)."""
+        if self.stream is not None:
+            yield from self.streamed_batches()
+            return
         for index, batch in self.global_batches():
             yield batch, self.sampler.sample(batch, self.batch_rng(index))
 
@@ -163,18 +214,40 @@ class Trainer:
         return torch.cat(parts)
 
     def known_triples(self) -> np.ndarray:
-        return np.concatenate([t for t in self.data.splits.values() if len(t)])
+        """Triples filtered out of rankings. A streamed training split stays on disk: only its rows that share
+        a query's (entity, relation) are collected, once, in one pass — the same filter, bounded memory."""
+        held = [t for t in self.data.splits.values() if len(t)]
+        if self.stream is None:
+            return np.concatenate(held)
+        if self._known is None:
+            rank, world = self.rank_and_world()
+            found = rows_answering(self.cfg.data.path, "train", np.concatenate(held), self.data.num_relations,
+                                   rank=rank, world_size=world, manifest=self.stream.manifest)
+            self._known = np.concatenate(held + [self.gather_rows(found)])
+        return self._known
+
+    def gather_rows(self, rows: np.ndarray) -> np.ndarray:
+        return rows
+
+    def degree_distribution(self) -> DegreeDistribution:
+        return DegreeDistribution(self.training_statistics()[1])
 
     def evaluate(self, split: str, ties: str | None = None) -> dict:
-        triples = self.data.splits[split]
+        cfg = self.cfg.eval
+        ties = ties or cfg.ties
+        triples = eval_subset(self.data.splits[split], cfg.max_queries, self.cfg.train.seed)
         bar = tqdm(total=2 * len(triples), desc=f"eval {split}", unit="query", disable=not self.show_progress,
                    dynamic_ncols=True, leave=False)
-        ranks = filtered_ranks(self.entity_embeddings(), self.tables.relation.weight.detach(), self.rotate,
-                               triples, self.known_triples(), self.kernels, self.cfg.eval.batch_size,
-                               ties or self.cfg.eval.ties, progress=bar)
+        joint, relations = self.entity_embeddings(), self.tables.relation.weight.detach()
+        if cfg.protocol == "sampled":
+            ranks = sampled_ranks(joint, relations, self.rotate, triples, self.known_triples(), self.kernels,
+                                  self.degree_distribution(), cfg, self.cfg.train.seed, ties, progress=bar)
+        else:
+            ranks = filtered_ranks(joint, relations, self.rotate, triples, self.known_triples(), self.kernels,
+                                   cfg.batch_size, ties, progress=bar)
         bar.close()
-        return {**link_prediction_metrics(ranks), "ties": ties or self.cfg.eval.ties, "split": split,
-                "protocol": "filtered, all entities"}
+        return {**link_prediction_metrics(ranks), "ties": ties, "split": split,
+                "protocol": protocol_label(cfg, self.cfg.train.seed, len(triples), len(self.data.splits[split]))}
 
     # ------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
