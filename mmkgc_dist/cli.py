@@ -270,3 +270,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def evaluate_main(argv: list[str] | None = None) -> int:
     return main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""The streaming pipeline for large graphs: out-of-core converter, rank-sharded streaming loader, statistics,
+degree-proportional negatives and the sampled evaluation protocol — on real files (gzip, Parquet, memory://)."""
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mmkgc_dist.config import load_config, parse_overrides
+from mmkgc_dist.data.convert import TextLayout, convert_triples
+from mmkgc_dist.data.errors import DataError
+from mmkgc_dist.data.format import load_dataset, read_manifest, read_training_statistics, write_dataset
+from mmkgc_dist.data.sampling import DegreeDistribution, NegativeSampler, head_probabilities
+from mmkgc_dist.data.statistics import TripleStatistics, head_probability
+from mmkgc_dist.data.stream import StreamingTriples, rows_answering
+from mmkgc_dist.data.synthetic import generate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def labeled(n, entities=500, relations=12, seed=0):
+    rng = np.random.default_rng(seed)
+    h, r, t = rng.integers(0, entities, n), rng.integers(0, relations, n), rng.integers(0, entities, n)
+    return [(f"ent/{a}", f"rel:{b}", f"ent/{c}") for a, b, c in zip(h, r, t)]
+
+
+def write_lines(path, rows, sep="\t", header=None):
+    text = ((header + "\n") if header else "") + "".join(sep.join(row) + "\n" for row in rows)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wt") as fh:
+        fh.write(text)
+
+
+def read_ids(root, split="train"):
+    manifest = read_manifest(root)
+    parts = [pq.read_table(os.path.join(root, f)) for f in manifest["splits"][split]["files"]]
+    return np.concatenate([np.stack([p.column(c).to_numpy() for c in ("head", "relation", "tail")], 1)
+                           for p in parts])
+
+
+def as_set(rows):
+    return sorted(map(tuple, np.asarray(rows).tolist()))
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    base = tmp_path_factory.mktemp("convert")
+    train, test = labeled(20_000), labeled(300, seed=1) + [("ent/new", "rel:0", "ent/1")]
+    write_lines(str(base / "train.tsv.gz"), train)
+    write_lines(str(base / "test.csv"), test, sep=",", header="h,r,t")
+    layout = TextLayout(header=False)
+    convert_triples(str(base / "ds"), {"train": str(base / "train.tsv.gz")}, layout, progress=False,
+                    row_group_rows=1000)
+    # files with a header line, one of them CSV: the header handling and the delimiter inference
+    write_lines(str(base / "train-header.tsv"), train, header="head\trelation\ttail")
+    convert_triples(str(base / "ds_test"), {"train": str(base / "train-header.tsv"), "test": str(base / "test.csv")},
+                    TextLayout(header=True), progress=False, row_group_rows=1000)
+    return base, train, test
+
+
+# ------------------------------------------------------------------------------------------ converter
+def test_converter_ids_dictionaries_and_row_groups(converted):
+    base, train, test = converted
+    root = str(base / "ds_test")
+    manifest = read_manifest(root)
+    names = pq.read_table(os.path.join(root, "entities.parquet")).column("name").to_pylist()
+    rels = pq.read_table(os.path.join(root, "relations.parquet")).column("name").to_pylist()
+    ids = read_ids(root)
+    decoded = [(names[h], rels[r], names[t]) for h, r, t in ids.tolist()]
+    assert decoded == train                                   # order kept, every row mapped back exactly
+    test_ids = read_ids(root, "test")
+    assert [(names[h], rels[r], names[t]) for h, r, t in test_ids.tolist()] == test   # header skipped
+    assert names[test_ids[-1, 0]] == "ent/new" and manifest["num_entities"] == len(set(names))
+    meta = pq.ParquetFile(os.path.join(root, manifest["splits"]["train"]["files"][0])).metadata
+    assert meta.num_row_groups == 20 and meta.row_group(0).num_rows == 1000
+
+
+def test_converter_statistics_match_in_memory_computation(converted):
+    base, _, _ = converted
+    root = str(base / "ds")
+    manifest = read_manifest(root)
+    ids = read_ids(root)
+    relations, degree = read_training_statistics(root, manifest)
+    assert np.allclose(head_probability(relations), head_probabilities(ids, manifest["num_relations"]))
+    assert np.array_equal(degree, np.bincount(ids[:, [0, 2]].ravel(), minlength=manifest["num_entities"]))
+    assert np.array_equal(relations["count"], np.bincount(ids[:, 1], minlength=manifest["num_relations"]))
+
+
+def test_distinct_sketch_is_close_beyond_its_exact_range():
+    rng = np.random.default_rng(3)
+    triples = np.stack([rng.integers(0, 200_000, 400_000), rng.integers(0, 3, 400_000),
+                        rng.integers(0, 50, 400_000)], 1)
+    stats = TripleStatistics()
+    for start in range(0, len(triples), 65536):
+        stats.update(triples[start:start + 65536])
+    table = stats.relation_table(3)
+    for r in range(3):
+        rows = triples[triples[:, 1] == r]
+        assert table["distinct_heads"][r] == pytest.approx(len(np.unique(rows[:, 0])), rel=0.12)   # ~4 sigma
+        assert table["distinct_tails"][r] == len(np.unique(rows[:, 2]))                            # exact: < k
+
+
+def test_format_v1_statistics_are_computed_by_streaming(tmp_path):
+    data = generate(load_config(None, parse_overrides(["--data.synthetic.num_entities=200",
+                                                       "--data.synthetic.num_triples=1500"])).data.synthetic)
+    write_dataset(data, str(tmp_path / "ds"))
+    manifest = read_manifest(str(tmp_path / "ds"))
+    rel_path = tmp_path / "ds" / "relations.parquet"
+    pq.write_table(pq.read_table(rel_path, columns=["id", "name"]), rel_path)     # as a v1 dataset has it
+    relations, degree = read_training_statistics(str(tmp_path / "ds"), manifest)
+    assert np.allclose(head_probability(relations), head_probabilities(data.splits["train"], data.num_relations))
+
+
+@pytest.mark.parametrize("content, expect", [
+    ("a\tr\tb\nc\tr\nd\tr\te\n", "line 2"),                         # a row with too few fields
+    ("a\tr\tb\na\tr\tb\tx\n", "line 2"),                            # too many fields
+    ("a\tr\tb\n\tr\tb\n", "empty head label"),
+])
+def test_malformed_rows_name_file_and_line_and_write_nothing(tmp_path, content, expect):
+    (tmp_path / "t.tsv").write_text(content)
+    with pytest.raises(DataError) as err:
+        convert_triples(str(tmp_path / "out"), {"train": str(tmp_path / "t.tsv")}, progress=False)
+    assert "t.tsv" in str(err.value) and expect in str(err.value)
+    assert not os.path.exists(tmp_path / "out") and [p.name for p in tmp_path.iterdir()] == ["t.tsv"]
+
+
+def test_skip_malformed_counts_and_reports(tmp_path):
+    (tmp_path / "t.tsv").write_text("a\tr\tb\nc\tr\nd\tr\te\nbroken\n")
+    manifest = convert_triples(str(tmp_path / "out"), {"train": str(tmp_path / "t.tsv")},
+                               TextLayout(skip_malformed=True), progress=False)
+    report = manifest["conversion"]["train"]
+    assert report["malformed_skipped"] == 2 and report["rows"] == 2 and manifest["splits"]["train"]["rows"] == 2
+    assert report["first_skipped"][0].startswith("line 2")
+
+
+def test_truncated_gzip_and_unreadable_url_are_errors(tmp_path):
+    write_lines(str(tmp_path / "full.tsv.gz"), labeled(50_000))
+    blob = (tmp_path / "full.tsv.gz").read_bytes()
+    (tmp_path / "cut.tsv.gz").write_bytes(blob[:len(blob) // 2])
+    with pytest.raises(DataError, match="cut.tsv.gz.*truncated or corrupt"):
+        convert_triples(str(tmp_path / "o1"), {"train": str(tmp_path / "cut.tsv.gz")}, progress=False)
+    with pytest.raises(DataError, match="missing.tsv: file not found"):
+        convert_triples(str(tmp_path / "o2"), {"train": str(tmp_path / "missing.tsv")}, progress=False)
+    with pytest.raises(DataError, match="nosuchproto://x.tsv: cannot open"):
+        convert_triples(str(tmp_path / "o3"), {"train": "nosuchproto://x.tsv"}, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tsv.gz", "full.tsv.gz"]
+
+
+def test_prepare_triples_cli(tmp_path):
+    write_lines(str(tmp_path / "t.tsv"), [("x", "r", "y"), ("x", "r", "z"), ("oops", "r")])
+    cli = [sys.executable, "-m", "mmkgc_dist.cli", "prepare", "triples", str(tmp_path / "ds"),
+           "--train", str(tmp_path / "t.tsv")]
+    res = subprocess.run(cli, capture_output=True, text=True)
+    assert res.returncode == 2 and "t.tsv: line 3: malformed row" in res.stderr
+    res = subprocess.run(cli + ["--skip-malformed"], capture_output=True, text=True)
+    assert res.returncode == 0 and "skipped 1 malformed rows" in res.stdout and "3 entities" in res.stdout
+
+
+# ------------------------------------------------------------------------------------------ loader
+def loader(root, rank=0, world=1, **kw):
+    kw = {"batch_size": 700, "seed": 5, "window_rows": 2500, **kw}
+    return StreamingTriples(root, rank=rank, world_size=world, **kw)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_every_edge_exactly_once_per_epoch_across_ranks(converted, world):
+    root = str(converted[0] / "ds")
+    everything = read_ids(root)
+    for epoch in range(2):
+        seen, steps = [], []
+        for rank in range(world):
+            stream = loader(root, rank, world)
+            stream.load_state_dict({"epoch": epoch, "batch": 0})
+            batches = list(stream)
+            steps.append(len(batches))
+            seen.append(np.concatenate(batches))
+            assert stream.state_dict() == {"epoch": epoch + 1, "batch": 0}
+        assert len(set(steps)) == 1                                 # equal step counts: collectives line up
+        assert as_set(np.concatenate(seen)) == as_set(everything)   # no loss, no duplicates
+        if epoch == 0:
+            first = seen
+    assert not np.array_equal(first[0][:100], seen[0][:100])        # reshuffled each epoch
+
+
+def test_resumed_loader_yields_exactly_the_remaining_edges(converted):
+    root = str(converted[0] / "ds")
+    full = list(loader(root, 1, 2))
+    for stop in (1, 4, 9, len(full) - 1):
+        stream = loader(root, 1, 2)
+        it = iter(stream)
+        taken = [next(it) for _ in range(stop)]
+        state = stream.state_dict()
+        it.close()
+        resumed = loader(root, 1, 2)
+        resumed.load_state_dict(json.loads(json.dumps(state)))      # the cursor survives a JSON round trip
+        rest = list(resumed)
+        assert len(taken) + len(rest) == len(full)
+        assert all(np.array_equal(a, b) for a, b in zip(taken + rest, full))
+
+
+def test_memory_url_and_file_give_identical_batches(converted):
+    root = str(converted[0] / "ds")
+    fs = fsspec.filesystem("memory")
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            rel = os.path.relpath(os.path.join(dirpath, name), root)
+            with open(os.path.join(dirpath, name), "rb") as src, fs.open(f"/stream-test/{rel}", "wb") as dst:
+                dst.write(src.read())
+    for rank in range(2):
+        a, b = list(loader(root, rank, 2)), list(loader("memory://stream-test", rank, 2))
+        assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_loader_rejects_schema_mismatch_and_short_row_groups(tmp_path, converted):
+    root = tmp_path / "ds"
+    import shutil
+    shutil.copytree(converted[0] / "ds", root)
+    part = root / read_manifest(str(root))["splits"]["train"]["files"][0]
+    table = pq.read_table(part)
+    pq.write_table(table.set_column(1, "relation", table.column("relation").cast(pa.int32())), part)
+    with pytest.raises(DataError, match="part-00000.parquet: schema"):
+        loader(str(root))
+    pq.write_table(table.slice(0, 5000), part, row_group_size=1000)
+    with pytest.raises(DataError, match="declares 20000 rows, its row groups hold 5000"):
+        loader(str(root))
+
+
+def test_rows_answering_is_the_filter_set(converted):
+    root = str(converted[0] / "ds")
+    everything = read_ids(root)
+    queries = everything[::997]
+    found = np.concatenate([rows_answering(root, "train", queries, 12, rank=r, world_size=2) for r in range(2)])
+    tail_keys = set(zip(queries[:, 0], queries[:, 1]))
+    head_keys = set(zip(queries[:, 2], queries[:, 1]))
+    expect = [row for row in everything.tolist() if (row[0], row[1]) in tail_keys or (row[2], row[1]) in head_keys]
+    assert as_set(found) == as_set(expect)
+
+
+# ------------------------------------------------------------------------------------------ negatives
+def test_degree_proportional_negatives_follow_degrees():
+    degree = np.array([0, 1, 3, 6, 0, 10])
+    draws = DegreeDistribution(degree).draw(np.random.default_rng(0), 200_000)
+    freq = np.bincount(draws, minlength=6) / len(draws)
+    assert np.allclose(freq, degree / degree.sum(), atol=0.005) and freq[0] == freq[4] == 0
+    sampler = NegativeSampler(None, 6, 2, 5, head_prob=np.array([0.2, 0.9]), degree=degree,
+                              filter_negatives=False)
+    neg = sampler.sample(np.array([[1, 0, 2], [3, 1, 5]] * 500), np.random.default_rng(1))
+    assert set(np.unique(neg.entities)) <= {1, 2, 3, 5}
+    assert 0.1 < neg.head_mode[0::2].mean() < 0.3 and neg.head_mode[1::2].mean() > 0.8
+
+
+# ------------------------------------------------------------------------------------------ trainers
+SMALL = ["--data.synthetic.num_entities=300", "--data.synthetic.num_triples=3000", "--model.dim=16",
+         "--train.batch_size=128", "--train.num_negatives=16", "--mat.hidden=32", "--train.compile=false",
+         "--train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small") / "ds"
+    cfg = load_config(None, parse_overrides(SMALL))
+    write_dataset(generate(cfg.data.synthetic), str(root), row_group_rows=500)
+    return str(root)
+
+
+def make_trainer(root, *extra):
+    from mmkgc_dist.data.build import build_dataset
+    from mmkgc_dist.train.trainer import Trainer
+    cfg = load_config(None, parse_overrides(SMALL + ["--data.source=parquet", f"--data.path={root}", *extra]))
+    return Trainer(cfg, build_dataset(cfg), show_progress=False)
+
+
+def test_streamed_training_keeps_train_on_disk_and_filters_exactly(small_dataset):
+    memory = make_trainer(small_dataset)
+    stream = make_trainer(small_dataset, "--data.loader=stream", "--train.filter_negatives=false")
+    assert "train" not in stream.data.splits and stream.batches_per_epoch() == memory.batches_per_epoch()
+    # Same initial model: exact filtered evaluation must agree although train was never loaded.
+    a, b = memory.evaluate("test"), stream.evaluate("test")
+    assert a["mrr"] == pytest.approx(b["mrr"], abs=1e-12) and a["mr"] == pytest.approx(b["mr"], abs=1e-9)
+    stream.cfg.train.max_steps = 12
+    summary = stream.fit()
+    assert summary["steps"] == 12 and np.isfinite(summary["loss"])
+
+
+def test_sampled_evaluation_orders_models_like_exact_evaluation(small_dataset):
+    results = []
+    for epochs in (1, 8):
+        trainer = make_trainer(small_dataset, f"--train.epochs={epochs}", "--mat.enabled=false")
+        trainer.fit()
+        exact = trainer.evaluate("test")
+        trainer.cfg.eval.protocol = "sampled"
+        trainer.cfg.eval.sampled_uniform = trainer.cfg.eval.sampled_degree = 40
+        sampled = trainer.evaluate("test")
+        assert "sampled: 40 uniform + 40 degree-proportional" in sampled["protocol"]
+        assert exact["protocol"] == "filtered, all entities"
+        assert sampled["mrr"] >= exact["mrr"]            # fewer competitors, never a worse rank
+        results.append((exact["mrr"], sampled["mrr"]))
+    (weak_exact, weak_sampled), (strong_exact, strong_sampled) = results
+    assert strong_exact > weak_exact and strong_sampled > weak_sampled
+
+
+def test_two_rank_streaming_run_with_torchrun(small_dataset, tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", os.path.join(REPO, "launch", "train.py"),
+           "--run-dir", str(tmp_path / "run"), *SMALL, "--data.source=parquet", f"--data.path={small_dataset}",
+           "--data.loader=stream", "--train.filter_negatives=false", "--train.epochs=2",
+           "--eval.protocol=sampled", "--eval.sampled_uniform=50", "--eval.sampled_degree=50",
+           "--train.negative_entities=degree"]
+    res = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = json.load(open(tmp_path / "run" / "results.json"))
+    assert results["train"]["steps"] == 2 * -(-2700 // 128)
+    assert "sampled" in results["test"]["protocol"] and "2 ranks" in results["test"]["protocol"]
+    assert 0 < results["test"]["mrr"] <= 1
+
+
+def test_sampled_candidates_exclude_answers_known_answers_and_repeats():
+    from mmkgc_dist.eval.ranking import FilterIndex, excluded_candidates
+    index = FilterIndex(np.array([[0, 0, 5], [1, 0, 2]]), 1, 0, 2)
+    cand = np.array([[3, 5, 3, 3, 7], [2, 2, 9, 1, 1]])
+    excluded = excluded_candidates(index, np.array([0, 1]), np.array([0, 0]), np.array([7, 9]), cand)
+    assert excluded.tolist() == [[False, True, True, True, True], [True, True, True, False, True]]
