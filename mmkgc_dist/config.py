@@ -49,7 +49,8 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata={"help": "generated graph"})
     loader: str = _f("memory", "'memory' (training triples in RAM, random access) or 'stream' (row groups "
                      "streamed from data.path; memory independent of the edge count)", choices=("memory", "stream"))
-    shuffle_window_rows: int = _f(1 << 21, "stream: rows permuted together (the bounded shuffle buffer)")
+    shuffle_window_rows: int = _f(1 << 20, "stream: rows permuted together (the bounded shuffle buffer; "
+                                  "memory is about 24 B x rows x (prefetch_windows + 1) x 2)")
     loader_workers: int = _f(2, "stream: threads reading disjoint row groups of a window")
     prefetch_windows: int = _f(1, "stream: windows read ahead in the background")
 

@@ -87,7 +87,8 @@ def test_converter_statistics_match_in_memory_computation(converted):
     manifest = read_manifest(root)
     ids = read_ids(root)
     relations, degree = read_training_statistics(root, manifest)
-    assert np.allclose(head_probability(relations), head_probabilities(ids, manifest["num_relations"]))
+    # ~480 distinct heads per relation > the sketch's 256: estimated, P(corrupt head) within a few percent
+    assert np.allclose(head_probability(relations), head_probabilities(ids, manifest["num_relations"]), atol=0.04)
     assert np.array_equal(degree, np.bincount(ids[:, [0, 2]].ravel(), minlength=manifest["num_entities"]))
     assert np.array_equal(relations["count"], np.bincount(ids[:, 1], minlength=manifest["num_relations"]))
 
@@ -102,7 +103,7 @@ def test_distinct_sketch_is_close_beyond_its_exact_range():
     table = stats.relation_table(3)
     for r in range(3):
         rows = triples[triples[:, 1] == r]
-        assert table["distinct_heads"][r] == pytest.approx(len(np.unique(rows[:, 0])), rel=0.12)   # ~4 sigma
+        assert table["distinct_heads"][r] == pytest.approx(len(np.unique(rows[:, 0])), rel=0.25)   # ~4 sigma of a k=256 sketch
         assert table["distinct_tails"][r] == len(np.unique(rows[:, 2]))                            # exact: < k
 
 
