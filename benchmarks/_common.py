@@ -6,8 +6,6 @@ import os
 import platform
 import time
 
-import torch
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATASETS = os.path.join(os.path.dirname(REPO), "shared", "datasets")
 
@@ -19,6 +17,7 @@ def results_dir(name: str) -> str:
 
 
 def machine() -> dict:
+    import torch
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d %H:%M")}

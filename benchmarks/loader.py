@@ -49,16 +49,26 @@ def generate(path: str, edges: int, entities: int, relations: int, seed: int = 0
     os.replace(path + ".tmp", path)
 
 
-def run_child(args: list[str]) -> tuple[dict, float]:
-    """Run a child process; (its JSON result, its own peak RSS in MiB)."""
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+def peak_rss_mib() -> float:
+    """This process's own high-water RSS (VmHWM). Not the rusage of a child: that starts from the
+    parent's RSS at fork time and would charge the generator's memory to the child."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_child(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+
+
+def child_result(proc: subprocess.Popen) -> dict:
+    out, _ = proc.communicate()
     if proc.returncode:
-        raise SystemExit(f"child failed ({proc.returncode}): {' '.join(args)}")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
+        raise SystemExit(f"child failed ({proc.returncode}): {' '.join(proc.args)}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def child_convert(src: str, out: str) -> None:
@@ -66,7 +76,8 @@ def child_convert(src: str, out: str) -> None:
     t0 = time.perf_counter()
     manifest = convert_triples(out, {"train": src}, progress=False)
     print(json.dumps({"seconds": time.perf_counter() - t0, "edges": manifest["splits"]["train"]["rows"],
-                      "entities": manifest["num_entities"], "relations": manifest["num_relations"]}))
+                      "entities": manifest["num_entities"], "relations": manifest["num_relations"],
+                      "rss_mib": peak_rss_mib()}))
 
 
 def child_stream(root: str, rank: int, world: int, batch: int) -> None:
@@ -79,7 +90,8 @@ def child_stream(root: str, rank: int, world: int, batch: int) -> None:
         edges += len(b)
         batches += 1
         checksum ^= int(b[0, 0])
-    print(json.dumps({"seconds": time.perf_counter() - t0, "edges": edges, "batches": batches}))
+    print(json.dumps({"seconds": time.perf_counter() - t0, "edges": edges, "batches": batches,
+                      "rss_mib": peak_rss_mib()}))
 
 
 def disk_bytes(path: str) -> int:
@@ -94,27 +106,19 @@ def bench_size(workdir: str, edges: int, entities: int, relations: int, batch: i
     generate(tsv, edges, entities, relations)
     gen_s = time.perf_counter() - t0
     me = [sys.executable, os.path.abspath(__file__)]
-    conv, conv_rss = run_child(me + ["--child", "convert", tsv, ds])
-    one, one_rss = run_child(me + ["--child", "stream", ds, "0", "1", str(batch)])
+    conv = child_result(start_child(me + ["--child", "convert", tsv, ds]))
+    one = child_result(start_child(me + ["--child", "stream", ds, "0", "1", str(batch)]))
     # two ranks at once: two processes, each streaming its own half
-    procs = [subprocess.Popen(me + ["--child", "stream", ds, str(r), "2", str(batch // 2)], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-             for r in range(2)]
-    two = []
-    for p in procs:
-        out = p.stdout.read()
-        _, status, usage = os.wait4(p.pid, 0)
-        if os.waitstatus_to_exitcode(status):
-            raise SystemExit("2-rank stream child failed")
-        two.append({**json.loads(out.strip().splitlines()[-1]), "rss_mib": usage.ru_maxrss / 1024})
+    two = [child_result(p) for p in [start_child(me + ["--child", "stream", ds, str(r), "2", str(batch // 2)])
+                                     for r in range(2)]]
     assert sum(t["edges"] for t in two) == one["edges"] == edges, "edges lost or repeated"
     assert two[0]["batches"] == two[1]["batches"]
     row = {"edges": edges, "entities_seen": conv["entities"], "relations": conv["relations"],
            "generate_s": round(gen_s, 2),
            "convert_s": round(conv["seconds"], 2), "convert_edges_per_s": round(edges / conv["seconds"]),
-           "convert_rss_mib": round(conv_rss, 1),
+           "convert_rss_mib": round(conv["rss_mib"], 1),
            "stream1_s": round(one["seconds"], 2), "stream1_edges_per_s": round(edges / one["seconds"]),
-           "stream1_rss_mib": round(one_rss, 1),
+           "stream1_rss_mib": round(one["rss_mib"], 1),
            "stream2_edges_per_s_per_rank": [round(t["edges"] / t["seconds"]) for t in two],
            "stream2_rss_mib": [round(t["rss_mib"], 1) for t in two],
            "tsv_bytes": disk_bytes(tsv), "parquet_bytes": disk_bytes(ds)}

@@ -102,36 +102,49 @@ def cmd_train(args, overrides) -> int:
     return 0
 
 
-def cmd_evaluate(args, overrides) -> int:
+def _load_trained(run_dir: str, checkpoint: str | None, overrides):
+    """The trainer of a run folder with its newest (or the given) checkpoint loaded; (trainer, is_main)."""
     from .data.build import build_dataset
     from .train.checkpoint import latest_checkpoint, load_checkpoint
 
-    run_dir = args.run_dir
     cfg = load_config(os.path.join(run_dir, "config.yaml"), overrides)
     data = build_dataset(cfg)
-    ckpt = args.checkpoint
+    ckpt = checkpoint
     if ckpt is None:
         from .parallel.checkpoint import latest
         ckpt = latest(os.path.join(run_dir, "checkpoints")) or latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     if ckpt is None:
         raise DataError(f"{run_dir}/checkpoints: no checkpoint found")
-    distributed = os.path.isdir(ckpt)          # distributed checkpoints are folders (DCP + DeepSpeed)
-    if distributed:
+    if os.path.isdir(ckpt):          # distributed checkpoints are folders (DCP + DeepSpeed)
         from .parallel.trainer import DistributedTrainer
         trainer = DistributedTrainer(cfg, data, run_dir=None)
         trainer.resume(ckpt)
-        main = trainer.env.is_main
-    else:
-        from .train.trainer import Trainer
-        trainer, main = Trainer(cfg, data, run_dir=None), True
-        trainer.load_state_dict(load_checkpoint(ckpt))
+        return trainer, trainer.env.is_main
+    from .train.trainer import Trainer
+    trainer = Trainer(cfg, data, run_dir=None)
+    trainer.load_state_dict(load_checkpoint(ckpt))
+    return trainer, True
+
+
+def cmd_evaluate(args, overrides) -> int:
+    trainer, main = _load_trained(args.run_dir, args.checkpoint, overrides)
     results = {}
-    for split in args.split or cfg.eval.splits:
+    for split in args.split or trainer.cfg.eval.splits:
         results[split] = trainer.evaluate(split, ties=args.ties)
         if main:
             print(format_metrics(split, results[split]))
     if args.output and main:
         _write_json(args.output, results)
+    return 0
+
+
+def cmd_export(args, overrides) -> int:
+    from .export import export_embeddings
+
+    trainer, main = _load_trained(args.run_dir, args.checkpoint, overrides)
+    info = export_embeddings(trainer, args.out)
+    if main:
+        print(f"wrote {info['entities']} entity embeddings ({info['width']}-d) to {args.out}")
     return 0
 
 
@@ -206,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ties", choices=("realistic", "optimistic", "pessimistic"))
     e.add_argument("--output", help="write metrics JSON here")
     e.set_defaults(fn=cmd_evaluate)
+
+    x = sub.add_parser("export", help="write every entity's structural and joint embedding to Parquet "
+                                      "(one part per rank under torchrun)")
+    x.add_argument("run_dir")
+    x.add_argument("out", help="output folder")
+    x.add_argument("--checkpoint", help="checkpoint (default: newest in RUN_DIR/checkpoints)")
+    x.set_defaults(fn=cmd_export)
 
     pr = sub.add_parser("prepare", help="convert data into the Parquet dataset format")
     psub = pr.add_subparsers(dest="kind", required=True)

@@ -306,20 +306,45 @@ def test_sampled_evaluation_orders_models_like_exact_evaluation(small_dataset):
     assert strong_exact > weak_exact and strong_sampled > weak_sampled
 
 
-def test_two_rank_streaming_run_with_torchrun(small_dataset, tmp_path):
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2", os.path.join(REPO, "launch", "train.py"),
-           "--run-dir", str(tmp_path / "run"), *SMALL, "--data.source=parquet", f"--data.path={small_dataset}",
-           "--data.loader=stream", "--train.filter_negatives=false", "--train.epochs=2",
-           "--eval.protocol=sampled", "--eval.sampled_uniform=50", "--eval.sampled_degree=50",
-           "--train.negative_entities=degree"]
-    res = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                         timeout=300)
+def read_export(folder):
+    info = json.load(open(os.path.join(folder, "export.json")))
+    table = pa.concat_tables([pq.read_table(os.path.join(folder, f)) for f in info["files"]])
+    return info, table.sort_by("id")
+
+
+def test_two_rank_streaming_run_and_sharded_export(small_dataset, tmp_path):
+    bin_dir = os.path.dirname(sys.executable)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    two_ranks = [os.path.join(bin_dir, "torchrun"), "--standalone", "--nproc_per_node=2"]
+    cmd = two_ranks + [os.path.join(REPO, "launch", "train.py"), "--run-dir", str(tmp_path / "run"), *SMALL,
+                       "--data.source=parquet", f"--data.path={small_dataset}", "--data.loader=stream",
+                       "--train.filter_negatives=false", "--train.epochs=2", "--eval.protocol=sampled",
+                       "--eval.sampled_uniform=50", "--eval.sampled_degree=50", "--train.negative_entities=degree"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.load(open(tmp_path / "run" / "results.json"))
     assert results["train"]["steps"] == 2 * -(-2700 // 128)
     assert "sampled" in results["test"]["protocol"] and "2 ranks" in results["test"]["protocol"]
     assert 0 < results["test"]["mrr"] <= 1
+
+    # export by 2 rank shards, and by one process from the same (resharded) checkpoint: the same table
+    res = subprocess.run(two_ranks + ["-m", "mmkgc_dist.cli", "export", str(tmp_path / "run"), str(tmp_path / "e2")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = subprocess.run([os.path.join(bin_dir, "mmkgc-dist"), "export", str(tmp_path / "run"), str(tmp_path / "e1")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (info2, two), (info1, one) = read_export(tmp_path / "e2"), read_export(tmp_path / "e1")
+    assert info2["rows_per_rank"] == [150, 150] and info1["rows_per_rank"] == [300]
+    assert two.column("id").to_pylist() == list(range(300))
+    assert two.column("name").to_pylist() == one.column("name").to_pylist()
+    for col in ("structural", "joint", "weight_structure", "weight_text"):
+        a, b = (np.asarray(t.column(col).combine_chunks().flatten() if col in ("structural", "joint")
+                           else t.column(col)) for t in (two, one))
+        assert np.allclose(a, b, atol=1e-6), col
+    weights = np.stack([np.asarray(two.column(f"weight_{m}")) for m in info2["modality_weights"]], 1)
+    assert np.allclose(weights.sum(1), 1, atol=1e-5)
+    assert not os.path.exists(str(tmp_path / "e2") + ".tmp-export")
 
 
 def test_sampled_candidates_exclude_answers_known_answers_and_repeats():

@@ -82,7 +82,6 @@ class StreamingTriples:
         self.groups = row_groups(root, self.manifest, split)
         self.total_rows = sum(g.rows for g in self.groups)
         self.epoch, self.batch = 0, 0
-        self._local = threading.local()        # one open file per (thread, path): handles are not thread-safe
 
     # ----------------------------------------------------------------------------- the epoch plan
     def rank_rows(self, rank: int) -> int:
@@ -137,21 +136,23 @@ class StreamingTriples:
         return np.arange(b + 1) * n // max(b, 1)
 
     # ----------------------------------------------------------------------------- reading
-    def _file(self, path: str) -> pq.ParquetFile:
-        files = self._local.__dict__.setdefault("files", {})
-        if path not in files:
-            fs, local_path = fsspec.core.url_to_fs(path)
-            # Local files go to pyarrow's native reader (positional reads, no Python in the loop).
-            source = local_path if isinstance(fs, fsspec.implementations.local.LocalFileSystem) \
-                else fs.open(local_path, "rb")
-            files[path] = pq.ParquetFile(source)
-        return files[path]
+    @staticmethod
+    def _read_group(path: str, index: int):
+        """One row group. The file is opened per read, not cached: a cached reader keeps its last row
+        group's buffers, which made memory grow with the number of part files (measured: +100 MiB at 10)."""
+        fs, local_path = fsspec.core.url_to_fs(path)
+        if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+            source = local_path          # pyarrow's native reader: positional reads, no Python in the loop
+            with pq.ParquetFile(source) as reader:
+                return reader.read_row_group(index)
+        with fs.open(local_path, "rb") as fh, pq.ParquetFile(fh) as reader:
+            return reader.read_row_group(index)
 
     def _read_piece(self, piece: Piece, out: np.ndarray) -> None:
         """Rows of one piece, written straight into its slice of the window (no intermediate copies)."""
         g = piece.group
         try:
-            table = self._file(g.file).read_row_group(g.index)
+            table = self._read_group(g.file, g.index)
         except Exception as exc:
             raise DataError(f"{g.file}: row group {g.index} unreadable ({type(exc).__name__}: {exc})")
         if table.num_rows != g.rows:

@@ -148,15 +148,24 @@ class DistributedTrainer(Trainer):
         return self.core.embed(rows)[0]
 
     @torch.no_grad()
-    def shard_embeddings(self, chunk: int = 4096) -> torch.Tensor:
-        """Joint embeddings of this rank's candidate shard; every rank makes the same number of lookups
-        (lookups are collectives)."""
+    def embedding_chunks(self, chunk: int = 4096):
+        """(ids, structural, joint, AdaMF weights or None) of this rank's candidate shard, in chunks. Every rank
+        makes the same number of lookups (lookups are collectives); empty chunks are not yielded."""
         lo, hi = self.candidate_range()
-        parts = []
         for start in range(0, max(owner_block(self.data.num_entities, self.env.world_size), 1), chunk):
-            ids = torch.arange(lo + start, min(lo + start + chunk, hi)) if lo + start < hi else torch.zeros(0, dtype=torch.long)
-            parts.append(self.embed(ids))
-        return torch.cat(parts)
+            ids = torch.arange(lo + start, min(lo + start + chunk, hi)) if lo + start < hi \
+                else torch.zeros(0, dtype=torch.long)
+            rows, _ = self.tables.lookup(ids, torch.zeros(0, dtype=torch.long))
+            joint, weights = self.core.embed(rows)
+            if len(ids):
+                yield ids, rows.structural, joint, weights
+
+    def shard_embeddings(self, chunk: int = 4096) -> torch.Tensor:
+        parts = [joint for _, _, joint, _ in self.embedding_chunks(chunk)]
+        return torch.cat(parts) if parts else torch.zeros(0, 2 * self.cfg.model.dim)
+
+    def barrier(self) -> None:
+        dist.barrier()
 
     @torch.no_grad()
     def relation_table(self) -> torch.Tensor:

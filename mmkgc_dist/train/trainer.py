@@ -206,12 +206,19 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def entity_embeddings(self, chunk: int = 4096) -> torch.Tensor:
-        parts = []
+    def embedding_chunks(self, chunk: int = 4096):
+        """(ids, structural rows, joint embeddings, AdaMF weights or None) of this process's entities."""
         for start in range(0, self.data.num_entities, chunk):
-            ids = torch.arange(start, min(start + chunk, self.data.num_entities), device=self.device)
-            parts.append(self.model.embed(self.tables.entities(ids))[0])
-        return torch.cat(parts)
+            ids = torch.arange(start, min(start + chunk, self.data.num_entities))
+            rows = self.tables.entities(ids.to(self.device))
+            joint, weights = self.model.embed(rows)
+            yield ids, rows.structural, joint, weights
+
+    def entity_embeddings(self, chunk: int = 4096) -> torch.Tensor:
+        return torch.cat([joint for _, _, joint, _ in self.embedding_chunks(chunk)])
+
+    def barrier(self) -> None:
+        """Nothing to wait for in one process (the distributed trainer synchronises its ranks)."""
 
     def known_triples(self) -> np.ndarray:
         """Triples filtered out of rankings. A streamed training split stays on disk: only its rows that share
