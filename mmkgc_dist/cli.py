@@ -149,7 +149,7 @@ def cmd_export(args, overrides) -> int:
 
 
 def cmd_prepare(args, overrides) -> int:
-    from .data.format import load_dataset, write_dataset
+    from .data.format import write_dataset
 
     if args.kind == "openke":
         from .data.openke import read_openke
@@ -172,10 +172,11 @@ def cmd_prepare(args, overrides) -> int:
               + ", ".join(f"{s} {v['rows']}" for s, v in manifest["splits"].items())
               + f" in {manifest['conversion']['seconds']:.1f}s")
     elif args.kind == "features":
-        from .data.features import load_features
-        data = load_dataset(args.dataset)
-        data.features[args.modality] = load_features(args.file, data.num_entities, args.mask)
-        write_dataset(data, args.dataset, source=args.file)
+        from .data.features import add_features
+        entry = add_features(args.dataset, args.modality, args.file, args.mask, args.skip_unknown)
+        if entry["unknown_skipped"]:
+            print(f"skipped {entry['unknown_skipped']} rows whose entity name is not in the dataset")
+        print(f"{args.modality}: {entry['present']} entities with {entry['dim']}-d features")
         args.out = args.dataset
     if overrides:
         raise ConfigError(f"unexpected options {overrides}")
@@ -184,14 +185,16 @@ def cmd_prepare(args, overrides) -> int:
 
 
 def cmd_features(args, overrides) -> int:
-    from .data.format import load_dataset, write_dataset
+    from .data.features import add_dense_features
+    from .data.format import _join, read_manifest
     from .data.text import encode_names
+    import pyarrow.parquet as pq
 
-    data = load_dataset(args.dataset)
-    data.features["text"] = encode_names(data.entity_names, model_path=args.model, batch_size=args.batch_size,
-                                         name_style=args.names)
-    write_dataset(data, args.dataset, source="text features from entity names")
-    print(f"wrote text features ({data.features['text'].dim}-d) into {args.dataset}")
+    manifest = read_manifest(args.dataset)
+    names = pq.read_table(_join(args.dataset, manifest["entities"]), columns=["name"]).column("name").to_pylist()
+    features = encode_names(names, model_path=args.model, batch_size=args.batch_size, name_style=args.names)
+    add_dense_features(args.dataset, "text", features, origin="text features from entity names")
+    print(f"wrote text features ({features.dim}-d) into {args.dataset}")
     return 0
 
 
@@ -252,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--modality", required=True, choices=("visual", "text"))
     f.add_argument("file")
     f.add_argument("--mask", help=".npy bool [N] presence mask")
+    f.add_argument("--skip-unknown", action="store_true",
+                   help="Parquet keyed by name: skip (and count) rows naming no entity of the dataset")
     pr.set_defaults(fn=cmd_prepare)
 
     ft = sub.add_parser("features", help="derive modality features")

@@ -124,7 +124,7 @@ def test_feature_formats_and_masks(tmp_path):
     (lambda p: np.save(p / "x.npy", np.ones((3, 2), np.float32)), r"expected shape \(2, dim\), got \(3, 2\)"),
     (lambda p: pq.write_table(pa.table({"id": [0, 5], "feature": [[1.0], [2.0]]}), p / "x.parquet"), "row 1: entity id 5 out of range"),
     (lambda p: pq.write_table(pa.table({"id": [0, 1], "feature": [[1.0], [2.0, 3.0]]}), p / "x.parquet"), "row 1: feature has 2 values, row 0 has 1"),
-    (lambda p: pq.write_table(pa.table({"id": [0, 0], "feature": [[1.0], [2.0]]}), p / "x.parquet"), "entity id 0 appears 2 times"),
+    (lambda p: pq.write_table(pa.table({"id": [0, 0], "feature": [[1.0], [2.0]]}), p / "x.parquet"), r"row 1: entity id 0 appears again \(2 times\)"),
 ])
 def test_bad_features(tmp_path, make, message):
     make(tmp_path)

@@ -353,3 +353,72 @@ def test_sampled_candidates_exclude_answers_known_answers_and_repeats():
     cand = np.array([[3, 5, 3, 3, 7], [2, 2, 9, 1, 1]])
     excluded = excluded_candidates(index, np.array([0, 1]), np.array([0, 0]), np.array([7, 9]), cand)
     assert excluded.tolist() == [[False, True, True, True, True], [True, True, True, False, True]]
+
+
+# ------------------------------------------------------------------------------------------ features, streamed
+def dataset_copy(tmp_path, converted):
+    import shutil
+    root = tmp_path / "ds"
+    shutil.copytree(converted[0] / "ds", root)
+    names = pq.read_table(root / "entities.parquet").column("name").to_pylist()
+    return str(root), names
+
+
+def test_features_by_name_stream_into_the_dataset(tmp_path, converted):
+    from mmkgc_dist.data.features import add_features
+    root, names = dataset_copy(tmp_path, converted)
+    triples_before = read_ids(root)
+    rng = np.random.default_rng(0)
+    chosen = rng.choice(len(names), 300, replace=False)
+    vectors = rng.normal(size=(300, 5)).astype(np.float32)
+    pq.write_table(pa.table({"name": [names[i] for i in chosen], "feature": vectors.tolist()}),
+                   tmp_path / "f.parquet", row_group_size=64)
+    entry = add_features(root, "visual", str(tmp_path / "f.parquet"))
+    assert entry["present"] == 300 and entry["dim"] == 5
+    data = load_dataset(root)
+    assert np.allclose(data.features["visual"].values[chosen], vectors)
+    assert data.features["visual"].present.sum() == 300
+    assert pq.read_table(os.path.join(root, "entities.parquet")).column("has_visual").to_numpy().sum() == 300
+    assert np.array_equal(read_ids(root), triples_before)            # the triples were not rewritten
+    # replacing the modality leaves exactly one feature file behind
+    add_features(root, "visual", str(tmp_path / "f.parquet"))
+    assert len(os.listdir(os.path.join(root, "features"))) == 1
+
+
+def test_feature_errors_name_rows_and_leave_the_dataset_unchanged(tmp_path, converted):
+    from mmkgc_dist.data.features import add_features
+    root, names = dataset_copy(tmp_path, converted)
+    before = {f: open(os.path.join(root, f), "rb").read() for f in ("manifest.json", "entities.parquet")}
+    rows = [[1.0, 2.0]] * 200
+    labels = names[:200]
+    labels[150] = "no-such-entity"
+    pq.write_table(pa.table({"name": labels, "feature": rows}), tmp_path / "unknown.parquet", row_group_size=50)
+    with pytest.raises(DataError, match=r"unknown.parquet: row 150: entity name 'no-such-entity' is not in"):
+        add_features(root, "text", str(tmp_path / "unknown.parquet"))
+    dup = names[:100] + names[:1]
+    pq.write_table(pa.table({"name": dup, "feature": [[1.0, 2.0]] * 101}), tmp_path / "dup.parquet",
+                   row_group_size=50)
+    with pytest.raises(DataError, match=r"dup.parquet: row 100: entity id \d+ appears again"):
+        add_features(root, "text", str(tmp_path / "dup.parquet"))
+    pq.write_table(pa.table({"key": [1], "feature": [[1.0]]}), tmp_path / "schema.parquet")
+    with pytest.raises(DataError, match=r"schema.parquet: expected columns 'id' \(or 'name'\) and 'feature'"):
+        add_features(root, "text", str(tmp_path / "schema.parquet"))
+    assert {f: open(os.path.join(root, f), "rb").read() for f in before} == before
+    assert not os.path.exists(os.path.join(root, "features")) or not os.listdir(os.path.join(root, "features"))
+    entry = add_features(root, "text", str(tmp_path / "unknown.parquet"), skip_unknown=True)
+    assert entry["unknown_skipped"] == 1 and entry["present"] == 199
+
+
+def test_large_npy_features_are_memory_mapped_in_chunks(tmp_path, converted):
+    from mmkgc_dist.data import features as F
+    root, names = dataset_copy(tmp_path, converted)
+    n = len(names)
+    dense = np.random.default_rng(1).normal(size=(n, 3)).astype(np.float32)
+    dense[::3] = np.nan                                               # missing entities
+    np.save(tmp_path / "v.npy", dense)
+    chunks = list(F.feature_chunks(str(tmp_path / "v.npy"), n, chunk_rows=100))
+    assert len(chunks) == -(-n // 100)
+    F.add_features(root, "visual", str(tmp_path / "v.npy"))
+    got = load_dataset(root).features["visual"]
+    assert np.array_equal(got.present, ~np.isnan(dense).all(1)) and np.allclose(got.values[got.present],
+                                                                               dense[got.present])

@@ -1,49 +1,78 @@
-"""Modality feature files (.npy, .pt, .parquet) → dense matrix + presence mask.
+"""Modality feature files (.npy, .pt, .parquet) → checked chunks of (entity ids, rows), streamed.
 
 Accepted layouts:
   .npy      [N, dim] float array, one row per entity id; a row of all-NaN marks a missing entity
             (the only NaN allowed); an optional separate mask file (.npy bool [N]) marks presence.
+            Local files are memory-mapped, so a file larger than memory is read chunk by chunk.
   .pt       a tensor [N, dim], or a dict {"features": [n, dim], "ids": [n]} of present entities;
             loaded with ``weights_only=True`` (no pickled code runs).
-  .parquet  columns id:int64 and feature:list<float> (present entities only).
+  .parquet  a key column, ``id`` (int) or ``name`` (entity name as in entities.parquet), and
+            ``feature`` (list<float>); present entities only; read record batch by record batch.
+
+``add_features`` streams any of them into a prepared dataset without touching its triples;
+``load_features`` assembles the dense matrix for in-memory use.
 """
 from __future__ import annotations
+
+import json
+import os
+import uuid
 
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import DataError
-from .format import Features, check_feature_rows
+from .format import FORMAT_VERSION, FeatureChecks, Features, _join, read_manifest
+
+CHUNK_ROWS = 1 << 16
 
 
-def load_features(path: str, num_entities: int, mask_path: str | None = None) -> Features:
+def feature_chunks(path: str, num_entities: int, mask_path: str | None = None, names: pa.Array | None = None,
+                   skip_unknown: bool = False, report: dict | None = None, chunk_rows: int = CHUNK_ROWS):
+    """(first file row, file row numbers, entity ids, float32 rows) of the present entities, checked."""
     if path.endswith(".npy"):
-        ids, rows = _from_dense(path, _load_npy(path), num_entities)
+        source = _dense_chunks(path, _load_npy(path, mmap=True), num_entities, chunk_rows)
     elif path.endswith(".pt"):
-        ids, rows = _from_pt(path, num_entities)
+        source = _pt_chunks(path, num_entities, chunk_rows)
     elif path.endswith(".parquet"):
-        ids, rows = _from_parquet(path)
+        source = _parquet_chunks(path, names, skip_unknown, report if report is not None else {}, chunk_rows)
     else:
         raise DataError(f"{path}: unknown feature file type; expected .npy, .pt or .parquet")
+    mask = None
     if mask_path is not None:
         mask = _load_npy(mask_path)
         if mask.shape != (num_entities,) or mask.dtype != bool:
             raise DataError(f"{mask_path}: expected a bool mask of shape ({num_entities},), "
                             f"got {mask.dtype} {mask.shape}")
-        keep = mask[ids]
-        ids, rows = ids[keep], rows[keep]
-    check_feature_rows(path, ids, rows, num_entities)
-    values = np.zeros((num_entities, rows.shape[1]), np.float32)
-    present = np.zeros(num_entities, bool)
-    values[ids] = rows
-    present[ids] = True
+    check = FeatureChecks(path, num_entities)
+    for first, file_rows, ids, rows in source:
+        if mask is not None:
+            inside = (ids >= 0) & (ids < num_entities)
+            keep = ~inside | mask[np.where(inside, ids, 0)]     # out-of-range ids still reach the check
+            file_rows, ids, rows = file_rows[keep], ids[keep], rows[keep]
+        check(first, file_rows, ids, rows)
+        yield first, file_rows, ids, rows
+
+
+def load_features(path: str, num_entities: int, mask_path: str | None = None) -> Features:
+    values, present = None, np.zeros(num_entities, bool)
+    for _, _, ids, rows in feature_chunks(path, num_entities, mask_path):
+        if values is None:
+            values = np.zeros((num_entities, rows.shape[1]), np.float32)
+        values[ids] = rows
+        present[ids] = True
+    if values is None:
+        raise DataError(f"{path}: no feature rows")
     return Features(values, present)
 
 
-def _load_npy(path: str) -> np.ndarray:
+def _load_npy(path: str, mmap: bool = False) -> np.ndarray:
     try:
+        if mmap and "://" not in path:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
         with fsspec.open(path, "rb") as fh:
             return np.load(fh, allow_pickle=False)
     except FileNotFoundError:
@@ -52,16 +81,17 @@ def _load_npy(path: str) -> np.ndarray:
         raise DataError(f"{path}: not a plain .npy array ({exc})")
 
 
-def _from_dense(path: str, arr: np.ndarray, num_entities: int):
+def _dense_chunks(path: str, arr, num_entities: int, chunk_rows: int):
     if arr.ndim != 2 or arr.shape[0] != num_entities:
         raise DataError(f"{path}: expected shape ({num_entities}, dim), got {arr.shape}")
-    arr = arr.astype(np.float32, copy=False)
-    missing = np.isnan(arr).all(axis=1)
-    ids = np.flatnonzero(~missing).astype(np.int64)
-    return ids, arr[ids]
+    for start in range(0, num_entities, chunk_rows):
+        rows = np.asarray(arr[start:start + chunk_rows], dtype=np.float32)
+        present = ~np.isnan(rows).all(axis=1)
+        ids = start + np.flatnonzero(present).astype(np.int64)
+        yield start, ids, ids, rows[present]
 
 
-def _from_pt(path: str, num_entities: int):
+def _pt_chunks(path: str, num_entities: int, chunk_rows: int):
     import torch
 
     try:
@@ -72,36 +102,139 @@ def _from_pt(path: str, num_entities: int):
     except Exception as exc:  # torch raises a variety of unpickling errors
         raise DataError(f"{path}: cannot be loaded with weights_only=True ({exc})")
     if isinstance(obj, torch.Tensor):
-        return _from_dense(path, obj.float().numpy(), num_entities)
-    if isinstance(obj, dict) and {"features", "ids"} <= set(obj):
-        rows = obj["features"].float().numpy()
-        ids = obj["ids"].long().numpy()
-        if rows.ndim != 2 or len(rows) != len(ids):
-            raise DataError(f"{path}: 'features' {tuple(rows.shape)} and 'ids' {tuple(ids.shape)} disagree")
-        return ids, rows
-    raise DataError(f"{path}: expected a tensor [N, dim] or a dict with 'features' and 'ids'")
+        yield from _dense_chunks(path, obj.float().numpy(), num_entities, chunk_rows)
+        return
+    if not (isinstance(obj, dict) and {"features", "ids"} <= set(obj)):
+        raise DataError(f"{path}: expected a tensor [N, dim] or a dict with 'features' and 'ids'")
+    rows, ids = obj["features"].float().numpy(), obj["ids"].long().numpy()
+    if rows.ndim != 2 or len(rows) != len(ids):
+        raise DataError(f"{path}: 'features' {tuple(rows.shape)} and 'ids' {tuple(ids.shape)} disagree")
+    for start in range(0, len(ids), chunk_rows):
+        yield start, np.arange(start, start + len(ids[start:start + chunk_rows])), \
+            ids[start:start + chunk_rows], rows[start:start + chunk_rows]
 
 
-def _from_parquet(path: str):
+def _parquet_chunks(path: str, names: pa.Array | None, skip_unknown: bool, report: dict, chunk_rows: int):
     try:
-        with fsspec.open(path, "rb") as fh:
-            table = pq.read_table(fh)
+        fh = fsspec.open(path, "rb").open()
+        reader = pq.ParquetFile(fh)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found")
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file ({exc})")
-    for col in ("id", "feature"):
-        if col not in table.column_names:
-            raise DataError(f"{path}: column {col!r} missing (have {table.column_names})")
-    col = table.column("feature").combine_chunks()
-    if not (pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or
-            pa.types.is_large_list(col.type)):
-        raise DataError(f"{path}: field 'feature' has type {col.type}, expected a list of floats")
-    lengths = col.value_lengths().to_numpy(zero_copy_only=False) if not pa.types.is_fixed_size_list(col.type) \
-        else np.full(len(col), col.type.list_size)
-    if len(lengths) and (lengths != lengths[0]).any():
-        row = int(np.flatnonzero(lengths != lengths[0])[0])
-        raise DataError(f"{path}: row {row}: feature has {lengths[row]} values, row 0 has {lengths[0]}")
-    dim = int(lengths[0]) if len(lengths) else 0
-    rows = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
-    return table.column("id").to_numpy().astype(np.int64), rows
+    columns = reader.schema_arrow.names
+    key = "id" if "id" in columns else "name" if "name" in columns else None
+    if key is None or "feature" not in columns:
+        raise DataError(f"{path}: expected columns 'id' (or 'name') and 'feature', have {columns}")
+    if key == "name" and names is None:
+        raise DataError(f"{path}: features keyed by 'name' need the dataset's entity names")
+    ftype = reader.schema_arrow.field("feature").type
+    if not (pa.types.is_list(ftype) or pa.types.is_fixed_size_list(ftype) or pa.types.is_large_list(ftype)):
+        raise DataError(f"{path}: field 'feature' has type {ftype}, expected a list of floats")
+    start, dim = 0, None
+    with fh:
+        for batch in reader.iter_batches(batch_size=chunk_rows, columns=[key, "feature"]):
+            col = batch.column("feature")
+            lengths = col.value_lengths().to_numpy(zero_copy_only=False) if not pa.types.is_fixed_size_list(ftype) \
+                else np.full(len(col), ftype.list_size)
+            dim = int(lengths[0]) if dim is None and len(lengths) else dim
+            off = np.flatnonzero(lengths != dim)
+            if len(off):
+                raise DataError(f"{path}: row {start + off[0]}: feature has {lengths[off[0]]} values, "
+                                f"row 0 has {dim}")
+            rows = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+            file_rows = np.arange(start, start + len(batch))
+            if key == "id":
+                ids = batch.column("id").to_numpy(zero_copy_only=False).astype(np.int64)
+            else:
+                found = pc.index_in(batch.column("name"), value_set=names)
+                ids = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+                unknown = np.flatnonzero(ids < 0)
+                if len(unknown) and not skip_unknown:
+                    raise DataError(f"{path}: row {start + unknown[0]}: entity name "
+                                    f"{batch.column('name')[int(unknown[0])].as_py()!r} is not in the dataset "
+                                    f"({len(unknown)} unknown names in rows {start}..{start + len(batch) - 1})")
+                report["unknown_skipped"] = report.get("unknown_skipped", 0) + len(unknown)
+                keep = ids >= 0
+                file_rows, ids, rows = file_rows[keep], ids[keep], rows[keep]
+            yield start, file_rows, ids, rows
+            start += len(batch)
+
+
+def add_features(root: str, modality: str, path: str, mask_path: str | None = None,
+                 skip_unknown: bool = False) -> dict:
+    """Stream a feature file into a prepared (local) dataset as ``modality``; triples are not touched."""
+    manifest = read_manifest(root)
+    entities = pq.read_table(_join(root, manifest["entities"]))
+    report: dict = {}
+    chunks = feature_chunks(path, manifest["num_entities"], mask_path, entities.column("name").combine_chunks(),
+                            skip_unknown, report)
+    entry = write_feature_chunks(root, modality, chunks, path, manifest, entities)
+    return {**entry, "unknown_skipped": report.get("unknown_skipped", 0)}
+
+
+def add_dense_features(root: str, modality: str, features: Features, origin: str) -> dict:
+    """In-memory features (e.g. text encoded from names) into a prepared dataset, in checked chunks."""
+    manifest = read_manifest(root)
+    check = FeatureChecks(origin, manifest["num_entities"])
+
+    def chunks():
+        for start in range(0, len(features.present), CHUNK_ROWS):
+            ids = start + np.flatnonzero(features.present[start:start + CHUNK_ROWS])
+            rows = features.values[ids]
+            check(start, ids, ids, rows)
+            yield start, ids, ids, rows
+    return write_feature_chunks(root, modality, chunks(), origin, manifest,
+                                pq.read_table(_join(root, manifest["entities"])))
+
+
+def write_feature_chunks(root: str, modality: str, chunks, origin: str, manifest: dict, entities: pa.Table) -> dict:
+    """Crash-safe: the rows go to a new file, the entity table is replaced by rename, and the manifest —
+    replaced last, by rename — is what switches the dataset to the new file; the old file is removed
+    after that. Returns the manifest entry."""
+    n = manifest["num_entities"]
+    rel = f"features/{modality}-{uuid.uuid4().hex[:8]}.parquet"
+    os.makedirs(os.path.join(root, "features"), exist_ok=True)
+    target = os.path.join(root, rel)
+    writer, present, dim = None, np.zeros(n, bool), None
+    try:
+        for _, _, ids, rows in chunks:
+            dim = rows.shape[1]
+            table = pa.table({"id": pa.array(ids),
+                              "feature": pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), dim)})
+            if writer is None:
+                writer = pq.ParquetWriter(target, table.schema)
+            writer.write_table(table)
+            present[ids] = True
+        if writer is None:
+            raise DataError(f"{origin}: no feature rows for any entity of the dataset")
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        if os.path.exists(target):
+            os.remove(target)
+        raise
+    column = f"has_{modality}"
+    entities = entities.drop_columns([column]) if column in entities.column_names else entities
+    entities = entities.append_column(column, pa.array(present))
+    _replace(os.path.join(root, manifest["entities"]), lambda tmp: pq.write_table(entities, tmp))
+    old = manifest["modalities"].get(modality, {}).get("file")
+    entry = {"dim": dim, "file": rel, "present": int(present.sum())}
+    manifest["modalities"][modality] = entry
+    manifest["format_version"] = FORMAT_VERSION
+    _replace(os.path.join(root, "manifest.json"), lambda tmp: _write_json(tmp, manifest))
+    if old and old != rel and os.path.exists(os.path.join(root, old)):
+        os.remove(os.path.join(root, old))
+    return entry
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w") as fh:
+        json.dump(obj, fh, indent=2)
+
+
+def _replace(path: str, write) -> None:
+    tmp = path + ".tmp"
+    write(tmp)
+    os.replace(tmp, path)

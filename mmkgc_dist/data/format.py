@@ -204,25 +204,48 @@ def read_features(root: str, manifest: dict, modality: str) -> Features:
     rows = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
     values = np.zeros((n, dim), np.float32)
     present = np.zeros(n, bool)
-    check_feature_rows(path, ids, rows, n)
+    FeatureChecks(path, n)(0, np.arange(len(ids)), ids, rows)
     values[ids] = rows
     present[ids] = True
     return Features(values, present)
 
 
-def check_feature_rows(origin: str, ids: np.ndarray, rows: np.ndarray, num_entities: int) -> None:
-    bad = np.flatnonzero((ids < 0) | (ids >= num_entities))
-    if len(bad):
-        raise DataError(f"{origin}: row {bad[0]}: entity id {ids[bad[0]]} out of range [0, {num_entities})"
-                        f" ({len(bad)} such rows)")
-    uniq, counts = np.unique(ids, return_counts=True)
-    if (counts > 1).any():
-        raise DataError(f"{origin}: entity id {uniq[counts > 1][0]} appears {counts.max()} times")
-    finite = np.isfinite(rows).all(axis=1)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite)[0])
-        raise DataError(f"{origin}: row {row} (entity {ids[row]}): feature holds NaN/Inf "
-                        f"({int((~finite).sum())} such rows)")
+class FeatureChecks:
+    """Per-chunk checks with file-global row numbers: id range, duplicates (across chunks too), finite
+    values, one width."""
+
+    def __init__(self, origin: str, num_entities: int):
+        self.origin, self.n = origin, num_entities
+        self.seen = np.zeros(num_entities, bool)
+        self.dim: int | None = None
+
+    def __call__(self, first_row: int, rows_in_file: np.ndarray, ids: np.ndarray, rows: np.ndarray) -> None:
+        """rows_in_file: each kept row's row number in the file (for messages)."""
+        o = self.origin
+        bad = np.flatnonzero((ids < 0) | (ids >= self.n))
+        if len(bad):
+            raise DataError(f"{o}: row {rows_in_file[bad[0]]}: entity id {ids[bad[0]]} out of range "
+                            f"[0, {self.n}) ({len(bad)} such rows in this chunk)")
+        uniq, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            dup = uniq[counts > 1][0]
+            second = np.flatnonzero(ids == dup)[1]
+            raise DataError(f"{o}: row {rows_in_file[second]}: entity id {dup} appears again "
+                            f"({counts[counts > 1][0]} times)")
+        again = np.flatnonzero(self.seen[ids])
+        if len(again):
+            raise DataError(f"{o}: row {rows_in_file[again[0]]}: entity id {ids[again[0]]} appears again")
+        finite = np.isfinite(rows).all(axis=1)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            raise DataError(f"{o}: row {rows_in_file[row]} (entity {ids[row]}): feature holds NaN/Inf "
+                            f"({int((~finite).sum())} such rows in this chunk)")
+        if self.dim is None:
+            self.dim = rows.shape[1]
+        elif rows.shape[1] != self.dim:
+            raise DataError(f"{o}: from row {first_row}: features have {rows.shape[1]} values, earlier rows "
+                            f"{self.dim}")
+        self.seen[ids] = True
 
 
 def load_dataset(root: str, modalities: list[str] | None = None, skip_splits: tuple[str, ...] = ()) -> KGData:
