@@ -82,6 +82,9 @@ def cmd_train(args, overrides) -> int:
     trainer, main = _make_trainer(cfg, data, run_dir, distributed)
     say = print if main else (lambda *a, **k: None)
     say(_describe(data))
+    if trainer.stream is not None:
+        say(f"train: streamed from {cfg.data.path}: {trainer.stream.total_rows} triples in "
+            f"{len(trainer.stream.groups)} row groups, {trainer.batches_per_epoch()} steps per epoch")
     # torchrun restarts a failed job with TORCHELASTIC_RESTART_COUNT > 0: continue from the last checkpoint.
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     if (args.resume or restarted) and trainer.resume():

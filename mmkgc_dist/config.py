@@ -234,6 +234,9 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.data.loader == "stream" and cfg.train.filter_negatives and cfg.train.negatives == "per_positive":
         raise ConfigError("train.filter_negatives: exact filtering keeps every training triple in memory; with "
                           "data.loader=stream set it false (false negatives are ~degree/N rare in large graphs)")
+    if cfg.data.loader == "stream" and "train" in cfg.eval.splits:
+        raise ConfigError("eval.splits: with data.loader=stream the training split stays on disk; evaluate "
+                          "valid/test")
     if cfg.eval.protocol == "sampled" and cfg.eval.sampled_uniform + cfg.eval.sampled_degree == 0:
         raise ConfigError("eval.sampled_uniform + eval.sampled_degree: the sampled protocol needs candidates")
     if cfg.train.negatives == "chunk_shared" and cfg.train.chunk_size > cfg.train.batch_size:

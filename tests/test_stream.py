@@ -422,3 +422,16 @@ def test_large_npy_features_are_memory_mapped_in_chunks(tmp_path, converted):
     got = load_dataset(root).features["visual"]
     assert np.array_equal(got.present, ~np.isnan(dense).all(1)) and np.allclose(got.values[got.present],
                                                                                dense[got.present])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data.loader=stream"], "data.loader: 'stream' reads a prepared dataset"),
+    (["--data.loader=stream", "--data.source=parquet", "--data.path=x"], "train.filter_negatives: exact filtering"),
+    (["--data.loader=stream", "--data.source=parquet", "--data.path=x", "--train.filter_negatives=false",
+      "--eval.splits=[train]"], "eval.splits: with data.loader=stream"),
+    (["--eval.protocol=sampled", "--eval.sampled_uniform=0", "--eval.sampled_degree=0"], "the sampled protocol needs"),
+])
+def test_streaming_config_errors_name_the_key(extra, message):
+    from mmkgc_dist.config import ConfigError
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, parse_overrides(extra))

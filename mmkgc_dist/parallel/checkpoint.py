@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+log = logging.getLogger("mmkgc_dist")
 COMMITTED = re.compile(r"step-\d{9}$")
 
 
@@ -77,6 +79,10 @@ def load(trainer, path: str) -> None:
     with open(os.path.join(path, "meta.json")) as fh:
         meta = json.load(fh)
     trainer.set_cursor(meta["cursor"])
+    if trainer.stream is not None and meta["world_size"] != trainer.env.world_size:
+        log.warning("resuming a streamed run written by %d ranks on %d: rank ranges differ, so the rest of "
+                    "epoch %d is approximate (some edges repeat or are skipped); later epochs are exact",
+                    meta["world_size"], trainer.env.world_size, trainer.epoch)
     rng = os.path.join(path, f"rng-rank{trainer.env.rank}.pt")
     if meta["world_size"] == trainer.env.world_size and os.path.exists(rng):
         torch.set_rng_state(torch.load(rng))
