@@ -435,3 +435,17 @@ def test_streaming_config_errors_name_the_key(extra, message):
     from mmkgc_dist.config import ConfigError
     with pytest.raises(ConfigError, match=message):
         load_config(None, parse_overrides(extra))
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_sharded_dictionary_gives_dense_stable_ids(shards):
+    from mmkgc_dist.data.convert import Dictionary
+    d = Dictionary("entity", shards=shards)
+    blocks = [["a", "bb", "a", "ccc", "x"], ["x", "dd", "bb", "e"], ["e", "a"]]
+    ids = [d.encode(pa.array(b, pa.large_string())) for b in blocks]
+    d.close()
+    labels = [x for b in blocks for x in b]
+    flat = np.concatenate(ids)
+    assert sorted(set(flat.tolist())) == list(range(len(d))) == list(range(6))     # dense
+    names = d.names().to_pylist()
+    assert [names[i] for i in flat] == labels                                        # consistent across blocks

@@ -4,8 +4,8 @@ Parquet dataset format.
 Memory is bounded by the number of distinct entity and relation labels (the dictionaries) plus one
 block of input, never by the number of edges: the text is read in byte blocks cut at line ends, each block
 is parsed by pyarrow's multi-threaded CSV reader, its labels are mapped to dense ids with pyarrow's hash
-kernels (ids in order of first appearance, train first), and the id triples go straight into Parquet row
-groups. Statistics for Bernoulli sampling and degrees are accumulated on the way (statistics.py).
+kernels on one thread per dictionary shard (ids given block by block, train first, deterministic), and the
+id triples go straight into Parquet row groups. Statistics for Bernoulli sampling and degrees are accumulated on the way (statistics.py).
 
 Every malformed row is an error naming the file and line unless the user asked to skip malformed rows;
 skipped rows are counted, reported and written into the manifest.
@@ -62,26 +62,69 @@ class SplitReport:
 
 
 class Dictionary:
-    """Label → dense id in order of first appearance; the labels live in one Arrow string array."""
+    """Label → dense id. Ids are given block by block, deterministically (shard by shard, first appearance
+    within a shard). The labels are split into ``shards`` by a cheap function of their last bytes, so that
+    that many threads hash disjoint parts of the dictionary and of each block at once (pyarrow's kernels
+    release the GIL): the per-block rebuild of the dictionary's hash table — pyarrow keeps none between
+    calls — and the probes are divided among the cores."""
 
-    def __init__(self, kind: str):
-        self.kind = kind
-        self.labels = pa.array([], pa.large_string())
+    def __init__(self, kind: str, shards: int = 1):
+        self.kind, self.shards = kind, max(1, shards)
+        self.labels = [pa.array([], pa.large_string()) for _ in range(self.shards)]
+        self.ids = [np.zeros(0, np.int64) for _ in range(self.shards)]
+        self.size = 0
+        self.pool = ThreadPoolExecutor(self.shards) if self.shards > 1 else None
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return self.size
+
+    def shard_of(self, values: pa.Array) -> np.ndarray:
+        """A label's shard from its last two bytes and its length, read straight from the Arrow buffers."""
+        offsets = np.frombuffer(values.buffers()[1], np.int64)[values.offset:values.offset + len(values) + 1]
+        data = np.frombuffer(values.buffers()[2], np.uint8)
+        last = data[offsets[1:] - 1].astype(np.int64)
+        before = data[np.maximum(offsets[1:] - 2, offsets[:-1])].astype(np.int64)
+        return (last * 31 + before * 7 + np.diff(offsets)) % self.shards
 
     def encode(self, values: pa.Array) -> np.ndarray:
-        """Ids of ``values``; labels not seen before get the next ids, in order of first appearance."""
-        found = pc.index_in(values, value_set=self.labels)
-        ids = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        missing = ids < 0
-        if missing.any():
-            # one hash pass over the unseen labels gives both their distinct values and their positions
-            encoded = pc.dictionary_encode(values.filter(pa.array(missing)))
-            ids[missing] = encoded.indices.to_numpy(zero_copy_only=False) + len(self.labels)
-            self.labels = pa.concat_arrays([self.labels, encoded.dictionary.cast(pa.large_string())])
+        """Ids of ``values`` (large_string, no nulls); unseen labels get the next ids."""
+        if self.shards == 1:
+            return self._resolve(0, values, *self._lookup(0, values))
+        shard = self.shard_of(values)
+        order = np.argsort(shard, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(shard, minlength=self.shards))])
+        parts = [values.take(pa.array(order[bounds[s]:bounds[s + 1]])) for s in range(self.shards)]
+        found = list(self.pool.map(lambda s: self._lookup(s, parts[s]), range(self.shards)))
+        ids = np.empty(len(values), np.int64)
+        for s, (local, missing) in enumerate(found):
+            ids[order[bounds[s]:bounds[s + 1]]] = self._resolve(s, parts[s], local, missing)
         return ids
+
+    def _lookup(self, s: int, values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        local = pc.index_in(values, value_set=self.labels[s]).fill_null(-1)
+        local = local.to_numpy(zero_copy_only=False).astype(np.int64)
+        return local, local < 0
+
+    def _resolve(self, s: int, values: pa.Array, local: np.ndarray, missing: np.ndarray) -> np.ndarray:
+        """Global ids of one shard's values; unseen labels are appended (one hash pass over them only)."""
+        ids = self.ids[s][np.where(missing, 0, local)] if len(self.ids[s]) else np.zeros(len(local), np.int64)
+        if missing.any():
+            encoded = pc.dictionary_encode(values.filter(pa.array(missing)))
+            new_ids = self.size + np.arange(len(encoded.dictionary), dtype=np.int64)
+            ids[missing] = new_ids[encoded.indices.to_numpy(zero_copy_only=False)]
+            self.labels[s] = pa.concat_arrays([self.labels[s], encoded.dictionary.cast(pa.large_string())])
+            self.ids[s] = np.concatenate([self.ids[s], new_ids])
+            self.size += len(new_ids)
+        return ids
+
+    def names(self) -> pa.Array:
+        """Labels in id order."""
+        labels = pa.concat_arrays(self.labels)
+        return labels.take(pa.array(np.argsort(np.concatenate(self.ids), kind="stable")))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def _blocks(url: str, block_bytes: int):
@@ -240,7 +283,7 @@ def convert_triples(out_dir: str, sources: dict[str, str], layout: TextLayout | 
 
 def _convert_into(root: str, sources: dict[str, str], layout: TextLayout, name: str, progress: bool,
                   row_group_rows: int) -> dict:
-    entities, relations = Dictionary("entity"), Dictionary("relation")
+    entities, relations = Dictionary("entity", shards=min(8, os.cpu_count() or 1)), Dictionary("relation")
     stats = TripleStatistics()
     splits, reports = {}, {}
     started = time.time()
@@ -274,10 +317,11 @@ def _convert_into(root: str, sources: dict[str, str], layout: TextLayout, name: 
         files = writer.close()
         splits[split] = {"rows": writer.rows, "files": files}
     bar.close()
+    entities.close()
     n, r = len(entities), len(relations)
-    pq.write_table(pa.table({"id": pa.array(np.arange(n, dtype=np.int64)), "name": entities.labels,
+    pq.write_table(pa.table({"id": pa.array(np.arange(n, dtype=np.int64)), "name": entities.names(),
                              "degree": pa.array(stats.degrees(n))}), os.path.join(root, "entities.parquet"))
-    pq.write_table(relation_stats_table(relations.labels, stats.relation_table(r)),
+    pq.write_table(relation_stats_table(relations.names(), stats.relation_table(r)),
                    os.path.join(root, "relations.parquet"))
     seconds = time.time() - started
     return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": name,
