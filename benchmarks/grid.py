@@ -1,7 +1,8 @@
 """Throughput grid: positives/s and the step-phase breakdown across world size, sharding type, dim,
 negatives, trainable/frozen features and MAT on/off, each cell under real torchrun (gloo on CPU, nccl on
-GPUs), all in one run beside its own baseline row (1 rank, the paper's DB15K config). Where ``pykeen`` is
-installed, a peer row times PyKEEN's RotatE at the same dim / negatives / batch in the same run.
+GPUs), all in one run beside its own baseline row (1 rank, the paper's DB15K config) and the core issue's
+single-process figure (plain trainer, 2 threads). Where ``pykeen`` is installed, a peer row times PyKEEN's
+RotatE at the same dim / negatives / batch in the same run.
 
 The grid varies one factor at a time from the baseline (a full factorial is hundreds of cells):
 
@@ -58,6 +59,17 @@ def run_cell(name: str, steps: int, threads: int, out: str) -> dict:
     return {"cell": name, "world_size": world, "mode": mode, "overrides": overrides, **row}
 
 
+def core_trainer_row(steps: int) -> dict:
+    """The core issue's figure: the single-process trainer, 2 threads, exact mode (benchmarks/throughput.py)."""
+    res = subprocess.run([sys.executable, os.path.join(HERE, "throughput.py"), "--modes", "exact", "--steps",
+                          str(steps), "--threads", "2"], capture_output=True, text=True)
+    if res.returncode != 0:
+        return {"cell": "single-process trainer, 2 threads", "error": res.stderr.strip()[-300:] or "failed"}
+    row = json.load(open(os.path.join(os.path.dirname(HERE), "results", "throughput", "throughput.json")))["rows"][0]
+    return {"cell": "single-process trainer, 2 threads", "world_size": 1, "positives_per_s": row["positives_per_s"],
+            "step_s": row["step_s_median"], "phases_s": {}}
+
+
 def pykeen_peer(steps: int, threads: int) -> dict | None:
     """PyKEEN's RotatE at d=250, 128 negatives, batch 1024, self-adversarial loss, on the same graph."""
     try:
@@ -102,6 +114,8 @@ def main() -> int:
         row = run_cell(name, args.steps, args.threads, out)
         rows.append(row)
         print(json.dumps({k: row.get(k) for k in ("cell", "positives_per_s", "step_s", "error")}), flush=True)
+    rows.append(core_trainer_row(args.steps))
+    print(json.dumps({k: rows[-1].get(k) for k in ("cell", "positives_per_s", "error")}), flush=True)
     peer = None if args.no_peer else pykeen_peer(args.steps, args.threads)
     if peer:
         rows.append(peer)
