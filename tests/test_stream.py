@@ -449,3 +449,14 @@ def test_sharded_dictionary_gives_dense_stable_ids(shards):
     assert sorted(set(flat.tolist())) == list(range(len(d))) == list(range(6))     # dense
     names = d.names().to_pylist()
     assert [names[i] for i in flat] == labels                                        # consistent across blocks
+
+
+def test_converter_reads_any_fsspec_url(tmp_path):
+    rows = labeled(3000, seed=4)
+    with fsspec.open("memory://convert-src/train.tsv.gz", "wt", compression="gzip") as fh:
+        fh.write("".join("\t".join(r) + "\n" for r in rows))
+    manifest = convert_triples(str(tmp_path / "ds"), {"train": "memory://convert-src/train.tsv.gz"}, progress=False)
+    assert manifest["splits"]["train"]["rows"] == 3000
+    names = pq.read_table(tmp_path / "ds" / "entities.parquet").column("name").to_pylist()
+    rels = pq.read_table(tmp_path / "ds" / "relations.parquet").column("name").to_pylist()
+    assert [(names[h], rels[r], names[t]) for h, r, t in read_ids(str(tmp_path / "ds")).tolist()] == rows
