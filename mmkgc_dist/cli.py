@@ -188,10 +188,11 @@ def cmd_prepare(args, overrides) -> int:
 
 
 def cmd_features(args, overrides) -> int:
+    import pyarrow.parquet as pq
+
     from .data.features import add_dense_features
     from .data.format import _join, read_manifest
     from .data.text import encode_names
-    import pyarrow.parquet as pq
 
     manifest = read_manifest(args.dataset)
     names = pq.read_table(_join(args.dataset, manifest["entities"]), columns=["name"]).column("name").to_pylist()
@@ -287,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from .parallel.env import shutdown_distributed
-    shutdown_distributed()
+    if "torch.distributed" in sys.modules:      # data commands never import torch: nothing to shut down
+        from .parallel.env import shutdown_distributed
+        shutdown_distributed()
     return code
 
 
