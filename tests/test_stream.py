@@ -543,3 +543,12 @@ def test_streamed_training_resumes_exactly(small_dataset, tmp_path, stop):
     import torch
     a, b = straight.tables.state_dict(), second.tables.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_converter_writes_an_empty_split(tmp_path):
+    write_lines(str(tmp_path / "t.tsv"), [("x", "r", "y"), ("y", "r", "z")])
+    (tmp_path / "empty.tsv").write_text("")
+    manifest = convert_triples(str(tmp_path / "ds"), {"train": str(tmp_path / "t.tsv"),
+                                                      "valid": str(tmp_path / "empty.tsv")}, progress=False)
+    assert manifest["splits"]["valid"]["rows"] == 0
+    assert load_dataset(str(tmp_path / "ds")).splits["valid"].shape == (0, 3)

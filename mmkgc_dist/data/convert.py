@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from .errors import DataError
-from .format import FORMAT_NAME, FORMAT_VERSION, PART_ROWS, ROW_GROUP_ROWS, TRIPLE_SCHEMA, relation_stats_table
+from .format import FORMAT_NAME, FORMAT_VERSION, ROW_GROUP_ROWS, TripleWriter, relation_stats_table
 from .statistics import SKETCH_SIZE, TripleStatistics
 
 BLOCK_BYTES = 32 << 20      # input bytes parsed at once (~1.4M short-label rows): bounds memory; larger blocks
@@ -211,51 +211,6 @@ class TripleTextReader:
     def _line_of(block: bytes, first_line: int, text: str) -> str:
         at = block.find(text.encode())
         return f"line {first_line + block.count(NEWLINE, 0, at)}" if at >= 0 else f"block from line {first_line}"
-
-
-class TripleWriter:
-    """Id triples → part files of ≤ PART_ROWS rows with row groups of exactly ROW_GROUP_ROWS (last smaller)."""
-
-    def __init__(self, root: str, split: str, row_group_rows: int = ROW_GROUP_ROWS):
-        self.root, self.split, self.group_rows = root, split, row_group_rows
-        os.makedirs(os.path.join(root, "triples", split), exist_ok=True)
-        self.files: list[str] = []
-        self.pending: list[np.ndarray] = []
-        self.pending_rows = 0
-        self.writer: pq.ParquetWriter | None = None
-        self.rows_in_part = 0
-        self.rows = 0
-
-    def write(self, triples: np.ndarray) -> None:
-        self.pending.append(triples)
-        self.pending_rows += len(triples)
-        while self.pending_rows >= self.group_rows:
-            self._flush(self.group_rows)
-
-    def _flush(self, rows: int) -> None:
-        data = np.concatenate(self.pending)
-        group, rest = data[:rows], data[rows:]
-        self.pending, self.pending_rows = [rest], len(rest)
-        if self.writer is None or self.rows_in_part >= PART_ROWS:
-            self._next_part()
-        self.writer.write_table(pa.table({"head": group[:, 0], "relation": group[:, 1], "tail": group[:, 2]},
-                                         schema=TRIPLE_SCHEMA), row_group_size=self.group_rows)
-        self.rows_in_part += len(group)
-        self.rows += len(group)
-
-    def _next_part(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        rel = f"triples/{self.split}/part-{len(self.files):05d}.parquet"
-        self.files.append(rel)
-        self.writer = pq.ParquetWriter(os.path.join(self.root, rel), TRIPLE_SCHEMA)
-        self.rows_in_part = 0
-
-    def close(self) -> list[str]:
-        if self.pending_rows or self.writer is None:
-            self._flush(self.pending_rows)
-        self.writer.close()
-        return self.files
 
 
 def convert_triples(out_dir: str, sources: dict[str, str], layout: TextLayout | None = None,

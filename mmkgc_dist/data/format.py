@@ -110,15 +110,55 @@ def _write_contents(data: KGData, root: str, source: str, row_group_rows: int) -
 
 
 def _write_triples(triples: np.ndarray, root: str, split: str, row_group_rows: int) -> list[str]:
-    files = []
-    os.makedirs(os.path.join(root, "triples", split), exist_ok=True)
-    for part, start in enumerate(range(0, max(len(triples), 1), PART_ROWS)):
-        chunk = triples[start:start + PART_ROWS]
-        rel = f"triples/{split}/part-{part:05d}.parquet"
-        table = pa.table({"head": chunk[:, 0], "relation": chunk[:, 1], "tail": chunk[:, 2]}, schema=TRIPLE_SCHEMA)
-        pq.write_table(table, os.path.join(root, rel), row_group_size=row_group_rows)
-        files.append(rel)
-    return files
+    writer = TripleWriter(root, split, row_group_rows)
+    writer.write(triples)
+    return writer.close()
+
+
+class TripleWriter:
+    """Id triples, written in any number of pieces → part files of ≤ PART_ROWS rows with row groups of exactly
+    ``row_group_rows`` (the last smaller). An empty split still gets one (empty) part file."""
+
+    def __init__(self, root: str, split: str, row_group_rows: int = ROW_GROUP_ROWS):
+        self.root, self.split, self.group_rows = root, split, row_group_rows
+        os.makedirs(os.path.join(root, "triples", split), exist_ok=True)
+        self.files: list[str] = []
+        self.pending: list[np.ndarray] = [np.zeros((0, 3), np.int64)]
+        self.pending_rows = 0
+        self.writer: pq.ParquetWriter | None = None
+        self.rows_in_part = 0
+        self.rows = 0
+
+    def write(self, triples: np.ndarray) -> None:
+        self.pending.append(triples)
+        self.pending_rows += len(triples)
+        while self.pending_rows >= self.group_rows:
+            self._flush(self.group_rows)
+
+    def _flush(self, rows: int) -> None:
+        data = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)   # no re-copy
+        group, rest = data[:rows], data[rows:]
+        self.pending, self.pending_rows = [rest], len(rest)
+        if self.writer is None or self.rows_in_part >= PART_ROWS:
+            self._next_part()
+        self.writer.write_table(pa.table({"head": group[:, 0], "relation": group[:, 1], "tail": group[:, 2]},
+                                         schema=TRIPLE_SCHEMA), row_group_size=self.group_rows)
+        self.rows_in_part += len(group)
+        self.rows += len(group)
+
+    def _next_part(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        rel = f"triples/{self.split}/part-{len(self.files):05d}.parquet"
+        self.files.append(rel)
+        self.writer = pq.ParquetWriter(os.path.join(self.root, rel), TRIPLE_SCHEMA)
+        self.rows_in_part = 0
+
+    def close(self) -> list[str]:
+        if self.pending_rows or self.writer is None:
+            self._flush(self.pending_rows)
+        self.writer.close()
+        return self.files
 
 
 # ----------------------------------------------------------------------------------------- reading
