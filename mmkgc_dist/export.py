@@ -2,8 +2,9 @@
 weights, as a Parquet folder written by rank shards.
 
 Each rank streams the entities it owns (all of them in one process) in chunks through its own
-``part-<rank>.parquet``; nothing holds the whole table. The folder is built under a temporary name and
-renamed by rank 0 once every rank has closed its part, with ``export.json`` (counts, widths, columns).
+``part-<rank>.parquet``; nothing holds the whole table. The folder is built in a temporary sibling (its name
+chosen by rank 0) and swapped in crash-safely by rank 0 once every rank has closed its part, with
+``export.json`` (counts, widths, columns). OUT follows the ownership rule of outputs.py.
 
     OUT/part-00000.parquet   id:int64, name:string, structural, joint: fixed_size_list<float32>[2d],
                              weight_<structure|modality>: float32 (AdaMF attention; absent without fusion)
@@ -12,12 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
+from .outputs import OutputBuilder
 
 
 def _vectors(t: torch.Tensor) -> pa.FixedSizeListArray:
@@ -27,11 +29,24 @@ def _vectors(t: torch.Tensor) -> pa.FixedSizeListArray:
 
 def export_embeddings(trainer, out_dir: str, chunk: int = 65536) -> dict:
     rank, world = trainer.rank_and_world()
-    tmp = out_dir.rstrip("/") + ".tmp-export"
+    builder = OutputBuilder(out_dir, "export")
+    builder.tmp = trainer.share(builder.tmp)
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
+        builder.create()
     trainer.barrier()
+    try:
+        info = _write_parts(trainer, builder.tmp, rank, chunk)
+    except BaseException:
+        if rank == 0:
+            builder.abort()
+        raise
+    if rank == 0:
+        builder.commit()
+    trainer.barrier()
+    return info
+
+
+def _write_parts(trainer, tmp: str, rank: int, chunk: int) -> dict:
     names = np.asarray(trainer.data.entity_names, dtype=object)
     weight_names = ["structure", *trainer.modalities]
     writer, rows = None, 0
@@ -56,8 +71,4 @@ def export_embeddings(trainer, out_dir: str, chunk: int = 65536) -> dict:
     if rank == 0:
         with open(os.path.join(tmp, "export.json"), "w") as fh:
             json.dump(info, fh, indent=2)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    trainer.barrier()
     return info

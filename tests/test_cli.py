@@ -84,10 +84,19 @@ def test_prepare_bad_openke_writes_nothing(repo, tmp_path):
 def test_prepare_db15k_and_features(repo, tmp_path, db15k):
     out = str(tmp_path / "db15k")
     res = mmkgc(repo, "prepare", "openke", db15k, out)
+    assert res.returncode == 2 and "valid2id.txt: data row 12" in res.stderr and "--allow-duplicates" in res.stderr
+    assert not os.path.exists(out)
+    res = mmkgc(repo, "prepare", "openke", db15k, out, "--allow-duplicates")
+    assert res.returncode == 2 and "is also a train triple" in res.stderr and "--allow-overlap" in res.stderr
+    res = mmkgc(repo, "prepare", "openke", db15k, out, "--allow-duplicates", "--allow-overlap")
     assert res.returncode == 0, res.stderr
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert (manifest["num_entities"], manifest["num_relations"]) == (12842, 279)
-    assert manifest["splits"]["train"]["rows"] == 79222
+    assert manifest["splits"]["train"]["rows"] == 79222 and manifest["splits"]["valid"]["rows"] == 9904
+    # DB15K's valid split repeats rows (9,904 rows, 7,481 distinct), 6,584 of its distinct triples are train
+    # triples and 824 test triples are valid triples: kept, counted, reported.
+    assert manifest["checks"]["duplicates"] == {"train": 0, "valid": 2423, "test": 0}
+    assert manifest["checks"]["overlap"]["test_in_valid"] == 824 and manifest["checks"]["overlap"]["test_in_train"] == 0
     feats = np.random.default_rng(0).normal(size=(12842, 8)).astype(np.float32)
     feats[:100] = np.nan
     np.save(tmp_path / "v.npy", feats)

@@ -18,6 +18,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+RUN_FLAGS = ("--resume", "--overwrite")      # train's own flags, passed through after --
 
 
 def render(template: str, headers: dict[str, str], env: dict[str, str]) -> str:
@@ -31,7 +32,7 @@ def render(template: str, headers: dict[str, str], env: dict[str, str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--config", help="YAML recipe passed to launch/train.py")
     ap.add_argument("--nodes", type=int, default=1)
     ap.add_argument("--nproc-per-node", type=int, default=1, help="ranks per node (GPUs per node)")
@@ -43,16 +44,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", help="run folder (default: runs/<job-name>-<timestamp>)")
     ap.add_argument("--dry-run", action="store_true", help="print the job script, submit nothing")
     args = ap.parse_args(ours)
+    # Values end up in the job script: a line break or control character would inject lines into it.
+    for name, value in [*vars(args).items(), *(("argument", a) for a in train_args)]:
+        if isinstance(value, str) and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            print(f"error: --{name.replace('_', '-')}: {value!r} contains a line break or control character",
+                  file=sys.stderr)
+            return 2
 
     sys.path.insert(0, REPO)
     from mmkgc_dist.config import ConfigError, load_config, parse_overrides
     try:
-        load_config(args.config, parse_overrides(train_args))
+        load_config(args.config, parse_overrides([a for a in train_args if a not in RUN_FLAGS]))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from mmkgc_dist.outputs import marker_kind, write_marker
+    from mmkgc_dist.train.run_folder import holds_run
     run_dir = os.path.abspath(args.run_dir or os.path.join(REPO, "runs", f"{args.job_name}-{time.strftime('%Y%m%d-%H%M%S')}"))
-    os.makedirs(run_dir, exist_ok=True)
+    if os.path.lexists(run_dir) and not os.path.isdir(run_dir):
+        print(f"error: --run-dir {run_dir}: exists and is not a folder", file=sys.stderr)
+        return 2
+    if os.path.isdir(run_dir) and os.listdir(run_dir) and marker_kind(run_dir) != "run":
+        print(f"error: --run-dir {run_dir}: folder is not empty and is not an mmkgc-dist run folder", file=sys.stderr)
+        return 2
+    if os.path.isdir(run_dir) and holds_run(run_dir) and not set(RUN_FLAGS) & set(train_args):
+        print(f"error: --run-dir {run_dir}: holds another run; pass --resume or --overwrite after --",
+              file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as exc:
+        print(f"error: --run-dir {run_dir}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if marker_kind(run_dir) is None:
+        write_marker(run_dir, "run")
     headers = {"job-name": args.job_name, "nodes": str(args.nodes), "ntasks-per-node": "1",
                "cpus-per-task": str(args.cpus_per_task), "time": args.time,
                "output": os.path.join(run_dir, "slurm-%j.out")}

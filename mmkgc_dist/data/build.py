@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from ..config import Config
+from ..outputs import resolve_output
+from .errors import DataError
 from .format import KGData, load_dataset
 from .synthetic import generate
 
@@ -10,4 +12,9 @@ def build_dataset(cfg: Config) -> KGData:
     if cfg.data.source == "synthetic":
         return generate(cfg.data.synthetic)
     streamed = ("train",) if cfg.data.loader == "stream" else ()
-    return load_dataset(cfg.data.path, modalities=cfg.model.modalities, skip_splits=streamed)
+    data = load_dataset(resolve_output(cfg.data.path), modalities=cfg.model.modalities, skip_splits=streamed)
+    missing = [s for s in cfg.eval.splits if s not in data.splits and s not in streamed]
+    if missing:
+        raise DataError(f"eval.splits: the dataset {cfg.data.path} has no {', '.join(missing)} split (it has "
+                        f"{', '.join(data.splits) or 'none'}); set --eval.splits to splits it has")
+    return data

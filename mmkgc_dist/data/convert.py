@@ -2,10 +2,12 @@
 Parquet dataset format.
 
 Memory is bounded by the number of distinct entity and relation labels (the dictionaries) plus one
-block of input, never by the number of edges: the text is read in byte blocks cut at line ends, each block
+block of input (plus the check copy below): the text is read in byte blocks cut at line ends, each block
 is parsed by pyarrow's multi-threaded CSV reader, its labels are mapped to dense ids with pyarrow's hash
 kernels on one thread per dictionary shard (ids given block by block, train first, deterministic), and the
-id triples go straight into Parquet row groups. Statistics for Bernoulli sampling and degrees are accumulated on the way (statistics.py).
+id triples go straight into Parquet row groups. Up to CHECK_ROWS rows, a compact copy of the ids (12 B per
+row) is kept for the duplicate and overlap checks (checks.py); above that the manifest says they were not run.
+Statistics for Bernoulli sampling and degrees are accumulated on the way (statistics.py).
 
 Every malformed row is an error naming the file and line unless the user asked to skip malformed rows;
 skipped rows are counted, reported and written into the manifest.
@@ -14,9 +16,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
-import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,23 +30,40 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from .checks import SplitChecks, check_splits
 from .errors import DataError
 from .format import FORMAT_NAME, FORMAT_VERSION, ROW_GROUP_ROWS, TripleWriter, relation_stats_table
 from .statistics import SKETCH_SIZE, TripleStatistics
 
 BLOCK_BYTES = 32 << 20      # input bytes parsed at once (~1.4M short-label rows): bounds memory; larger blocks
                             # amortise rebuilding the dictionary's hash table (pyarrow has no persistent one)
+CHECK_ROWS = 1 << 25        # duplicate/overlap checks keep 12 B per row up to this many rows (~400 MiB)
+log = logging.getLogger("mmkgc_dist")
 ROLES = ("head", "relation", "tail")
 NEWLINE = b"\n"
 
 
+HEADER_WORDS = {"head", "relation", "tail", "subject", "predicate", "object", "source", "target", "src", "dst",
+                "rel", "h", "r", "t", "s", "p", "o", "from", "to", "label", "type", "edge", "relation_type",
+                "head_label", "tail_label", "relation_label", "sub", "obj", "pred", "_", ""}
+
+
 @dataclass
 class TextLayout:
-    """How labeled triples are laid out in the text files."""
+    """How labeled triples are laid out in the text files, and which doubtful inputs the user allows."""
     columns: tuple[str, ...] = ROLES          # role of each field, in file order
     delimiter: str | None = None               # None: tab for .tsv/.txt, comma for .csv
     header: bool = False                       # first line is a header
     skip_malformed: bool = False               # count and skip rows with the wrong number of fields
+    check_header: bool = True                  # a first line that looks like a header is an error unless flagged
+    strip_labels: bool = False                 # strip surrounding whitespace from labels (counted) instead of failing
+    allow_duplicates: bool = False             # keep (and count) repeated triples within a split
+    allow_overlap: bool = False                # keep (and count) valid/test triples that occur in train/valid
+
+    def __post_init__(self):
+        d = self.delimiter
+        if d is not None and (len(d) != 1 or d in ('"', "\n", "\r")):
+            raise DataError(f"--delimiter {d!r}: expected one character (not a quote or a line break)")
 
     def delimiter_for(self, url: str) -> str:
         if self.delimiter:
@@ -58,7 +76,12 @@ class TextLayout:
 class SplitReport:
     rows: int = 0
     malformed_skipped: int = 0
+    labels_stripped: int = 0
     first_skipped: list[str] = field(default_factory=list)
+
+
+def _header_word(value) -> bool:
+    return isinstance(value, str) and value.strip().lower().replace(" ", "_").replace("-", "_") in HEADER_WORDS
 
 
 class Dictionary:
@@ -127,8 +150,21 @@ class Dictionary:
             self.pool.shutdown()
 
 
-def _blocks(url: str, block_bytes: int):
-    """(first line number, bytes ending at a line end) over a possibly compressed file at any URL."""
+def _cut(data: bytes, quoted: bool) -> int:
+    """Length of the longest prefix of ``data`` ending at a record end: the last newline, or with quoting
+    the last newline outside quotes (an even number of quote characters before it — RFC 4180 doubles
+    quotes inside fields, so parity tells inside from outside)."""
+    if not quoted:
+        return data.rfind(NEWLINE) + 1
+    buf = np.frombuffer(data, np.uint8)
+    newlines = np.flatnonzero(buf == 10)
+    quotes = np.flatnonzero(buf == 34)
+    outside = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
+    return int(outside[-1]) + 1 if len(outside) else 0
+
+
+def _blocks(url: str, block_bytes: int, quoted: bool = False):
+    """(first line number, bytes ending at a record end) over a possibly compressed file at any URL."""
     try:
         fh = fsspec.open(url, "rb", compression="infer").open()
     except FileNotFoundError:
@@ -147,7 +183,7 @@ def _blocks(url: str, block_bytes: int):
             if not chunk:
                 break
             data = rest + chunk
-            cut = data.rfind(NEWLINE) + 1
+            cut = _cut(data, quoted)
             if cut == 0:
                 rest = data
                 continue
@@ -169,9 +205,10 @@ class TripleTextReader:
                             "('_' ignores a field)")
         self.names = [c if c != "_" else f"_{i}" for i, c in enumerate(layout.columns)]
         self.delimiter = layout.delimiter_for(url)
+        self.quoted = self.delimiter == ","
 
     def __iter__(self):
-        for first_line, block in _blocks(self.url, BLOCK_BYTES):
+        for first_line, block in _blocks(self.url, BLOCK_BYTES, self.quoted):
             skip_header = self.layout.header and first_line == 1
             yield self._parse(first_line, block, skip_header)
 
@@ -184,7 +221,8 @@ class TripleTextReader:
 
         read = pacsv.ReadOptions(column_names=self.names, skip_rows=1 if skip_header else 0,
                                  block_size=1 << 24)
-        parse = pacsv.ParseOptions(delimiter=self.delimiter, quote_char='"' if self.delimiter == "," else False,
+        parse = pacsv.ParseOptions(delimiter=self.delimiter, quote_char='"' if self.quoted else False,
+                                   newlines_in_values=self.quoted,
                                    invalid_row_handler=on_invalid)
         convert = pacsv.ConvertOptions(column_types={n: pa.large_string() for n in self.names},
                                        include_columns=[n for n in self.names if not n.startswith("_")])
@@ -199,13 +237,41 @@ class TripleTextReader:
             for text in bad[:max(0, 5 - len(self.report.first_skipped))]:
                 self.report.first_skipped.append(f"{self._line_of(block, first_line, text)}: {text[:200]!r}")
         cols = tuple(table.column(role).combine_chunks() for role in ROLES)
+        where = self._where(first_line, skip_header,
+                            exact=not bad and block.count(NEWLINE) == table.num_rows + int(skip_header))
+        if first_line == 1 and not self.layout.header and self.layout.check_header and table.num_rows:
+            first = [col[0].as_py() for col in cols]
+            if all(_header_word(v) for v in first):
+                raise DataError(f"{self.url}: line 1 {first} looks like a header; pass --header if it is one, "
+                                f"or --no-header if it is data")
+        checked = []
         for role, col in zip(ROLES, cols):
             empty = pc.equal(pc.utf8_length(col), 0)
             if pc.any(empty).as_py():
                 row = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
-                raise DataError(f"{self.url}: row {row} of the block from line {first_line}: empty {role} label")
+                raise DataError(f"{self.url}: {where(row)}: empty {role} label")
+            trimmed = pc.utf8_trim_whitespace(col)
+            spaced = pc.not_equal(trimmed, col)
+            if pc.any(spaced).as_py():
+                row = int(np.flatnonzero(spaced.to_numpy(zero_copy_only=False))[0])
+                if not self.layout.strip_labels:
+                    raise DataError(f"{self.url}: {where(row)}: {role} label {col[row].as_py()!r} has surrounding "
+                                    f"whitespace; fix the file or pass --strip-labels (stripped labels are counted)")
+                self.report.labels_stripped += int(pc.sum(spaced).as_py())
+                if pc.any(pc.equal(pc.utf8_length(trimmed), 0)).as_py():
+                    row = int(np.flatnonzero(pc.equal(pc.utf8_length(trimmed), 0).to_numpy(zero_copy_only=False))[0])
+                    raise DataError(f"{self.url}: {where(row)}: {role} label is only whitespace")
+                col = trimmed
+            checked.append(col)
         self.report.rows += table.num_rows
-        return cols
+        return tuple(checked)
+
+    @staticmethod
+    def _where(first_line: int, skip_header: bool, exact: bool):
+        """Row of a block → 'line N' (exact when no row of the block was skipped and no field spans lines)."""
+        if exact:
+            return lambda row: f"line {first_line + int(skip_header) + row}"
+        return lambda row: f"data row {row + 1} of the block from line {first_line}"
 
     @staticmethod
     def _line_of(block: bytes, first_line: int, text: str) -> str:
@@ -214,26 +280,27 @@ class TripleTextReader:
 
 
 def convert_triples(out_dir: str, sources: dict[str, str], layout: TextLayout | None = None,
-                    name: str | None = None, progress: bool = True, row_group_rows: int = ROW_GROUP_ROWS) -> dict:
-    """Labeled triple files {split: url} → dataset at ``out_dir`` (atomic). Returns the manifest."""
+                    name: str | None = None, progress: bool = True, row_group_rows: int = ROW_GROUP_ROWS,
+                    overwrite: bool = False) -> dict:
+    """Labeled triple files {split: url} → dataset at ``out_dir`` (crash-safe, ownership rule of outputs.py).
+    Returns the manifest."""
+    from ..outputs import OutputBuilder, check_output
+
     layout = layout or TextLayout()
     if "train" not in sources:
         raise DataError("no training triples given (--train)")
-    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
+    check_output(out_dir, "dataset", tuple(sources.values()), overwrite)
+    builder = OutputBuilder(out_dir, "dataset").create()
     try:
-        manifest = _convert_into(tmp, sources, layout, name or os.path.basename(os.path.abspath(out_dir)),
+        manifest = _convert_into(builder.tmp, sources, layout, name or os.path.basename(os.path.abspath(out_dir)),
                                  progress, row_group_rows)
-        with open(os.path.join(tmp, "manifest.json"), "w") as fh:
+        with open(os.path.join(builder.tmp, "manifest.json"), "w") as fh:
             json.dump(manifest, fh, indent=2)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-        return manifest
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        builder.abort()
         raise
+    builder.commit()
+    return manifest
 
 
 def _convert_into(root: str, sources: dict[str, str], layout: TextLayout, name: str, progress: bool,
@@ -241,6 +308,8 @@ def _convert_into(root: str, sources: dict[str, str], layout: TextLayout, name: 
     entities, relations = Dictionary("entity", shards=min(8, os.cpu_count() or 1)), Dictionary("relation")
     stats = TripleStatistics()
     splits, reports = {}, {}
+    kept: dict[str, list[np.ndarray]] = {}          # id triples for the duplicate/overlap checks (bounded)
+    kept_rows = 0
     started = time.time()
     bar = tqdm(desc="convert", unit="edge", unit_scale=True, disable=not progress, dynamic_ncols=True)
     for split in ("train", "valid", "test"):
@@ -249,10 +318,16 @@ def _convert_into(root: str, sources: dict[str, str], layout: TextLayout, name: 
         report = reports[split] = SplitReport()
         writer = TripleWriter(root, split, row_group_rows)
 
-        def consume(ids: np.ndarray, train: bool = split == "train") -> None:
+        kept[split] = []
+
+        def consume(ids: np.ndarray, train: bool = split == "train", mine: list = kept[split]) -> None:
+            nonlocal kept_rows
             if train:
                 stats.update(ids)
             writer.write(ids)
+            kept_rows += len(ids)
+            if kept_rows <= CHECK_ROWS:
+                mine.append(ids.astype(np.int32) if ids.max(initial=0) < (1 << 31) else ids)
 
         # Two stages overlap (numpy, pyarrow and Parquet release the GIL): this thread parses and encodes
         # block i+1 while a worker counts and writes block i. One block in flight bounds memory.
@@ -270,10 +345,21 @@ def _convert_into(root: str, sources: dict[str, str], layout: TextLayout, name: 
             if pending is not None:
                 pending.result()
         files = writer.close()
+        if writer.rows == 0:
+            raise DataError(f"{sources[split]}: no triples ({_why_empty(report, layout)}); expected lines of "
+                            f"{','.join(layout.columns)} separated by {layout.delimiter_for(sources[split])!r}")
         splits[split] = {"rows": writer.rows, "files": files}
     bar.close()
     entities.close()
     n, r = len(entities), len(relations)
+    checks = SplitChecks(checked=False)
+    if kept_rows <= CHECK_ROWS:
+        names = entities.names(), relations.names()
+        checks = check_splits({s: np.concatenate(v) for s, v in kept.items()}, sources, layout.allow_duplicates,
+                              layout.allow_overlap, describe=lambda row: _labels(row, *names))
+    else:
+        log.warning("duplicate and overlap checks skipped: %d rows exceed the %d-row check budget", kept_rows,
+                    CHECK_ROWS)
     pq.write_table(pa.table({"id": pa.array(np.arange(n, dtype=np.int64)), "name": entities.names(),
                              "degree": pa.array(stats.degrees(n))}), os.path.join(root, "entities.parquet"))
     pq.write_table(relation_stats_table(relations.names(), stats.relation_table(r)),
@@ -283,6 +369,19 @@ def _convert_into(root: str, sources: dict[str, str], layout: TextLayout, name: 
             "source": {s: u for s, u in sources.items()}, "num_entities": n, "num_relations": r,
             "entities": "entities.parquet", "relations": "relations.parquet", "splits": splits, "modalities": {},
             "statistics": {"from_split": "train", "distinct_per_relation": f"exact up to {SKETCH_SIZE}, KMV estimate above"},
+            "checks": checks.as_manifest(),
             "conversion": {split: {"rows": rep.rows, "malformed_skipped": rep.malformed_skipped,
+                                   "labels_stripped": rep.labels_stripped,
                                    "first_skipped": rep.first_skipped} for split, rep in reports.items()}
             | {"seconds": round(seconds, 2)}}
+
+
+def _why_empty(report: SplitReport, layout: TextLayout) -> str:
+    if report.malformed_skipped:
+        return f"all {report.malformed_skipped} rows were malformed and skipped"
+    return "the file is empty or holds only a header" if layout.header else "the file is empty"
+
+
+def _labels(row: np.ndarray, entity_names, relation_names) -> str:
+    h, r, t = (int(v) for v in row)
+    return f"{entity_names[h].as_py()} {relation_names[r].as_py()} {entity_names[t].as_py()}"

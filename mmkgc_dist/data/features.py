@@ -15,7 +15,9 @@ Accepted layouts:
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import uuid
 
 import fsspec
@@ -28,6 +30,7 @@ from .errors import DataError
 from .format import FORMAT_VERSION, FeatureChecks, Features, _join, read_manifest
 
 CHUNK_ROWS = 1 << 16
+log = logging.getLogger("mmkgc_dist")
 
 
 def feature_chunks(path: str, num_entities: int, mask_path: str | None = None, names: pa.Array | None = None,
@@ -84,6 +87,10 @@ def _load_npy(path: str, mmap: bool = False) -> np.ndarray:
 def _dense_chunks(path: str, arr, num_entities: int, chunk_rows: int):
     if arr.ndim != 2 or arr.shape[0] != num_entities:
         raise DataError(f"{path}: expected shape ({num_entities}, dim), got {arr.shape}")
+    if arr.shape[1] == 0:
+        raise DataError(f"{path}: features have width 0; expected at least one value per entity")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise DataError(f"{path}: dtype {arr.dtype} is not numeric; expected float features")
     for start in range(0, num_entities, chunk_rows):
         rows = np.asarray(arr[start:start + chunk_rows], dtype=np.float32)
         present = ~np.isnan(rows).all(axis=1)
@@ -102,16 +109,33 @@ def _pt_chunks(path: str, num_entities: int, chunk_rows: int):
     except Exception as exc:  # torch raises a variety of unpickling errors
         raise DataError(f"{path}: cannot be loaded with weights_only=True ({exc})")
     if isinstance(obj, torch.Tensor):
-        yield from _dense_chunks(path, obj.float().numpy(), num_entities, chunk_rows)
+        yield from _dense_chunks(path, _dense_tensor(path, obj, "the tensor").float().numpy(), num_entities,
+                                 chunk_rows)
         return
-    if not (isinstance(obj, dict) and {"features", "ids"} <= set(obj)):
-        raise DataError(f"{path}: expected a tensor [N, dim] or a dict with 'features' and 'ids'")
-    rows, ids = obj["features"].float().numpy(), obj["ids"].long().numpy()
+    if not (isinstance(obj, dict) and {"features", "ids"} <= set(obj)) or \
+            not all(isinstance(obj[k], torch.Tensor) for k in ("features", "ids")):
+        raise DataError(f"{path}: expected a tensor [N, dim] or a dict with tensors 'features' and 'ids'")
+    ids = _dense_tensor(path, obj["ids"], "'ids'")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise DataError(f"{path}: 'ids' has dtype {ids.dtype}; expected integer entity ids")
+    rows, ids = _dense_tensor(path, obj["features"], "'features'").float().numpy(), ids.long().numpy()
+    if rows.ndim == 2 and rows.shape[1] == 0:
+        raise DataError(f"{path}: 'features' has width 0; expected at least one value per entity")
     if rows.ndim != 2 or len(rows) != len(ids):
         raise DataError(f"{path}: 'features' {tuple(rows.shape)} and 'ids' {tuple(ids.shape)} disagree")
     for start in range(0, len(ids), chunk_rows):
         yield start, np.arange(start, start + len(ids[start:start + chunk_rows])), \
             ids[start:start + chunk_rows], rows[start:start + chunk_rows]
+
+
+def _dense_tensor(path: str, t, what: str):
+    import torch
+
+    if t.layout != torch.strided:
+        raise DataError(f"{path}: {what} is a {t.layout} tensor; expected a dense (strided) tensor")
+    if t.dtype.is_complex or t.dtype == torch.bool:
+        raise DataError(f"{path}: {what} has dtype {t.dtype}; expected real numbers")
+    return t
 
 
 def _parquet_chunks(path: str, names: pa.Array | None, skip_unknown: bool, report: dict, chunk_rows: int):
@@ -129,8 +153,12 @@ def _parquet_chunks(path: str, names: pa.Array | None, skip_unknown: bool, repor
     if key == "name" and names is None:
         raise DataError(f"{path}: features keyed by 'name' need the dataset's entity names")
     ftype = reader.schema_arrow.field("feature").type
-    if not (pa.types.is_list(ftype) or pa.types.is_fixed_size_list(ftype) or pa.types.is_large_list(ftype)):
+    if not (pa.types.is_list(ftype) or pa.types.is_fixed_size_list(ftype) or pa.types.is_large_list(ftype)) or \
+            not (pa.types.is_floating(ftype.value_type) or pa.types.is_integer(ftype.value_type)):
         raise DataError(f"{path}: field 'feature' has type {ftype}, expected a list of floats")
+    if key == "id" and not pa.types.is_integer(reader.schema_arrow.field("id").type):
+        raise DataError(f"{path}: field 'id' has type {reader.schema_arrow.field('id').type}; expected integer "
+                        f"entity ids")
     start, dim = 0, None
     with fh:
         for batch in reader.iter_batches(batch_size=chunk_rows, columns=[key, "feature"]):
@@ -138,6 +166,12 @@ def _parquet_chunks(path: str, names: pa.Array | None, skip_unknown: bool, repor
             lengths = col.value_lengths().to_numpy(zero_copy_only=False) if not pa.types.is_fixed_size_list(ftype) \
                 else np.full(len(col), ftype.list_size)
             dim = int(lengths[0]) if dim is None and len(lengths) else dim
+            if dim == 0:
+                raise DataError(f"{path}: row {start}: feature has 0 values; expected at least one")
+            if col.null_count or col.flatten().null_count:
+                row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]) if col.null_count else 0
+                raise DataError(f"{path}: row {start + row}: feature holds nulls; give present entities only, "
+                                f"each with a full vector")
             off = np.flatnonzero(lengths != dim)
             if len(off):
                 raise DataError(f"{path}: row {start + off[0]}: feature has {lengths[off[0]]} values, "
@@ -164,34 +198,73 @@ def _parquet_chunks(path: str, names: pa.Array | None, skip_unknown: bool, repor
 def add_features(root: str, modality: str, path: str, mask_path: str | None = None,
                  skip_unknown: bool = False) -> dict:
     """Stream a feature file into a prepared (local) dataset as ``modality``; triples are not touched."""
-    manifest = read_manifest(root)
-    entities = pq.read_table(_join(root, manifest["entities"]))
-    report: dict = {}
-    chunks = feature_chunks(path, manifest["num_entities"], mask_path, entities.column("name").combine_chunks(),
-                            skip_unknown, report)
-    entry = write_feature_chunks(root, modality, chunks, path, manifest, entities)
+    with DatasetEdit(root) as manifest:
+        entities = pq.read_table(_join(root, manifest["entities"]))
+        report: dict = {}
+        chunks = feature_chunks(path, manifest["num_entities"], mask_path,
+                                entities.column("name").combine_chunks(), skip_unknown, report)
+        entry = write_feature_chunks(root, modality, chunks, path, manifest, entities)
     return {**entry, "unknown_skipped": report.get("unknown_skipped", 0)}
 
 
 def add_dense_features(root: str, modality: str, features: Features, origin: str) -> dict:
     """In-memory features (e.g. text encoded from names) into a prepared dataset, in checked chunks."""
-    manifest = read_manifest(root)
-    check = FeatureChecks(origin, manifest["num_entities"])
+    with DatasetEdit(root) as manifest:
+        check = FeatureChecks(origin, manifest["num_entities"])
 
-    def chunks():
-        for start in range(0, len(features.present), CHUNK_ROWS):
-            ids = start + np.flatnonzero(features.present[start:start + CHUNK_ROWS])
-            rows = features.values[ids]
-            check(start, ids, ids, rows)
-            yield start, ids, ids, rows
-    return write_feature_chunks(root, modality, chunks(), origin, manifest,
-                                pq.read_table(_join(root, manifest["entities"])))
+        def chunks():
+            for start in range(0, len(features.present), CHUNK_ROWS):
+                ids = start + np.flatnonzero(features.present[start:start + CHUNK_ROWS])
+                rows = features.values[ids]
+                check(start, ids, ids, rows)
+                yield start, ids, ids, rows
+        return write_feature_chunks(root, modality, chunks(), origin, manifest,
+                                    pq.read_table(_join(root, manifest["entities"])))
+
+
+FEATURE_FILE = re.compile(r"^features/(visual|text)(-[0-9a-f]{8})?\.parquet$")
+
+
+class DatasetEdit:
+    """An in-place edit of a local dataset: holds the dataset's lock, yields its manifest, and first removes
+    what an interrupted edit left behind (unreferenced feature files of ours, ``*.tmp`` replacements)."""
+
+    def __init__(self, root: str):
+        from ..outputs import FolderLock, local_path
+
+        if local_path(root) != root or not os.path.isdir(root):
+            raise DataError(f"{root}: features are added to a local dataset folder (made by `mmkgc-dist prepare`)")
+        self.root = root
+        self.lock = FolderLock(root, "dataset")
+
+    def __enter__(self) -> dict:
+        manifest = read_manifest(self.root)
+        self.lock.acquire()
+        try:
+            self._clean(manifest)
+        except BaseException:
+            self.lock.release()
+            raise
+        return manifest
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+    def _clean(self, manifest: dict) -> None:
+        referenced = {info.get("file") for info in manifest["modalities"].values()}
+        folder = os.path.join(self.root, "features")
+        leftovers = [f"features/{f}" for f in sorted(os.listdir(folder))] if os.path.isdir(folder) else []
+        leftovers = [rel for rel in leftovers if FEATURE_FILE.match(rel) and rel not in referenced]
+        leftovers += [f for f in ("entities.parquet.tmp", "manifest.json.tmp") if os.path.exists(_join(self.root, f))]
+        for rel in leftovers:
+            os.remove(os.path.join(self.root, rel))
+            log.warning("removed %s, left by an interrupted feature import", os.path.join(self.root, rel))
 
 
 def write_feature_chunks(root: str, modality: str, chunks, origin: str, manifest: dict, entities: pa.Table) -> dict:
     """Crash-safe: the rows go to a new file, the entity table is replaced by rename, and the manifest —
-    replaced last, by rename — is what switches the dataset to the new file; the old file is removed
-    after that. Returns the manifest entry."""
+    replaced last, by rename — is what switches the dataset to the new file; the old file (only one of ours:
+    ``features/<modality>[-<hex>].parquet``) is removed after that. Returns the manifest entry."""
     n = manifest["num_entities"]
     rel = f"features/{modality}-{uuid.uuid4().hex[:8]}.parquet"
     os.makedirs(os.path.join(root, "features"), exist_ok=True)
@@ -199,6 +272,8 @@ def write_feature_chunks(root: str, modality: str, chunks, origin: str, manifest
     writer, present, dim = None, np.zeros(n, bool), None
     try:
         for _, _, ids, rows in chunks:
+            if not len(ids):
+                continue
             dim = rows.shape[1]
             table = pa.table({"id": pa.array(ids),
                               "feature": pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), dim)})
@@ -207,7 +282,8 @@ def write_feature_chunks(root: str, modality: str, chunks, origin: str, manifest
             writer.write_table(table)
             present[ids] = True
         if writer is None:
-            raise DataError(f"{origin}: no feature rows for any entity of the dataset")
+            raise DataError(f"{origin}: no entity of the dataset has a feature (every row missing, all-NaN or "
+                            f"masked out); nothing to add")
         writer.close()
     except BaseException:
         if writer is not None:
@@ -224,8 +300,10 @@ def write_feature_chunks(root: str, modality: str, chunks, origin: str, manifest
     manifest["modalities"][modality] = entry
     manifest["format_version"] = FORMAT_VERSION
     _replace(os.path.join(root, "manifest.json"), lambda tmp: _write_json(tmp, manifest))
-    if old and old != rel and os.path.exists(os.path.join(root, old)):
+    if isinstance(old, str) and old != rel and FEATURE_FILE.match(old) and os.path.isfile(os.path.join(root, old)):
         os.remove(os.path.join(root, old))
+    elif old and old != rel:
+        log.warning("left %s in place: the manifest named it, but it is not a feature file this tool writes", old)
     return entry
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 
 import fsspec
@@ -57,22 +55,25 @@ class KGData:
 
 
 # ----------------------------------------------------------------------------------------- writing
-def write_dataset(data: KGData, out_dir: str, source: str = "", row_group_rows: int = ROW_GROUP_ROWS) -> None:
-    """Write atomically: build in a sibling temporary folder, then rename over ``out_dir``."""
+def write_dataset(data: KGData, out_dir: str, source: str = "", row_group_rows: int = ROW_GROUP_ROWS,
+                  overwrite: bool = False, inputs: tuple[str, ...] = (), checks: dict | None = None) -> None:
+    """Write crash-safely under the ownership rule (outputs.py): build in a temporary sibling, then swap.
+    ``checks`` (duplicates/overlap counts the caller allowed) is recorded in the manifest."""
+    from ..outputs import OutputBuilder, check_output
+
     validate(data, origin=source or "in-memory dataset")
-    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
+    check_output(out_dir, "dataset", inputs, overwrite)
+    builder = OutputBuilder(out_dir, "dataset").create()
     try:
-        manifest = _write_contents(data, tmp, source, row_group_rows)
-        with open(os.path.join(tmp, "manifest.json"), "w") as fh:
+        manifest = _write_contents(data, builder.tmp, source, row_group_rows)
+        if checks:
+            manifest["checks"] = checks
+        with open(os.path.join(builder.tmp, "manifest.json"), "w") as fh:
             json.dump(manifest, fh, indent=2)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        builder.abort()
         raise
+    builder.commit()
 
 
 def relation_stats_table(names, stats: dict[str, np.ndarray]) -> pa.Table:
@@ -173,8 +174,14 @@ def read_manifest(root: str) -> dict:
             manifest = json.load(fh)
     except FileNotFoundError:
         raise DataError(f"{path}: manifest not found; is {root} a dataset written by `mmkgc-dist prepare`?")
-    except json.JSONDecodeError as exc:
+    except NotADirectoryError:
+        raise DataError(f"{root}: is a file; expected a dataset folder written by `mmkgc-dist prepare`")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc})")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc})")
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     if manifest.get("format") != FORMAT_NAME:
         raise DataError(f"{path}: field 'format' is {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
     if manifest.get("format_version") not in READABLE_VERSIONS:
@@ -183,7 +190,34 @@ def read_manifest(root: str) -> dict:
     for key in ("num_entities", "num_relations", "splits", "modalities"):
         if key not in manifest:
             raise DataError(f"{path}: required field {key!r} missing")
+    _check_manifest_paths(path, manifest)
     return manifest
+
+
+def _inside(rel) -> bool:
+    """A manifest path must stay inside the dataset: relative, no '..', no drive or scheme."""
+    if not isinstance(rel, str) or not rel or rel.startswith(("/", "\\")) or "://" in rel or ":" in rel[:3]:
+        return False
+    return ".." not in rel.replace("\\", "/").split("/")
+
+
+def _check_manifest_paths(path: str, manifest: dict) -> None:
+    fields = [("entities", manifest.get("entities", "entities.parquet")),
+              ("relations", manifest.get("relations", "relations.parquet"))]
+    if not isinstance(manifest["splits"], dict) or not isinstance(manifest["modalities"], dict):
+        raise DataError(f"{path}: fields 'splits' and 'modalities' must be objects")
+    for split, info in manifest["splits"].items():
+        if not isinstance(info, dict) or not isinstance(info.get("files"), list) or \
+                not isinstance(info.get("rows"), int):
+            raise DataError(f"{path}: splits.{split}: expected {{'rows': int, 'files': [...]}}")
+        fields += [(f"splits.{split}.files", rel) for rel in info["files"]]
+    for m, info in manifest["modalities"].items():
+        if not isinstance(info, dict):
+            raise DataError(f"{path}: modalities.{m}: expected an object")
+        fields.append((f"modalities.{m}.file", info.get("file")))
+    for key, rel in fields:
+        if not _inside(rel):
+            raise DataError(f"{path}: field {key} is {rel!r}; expected a relative path inside the dataset")
 
 
 def _read_table(path: str, columns=None) -> pa.Table:

@@ -157,8 +157,15 @@ class StreamingTriples:
             raise DataError(f"{g.file}: row group {g.index} unreadable ({type(exc).__name__}: {exc})")
         if table.num_rows != g.rows:
             raise DataError(f"{g.file}: row group {g.index} holds {table.num_rows} rows, footer says {g.rows}")
+        limits = (self.manifest["num_entities"], self.manifest["num_relations"], self.manifest["num_entities"])
         for c, name in enumerate(("head", "relation", "tail")):
-            out[:, c] = table.column(name).to_numpy()[piece.start:piece.stop]
+            column = table.column(name).to_numpy()[piece.start:piece.stop]
+            bad = np.flatnonzero((column < 0) | (column >= limits[c]))
+            if len(bad):
+                row = piece.start + int(bad[0])
+                raise DataError(f"{g.file}: row group {g.index}, row {row}: {name} id {column[bad[0]]} out of range "
+                                f"[0, {limits[c]}) ({len(bad)} such rows in this piece)")
+            out[:, c] = column
 
     def _load_window(self, pool: ThreadPoolExecutor, epoch: int, index: int, pieces: list[Piece],
                      buffers: "WindowBuffers", out: np.ndarray) -> np.ndarray:

@@ -6,32 +6,34 @@ Layout of one checkpoint (``checkpoints/step-NNNNNNNNN/``):
     generator/           DeepSpeed's checkpoint of the MAT generator engine (weights + optimizer)
     dense_optimizer.pt   Adam state of the replicated dense parameters (written by rank 0)
     rng-rank<r>.pt       each rank's torch RNG state (generator noise); used when the world size matches
-    meta.json            data cursor (epoch, batch in epoch, step), world size; written last
+    meta.json            data cursor (epoch, batch in epoch, step), world size, and the SHA-256 of every
+                         other file; written last
 
 Everything is written under ``.tmp-step-N`` and renamed by rank 0 after a barrier, so a crash at any
-point leaves either a complete checkpoint or a temporary folder that ``latest`` never returns.
+point leaves either a complete checkpoint or a temporary folder that the lookup never returns. Loading
+verifies the digests and never unpickles arbitrary objects (integrity.py: DCP metadata through a restricted
+unpickler, byte items, DeepSpeed files and RNG states weights-only).
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
-import re
 import shutil
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from ..integrity import checkpoint_at, dcp_reader_and_planner, digests, newest_verified, safe_torch_load
+
 log = logging.getLogger("mmkgc_dist")
-COMMITTED = re.compile(r"step-\d{9}$")
 
 
 def latest(directory: str) -> str | None:
-    found = [p for p in glob.glob(os.path.join(directory, "step-*"))
-             if COMMITTED.search(p) and os.path.exists(os.path.join(p, "meta.json"))]
-    return max(found) if found else None
+    """The newest verified checkpoint of either kind (warns about damaged newer ones)."""
+    found = newest_verified(directory)
+    return found.path if found else None
 
 
 def _state(trainer) -> dict:
@@ -56,8 +58,11 @@ def save(trainer, directory: str) -> str:
         torch.save(trainer.opt_model.state_dict(), os.path.join(tmp, "dense_optimizer.pt"))
     dist.barrier()
     if rank == 0:
+        meta = {"cursor": trainer.cursor(), "world_size": trainer.env.world_size, "files": digests(tmp)}
         with open(os.path.join(tmp, "meta.json"), "w") as fh:
-            json.dump({"cursor": trainer.cursor(), "world_size": trainer.env.world_size}, fh)
+            json.dump(meta, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -66,13 +71,15 @@ def save(trainer, directory: str) -> str:
 
 
 def load(trainer, path: str) -> None:
+    checkpoint_at(path)                                   # digests verified before anything is read
     state = _state(trainer)
-    dcp.load(state, checkpoint_id=os.path.join(path, "dcp"))
+    reader, planner = dcp_reader_and_planner(os.path.join(path, "dcp"))
+    dcp.load(state, storage_reader=reader, planner=planner)
     trainer.tables.dmp.load_state_dict(state["tables"])
     trainer.core.load_state_dict(state["dense"])
     trainer.tables.fused_optimizer.load_state_dict(state["table_optimizer"])
     if trainer.opt_model is not None:
-        trainer.opt_model.load_state_dict(torch.load(os.path.join(path, "dense_optimizer.pt")))
+        trainer.opt_model.load_state_dict(safe_torch_load(os.path.join(path, "dense_optimizer.pt")))
     if trainer.engine is not None:
         trainer.engine.load_checkpoint(os.path.join(path, "generator"), tag="generator",
                                        load_module_strict=True, load_optimizer_states=True)
@@ -85,4 +92,4 @@ def load(trainer, path: str) -> None:
                     meta["world_size"], trainer.env.world_size, trainer.epoch)
     rng = os.path.join(path, f"rng-rank{trainer.env.rank}.pt")
     if meta["world_size"] == trainer.env.world_size and os.path.exists(rng):
-        torch.set_rng_state(torch.load(rng))
+        torch.set_rng_state(safe_torch_load(rng))

@@ -18,8 +18,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Config, ConfigError
+from ..data.errors import DataError
 from ..data.format import KGData
 from ..data.sampling import NegativeBatch
+from ..integrity import safe_deepspeed_engine
 from ..eval.ranking import (FilterIndex, count_better_equal, eval_subset, link_prediction_metrics, protocol_label,
                             ranks_from_counts, sampled_chunks)
 from ..model import MATGenerators
@@ -85,6 +87,7 @@ class DistributedTrainer(Trainer):
             self.engine, self.opt_generator, _, _ = deepspeed.initialize(
                 model=generators, model_parameters=generators.parameters(),
                 config=deepspeed_config(cfg, cfg.train.batch_size // env.world_size), dist_init_required=False)
+            safe_deepspeed_engine(self.engine)     # its checkpoint files load weights-only
             self.generators = self.engine.module
             self.update_generator = self._deepspeed_update
 
@@ -243,13 +246,32 @@ class DistributedTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save(self) -> str:
-        path = checkpoint.save(self, os.path.join(self.run_dir, "checkpoints"))
+        directory = os.path.join(self.run_dir, "checkpoints")
+        path = checkpoint.save(self, directory)
         self.logger.log("checkpoint", path=os.path.basename(path), **self.cursor())
+        if self.env.is_main:
+            self.prune_checkpoints(directory)
+        dist.barrier()
         return path
+
+    def share(self, obj):
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def resume(self, path: str | None = None) -> bool:
         path = path or (checkpoint.latest(os.path.join(self.run_dir, "checkpoints")) if self.run_dir else None)
         if path is None:
             return False
-        checkpoint.load(self, path)
+        if not os.path.isdir(path):
+            raise DataError(f"{path}: a single-process checkpoint file; the distributed trainer reads "
+                            f"checkpoint folders (step-N/)")
+        try:
+            checkpoint.load(self, path)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            text = str(exc).strip()
+            raise DataError(f"{path}: checkpoint does not fit this run's config "
+                            f"({(text.splitlines()[0] if text else type(exc).__name__)[:300]})") from exc
         return True

@@ -2,12 +2,14 @@
 same scalars as TensorBoard events (``run.tensorboard=true``; needs the ``tensorboard`` package)."""
 from __future__ import annotations
 
+import errno
 import json
 import time
 
 
 class JsonlLogger:
     def __init__(self, path: str | None, tensorboard_dir: str | None = None):
+        self.path = path
         self._fh = open(path, "a") if path else None
         self._start = time.time()
         self._tb = None
@@ -19,8 +21,13 @@ class JsonlLogger:
         if self._fh is None:
             return
         record = {"kind": kind, "time": round(time.time() - self._start, 3), **fields}
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(json.dumps(record) + "\n")
+            self._fh.flush()
+        except OSError as exc:
+            from ..data.errors import DataError
+            reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            raise DataError(f"{self.path}: could not write metrics ({reason})") from exc
         if self._tb is not None and "step" in fields:
             for key, value in fields.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":

@@ -19,6 +19,8 @@ from ..eval.ranking import eval_subset, filtered_ranks, link_prediction_metrics,
 from ..model import DistanceKernels, MATGenerators, RotatE
 from ..model.kgc import MultiModalKGC
 from ..tables import LocalTables
+from ..data.errors import DataError
+from ..integrity import prune
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .metrics import JsonlLogger
 from .step import LocalEmbedder, TrainStep, local_generator_update
@@ -286,17 +288,39 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"])
 
     def save(self) -> str:
-        path = save_checkpoint(self.state_dict(), os.path.join(self.run_dir, "checkpoints"), self.step)
+        directory = os.path.join(self.run_dir, "checkpoints")
+        path = save_checkpoint(self.state_dict(), directory, self.step)
         self.logger.log("checkpoint", path=os.path.basename(path), epoch=self.epoch, step=self.step)
+        self.prune_checkpoints(directory)
         return path
 
-    def resume(self) -> bool:
-        path = latest_checkpoint(os.path.join(self.run_dir, "checkpoints")) if self.run_dir else None
+    def prune_checkpoints(self, directory: str) -> None:
+        for old in prune(directory, self.cfg.train.keep_checkpoints):
+            log.debug("removed old checkpoint %s (train.keep_checkpoints=%d)", old, self.cfg.train.keep_checkpoints)
+
+    def share(self, obj):
+        """Rank 0's value of ``obj`` on every rank (one process: itself)."""
+        return obj
+
+    def resume(self, path: str | None = None) -> bool:
+        path = path or (latest_checkpoint(os.path.join(self.run_dir, "checkpoints")) if self.run_dir else None)
         if path is None:
             return False
-        self.load_state_dict(load_checkpoint(path))
+        self.load_state(load_checkpoint(path), path)
         log.info("resumed from %s (epoch %d, step %d)", path, self.epoch, self.step)
         return True
+
+    def load_state(self, state: dict, origin: str) -> None:
+        """load_state_dict with one-line errors for a checkpoint that does not fit this config."""
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise DataError(f"{origin}: checkpoint does not fit this run's config ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _flat(metrics: dict, prefix: str = "") -> dict:

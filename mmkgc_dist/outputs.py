@@ -1,0 +1,299 @@
+"""Where the tool writes, and the rules it keeps there.
+
+Ownership: every folder the tool makes (dataset, export, run) carries a marker file, ``.mmkgc-dist``, naming
+its kind. An output path is accepted only if it does not exist, is an empty folder, or holds the marker of
+the same kind *and* the user passed ``--overwrite``. It may never be the current directory or one of its
+parents, an input, or a parent or child of an input. Nothing without our marker is ever deleted.
+
+Crash-safe replacement (``OutputBuilder``): the new version is built in a temporary sibling
+``.NAME.tmp-HOST-PID-XXXXXXXX``; the old one is moved aside to ``.NAME.previous``, the new one moved in, the
+old one deleted. Killed between the two moves, ``resolve_output`` still finds the complete old version, and
+the next writer restores or removes what was left (``clean_stale``, one line per thing it removes).
+
+A test-only hook, ``MMKGC_DIST_FAULT_AT=built|aside|swapped``, kills the process at that point (``kill -9``
+semantics) so tests can prove the claim above.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import uuid
+
+from .data.errors import DataError
+
+log = logging.getLogger("mmkgc_dist")
+MARKER = ".mmkgc-dist"
+KINDS = ("dataset", "export", "run")
+FAULT_ENV = "MMKGC_DIST_FAULT_AT"
+
+
+def fault_point(name: str) -> None:
+    """Test hook: die here without cleanup, as a kill -9 would."""
+    if os.environ.get(FAULT_ENV) == name:
+        os._exit(137)
+
+
+def local_path(url: str) -> str | None:
+    """The local path of a plain path or file:// URL; None for any other fsspec URL."""
+    if url.startswith("file://"):
+        return url[len("file://"):]
+    return None if "://" in url else url
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def marker_kind(folder: str) -> str | None:
+    """The kind recorded in ``folder``'s marker, or None (no marker, unreadable, not ours)."""
+    try:
+        with open(os.path.join(folder, MARKER)) as fh:
+            info = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    kind = info.get("kind") if isinstance(info, dict) and info.get("tool") == "mmkgc-dist" else None
+    return kind if kind in KINDS else None
+
+
+def write_marker(folder: str, kind: str) -> None:
+    with open(os.path.join(folder, MARKER), "w") as fh:
+        json.dump({"tool": "mmkgc-dist", "kind": kind}, fh)
+
+
+def check_output(out: str, kind: str, inputs: tuple[str, ...] = (), overwrite: bool = False,
+                 what: str = "OUT") -> None:
+    """Raise DataError unless writing a ``kind`` at ``out`` keeps the ownership rule (module docstring)."""
+    if local_path(out) != out:
+        raise DataError(f"{what} {out}: outputs are written to local folders; give a path")
+    real = _real(out)
+    if _within(_real(os.getcwd()), real):
+        raise DataError(f"{what} {out}: is the current directory or one of its parents; give a new folder "
+                        f"for the {kind}")
+    for source in inputs:
+        src = local_path(source) if source else None
+        if src is None:
+            continue
+        src_real = _real(src)
+        if _within(src_real, real) or _within(real, src_real):
+            raise DataError(f"{what} {out}: overlaps the input {source}; write the {kind} to a separate folder")
+    if os.path.islink(out):
+        raise DataError(f"{what} {out}: is a symbolic link; give the folder itself")
+    if not os.path.lexists(out):
+        return
+    if not os.path.isdir(out):
+        raise DataError(f"{what} {out}: exists and is not a folder; expected a new or empty folder for the {kind}")
+    if not os.listdir(out):
+        return
+    found = marker_kind(out)
+    if found is None:
+        raise DataError(f"{what} {out}: folder is not empty and was not made by mmkgc-dist (no {MARKER} "
+                        f"marker); refusing to touch it — give a new folder")
+    if found != kind:
+        raise DataError(f"{what} {out}: holds an mmkgc-dist {found}, not a {kind}; refusing to replace it")
+    if not overwrite:
+        raise DataError(f"{what} {out}: a {kind} already exists there; pass --overwrite to replace it")
+
+
+# ------------------------------------------------------------------------------ stale temporaries
+_TMP = r"\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$"
+
+
+def _names(out: str) -> tuple[str, str]:
+    out = os.path.abspath(out.rstrip("/") or "/")
+    return os.path.dirname(out), os.path.basename(out)
+
+
+def previous_path(out: str) -> str:
+    parent, name = _names(out)
+    return os.path.join(parent, f".{name}.previous")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(out: str) -> list[str]:
+    """Finish or undo an interrupted replacement of ``out`` and remove temporaries of dead writers (only
+    folders carrying our marker). Returns one notice per action, also logged."""
+    parent, name = _names(out)
+    notices = []
+    if not os.path.isdir(parent):
+        return notices
+    previous = previous_path(out)
+    if os.path.isdir(previous) and marker_kind(previous):
+        if os.path.lexists(out):
+            shutil.rmtree(previous)
+            notices.append(f"removed {previous}, the old version left by an interrupted replacement of {out}")
+        else:
+            os.replace(previous, out)
+            notices.append(f"restored {out} from {previous} (a replacement was interrupted before the new "
+                           f"version moved in)")
+    pattern = re.compile(r"^\." + re.escape(name) + _TMP)
+    legacy = re.compile(r"^\.tmp-" + re.escape(name) + r"-[A-Za-z0-9_]{8}$|^" + re.escape(name) + r"\.tmp-export$")
+    here = socket.gethostname()
+    for entry in sorted(os.listdir(parent)):
+        path = os.path.join(parent, entry)
+        match = pattern.match(entry)
+        if match:
+            if match["host"] == here and not pid_alive(int(match["pid"])) and marker_kind(path):
+                shutil.rmtree(path)
+                notices.append(f"removed stale temporary {path} (its writer, pid {match['pid']}, is gone)")
+        elif legacy.match(entry) and os.path.isdir(path) and (marker_kind(path) or _looks_like_ours(path)):
+            shutil.rmtree(path)
+            notices.append(f"removed stale temporary {path} left by an earlier version of mmkgc-dist")
+    for notice in notices:
+        log.warning(notice)
+    return notices
+
+
+def _looks_like_ours(path: str) -> bool:
+    """Temporaries of versions before the marker: only our own files inside."""
+    ours = {"manifest.json", "entities.parquet", "relations.parquet", "triples", "features", "export.json"}
+    entries = set(os.listdir(path))
+    return entries <= ours or all(e.startswith("part-") and e.endswith(".parquet") for e in entries - ours)
+
+
+def resolve_output(path: str) -> str:
+    """A local folder to read: ``path`` itself, or — while a replacement of it is interrupted between its two
+    moves — the complete old version set aside."""
+    local = local_path(path)
+    if local is None or os.path.exists(local):
+        return path
+    previous = previous_path(local)
+    if os.path.isdir(previous) and marker_kind(previous):
+        log.warning("%s is missing; reading %s, the complete previous version of an interrupted replacement",
+                    path, previous)
+        return previous
+    return path
+
+
+# ------------------------------------------------------------------------------ building
+def default_mode(path: str) -> None:
+    """Folders get the usual permissions (mkdtemp would make them 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+
+
+class OutputBuilder:
+    """Build an output in a temporary sibling and swap it in crash-safely.
+
+        builder = OutputBuilder(out, "dataset")     # cleans stale leftovers, makes the temporary folder
+        ...write into builder.tmp...
+        builder.commit()                           # or builder.abort() on failure
+    """
+
+    def __init__(self, out: str, kind: str, tmp: str | None = None):
+        self.out, self.kind = os.path.abspath(out.rstrip("/")), kind
+        parent, name = _names(self.out)
+        os.makedirs(parent, exist_ok=True)
+        self.tmp = tmp or os.path.join(parent, f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+                                               f"{uuid.uuid4().hex[:8]}")
+
+    def create(self) -> "OutputBuilder":
+        clean_stale(self.out)
+        os.mkdir(self.tmp)
+        default_mode(self.tmp)
+        write_marker(self.tmp, self.kind)
+        return self
+
+    def commit(self) -> None:
+        fault_point("built")
+        previous = previous_path(self.out)
+        had_old = os.path.lexists(self.out)
+        if had_old:
+            os.replace(self.out, previous)
+            fault_point("aside")
+        os.replace(self.tmp, self.out)
+        fault_point("swapped")
+        if had_old:
+            shutil.rmtree(previous)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> str:
+        self.create()
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+# ------------------------------------------------------------------------------ locks
+class FolderLock:
+    """One writer per folder: ``FOLDER/.lock`` holds the writer's pid and host. Created complete in one step
+    (written to a private name, then hard-linked into place), so a reader never sees a half-written lock. A lock
+    whose process is gone (same host, pid not running) is stale and replaced with a notice; any other refuses."""
+
+    def __init__(self, folder: str, what: str = "folder"):
+        self.folder, self.what = folder, what
+        self.path = os.path.join(folder, ".lock")
+        self.held = False
+
+    def holder(self) -> dict:
+        try:
+            with open(self.path) as fh:
+                info = json.load(fh)
+            return info if isinstance(info, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> "FolderLock":
+        import atexit
+        import time
+
+        here = socket.gethostname()
+        mine = f"{self.path}.{here}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        with open(mine, "w") as fh:
+            json.dump({"pid": os.getpid(), "host": here, "since": time.strftime("%Y-%m-%d %H:%M:%S")}, fh)
+        try:
+            for _ in range(3):
+                try:
+                    os.link(mine, self.path)
+                    self.held = True
+                    atexit.register(self.release)
+                    return self
+                except FileExistsError:
+                    info = self.holder()
+                    pid, host = info.get("pid"), info.get("host")
+                    if host == here and isinstance(pid, int) and not pid_alive(pid):
+                        os.remove(self.path)
+                        log.warning("removed a stale lock on %s (pid %d on %s is gone)", self.folder, pid, host)
+                        continue
+                    raise DataError(f"{self.folder}: {self.what} is in use by pid {pid} on {host} since "
+                                    f"{info.get('since')}; if that process is gone, remove {self.path}")
+            raise DataError(f"{self.folder}: could not take the lock {self.path}")
+        finally:
+            os.remove(mine)
+
+    def release(self) -> None:
+        if self.held and self.holder().get("pid") == os.getpid():
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+        self.held = False
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

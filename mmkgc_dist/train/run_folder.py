@@ -1,0 +1,132 @@
+"""Run folders: where a training run writes, and who may write there.
+
+    RUN/.mmkgc-dist      marker: made by this tool, kind "run"
+    RUN/.lock            pid + host of the one process writing (outputs.FolderLock)
+    RUN/config.yaml, metrics.jsonl, checkpoints/, results.json, tensorboard/, sharding_plan.json
+
+Rules: a default name is unique even for runs started in the same second (the folder is created with an
+atomic mkdir, suffixed -2, -3, ... when taken); ``run.name`` is a plain name inside ``run.out_dir``; a folder
+that holds another run's results is refused unless ``--resume`` (continue it) or ``--overwrite`` (delete its
+results — only the files a run writes, never anything else in the folder); a second writer is refused while
+the first holds the lock. Partial checkpoints of a crashed run are removed when the next writer starts.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+
+from ..data.errors import DataError
+from ..integrity import clean_temporaries, list_checkpoints
+from ..outputs import FolderLock, default_mode, marker_kind, write_marker
+
+log = logging.getLogger("mmkgc_dist")
+RUN_FILES = ("results.json", "metrics.jsonl", "config.yaml", "sharding_plan.json")
+RUN_FOLDERS = ("tensorboard",)
+
+
+def _make_folder(path: str, what: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DataError(f"{what} {path}: a file is in the way; expected a folder")
+    except PermissionError:
+        raise DataError(f"{what} {path}: permission denied")
+
+
+def new_unique_folder(parent: str) -> str:
+    """parent/<timestamp>[-k]: created atomically, so concurrent runs never share one."""
+    _make_folder(parent, "run.out_dir")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for k in range(1, 10000):
+        path = os.path.join(parent, stamp if k == 1 else f"{stamp}-{k}")
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        default_mode(path)
+        write_marker(path, "run")
+        return path
+    raise DataError(f"run.out_dir {parent}: no free run name for {stamp}")
+
+
+def holds_run(path: str) -> bool:
+    return bool(list_checkpoints(os.path.join(path, "checkpoints"))) or any(
+        os.path.exists(os.path.join(path, f)) for f in ("metrics.jsonl", "results.json"))
+
+
+def _legacy_run(path: str) -> bool:
+    """A run folder written before the marker existed: our config plus our metrics or checkpoints."""
+    return os.path.isfile(os.path.join(path, "config.yaml")) and (
+        os.path.isfile(os.path.join(path, "metrics.jsonl")) or os.path.isdir(os.path.join(path, "checkpoints")))
+
+
+def open_for_training(run_dir: str | None, out_dir: str, name: str, resume: bool,
+                      overwrite: bool) -> tuple[str, FolderLock]:
+    """The run folder to train in, created or checked, with its lock held."""
+    if not run_dir and not name:
+        path = new_unique_folder(out_dir)
+        return path, FolderLock(path, "run folder").acquire()
+    path = run_dir or os.path.join(out_dir, name)
+    what = "--run-dir" if run_dir else "run.out_dir/run.name"
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise DataError(f"{what} {path}: exists and is not a folder; expected a run folder")
+    if os.path.isdir(path) and os.listdir(path):
+        kind = marker_kind(path)
+        if kind is None and _legacy_run(path):
+            write_marker(path, "run")
+        elif kind is None:
+            raise DataError(f"{what} {path}: folder is not empty and was not made by mmkgc-dist; refusing to "
+                            f"write a run into it — give a new folder")
+        elif kind != "run":
+            raise DataError(f"{what} {path}: holds an mmkgc-dist {kind}, not a run")
+    else:
+        _make_folder(path, what)
+        write_marker(path, "run")
+    lock = FolderLock(path, "run folder").acquire()
+    try:
+        if holds_run(path) and not (resume or overwrite):
+            steps = [c.step for c in list_checkpoints(os.path.join(path, "checkpoints"))]
+            held = f"checkpoints up to step {max(steps)}" if steps else "metrics of an earlier run"
+            raise DataError(f"{what} {path}: holds another run ({held}); pass --resume to continue it or "
+                            f"--overwrite to replace its results")
+        if overwrite and not resume:
+            remove_run_results(path)
+        clean_temporaries(os.path.join(path, "checkpoints"))
+    except BaseException:
+        lock.release()
+        raise
+    return path, lock
+
+
+def remove_run_results(path: str) -> None:
+    """What a run writes, and nothing else (a user's files in the folder stay)."""
+    removed = []
+    for ckpt in list_checkpoints(os.path.join(path, "checkpoints")):
+        if os.path.isdir(ckpt.path):
+            shutil.rmtree(ckpt.path)
+        else:
+            os.remove(ckpt.path)
+            if os.path.exists(ckpt.record):
+                os.remove(ckpt.record)
+        removed.append(ckpt.path)
+    for f in RUN_FILES:
+        if os.path.isfile(os.path.join(path, f)):
+            os.remove(os.path.join(path, f))
+            removed.append(f)
+    for d in RUN_FOLDERS:
+        if os.path.isdir(os.path.join(path, d)):
+            shutil.rmtree(os.path.join(path, d))
+            removed.append(d)
+    if removed:
+        log.warning("--overwrite: removed the earlier run's results in %s (%d items)", path, len(removed))
+
+
+def open_for_reading(run_dir: str) -> str:
+    """A run folder to evaluate or export from: must exist and hold a run's config."""
+    if not os.path.isdir(run_dir):
+        raise DataError(f"{run_dir}: not a run folder ({'a file' if os.path.exists(run_dir) else 'not found'})")
+    if not os.path.isfile(os.path.join(run_dir, "config.yaml")):
+        raise DataError(f"{run_dir}: no config.yaml; is this a run folder written by `mmkgc-dist train`?")
+    return run_dir
