@@ -110,6 +110,8 @@ def verify(ckpt: Checkpoint) -> str | None:
     except (OSError, ValueError) as exc:
         return f"{os.path.basename(ckpt.record)} unreadable ({exc})"
     if ckpt.is_folder:
+        if "files" not in record:          # written before digests were recorded: nothing to compare
+            return None
         return _check_digests(ckpt.path, record.get("files"))
     return _check_digests(os.path.dirname(ckpt.path), {os.path.basename(ckpt.path): record})
 

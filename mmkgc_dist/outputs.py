@@ -97,7 +97,8 @@ def check_output(out: str, kind: str, inputs: tuple[str, ...] = (), overwrite: b
         raise DataError(f"{what} {out}: folder is not empty and was not made by mmkgc-dist (no {MARKER} "
                         f"marker); refusing to touch it — give a new folder")
     if found != kind:
-        raise DataError(f"{what} {out}: holds an mmkgc-dist {found}, not a {kind}; refusing to replace it")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise DataError(f"{what} {out}: holds an mmkgc-dist {found}, not {article} {kind}; refusing to replace it")
     if not overwrite:
         raise DataError(f"{what} {out}: a {kind} already exists there; pass --overwrite to replace it")
 

@@ -312,44 +312,46 @@ def _convert_into(root: str, sources: dict[str, str], layout: TextLayout, name: 
     kept_rows = 0
     started = time.time()
     bar = tqdm(desc="convert", unit="edge", unit_scale=True, disable=not progress, dynamic_ncols=True)
-    for split in ("train", "valid", "test"):
-        if split not in sources:
-            continue
-        report = reports[split] = SplitReport()
-        writer = TripleWriter(root, split, row_group_rows)
+    try:
+        for split in ("train", "valid", "test"):
+            if split not in sources:
+                continue
+            report = reports[split] = SplitReport()
+            writer = TripleWriter(root, split, row_group_rows)
 
-        kept[split] = []
+            kept[split] = []
 
-        def consume(ids: np.ndarray, train: bool = split == "train", mine: list = kept[split]) -> None:
-            nonlocal kept_rows
-            if train:
-                stats.update(ids)
-            writer.write(ids)
-            kept_rows += len(ids)
-            if kept_rows <= CHECK_ROWS:
-                mine.append(ids.astype(np.int32) if ids.max(initial=0) < (1 << 31) else ids)
+            def consume(ids: np.ndarray, train: bool = split == "train", mine: list = kept[split]) -> None:
+                nonlocal kept_rows
+                if train:
+                    stats.update(ids)
+                writer.write(ids)
+                kept_rows += len(ids)
+                if kept_rows <= CHECK_ROWS:
+                    mine.append(ids.astype(np.int32) if ids.max(initial=0) < (1 << 31) else ids)
 
-        # Two stages overlap (numpy, pyarrow and Parquet release the GIL): this thread parses and encodes
-        # block i+1 while a worker counts and writes block i. One block in flight bounds memory.
-        with ThreadPoolExecutor(1) as worker:
-            pending = None
-            for heads, rels, tails in TripleTextReader(sources[split], layout, report):
-                ends = entities.encode(pa.concat_arrays([heads, tails]))
-                ids = np.empty((len(heads), 3), np.int64)
-                ids[:, 0], ids[:, 2] = ends[:len(heads)], ends[len(heads):]
-                ids[:, 1] = relations.encode(rels)
+            # Two stages overlap (numpy, pyarrow and Parquet release the GIL): this thread parses and encodes
+            # block i+1 while a worker counts and writes block i. One block in flight bounds memory.
+            with ThreadPoolExecutor(1) as worker:
+                pending = None
+                for heads, rels, tails in TripleTextReader(sources[split], layout, report):
+                    ends = entities.encode(pa.concat_arrays([heads, tails]))
+                    ids = np.empty((len(heads), 3), np.int64)
+                    ids[:, 0], ids[:, 2] = ends[:len(heads)], ends[len(heads):]
+                    ids[:, 1] = relations.encode(rels)
+                    if pending is not None:
+                        pending.result()
+                    pending = worker.submit(consume, ids)
+                    bar.update(len(ids))
                 if pending is not None:
                     pending.result()
-                pending = worker.submit(consume, ids)
-                bar.update(len(ids))
-            if pending is not None:
-                pending.result()
-        files = writer.close()
-        if writer.rows == 0:
-            raise DataError(f"{sources[split]}: no triples ({_why_empty(report, layout)}); expected lines of "
-                            f"{','.join(layout.columns)} separated by {layout.delimiter_for(sources[split])!r}")
-        splits[split] = {"rows": writer.rows, "files": files}
-    bar.close()
+            files = writer.close()
+            if writer.rows == 0:
+                raise DataError(f"{sources[split]}: no triples ({_why_empty(report, layout)}); expected lines of "
+                                f"{','.join(layout.columns)} separated by {layout.delimiter_for(sources[split])!r}")
+            splits[split] = {"rows": writer.rows, "files": files}
+    finally:
+        bar.close()        # before any error line, so the message starts a line of its own
     entities.close()
     n, r = len(entities), len(relations)
     checks = SplitChecks(checked=False)

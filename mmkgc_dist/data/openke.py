@@ -91,5 +91,11 @@ def read_openke(src: str, name: str | None = None) -> KGData:
     entities = read_dictionary(f"{src}/entity2id.txt")
     relations = read_dictionary(f"{src}/relation2id.txt")
     splits = {s: read_triples(f"{src}/{f}", len(entities), len(relations)) for s, f in SPLIT_FILES.items()}
+    for split, triples in splits.items():
+        if len(triples) == 0:
+            raise DataError(f"{src}/{SPLIT_FILES[split]}: no triples (line 1 declares 0 records); every split needs "
+                            f"at least one")
+    if not entities or not relations:
+        raise DataError(f"{src}: {'entity2id.txt' if not entities else 'relation2id.txt'} declares 0 records")
     return KGData(len(entities), len(relations), splits, entities, relations, {},
                   name or src.rsplit("/", 1)[-1])

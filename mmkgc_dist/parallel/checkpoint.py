@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from ..data.errors import DataError
 from ..integrity import checkpoint_at, dcp_reader_and_planner, digests, newest_verified, safe_torch_load
 
 log = logging.getLogger("mmkgc_dist")
@@ -74,7 +75,13 @@ def load(trainer, path: str) -> None:
     checkpoint_at(path)                                   # digests verified before anything is read
     state = _state(trainer)
     reader, planner = dcp_reader_and_planner(os.path.join(path, "dcp"))
-    dcp.load(state, storage_reader=reader, planner=planner)
+    reader.read_metadata()                                # refused here, with our message, if not plain data
+    try:
+        dcp.load(state, storage_reader=reader, planner=planner)
+    except dcp.api.CheckpointException as exc:           # DCP gathers rank errors into one long report
+        lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
+        reason = next((l for l in lines if "refused" in l), lines[-1] if lines else type(exc).__name__)
+        raise DataError(f"{path}/dcp: cannot be loaded ({reason[:300]})") from exc
     trainer.tables.dmp.load_state_dict(state["tables"])
     trainer.core.load_state_dict(state["dense"])
     trainer.tables.fused_optimizer.load_state_dict(state["table_optimizer"])

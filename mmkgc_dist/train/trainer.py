@@ -168,31 +168,33 @@ class Trainer:
         total = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
         bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=not self.show_progress,
                    dynamic_ncols=True, mininterval=1.0)
-        last = {}
-        t0 = time.time()
-        positives = 0
-        while self.epoch < cfg.epochs and not self._done():
-            for batch, negatives in self.batches():
-                metrics = self.reduce_metrics(self.step_fn(batch, negatives))
-                self.step += 1
-                self.batch_in_epoch += 1
-                positives += len(batch) * self.world_size
-                rate = positives / max(time.time() - t0, 1e-9)
-                bar.update(1)
-                bar.set_postfix(epoch=self.epoch, loss=f"{metrics['loss']:.4f}", pos_per_s=f"{rate:,.0f}")
-                if self.step % cfg.log_every == 0 or self.step == 1:
-                    self.logger.log("train", epoch=self.epoch, step=self.step, positives_per_s=round(rate, 1),
-                                    **metrics)
-                last = metrics
-                if self.run_dir and cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
-                    self.save()
-                if self._done():
-                    break
-            else:
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                self._end_of_epoch()
-        bar.close()
+        try:
+            last = {}
+            t0 = time.time()
+            positives = 0
+            while self.epoch < cfg.epochs and not self._done():
+                for batch, negatives in self.batches():
+                    metrics = self.reduce_metrics(self.step_fn(batch, negatives))
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    positives += len(batch) * self.world_size
+                    rate = positives / max(time.time() - t0, 1e-9)
+                    bar.update(1)
+                    bar.set_postfix(epoch=self.epoch, loss=f"{metrics['loss']:.4f}", pos_per_s=f"{rate:,.0f}")
+                    if self.step % cfg.log_every == 0 or self.step == 1:
+                        self.logger.log("train", epoch=self.epoch, step=self.step, positives_per_s=round(rate, 1),
+                                        **metrics)
+                    last = metrics
+                    if self.run_dir and cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
+                        self.save()
+                    if self._done():
+                        break
+                else:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    self._end_of_epoch()
+        finally:
+            bar.close()          # an error line then starts a line of its own
         return {"steps": self.step, "epochs": self.epoch, "seconds": time.time() - t0, **last}
 
     def _done(self) -> bool:

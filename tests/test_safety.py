@@ -1,0 +1,296 @@
+"""Safety behaviours that need more than one command: crash-safe replacement under kills at every point, stale
+temporaries, run-folder locks and lifecycle, checkpoint pruning, verification and fallback, payloads planted
+in every kind of checkpoint file, disk full, and the doubtful inputs a user may allow (counted)."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from test_bad_input import REPO, SMALL_GRAPH, TINY, Payload, cli, snapshot
+
+from mmkgc_dist.data.format import load_dataset, read_manifest
+from mmkgc_dist.outputs import FolderLock, resolve_output
+from mmkgc_dist.train.run_folder import new_unique_folder
+
+
+def _one_error(res, text):
+    errors = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+    assert res.returncode == 2 and len(errors) == 1 and text in errors[0], res.stderr[-3000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------ crash-safe replacement
+@pytest.mark.parametrize("point", ["built", "aside", "swapped"])
+def test_replacement_killed_at_each_point_leaves_one_complete_version(tmp_path, point):
+    old = cli("prepare", "synthetic", "ds", "--num_entities=100", "--num_triples=600", cwd=tmp_path)
+    assert old.returncode == 0, old.stderr
+    killed = cli("prepare", "synthetic", "ds", "--overwrite", "--num_entities=150", "--num_triples=900",
+                 cwd=tmp_path, env={"MMKGC_DIST_FAULT_AT": point})
+    assert killed.returncode == 137, killed.stderr
+    # At this instant one complete version loads: the old one until the new one has moved in.
+    data = load_dataset(resolve_output(str(tmp_path / "ds")))
+    assert data.num_entities == (150 if point == "swapped" else 100)
+    again = cli("prepare", "synthetic", "ds", "--overwrite", "--num_entities=150", "--num_triples=900", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    notice = {"built": "removed stale temporary", "aside": "restored", "swapped": "the old version left by an "
+              "interrupted replacement"}[point]
+    assert notice in again.stderr, again.stderr
+    assert load_dataset(str(tmp_path / "ds")).num_entities == 150
+    assert sorted(os.listdir(tmp_path)) == ["ds"]          # nothing left behind
+
+
+def test_dataset_folder_has_ordinary_permissions(tmp_path):
+    res = cli("prepare", "synthetic", "ds", *SMALL_GRAPH, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert os.stat(tmp_path / "ds").st_mode & 0o777 == 0o777 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ------------------------------------------------------------------------------ features
+def test_feature_import_deletes_only_its_own_files(tmp_path):
+    assert cli("prepare", "synthetic", "ds", *SMALL_GRAPH, cwd=tmp_path).returncode == 0
+    np.save(tmp_path / "v.npy", np.ones((120, 3), np.float32))
+    before = read_manifest(str(tmp_path / "ds"))["modalities"]["visual"]["file"]
+    (tmp_path / "ds" / "features" / "visual-deadbeef.parquet").write_bytes(b"orphan of a crashed import")
+    (tmp_path / "ds" / "features" / "mine.parquet").write_bytes(b"a user's file")
+    res = cli("prepare", "features", "ds", "--modality", "visual", "v.npy", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "visual-deadbeef.parquet, left by an interrupted feature import" in res.stderr
+    after = read_manifest(str(tmp_path / "ds"))["modalities"]["visual"]
+    assert after["dim"] == 3 and after["file"] != before
+    assert not (tmp_path / "ds" / before).exists()           # the replaced file was the tool's own
+    assert (tmp_path / "ds" / "features" / "mine.parquet").read_bytes() == b"a user's file"
+
+
+def test_feature_import_holds_the_dataset_lock(tmp_path):
+    assert cli("prepare", "synthetic", "ds", *SMALL_GRAPH, cwd=tmp_path).returncode == 0
+    np.save(tmp_path / "v.npy", np.ones((120, 3), np.float32))
+    with FolderLock(str(tmp_path / "ds"), "dataset"):
+        res = cli("prepare", "features", "ds", "--modality", "visual", "v.npy", cwd=tmp_path)
+    _one_error(res, f"dataset is in use by pid {os.getpid()} on {socket.gethostname()}")
+
+
+# ------------------------------------------------------------------------------ run folders
+def test_lock_refuses_a_live_writer_and_replaces_a_stale_one(tmp_path, caplog):
+    lock = FolderLock(str(tmp_path)).acquire()
+    child = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+                            "from mmkgc_dist.outputs import FolderLock; FolderLock(sys.argv[2]).acquire()",
+                            REPO, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert child.returncode != 0 and f"in use by pid {os.getpid()}" in child.stderr
+    lock.release()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / ".lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "since": "x"}))
+    FolderLock(str(tmp_path)).acquire().release()
+    assert "removed a stale lock" in caplog.text
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_default_run_names_are_unique_within_one_second(tmp_path):
+    made = []
+    threads = [threading.Thread(target=lambda: made.append(new_unique_folder(str(tmp_path)))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(made)) == 3 and all(os.path.isdir(p) for p in made)
+
+
+def test_run_folder_lifecycle_overwrite_resume_and_pruning(tmp_path):
+    args = ["--run-dir", "r", *TINY, "--train.checkpoint_every_steps=2", "--train.keep_checkpoints=2",
+            "--train.epochs=2"]
+    first = cli("train", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    ckpts = sorted(f for f in os.listdir(tmp_path / "r" / "checkpoints"))
+    assert len([f for f in ckpts if f.endswith(".pt")]) == 2 and len(ckpts) == 4, ckpts   # + digest records
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    resumed = cli("train", *args, "--resume", "--train.epochs=3", cwd=tmp_path)
+    assert resumed.returncode == 0 and "resumed at epoch 2" in resumed.stdout, resumed.stderr
+    over = cli("train", *args, "--overwrite", "--train.epochs=1", cwd=tmp_path)
+    assert over.returncode == 0, over.stderr
+    assert "removed the earlier run's results" in over.stderr
+    results = json.load(open(tmp_path / "r" / "results.json"))
+    assert results["train"]["epochs"] == 1
+    assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
+    steps = sorted(int(f[5:14]) for f in os.listdir(tmp_path / "r" / "checkpoints") if f.endswith(".pt"))
+    assert steps[-1] == results["train"]["steps"] and len(steps) <= 2
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A single-process run with three checkpoints."""
+    w = tmp_path_factory.mktemp("trained")
+    res = cli("train", "--run-dir", "r", *TINY, "--train.checkpoint_every_steps=3", "--train.epochs=2",
+              "--train.keep_checkpoints=3", cwd=w)
+    assert res.returncode == 0, res.stderr
+    return w
+
+
+def _ckpts(run):
+    return sorted(p for p in os.listdir(os.path.join(run, "checkpoints")) if p.endswith(".pt"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "flip"])
+def test_damaged_newest_checkpoint_falls_back_with_a_warning(trained, tmp_path, damage):
+    run = tmp_path / "r"
+    shutil.copytree(trained / "r", run)
+    ckpts = _ckpts(run)
+    newest, older = run / "checkpoints" / ckpts[-1], run / "checkpoints" / ckpts[-2]
+    data = newest.read_bytes()
+    newest.write_bytes({"truncate": data[:len(data) // 2], "empty": b"",
+                        "flip": data[:100] + bytes([data[100] ^ 1]) + data[101:]}[damage])
+    ev = cli("evaluate", str(run), "--output", str(tmp_path / "m.json"), cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert f"checkpoint {newest} is damaged" in ev.stderr
+    ref = cli("evaluate", str(run), "--checkpoint", str(older), "--output", str(tmp_path / "ref.json"), cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    assert json.load(open(tmp_path / "m.json")) == json.load(open(tmp_path / "ref.json"))
+    res = cli("train", "--run-dir", str(run), *TINY, "--train.epochs=2", "--resume", cwd=tmp_path)
+    assert res.returncode == 0 and f"checkpoint {newest} is damaged" in res.stderr, res.stderr
+    exp = cli("export", str(run), str(tmp_path / "emb"), "--checkpoint", str(older), cwd=tmp_path)
+    assert exp.returncode == 0, exp.stderr
+
+
+def test_planted_payload_never_runs(trained, tmp_path):
+    """A payload planted as the newest checkpoint: without a digest record it is skipped with a warning; with a
+    forged record (the attacker rewrote it too) it passes the digest check and the weights-only load refuses."""
+    run = tmp_path / "r"
+    shutil.copytree(trained / "r", run)
+    marker = tmp_path / "PWNED"
+    planted = run / "checkpoints" / "step-000000999.pt"
+    torch.save({"tables": Payload(str(marker)), "cursor": {}}, planted)
+    ev = cli("evaluate", str(run), cwd=tmp_path)
+    assert ev.returncode == 0 and "step-000000999.pt is damaged" in ev.stderr and "refused to load" in ev.stderr
+    from mmkgc_dist.integrity import sha256
+    (run / "checkpoints" / "step-000000999.json").write_text(json.dumps(
+        {"sha256": sha256(str(planted)), "bytes": planted.stat().st_size, "step": 999}))
+    for args in (["evaluate", str(run)], ["evaluate", str(trained / "r"), "--checkpoint", str(planted)],
+                 ["train", "--run-dir", str(run), *TINY, "--resume"]):
+        _one_error(cli(*args, cwd=tmp_path), "refused to load")
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------ distributed checkpoints
+@pytest.fixture(scope="module")
+def dist_run(tmp_path_factory):
+    """A distributed (TorchRec + DeepSpeed) run of one process: its checkpoint is a DCP folder."""
+    w = tmp_path_factory.mktemp("dist")
+    res = cli("train", "--distributed", "--run-dir", "r", *TINY, "--train.max_steps=3", cwd=w, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return w
+
+
+def _forge_digests(ckpt):
+    from mmkgc_dist.integrity import digests
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["files"] = digests(str(ckpt), skip=("meta.json",))
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("target", ["dcp/.metadata", "dense_optimizer.pt", "rng-rank0.pt",
+                                    "generator/generator/mp_rank_00_model_states.pt"])
+def test_payload_in_each_distributed_checkpoint_file(dist_run, tmp_path, target):
+    run = tmp_path / "r"
+    shutil.copytree(dist_run / "r", run)
+    ckpt = run / "checkpoints" / sorted(os.listdir(run / "checkpoints"))[-1]
+    marker = tmp_path / "PWNED"
+    path = ckpt / target
+    assert path.exists(), sorted(os.listdir(ckpt))
+    if target.endswith(".metadata"):
+        import pickle
+        path.write_bytes(pickle.dumps(Payload(str(marker))))
+    else:
+        torch.save({"state": Payload(str(marker))}, path)
+    _one_error(cli("evaluate", str(run), "--checkpoint", str(ckpt), cwd=tmp_path),
+               "checkpoint failed verification")
+    _forge_digests(ckpt)
+    res = cli("evaluate", str(run), "--checkpoint", str(ckpt), cwd=tmp_path, timeout=600)
+    _one_error(res, "refused")
+    assert not marker.exists()
+
+
+def test_distributed_checkpoint_loads_weights_only(dist_run, tmp_path):
+    """The unmodified checkpoint loads through the restricted readers (DCP metadata, DeepSpeed, RNG)."""
+    res = cli("evaluate", str(dist_run / "r"), "--output", str(tmp_path / "m.json"), cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.load(open(tmp_path / "m.json"))["test"]["count"] > 0
+
+
+# ------------------------------------------------------------------------------ disk full
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
+                         text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip() or 'mount failed'}); the disk-full "
+                    f"cases need one")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def _fill(mount, leave: int):
+    stat = os.statvfs(mount)
+    free = stat.f_bavail * stat.f_frsize
+    with open(mount / "filler", "wb") as fh:
+        fh.write(b"\0" * max(0, free - leave))
+
+
+@pytest.mark.parametrize("leave,message", [(48 << 10, "could not write the checkpoint (disk full)"),
+                                           (0, "No space left on device")])
+def test_disk_full_is_one_line_and_leaves_no_partial_file(small_disk, tmp_path, leave, message):
+    _fill(small_disk, leave)
+    res = cli("train", "--run-dir", str(small_disk / "r"), *TINY, cwd=tmp_path)
+    _one_error(res, message)
+    leftovers = [f for f in os.listdir(small_disk / "r" / "checkpoints")] \
+        if (small_disk / "r" / "checkpoints").exists() else []
+    assert not [f for f in leftovers if f.endswith(".tmp")], leftovers
+
+
+# ------------------------------------------------------------------------------ doubtful inputs allowed
+def test_allowed_duplicates_overlap_and_stripped_labels_are_counted(tmp_path):
+    (tmp_path / "train.tsv").write_text("a\tr\tb\n c \tr\td\na\tr\tb\n")
+    (tmp_path / "test.tsv").write_text("a\tr\tb\nb\tr\tc\n")
+    res = cli("prepare", "triples", "ds", "--train", "train.tsv", "--test", "test.tsv", "--allow-duplicates",
+              "--allow-overlap", "--strip-labels", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    manifest = read_manifest(str(tmp_path / "ds"))
+    assert manifest["checks"]["duplicates"]["train"] == 1
+    assert manifest["checks"]["overlap"]["test_in_train"] == 1
+    assert manifest["conversion"]["train"]["labels_stripped"] == 2
+    assert "stripped surrounding whitespace from 2 labels" in res.stdout
+    assert "train: 1 duplicate rows kept" in res.stderr
+    data = load_dataset(str(tmp_path / "ds"))
+    assert "c" in data.entity_names and len(data.splits["train"]) == 3       # nothing dropped
+
+
+def test_quoted_newline_across_a_block_boundary(tmp_path, monkeypatch):
+    from mmkgc_dist.data import convert
+    monkeypatch.setattr(convert, "BLOCK_BYTES", 64)
+    rows = [f"e{i},r,e{i + 1}" for i in range(30)]
+    rows[5] = '"multi\nline",r,e6'           # a quoted label with a line break, across several 64-byte blocks
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    manifest = convert.convert_triples(str(tmp_path / "ds"), {"train": str(tmp_path / "t.csv")}, progress=False)
+    assert manifest["splits"]["train"]["rows"] == 30
+    assert "multi\nline" in load_dataset(str(tmp_path / "ds")).entity_names
+
+
+def test_overwrite_replaces_only_the_tools_own_dataset(tmp_path):
+    assert cli("prepare", "synthetic", "ds", "--num_entities=100", "--num_triples=600", cwd=tmp_path).returncode == 0
+    res = cli("prepare", "synthetic", "ds", "--overwrite", "--num_entities=150", "--num_triples=900", cwd=tmp_path)
+    assert res.returncode == 0 and load_dataset(str(tmp_path / "ds")).num_entities == 150
+    assert sorted(os.listdir(tmp_path)) == ["ds"]
+    assert snapshot(str(tmp_path))
