@@ -200,7 +200,8 @@ def _forge_digests(ckpt):
 
 
 @pytest.mark.parametrize("target", ["dcp/.metadata", "dense_optimizer.pt", "rng-rank0.pt",
-                                    "generator/generator/mp_rank_00_model_states.pt"])
+                                    "generator/generator/mp_rank_00_model_states.pt",
+                                    "generator/generator/zero_pp_rank_0_mp_rank_00_optim_states.pt"])
 def test_payload_in_each_distributed_checkpoint_file(dist_run, tmp_path, target):
     run = tmp_path / "r"
     shutil.copytree(dist_run / "r", run)
@@ -218,6 +219,29 @@ def test_payload_in_each_distributed_checkpoint_file(dist_run, tmp_path, target)
     _forge_digests(ckpt)
     res = cli("evaluate", str(run), "--checkpoint", str(ckpt), cwd=tmp_path, timeout=600)
     _one_error(res, "refused")
+    assert not marker.exists()
+
+
+def test_dcp_byte_items_load_weights_only(tmp_path):
+    """DCP stores non-tensor items as torch.save bytes inside its data files; our planner loads them weights-only."""
+    import io
+    import pickle
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+    from torch.distributed.checkpoint.planner import LoadItemType, ReadItem
+    from mmkgc_dist.data.errors import DataError
+    from mmkgc_dist.integrity import dcp_reader_and_planner
+    _, planner = dcp_reader_and_planner(str(tmp_path))
+    marker = tmp_path / "PWNED"
+    buf = io.BytesIO()
+    torch.save({"x": Payload(str(marker))}, buf)
+    item = ReadItem(LoadItemType.BYTE_IO, MetadataIndex("x"), torch.Size([0]), MetadataIndex("x"),
+                    torch.Size([0]), torch.Size([0]))
+    buf.seek(0)
+    with pytest.raises(DataError, match="refused to load"):
+        planner.load_bytes(item, buf)
+    raw = io.BytesIO(pickle.dumps(Payload(str(marker))))
+    with pytest.raises(DataError):
+        planner.load_bytes(item, raw)
     assert not marker.exists()
 
 
@@ -262,7 +286,7 @@ def test_disk_full_is_one_line_and_leaves_no_partial_file(small_disk, tmp_path, 
 
 # ------------------------------------------------------------------------------ doubtful inputs allowed
 def test_allowed_duplicates_overlap_and_stripped_labels_are_counted(tmp_path):
-    (tmp_path / "train.tsv").write_text("a\tr\tb\n c \tr\td\na\tr\tb\n")
+    (tmp_path / "train.tsv").write_text("a\tr\tb\n c \tr\td \na\tr\tb\n")
     (tmp_path / "test.tsv").write_text("a\tr\tb\nb\tr\tc\n")
     res = cli("prepare", "triples", "ds", "--train", "train.tsv", "--test", "test.tsv", "--allow-duplicates",
               "--allow-overlap", "--strip-labels", cwd=tmp_path)

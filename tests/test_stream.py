@@ -54,13 +54,14 @@ def converted(tmp_path_factory):
     train, test = labeled(20_000), labeled(300, seed=1) + [("ent/new", "rel:0", "ent/1")]
     write_lines(str(base / "train.tsv.gz"), train)
     write_lines(str(base / "test.csv"), test, sep=",", header="h,r,t")
-    layout = TextLayout(header=False)
+    layout = TextLayout(header=False, allow_duplicates=True)      # random triples repeat a few: kept, counted
     convert_triples(str(base / "ds"), {"train": str(base / "train.tsv.gz")}, layout, progress=False,
                     row_group_rows=1000)
     # files with a header line, one of them CSV: the header handling and the delimiter inference
     write_lines(str(base / "train-header.tsv"), train, header="head\trelation\ttail")
     convert_triples(str(base / "ds_test"), {"train": str(base / "train-header.tsv"), "test": str(base / "test.csv")},
-                    TextLayout(header=True), progress=False, row_group_rows=1000)
+                    TextLayout(header=True, allow_duplicates=True, allow_overlap=True), progress=False,
+                    row_group_rows=1000)
     return base, train, test
 
 
@@ -455,7 +456,8 @@ def test_converter_reads_any_fsspec_url(tmp_path):
     rows = labeled(3000, seed=4)
     with fsspec.open("memory://convert-src/train.tsv.gz", "wt", compression="gzip") as fh:
         fh.write("".join("\t".join(r) + "\n" for r in rows))
-    manifest = convert_triples(str(tmp_path / "ds"), {"train": "memory://convert-src/train.tsv.gz"}, progress=False)
+    manifest = convert_triples(str(tmp_path / "ds"), {"train": "memory://convert-src/train.tsv.gz"},
+                               TextLayout(allow_duplicates=True), progress=False)
     assert manifest["splits"]["train"]["rows"] == 3000
     names = pq.read_table(tmp_path / "ds" / "entities.parquet").column("name").to_pylist()
     rels = pq.read_table(tmp_path / "ds" / "relations.parquet").column("name").to_pylist()
@@ -511,7 +513,8 @@ def test_http_url_streams_and_converts_like_local_files(converted, http_root, tm
     for rank in range(2):
         a, b = list(loader(root, rank, 2)), list(loader(f"{http_root}/ds", rank, 2))
         assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
-    convert_triples(str(tmp_path / "web"), {"train": f"{http_root}/train.tsv.gz"}, progress=False)
+    convert_triples(str(tmp_path / "web"), {"train": f"{http_root}/train.tsv.gz"}, TextLayout(allow_duplicates=True),
+                    progress=False)
     assert np.array_equal(read_ids(str(tmp_path / "web")), read_ids(root))
     with pytest.raises(DataError, match="missing.tsv: file not found|missing.tsv: cannot open"):
         convert_triples(str(tmp_path / "w2"), {"train": f"{http_root}/missing.tsv"}, progress=False)
@@ -545,10 +548,11 @@ def test_streamed_training_resumes_exactly(small_dataset, tmp_path, stop):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_converter_writes_an_empty_split(tmp_path):
+def test_converter_refuses_an_empty_split(tmp_path):
+    """An empty file given as a split is a mistake (a wrong path, a failed export), not a dataset."""
     write_lines(str(tmp_path / "t.tsv"), [("x", "r", "y"), ("y", "r", "z")])
     (tmp_path / "empty.tsv").write_text("")
-    manifest = convert_triples(str(tmp_path / "ds"), {"train": str(tmp_path / "t.tsv"),
-                                                      "valid": str(tmp_path / "empty.tsv")}, progress=False)
-    assert manifest["splits"]["valid"]["rows"] == 0
-    assert load_dataset(str(tmp_path / "ds")).splits["valid"].shape == (0, 3)
+    with pytest.raises(DataError, match="empty.tsv: no triples"):
+        convert_triples(str(tmp_path / "ds"), {"train": str(tmp_path / "t.tsv"),
+                                               "valid": str(tmp_path / "empty.tsv")}, progress=False)
+    assert not os.path.exists(tmp_path / "ds")

@@ -329,6 +329,9 @@ def _convert_into(root: str, sources: dict[str, str], layout: TextLayout, name: 
                 kept_rows += len(ids)
                 if kept_rows <= CHECK_ROWS:
                     mine.append(ids.astype(np.int32) if ids.max(initial=0) < (1 << 31) else ids)
+                else:                   # over the budget: the checks are skipped, so free what was kept
+                    for held in kept.values():
+                        held.clear()
 
             # Two stages overlap (numpy, pyarrow and Parquet release the GIL): this thread parses and encodes
             # block i+1 while a worker counts and writes block i. One block in flight bounds memory.
