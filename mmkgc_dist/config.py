@@ -91,7 +91,13 @@ class TrainConfig:
                                 "data.loader=memory — exact filtering holds the training keys in RAM)")
     negative_entities: str = _f("uniform", "distribution of corrupting entities: 'uniform' or 'degree' "
                                 "(proportional to training degree, as hard negatives)", choices=("uniform", "degree"))
-    lr: float = _f(1e-3, "Adam learning rate of the model")
+    lr: float = _f(1e-3, "Adam learning rate of the model (dense fusion weights always; the tables too with "
+                   "table_optimizer=adam)")
+    table_optimizer: str = _f("adam", "optimizer of the entity, relation and trainable feature tables, the same "
+                              "for one process and any number of ranks: 'adam' (the paper's; lazy on the "
+                              "distributed tables: rows outside a batch keep their moments) or 'rowwise_adagrad' "
+                              "(one accumulator per row, at train.adagrad_lr)", choices=("adam", "rowwise_adagrad"))
+    adagrad_lr: float = _f(0.05, "learning rate of table_optimizer=rowwise_adagrad")
     adversarial_temperature: float = _f(2.0, "self-adversarial softmax temperature alpha")
     seed: int = _f(42, "seed of initialisation and sampling")
     threads: int = _f(0, "torch intra-op threads (0 = leave torch's default)")
@@ -123,7 +129,6 @@ class EvalConfig:
 
 TABLES = ("entity", "relation", "visual", "text")
 SHARDING_TYPES = ("auto", "row_wise", "table_wise", "column_wise", "data_parallel")
-TABLE_OPTIMIZERS = ("exact_rowwise_adagrad", "exact_adagrad", "adam", "partial_rowwise_adam", "exact_sgd")
 
 
 @dataclass
@@ -131,9 +136,6 @@ class ParallelConfig:
     sharding: dict = _f({}, "per-table sharding type ({table: type}; tables: entity, relation, visual, text; "
                         "types: auto (planner), row_wise, table_wise, column_wise, data_parallel); "
                         "unset entity-indexed tables are row_wise, the relation table goes to the planner")
-    table_optimizer: str = _f("exact_rowwise_adagrad", "TorchRec fused optimizer of trainable tables",
-                              choices=TABLE_OPTIMIZERS)
-    table_lr: float = _f(0.05, "learning rate of the fused table optimizer")
     frozen_dtype: str = _f("fp32", "storage precision of frozen feature tables", choices=("fp32", "fp16"))
     zero_stage: int = _f(0, "DeepSpeed ZeRO stage of the MAT generator engine (0, 1 or 2)")
     dense_bucket_mb: int = _f(25, "DDP bucket size (MiB) of the dense AdaMF parameters")
@@ -164,13 +166,15 @@ class Config:
 
 
 KNOWN_MODALITIES = ("visual", "text")
+MOVED = {"parallel.table_optimizer": "train.table_optimizer (adam | rowwise_adagrad; the same at any world size)",
+         "parallel.table_lr": "train.lr (adam) or train.adagrad_lr (rowwise_adagrad)"}
 
 _POSITIVE = {
     "data.synthetic.num_entities", "data.synthetic.num_relations", "data.synthetic.num_triples",
     "data.synthetic.latent_dim", "data.synthetic.visual_dim", "data.synthetic.text_dim",
     "model.dim", "mat.noise_dim", "mat.hidden", "train.epochs", "train.batch_size", "train.num_negatives",
     "train.chunk_size", "train.log_every", "eval.batch_size", "model.gamma", "train.lr",
-    "train.adversarial_temperature", "mat.lr", "parallel.table_lr", "parallel.dense_bucket_mb",
+    "train.adversarial_temperature", "mat.lr", "train.adagrad_lr", "parallel.dense_bucket_mb",
     "data.shuffle_window_rows", "data.loader_workers", "data.prefetch_windows",
 }
 _NON_NEGATIVE = {"train.max_steps", "train.keep_checkpoints", "train.checkpoint_every_steps", "train.threads", "train.checkpoint_every",
@@ -281,6 +285,8 @@ def _from_dict(cls, data: dict, prefix: str):
     types = _field_types(cls)
     kwargs = {}
     for key, value in data.items():
+        if prefix + key in MOVED:
+            raise ConfigError(f"{prefix}{key}: moved — use {MOVED[prefix + key]}")
         if key not in types:
             raise ConfigError(f"{prefix}{key}: unknown key; known keys here: {sorted(types)}")
         expected = types[key]

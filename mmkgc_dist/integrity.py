@@ -170,18 +170,20 @@ def prune(directory: str, keep: int) -> list[str]:
         good = newest_verified(directory)
         if good is not None:
             kept.add(good)
-    removed = []
-    for ckpt in found:
-        if ckpt in kept:
-            continue
-        if ckpt.is_folder:
-            shutil.rmtree(ckpt.path)
-        else:
-            os.remove(ckpt.path)
-            if os.path.exists(ckpt.record):
-                os.remove(ckpt.record)
-        removed.append(ckpt.path)
-    return removed
+    removed = [c for c in found if c not in kept]
+    for ckpt in removed:
+        delete(ckpt)
+    return [c.path for c in removed]
+
+
+def delete(ckpt: Checkpoint) -> None:
+    """Remove one of our checkpoints with its digest record."""
+    if ckpt.is_folder:
+        shutil.rmtree(ckpt.path)
+    else:
+        os.remove(ckpt.path)
+        if os.path.exists(ckpt.record):
+            os.remove(ckpt.record)
 
 
 TEMPORARY_RE = re.compile(r"^(step-\d{9}\.(pt|json)\.tmp|\.tmp-step-\d{9})$")

@@ -1,7 +1,8 @@
-"""Local (single-process) embedding tables and their lookup.
+"""Local (single-process) embedding tables, their lookup and the table optimizers.
 
 The model math only sees looked-up rows (``EntityRows``); the distributed trainer replaces this
-module with TorchRec sharded tables exposing the same two lookups.
+module with TorchRec sharded tables exposing the same lookup. Initial rows come from the counter-based
+streams of ``rng.uniform_rows``, so a table is the same in one process and on any number of ranks.
 """
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ from torch import Tensor, nn
 
 from .data.format import Features
 from .model.kgc import EntityRows
+from .rng import uniform_rows
 
 
 class LocalTables(nn.Module):
     def __init__(self, num_entities: int, num_relations: int, dim: int, entity_bound: float,
-                 relation_bound: float, features: dict[str, Features], trainable_features: bool):
+                 relation_bound: float, features: dict[str, Features], trainable_features: bool, seed: int):
         super().__init__()
-        self.entity = nn.Embedding(num_entities, 2 * dim)
-        self.relation = nn.Embedding(num_relations, dim)
-        nn.init.uniform_(self.entity.weight, -entity_bound, entity_bound)
-        nn.init.uniform_(self.relation.weight, -relation_bound, relation_bound)
+        self.entity = nn.Embedding.from_pretrained(
+            uniform_rows(seed, "entity_init", 0, num_entities, 2 * dim, entity_bound), freeze=False)
+        self.relation = nn.Embedding.from_pretrained(
+            uniform_rows(seed, "relation_init", 0, num_relations, dim, relation_bound), freeze=False)
         self.features = nn.ModuleDict({
             m: nn.Embedding.from_pretrained(torch.from_numpy(f.values), freeze=not trainable_features)
             for m, f in features.items()})
@@ -33,6 +35,3 @@ class LocalTables(nn.Module):
     def entities(self, ids: Tensor) -> EntityRows:
         return EntityRows(self.entity(ids), {m: t(ids) for m, t in self.features.items()},
                           {m: getattr(self, f"present_{m}")[ids] for m in self.features})
-
-    def relations(self, ids: Tensor) -> Tensor:
-        return self.relation(ids)

@@ -12,7 +12,8 @@ from mmkgc_dist.data.errors import DataError
 from mmkgc_dist.data.features import load_features
 from mmkgc_dist.data.format import FORMAT_VERSION, load_dataset, read_manifest, write_dataset
 from mmkgc_dist.data.openke import read_openke, readable_name
-from mmkgc_dist.data.sampling import NegativeSampler, head_probabilities, triple_keys
+from mmkgc_dist.data.sampling import NegativeSampler, triple_keys
+from mmkgc_dist.data.statistics import exact_relation_table, head_probability
 from mmkgc_dist.data.synthetic import generate
 
 SMALL = SyntheticConfig(num_entities=200, num_relations=5, num_triples=1500, seed=3)
@@ -136,7 +137,7 @@ def test_bad_features(tmp_path, make, message):
 def test_bernoulli_probabilities_and_filtering():
     # relation 0: one head, three tails (1-to-N) → corrupt the head rarely? tph=3, hpt=1 → P(head)=0.75
     train = np.array([[0, 0, 1], [0, 0, 2], [0, 0, 3], [4, 1, 5]])
-    assert head_probabilities(train, 2)[0] == pytest.approx(0.75)
+    assert head_probability(exact_relation_table(train, 2))[0] == pytest.approx(0.75)
     sampler = NegativeSampler(train, 6, 2, num_negatives=50, filter_negatives=True)
     batch = train[:3]
     neg = sampler.sample(batch, np.random.default_rng(0))

@@ -118,10 +118,12 @@ def test_widths_not_multiple_of_four(tmp_path):
 
 
 def test_forced_sharding_types_and_data_parallel_relations(tmp_path):
-    """data_parallel relations are replicated, trained by the dense Adam and kept identical across ranks."""
+    """Forced sharding types (with row-wise Adagrad, which any layout takes): data_parallel relations are
+    replicated, trained and kept identical across ranks."""
     forced = "--parallel.sharding={relation: data_parallel, entity: table_wise, visual: column_wise}"
-    trained = torchrun(2, tmp_path / "t", "--train.max_steps=5", forced)
-    initial = torchrun(2, tmp_path / "i", "--eval-only", forced)
+    adagrad = "--train.table_optimizer=rowwise_adagrad"
+    trained = torchrun(2, tmp_path / "t", "--train.max_steps=5", forced, adagrad)
+    initial = torchrun(2, tmp_path / "i", "--eval-only", forced, adagrad)
     plan = json.loads(trained[0]["plan"])
     assert (plan["relation"]["sharding_type"], plan["entity"]["sharding_type"],
             plan["visual"]["sharding_type"]) == ("data_parallel", "table_wise", "column_wise")

@@ -16,8 +16,8 @@ from mmkgc_dist.config import load_config, parse_overrides
 from mmkgc_dist.data.convert import TextLayout, convert_triples
 from mmkgc_dist.data.errors import DataError
 from mmkgc_dist.data.format import load_dataset, read_manifest, read_training_statistics, write_dataset
-from mmkgc_dist.data.sampling import DegreeDistribution, NegativeSampler, head_probabilities
-from mmkgc_dist.data.statistics import TripleStatistics, head_probability
+from mmkgc_dist.data.sampling import DegreeDistribution, NegativeSampler
+from mmkgc_dist.data.statistics import TripleStatistics, exact_relation_table, head_probability
 from mmkgc_dist.data.stream import StreamingTriples, rows_answering
 from mmkgc_dist.data.synthetic import generate
 
@@ -88,8 +88,11 @@ def test_converter_statistics_match_in_memory_computation(converted):
     manifest = read_manifest(root)
     ids = read_ids(root)
     relations, degree = read_training_statistics(root, manifest)
-    # ~480 distinct heads per relation > the sketch's 256: estimated, P(corrupt head) within a few percent
-    assert np.allclose(head_probability(relations), head_probabilities(ids, manifest["num_relations"]), atol=0.04)
+    # the converter held the ids (below its check budget), so it counted exactly
+    exact = exact_relation_table(ids, manifest["num_relations"])
+    assert manifest["statistics"]["distinct_per_relation"] == "exact"
+    for key in ("distinct_heads", "distinct_tails", "tails_per_head", "heads_per_tail"):
+        assert np.array_equal(relations[key], exact[key]), key
     assert np.array_equal(degree, np.bincount(ids[:, [0, 2]].ravel(), minlength=manifest["num_entities"]))
     assert np.array_equal(relations["count"], np.bincount(ids[:, 1], minlength=manifest["num_relations"]))
 
@@ -108,6 +111,19 @@ def test_distinct_sketch_is_close_beyond_its_exact_range():
         assert table["distinct_tails"][r] == len(np.unique(rows[:, 2]))                            # exact: < k
 
 
+def test_estimated_distinct_counts_respect_their_bounds():
+    """A relation with few triples over many distinct heads: the sketch may overshoot, the table may not —
+    1 <= distinct <= triples, so tails-per-head and heads-per-tail stay >= 1."""
+    rng = np.random.default_rng(5)
+    for n in (300, 555, 2000):
+        triples = np.stack([rng.permutation(10 ** 6)[:n], np.zeros(n, np.int64), rng.integers(0, 10 ** 6, n)], 1)
+        stats = TripleStatistics()
+        stats.update(triples)
+        table = stats.relation_table(1)
+        assert 1 <= table["distinct_heads"][0] <= n and 1 <= table["distinct_tails"][0] <= n
+        assert table["tails_per_head"][0] >= 1 and table["heads_per_tail"][0] >= 1
+
+
 def test_format_v1_statistics_are_computed_by_streaming(tmp_path):
     data = generate(load_config(None, parse_overrides(["--data.synthetic.num_entities=200",
                                                        "--data.synthetic.num_triples=1500"])).data.synthetic)
@@ -116,7 +132,8 @@ def test_format_v1_statistics_are_computed_by_streaming(tmp_path):
     rel_path = tmp_path / "ds" / "relations.parquet"
     pq.write_table(pq.read_table(rel_path, columns=["id", "name"]), rel_path)     # as a v1 dataset has it
     relations, degree = read_training_statistics(str(tmp_path / "ds"), manifest)
-    assert np.allclose(head_probability(relations), head_probabilities(data.splits["train"], data.num_relations))
+    assert np.allclose(head_probability(relations),
+                       head_probability(exact_relation_table(data.splits["train"], data.num_relations)))
 
 
 @pytest.mark.parametrize("content, expect", [
@@ -441,7 +458,7 @@ def test_streaming_config_errors_name_the_key(extra, message):
 @pytest.mark.parametrize("shards", [1, 3])
 def test_sharded_dictionary_gives_dense_stable_ids(shards):
     from mmkgc_dist.data.convert import Dictionary
-    d = Dictionary("entity", shards=shards)
+    d = Dictionary(shards=shards)
     blocks = [["a", "bb", "a", "ccc", "x"], ["x", "dd", "bb", "e"], ["e", "a"]]
     ids = [d.encode(pa.array(b, pa.large_string())) for b in blocks]
     d.close()

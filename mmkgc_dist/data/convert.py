@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .checks import SplitChecks, check_splits
 from .errors import DataError
 from .format import FORMAT_NAME, FORMAT_VERSION, ROW_GROUP_ROWS, TripleWriter, relation_stats_table
-from .statistics import SKETCH_SIZE, TripleStatistics
+from .statistics import SKETCH_SIZE, TripleStatistics, exact_relation_table
 
 BLOCK_BYTES = 32 << 20      # input bytes parsed at once (~1.4M short-label rows): bounds memory; larger blocks
                             # amortise rebuilding the dictionary's hash table (pyarrow has no persistent one)
@@ -91,8 +91,8 @@ class Dictionary:
     release the GIL): the per-block rebuild of the dictionary's hash table — pyarrow keeps none between
     calls — and the probes are divided among the cores."""
 
-    def __init__(self, kind: str, shards: int = 1):
-        self.kind, self.shards = kind, max(1, shards)
+    def __init__(self, shards: int = 1):
+        self.shards = max(1, shards)
         self.labels = [pa.array([], pa.large_string()) for _ in range(self.shards)]
         self.ids = [np.zeros(0, np.int64) for _ in range(self.shards)]
         self.size = 0
@@ -305,7 +305,7 @@ def convert_triples(out_dir: str, sources: dict[str, str], layout: TextLayout | 
 
 def _convert_into(root: str, sources: dict[str, str], layout: TextLayout, name: str, progress: bool,
                   row_group_rows: int) -> dict:
-    entities, relations = Dictionary("entity", shards=min(8, os.cpu_count() or 1)), Dictionary("relation")
+    entities, relations = Dictionary(shards=min(8, os.cpu_count() or 1)), Dictionary()
     stats = TripleStatistics()
     splits, reports = {}, {}
     kept: dict[str, list[np.ndarray]] = {}          # id triples for the duplicate/overlap checks (bounded)
@@ -358,22 +358,26 @@ def _convert_into(root: str, sources: dict[str, str], layout: TextLayout, name: 
     entities.close()
     n, r = len(entities), len(relations)
     checks = SplitChecks(checked=False)
+    relation_table, counted = stats.relation_table(r), f"exact up to {SKETCH_SIZE}, KMV estimate above"
     if kept_rows <= CHECK_ROWS:
         names = entities.names(), relations.names()
-        checks = check_splits({s: np.concatenate(v) for s, v in kept.items()}, sources, layout.allow_duplicates,
-                              layout.allow_overlap, describe=lambda row: _labels(row, *names))
+        held = {s: np.concatenate(v) for s, v in kept.items()}
+        checks = check_splits(held, sources, layout.allow_duplicates, layout.allow_overlap,
+                              describe=lambda row: _labels(row, *names))
+        # The ids are at hand: count distinct heads/tails exactly instead of estimating them.
+        relation_table, counted = exact_relation_table(held["train"].astype(np.int64), r), "exact"
     else:
         log.warning("duplicate and overlap checks skipped: %d rows exceed the %d-row check budget", kept_rows,
                     CHECK_ROWS)
     pq.write_table(pa.table({"id": pa.array(np.arange(n, dtype=np.int64)), "name": entities.names(),
                              "degree": pa.array(stats.degrees(n))}), os.path.join(root, "entities.parquet"))
-    pq.write_table(relation_stats_table(relations.names(), stats.relation_table(r)),
+    pq.write_table(relation_stats_table(relations.names(), relation_table),
                    os.path.join(root, "relations.parquet"))
     seconds = time.time() - started
     return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": name,
             "source": {s: u for s, u in sources.items()}, "num_entities": n, "num_relations": r,
             "entities": "entities.parquet", "relations": "relations.parquet", "splits": splits, "modalities": {},
-            "statistics": {"from_split": "train", "distinct_per_relation": f"exact up to {SKETCH_SIZE}, KMV estimate above"},
+            "statistics": {"from_split": "train", "distinct_per_relation": counted},
             "checks": checks.as_manifest(),
             "conversion": {split: {"rows": rep.rows, "malformed_skipped": rep.malformed_skipped,
                                    "labels_stripped": rep.labels_stripped,

@@ -21,12 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import DataError
-from .statistics import TripleStatistics
+from .statistics import TripleStatistics, exact_relation_table
 
 FORMAT_NAME = "mmkgc-dist"
 FORMAT_VERSION = 2            # 2 added training statistics (degrees, per-relation counts); 1 is still read
 READABLE_VERSIONS = (1, 2)
-SPLITS = ("train", "valid", "test")
 ROW_GROUP_ROWS = 1 << 20
 PART_ROWS = 1 << 24
 TRIPLE_SCHEMA = pa.schema([("head", pa.int64()), ("relation", pa.int64()), ("tail", pa.int64())])
@@ -90,7 +89,8 @@ def _write_contents(data: KGData, root: str, source: str, row_group_rows: int) -
     for m, feats in data.features.items():
         entity_cols[f"has_{m}"] = pa.array(feats.present.astype(bool))
     pq.write_table(pa.table(entity_cols), os.path.join(root, "entities.parquet"))
-    pq.write_table(relation_stats_table(data.relation_names, stats.relation_table(data.num_relations)),
+    pq.write_table(relation_stats_table(data.relation_names, exact_relation_table(data.splits.get(
+        "train", np.zeros((0, 3), np.int64)), data.num_relations)),
                    os.path.join(root, "relations.parquet"))
     splits = {}
     for split, triples in data.splits.items():

@@ -7,33 +7,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .statistics import exact_relation_table, head_probability
+
 
 def triple_keys(triples: np.ndarray, num_entities: int, num_relations: int) -> np.ndarray:
     """One int64 per (h, r, t); exact for graphs up to ~2^63 / (N² R) (checked by the caller)."""
     return (triples[:, 0] * num_relations + triples[:, 1]) * num_entities + triples[:, 2]
 
 
-def head_probabilities(train: np.ndarray, num_relations: int) -> np.ndarray:
-    """P(corrupt head | r) = tph / (tph + hpt) — the 'bern' scheme of Wang et al. (2014); 0.5 for unseen r."""
-    rel = train[:, 1]
-    count = np.bincount(rel, minlength=num_relations).astype(float)
-    width = int(train[:, [0, 2]].max()) + 1 if len(train) else 1
-
-    def distinct(col: int) -> np.ndarray:   # distinct heads (or tails) per relation, vectorised
-        pairs = np.unique(rel * width + train[:, col])
-        return np.bincount(pairs // width, minlength=num_relations).astype(float)
-
-    seen = count > 0
-    tph = np.divide(count, distinct(0), out=np.ones(num_relations), where=seen)
-    hpt = np.divide(count, distinct(2), out=np.ones(num_relations), where=seen)
-    return np.where(seen, tph / (tph + hpt), 0.5)
-
-
 @dataclass
 class NegativeBatch:
+    """A batch's negatives and their layout, so the step needs nothing else to read them."""
     head_mode: np.ndarray     # bool [B]: True where the head is corrupted
-    entities: np.ndarray      # int64 [B, K] (per_positive) or [ceil(B / chunk), K] (chunk_shared)
+    entities: np.ndarray      # int64 [B, K] (per_positive) or [ceil(B / chunk_size), K] (chunk_shared)
     false_negatives: int      # candidates that are known triples and survived resampling
+    layout: str = "per_positive"     # or "chunk_shared": each row of ``entities`` serves chunk_size positives
+    chunk_size: int = 1
+
+    def rows(self, lo: int, hi: int) -> "NegativeBatch":
+        """The negatives of positives [lo, hi) (per-positive layout)."""
+        return NegativeBatch(self.head_mode[lo:hi], self.entities[lo:hi], self.false_negatives, self.layout,
+                             self.chunk_size)
 
 
 class DegreeDistribution:
@@ -59,7 +53,8 @@ class NegativeSampler:
         self.n, self.k = num_entities, num_negatives
         self.mode, self.chunk_size, self.max_rounds = mode, chunk_size, max_rounds
         if corruption == "bern":
-            self.head_prob = head_prob if head_prob is not None else head_probabilities(train, num_relations)
+            self.head_prob = head_prob if head_prob is not None else \
+                head_probability(exact_relation_table(train, num_relations))
         else:
             self.head_prob = np.full(num_relations, 0.5)
         self.num_relations = num_relations
@@ -77,7 +72,7 @@ class NegativeSampler:
         head_mode = rng.random(len(batch)) < self.head_prob[batch[:, 1]]
         if self.mode == "chunk_shared":
             cand = self._draw(rng, (-(-len(batch) // self.chunk_size), self.k))
-            return NegativeBatch(head_mode, cand, 0)
+            return NegativeBatch(head_mode, cand, 0, "chunk_shared", self.chunk_size)
         cand = self._draw(rng, (len(batch), self.k))
         false = 0
         if self.filter:

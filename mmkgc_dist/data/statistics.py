@@ -76,7 +76,6 @@ class TripleStatistics:
         self.relation_count = np.zeros(0, np.int64)
         self.degree = np.zeros(0, np.int64)
         self.heads, self.tails = DistinctPerRelation(), DistinctPerRelation()
-        self.rows = 0
 
     @staticmethod
     def _add(counts: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -95,22 +94,40 @@ class TripleStatistics:
         self.degree = self._add(self.degree, t)
         self.heads.update(r, h)
         self.tails.update(r, t)
-        self.rows += len(triples)
 
     def relation_table(self, num_relations: int) -> dict[str, np.ndarray]:
         count = np.zeros(num_relations, np.int64)
         count[:len(self.relation_count)] = self.relation_count[:num_relations]
-        heads, tails = self.heads.estimate(num_relations), self.tails.estimate(num_relations)
-        seen = count > 0
-        tph = np.divide(count, heads, out=np.ones(num_relations), where=seen & (heads > 0))
-        hpt = np.divide(count, tails, out=np.ones(num_relations), where=seen & (tails > 0))
-        return {"count": count, "distinct_heads": heads, "distinct_tails": tails,
-                "tails_per_head": tph, "heads_per_tail": hpt}
+        # An estimate must respect what is known: at least 1 and at most one distinct entity per triple.
+        heads = np.clip(self.heads.estimate(num_relations), np.minimum(count, 1), count)
+        tails = np.clip(self.tails.estimate(num_relations), np.minimum(count, 1), count)
+        return _relation_table(count, heads, tails)
 
     def degrees(self, num_entities: int) -> np.ndarray:
         out = np.zeros(num_entities, np.int64)
         out[:len(self.degree)] = self.degree[:num_entities]
         return out
+
+
+def _relation_table(count: np.ndarray, heads: np.ndarray, tails: np.ndarray) -> dict[str, np.ndarray]:
+    seen = count > 0
+    tph = np.divide(count, heads, out=np.ones(len(count)), where=seen & (heads > 0))
+    hpt = np.divide(count, tails, out=np.ones(len(count)), where=seen & (tails > 0))
+    return {"count": count, "distinct_heads": heads.astype(float), "distinct_tails": tails.astype(float),
+            "tails_per_head": tph, "heads_per_tail": hpt}
+
+
+def exact_relation_table(train: np.ndarray, num_relations: int) -> dict[str, np.ndarray]:
+    """The same table counted exactly, for triples held in memory."""
+    rel = train[:, 1]
+    count = np.bincount(rel, minlength=num_relations).astype(np.int64)
+    width = int(train[:, [0, 2]].max()) + 1 if len(train) else 1
+
+    def distinct(col: int) -> np.ndarray:
+        pairs = np.unique(rel * width + train[:, col])
+        return np.bincount(pairs // width, minlength=num_relations)
+
+    return _relation_table(count, distinct(0), distinct(2))
 
 
 def head_probability(relation_table: dict[str, np.ndarray]) -> np.ndarray:

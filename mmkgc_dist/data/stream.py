@@ -28,6 +28,7 @@ import fsspec.implementations.local
 import numpy as np
 import pyarrow.parquet as pq
 
+from ..rng import numpy_rng
 from .errors import DataError
 from .format import TRIPLE_SCHEMA, _join, read_manifest
 
@@ -99,7 +100,7 @@ class StreamingTriples:
     def group_order(self, epoch: int) -> list[RowGroup]:
         if not self.shuffle:
             return list(self.groups)
-        order = np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.groups))
+        order = numpy_rng(self.seed, "stream_groups", epoch).permutation(len(self.groups))
         return [self.groups[i] for i in order]
 
     def pieces(self, epoch: int) -> list[Piece]:
@@ -177,7 +178,7 @@ class StreamingTriples:
         if self.shuffle:
             order = buffers.order[:n]
             np.copyto(order, buffers.identity[:n])
-            np.random.default_rng([self.seed, epoch, self.rank, index, 11]).shuffle(order)
+            numpy_rng(self.seed, "stream_window", epoch, self.rank, index).shuffle(order)
             np.take(rows, order, axis=0, out=out[:n])
         return out[:n]
 

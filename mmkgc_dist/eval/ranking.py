@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..model import DistanceKernels, RotatE
+from ..rng import numpy_rng
 
 TIE_POLICIES = ("realistic", "optimistic", "pessimistic")
 
@@ -114,7 +115,7 @@ def eval_subset(triples: np.ndarray, max_queries: int, seed: int) -> np.ndarray:
     """At most ``max_queries`` triples, a seeded sample in file order (all when 0 or fewer triples)."""
     if not max_queries or len(triples) <= max_queries:
         return triples
-    keep = np.sort(np.random.default_rng([seed, 99]).choice(len(triples), max_queries, replace=False))
+    keep = np.sort(numpy_rng(seed, "eval_subset").choice(len(triples), max_queries, replace=False))
     return triples[keep]
 
 
@@ -154,7 +155,7 @@ def sampled_chunks(triples: np.ndarray, num_relations: int, known: np.ndarray, n
         index = FilterIndex(known, num_relations, anchor_col, answer_col)
         for c, start in enumerate(range(0, len(triples), cfg.batch_size)):
             chunk = triples[start:start + cfg.batch_size]
-            rng = np.random.default_rng([seed, d, c, 5])
+            rng = numpy_rng(seed, "eval_candidates", d, c)
             cand = sampled_candidates(rng, len(chunk), num_entities, cfg.sampled_uniform, degree, cfg.sampled_degree)
             excluded = excluded_candidates(index, chunk[:, anchor_col], chunk[:, 1], chunk[:, answer_col], cand)
             yield direction, sign, chunk, chunk[:, anchor_col], chunk[:, answer_col], cand, excluded

@@ -34,10 +34,6 @@ class MultiModalKGC(nn.Module):
         super().__init__()
         self.fusion = AdaMFFusion(width, feature_dims) if feature_dims else None
 
-    @property
-    def modalities(self) -> list[str]:
-        return self.fusion.modalities if self.fusion is not None else []
-
     def embed(self, rows: EntityRows) -> tuple[Tensor, Tensor | None]:
         if self.fusion is None:
             return rows.structural, None

@@ -38,8 +38,11 @@ def latest(directory: str) -> str | None:
 
 
 def _state(trainer) -> dict:
-    return {"tables": trainer.tables.dmp.state_dict(), "dense": trainer.core.state_dict(),
-            "table_optimizer": trainer.tables.fused_optimizer.state_dict()}
+    state = {"tables": trainer.tables.dmp.state_dict(), "dense": trainer.core.state_dict(),
+             "table_optimizer": trainer.tables.fused_optimizer.state_dict()}
+    if trainer.tables.sharded_adam is not None:       # lazy Adam moments, sharded like their tables
+        state["table_adam"] = trainer.tables.sharded_adam.sharded_state()
+    return state
 
 
 def save(trainer, directory: str) -> str:

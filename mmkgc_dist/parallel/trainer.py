@@ -20,12 +20,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..config import Config, ConfigError
 from ..data.errors import DataError
 from ..data.format import KGData
-from ..data.sampling import NegativeBatch
 from ..integrity import safe_deepspeed_engine
 from ..eval.ranking import (FilterIndex, count_better_equal, eval_subset, link_prediction_metrics, protocol_label,
                             ranks_from_counts, sampled_chunks)
 from ..model import MATGenerators
 from ..model.kgc import MultiModalKGC
+from ..optim import OptimizerGroup, table_optimizer
+from ..rng import torch_seed
 from ..train.trainer import Trainer
 from . import checkpoint
 from .embedder import OwnerEmbedder, owner_block
@@ -55,7 +56,6 @@ class DistributedTrainer(Trainer):
         super().__init__(cfg, data, run_dir if main else None, show_progress and main)
         self.run_dir = run_dir
         self.world_size = self.env.world_size
-        torch.manual_seed(cfg.train.seed + 1000 * self.env.rank)   # per-rank noise streams after identical init
 
     def choose_device(self) -> torch.device:
         return self.env.device            # one device per rank, from LOCAL_RANK (see env.py)
@@ -65,8 +65,9 @@ class DistributedTrainer(Trainer):
         self.loss_scale = 1.0 / env.world_size
         self.tables = ShardedTables(env, self.data.num_entities, self.data.num_relations, cfg.model.dim,
                                     self.rotate.entity_init_bound, self.rotate.relation_init_bound, self.features,
-                                    cfg.model.raw_features == "trainable", cfg.parallel, cfg.train.seed)
-        torch.manual_seed(cfg.train.seed)   # the planner/DMP consume RNG by world size; dense init must not
+                                    cfg.model.raw_features == "trainable", cfg.parallel, cfg.train.seed,
+                                    cfg.train.table_optimizer, cfg.train.lr, cfg.train.adagrad_lr)
+        torch_seed(cfg.train.seed, "dense_init")   # the planner/DMP consume RNG by world size; dense init must not
         self.core = MultiModalKGC(width, {m: f.dim for m, f in self.features.items()})
         dense = list(self.core.parameters())
         if dense:
@@ -77,12 +78,17 @@ class DistributedTrainer(Trainer):
         else:
             self.model = self.core
         self.embedder = OwnerEmbedder(self.tables, self.model, self.data.num_entities, env.world_size)
-        dense += [p for name, p in self.tables.dmp.named_parameters()
-                  if isinstance(p, nn.Parameter) and p.requires_grad and self._data_parallel(name)]
-        self.opt_model = torch.optim.Adam(dense, lr=cfg.train.lr) if dense else None
+        replicated = [p for name, p in self.tables.dmp.named_parameters()
+                      if isinstance(p, nn.Parameter) and p.requires_grad and self._data_parallel(name)]
+        # The single-process trainer's rules (optim.py): Adam for the fusion weights, the configured table
+        # optimizer for replicated tables (dense gradients) and for the owners' rows of the sharded ones.
+        self.opt_model = OptimizerGroup(
+            torch.optim.Adam(dense, lr=cfg.train.lr) if dense else None,
+            table_optimizer(cfg.train.table_optimizer, replicated, cfg.train.lr, cfg.train.adagrad_lr),
+            self.tables.sharded_adam)
         self.generators = self.engine = self.opt_generator = self.update_generator = None
         if self.use_mat:
-            torch.manual_seed(cfg.train.seed + 1)
+            torch_seed(cfg.train.seed, "generator_init")
             generators = MATGenerators(self.modalities, width, cfg.mat.noise_dim, cfg.mat.hidden)
             self.engine, self.opt_generator, _, _ = deepspeed.initialize(
                 model=generators, model_parameters=generators.parameters(),
@@ -90,6 +96,7 @@ class DistributedTrainer(Trainer):
             safe_deepspeed_engine(self.engine)     # its checkpoint files load weights-only
             self.generators = self.engine.module
             self.update_generator = self._deepspeed_update
+        torch_seed(cfg.train.seed, "generator_noise", env.rank)    # per-rank noise after identical init
 
     def _data_parallel(self, param_name: str) -> bool:
         table = param_name.split(".")[0]
@@ -126,7 +133,7 @@ class DistributedTrainer(Trainer):
             rng = self.batch_rng(index)
             if self.cfg.train.negatives == "per_positive":
                 neg = self.sampler.sample(batch, rng)
-                yield batch[lo:hi], NegativeBatch(neg.head_mode[lo:hi], neg.entities[lo:hi], neg.false_negatives)
+                yield batch[lo:hi], neg.rows(lo, hi)
             else:  # chunks must not straddle ranks: each slice gets its own chunks
                 slices = [self.sampler.sample(batch[a:b], rng) for a, b in zip(bounds[:-1], bounds[1:])]
                 yield batch[lo:hi], slices[rank]

@@ -18,7 +18,7 @@ import shutil
 import time
 
 from ..data.errors import DataError
-from ..integrity import clean_temporaries, list_checkpoints
+from ..integrity import clean_temporaries, delete, list_checkpoints
 from ..outputs import FolderLock, default_mode, marker_kind, write_marker
 
 log = logging.getLogger("mmkgc_dist")
@@ -104,12 +104,7 @@ def remove_run_results(path: str) -> None:
     """What a run writes, and nothing else (a user's files in the folder stay)."""
     removed = []
     for ckpt in list_checkpoints(os.path.join(path, "checkpoints")):
-        if os.path.isdir(ckpt.path):
-            shutil.rmtree(ckpt.path)
-        else:
-            os.remove(ckpt.path)
-            if os.path.exists(ckpt.record):
-                os.remove(ckpt.record)
+        delete(ckpt)
         removed.append(ckpt.path)
     for f in RUN_FILES:
         if os.path.isfile(os.path.join(path, f)):

@@ -138,8 +138,8 @@ class TrainStep:
         joint = entities.joint
         query, target = self._queries(joint, view)
         positive = self.rotate.gamma - complex_l1_distance(query, target)
-        if self.cfg.train.negatives == "chunk_shared":
-            dist = self.kernels.chunk_shared(query, joint, cand_local, self.cfg.train.chunk_size)
+        if negatives.layout == "chunk_shared":
+            dist = self.kernels.chunk_shared(query, joint, cand_local, negatives.chunk_size)
         else:
             dist = self.kernels.gathered(query, joint, cand_local)
         kgc_loss = self_adversarial_loss(positive, self.rotate.gamma - dist, self.cfg.train.adversarial_temperature)

@@ -11,16 +11,18 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config, ConfigError, dump_config
+from ..data.errors import DataError
 from ..data.format import KGData, read_training_statistics
 from ..data.sampling import DegreeDistribution, NegativeSampler
 from ..data.statistics import head_probability
 from ..data.stream import StreamingTriples, rows_answering
 from ..eval.ranking import eval_subset, filtered_ranks, link_prediction_metrics, protocol_label, sampled_ranks
+from ..integrity import prune
 from ..model import DistanceKernels, MATGenerators, RotatE
 from ..model.kgc import MultiModalKGC
+from ..rng import numpy_rng, torch_seed
+from ..optim import OptimizerGroup, table_optimizer
 from ..tables import LocalTables
-from ..data.errors import DataError
-from ..integrity import prune
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .metrics import JsonlLogger
 from .step import LocalEmbedder, TrainStep, local_generator_update
@@ -43,7 +45,6 @@ class Trainer:
         self.world_size = 1
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        torch.manual_seed(cfg.train.seed)
         self.rotate = RotatE(cfg.model.dim, cfg.model.gamma, cfg.model.epsilon)
         self.modalities = fused_modalities(cfg, data)
         self.features = {m: data.features[m] for m in self.modalities}
@@ -72,20 +73,29 @@ class Trainer:
         return torch.device("cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu")
 
     def _build(self) -> None:
-        """Tables, dense model, generators and their optimizers (the distributed trainer overrides this)."""
+        """Tables, dense model, generators and their optimizers (the distributed trainer overrides this).
+        Same initial values and the same optimizers as the distributed trainer (named streams, rng.py)."""
         cfg, width = self.cfg, 2 * self.cfg.model.dim
         self.tables = LocalTables(self.data.num_entities, self.data.num_relations, cfg.model.dim,
                                   self.rotate.entity_init_bound, self.rotate.relation_init_bound, self.features,
-                                  trainable_features=cfg.model.raw_features == "trainable").to(self.device)
+                                  cfg.model.raw_features == "trainable", cfg.train.seed).to(self.device)
+        torch_seed(cfg.train.seed, "dense_init")
         self.core = self.model = MultiModalKGC(width, {m: f.dim for m, f in self.features.items()}).to(self.device)
         self.embedder = LocalEmbedder(self.tables, self.model)
+        torch_seed(cfg.train.seed, "generator_init")
         self.generators = MATGenerators(self.modalities, width, cfg.mat.noise_dim, cfg.mat.hidden).to(self.device) \
             if self.use_mat else None
-        params = [p for p in list(self.tables.parameters()) + list(self.model.parameters()) if p.requires_grad]
-        self.opt_model = torch.optim.Adam(params, lr=cfg.train.lr, fused=True)
+        tables = [p for p in self.tables.parameters() if p.requires_grad]
+        dense = [p for p in self.model.parameters() if p.requires_grad]
+        # The same rules as the distributed trainer (optim.py): the configured table optimizer, Adam for the
+        # dense fusion weights.
+        self.opt_model = OptimizerGroup(
+            table_optimizer(cfg.train.table_optimizer, tables, cfg.train.lr, cfg.train.adagrad_lr),
+            torch.optim.Adam(dense, lr=cfg.train.lr) if dense else None)
         self.opt_generator = torch.optim.Adam(self.generators.parameters(), lr=cfg.mat.lr, fused=True) \
             if self.use_mat else None
         self.update_generator = local_generator_update(self.generators, self.opt_generator) if self.use_mat else None
+        torch_seed(cfg.train.seed, "generator_noise", self.rank_and_world()[0])
 
     # ------------------------------------------------------------------------------------ data
     def rank_and_world(self) -> tuple[int, int]:
@@ -128,17 +138,17 @@ class Trainer:
         rank, _ = self.rank_and_world()
         self.stream.load_state_dict({"epoch": self.epoch, "batch": self.batch_in_epoch})
         for batch in self.stream:
-            rng = np.random.default_rng([self.cfg.train.seed, self.epoch, self.stream.batch - 1, rank, 2])
+            rng = numpy_rng(self.cfg.train.seed, "negatives", self.epoch, self.stream.batch - 1, rank)
             yield batch, self.sampler.sample(batch, rng)
 
     # ------------------------------------------------------------------------------------ training
     # The data stream is random-access: the epoch's order and each batch's negatives come from seeds
     # derived from (seed, epoch[, batch]), so the cursor (epoch, batch_in_epoch) is all a resume needs.
     def epoch_order(self) -> np.ndarray:
-        return np.random.default_rng([self.cfg.train.seed, self.epoch]).permutation(len(self.data.splits["train"]))
+        return numpy_rng(self.cfg.train.seed, "epoch_order", self.epoch).permutation(len(self.data.splits["train"]))
 
     def batch_rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.cfg.train.seed, self.epoch, index, 1])
+        return numpy_rng(self.cfg.train.seed, "negatives", self.epoch, index)
 
     def batches_per_epoch(self) -> int:
         if self.stream is not None:

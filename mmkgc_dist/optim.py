@@ -1,0 +1,106 @@
+"""Table optimizers, identical for one process and for sharded tables on any number of ranks.
+
+``train.table_optimizer=adam`` (default) is *lazy* Adam, the rule of FBGEMM's fused Adam: a table row moves,
+and its moments decay, only in steps where it has a gradient; bias correction uses the global step. With the
+paper's batches (1024 positives x 128 negatives on 12.8k entities) every row has a gradient every step, and
+lazy Adam is torch's Adam exactly; on graphs of millions of entities it is the standard rule for sparse
+embeddings (a dense Adam would touch every row of every shard every step). ``rowwise_adagrad`` is FBGEMM's
+EXACT_ROWWISE_ADAGRAD. The dense fusion weights always use torch's Adam.
+
+``adam_rows_`` is the one update rule; ``LazyAdam`` applies it to parameters with dense gradients (one process,
+data-parallel tables), the distributed tables apply it to the rows their owners looked up (parallel/tables.py).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+BETAS, EPS = (0.9, 0.999), 1e-8
+
+
+@torch.no_grad()
+def adam_rows_(weight: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, grad: Tensor, step: int,
+               lr: float, betas: tuple[float, float] = BETAS, eps: float = EPS) -> None:
+    """Adam on ``weight[rows]`` with gradient ``grad`` ([len(rows), width]); ``step`` counts from 1."""
+    beta1, beta2 = betas
+    m = exp_avg[rows].mul_(beta1).add_(grad, alpha=1 - beta1)
+    v = exp_avg_sq[rows].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    exp_avg[rows], exp_avg_sq[rows] = m, v
+    denom = (v / (1 - beta2 ** step)).sqrt_().add_(eps)
+    weight[rows] -= (lr / (1 - beta1 ** step)) * m / denom
+
+
+class LazyAdam(torch.optim.Optimizer):
+    """Lazy Adam over 2-d table parameters with dense gradients: rows whose gradient is zero are skipped."""
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] = BETAS, eps: float = EPS):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.int64)
+                    state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+                state["step"] += 1
+                rows = p.grad.ne(0).any(dim=1).nonzero().squeeze(1)
+                adam_rows_(p, state["exp_avg"], state["exp_avg_sq"], rows, p.grad[rows], int(state["step"]),
+                           group["lr"], group["betas"], group["eps"])
+
+
+class RowwiseAdagrad(torch.optim.Optimizer):
+    """Row-wise Adagrad as FBGEMM's EXACT_ROWWISE_ADAGRAD computes it: one accumulator per row, += mean of the
+    row's squared gradient, update g / (sqrt(acc) + eps). The mean runs over the width rounded up to a multiple
+    of 4, as TorchRec pads its rows; rows without gradient do not move."""
+
+    def __init__(self, params, lr: float, eps: float = EPS):
+        super().__init__(params, {"lr": lr, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
+                padded = -(-p.shape[1] // 4) * 4
+                state["sum"].add_(p.grad.float().pow(2).sum(1) / padded)
+                p.addcdiv_(p.grad, (state["sum"].sqrt() + group["eps"]).unsqueeze(1), value=-group["lr"])
+
+
+class OptimizerGroup:
+    """Several optimizers stepped as one (tables and dense parameters follow different rules)."""
+
+    def __init__(self, *optimizers):
+        self.optimizers = [o for o in optimizers if o is not None]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state.get("optimizers", [])) != len(self.optimizers):
+            raise ValueError(f"optimizer state holds {len(state.get('optimizers', []))} optimizers, this run "
+                             f"has {len(self.optimizers)} (was train.table_optimizer changed?)")
+        for opt, s in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(s)
+
+
+def table_optimizer(name: str, params: list, lr: float, adagrad_lr: float):
+    """The configured rule (train.table_optimizer) for table parameters with dense gradients."""
+    if not params:
+        return None
+    return LazyAdam(params, lr=lr) if name == "adam" else RowwiseAdagrad(params, lr=adagrad_lr)

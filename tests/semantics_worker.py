@@ -1,0 +1,48 @@
+"""Worker for the one-semantics test: trains the default job for N steps in one process (``--local``) or as
+one rank of a torchrun world, and writes the initial tables' digests and the per-step global losses."""
+import hashlib
+import json
+import os
+import sys
+
+import torch
+
+from mmkgc_dist.config import load_config, parse_overrides
+from mmkgc_dist.data.synthetic import generate
+
+
+def digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().float().contiguous().numpy().tobytes()).hexdigest()
+
+
+def main() -> None:
+    out, local, overrides = sys.argv[1], "--local" in sys.argv, [a for a in sys.argv[2:] if a != "--local"]
+    torch.set_num_threads(1)
+    cfg = load_config(None, parse_overrides(overrides))
+    data = generate(cfg.data.synthetic)
+    if local:
+        from mmkgc_dist.train.trainer import Trainer
+        trainer, rank = Trainer(cfg, data, None, show_progress=False), 0
+        tables = {"entity": trainer.tables.entity.weight, "relation": trainer.tables.relation.weight}
+    else:
+        from mmkgc_dist.parallel.trainer import DistributedTrainer
+        trainer = DistributedTrainer(cfg, data, None, show_progress=False)
+        rank = trainer.env.rank
+        tables = {name: trainer.tables.full_table(name) for name in ("entity", "relation")}
+    initial = {name: digest(t) for name, t in tables.items()}
+    initial["dense"] = digest(torch.cat([p.detach().flatten() for p in trainer.core.parameters()]))
+    if trainer.generators is not None:
+        initial["generators"] = digest(torch.cat([p.detach().flatten() for p in trainer.generators.parameters()]))
+    losses = []
+    for batch, negatives in trainer.batches():
+        losses.append(trainer.reduce_metrics(trainer.step_fn(batch, negatives))["loss"])
+        trainer.step += 1
+        trainer.batch_in_epoch += 1
+        if len(losses) == cfg.train.max_steps:
+            break
+    with open(os.path.join(out, f"{'local' if local else 'rank'}-{rank}.json"), "w") as fh:
+        json.dump({"initial": initial, "losses": losses}, fh)
+
+
+if __name__ == "__main__":
+    main()
