@@ -4,11 +4,12 @@
 and its moments decay, only in steps where it has a gradient; bias correction uses the global step. With the
 paper's batches (1024 positives x 128 negatives on 12.8k entities) every row has a gradient every step, and
 lazy Adam is torch's Adam exactly; on graphs of millions of entities it is the standard rule for sparse
-embeddings (a dense Adam would touch every row of every shard every step). ``rowwise_adagrad`` is FBGEMM's
-EXACT_ROWWISE_ADAGRAD. The dense fusion weights always use torch's Adam.
+embeddings (a dense Adam would touch every row of every shard every step). ``rowwise_adagrad`` is the rule of
+FBGEMM's EXACT_ROWWISE_ADAGRAD. The dense fusion weights always use torch's Adam.
 
-``adam_rows_`` is the one update rule; ``LazyAdam`` applies it to parameters with dense gradients (one process,
-data-parallel tables), the distributed tables apply it to the rows their owners looked up (parallel/tables.py).
+``adam_rows_`` and ``adagrad_rows_`` are the update rules; ``LazyAdam`` and ``RowwiseAdagrad`` apply them to
+parameters with dense gradients (one process, replicated tables), ``parallel.tables.ShardedRowOptimizer`` to
+the rows the owners of sharded tables looked up — one implementation of each rule at every world size.
 """
 from __future__ import annotations
 
@@ -30,29 +31,47 @@ def adam_rows_(weight: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
     weight[rows] -= (lr / (1 - beta1 ** step)) * m / denom
 
 
-class LazyAdam(torch.optim.Optimizer):
-    """Lazy Adam over 2-d table parameters with dense gradients: rows whose gradient is zero are skipped."""
+@torch.no_grad()
+def adagrad_rows_(weight: Tensor, acc: Tensor, rows: Tensor, grad: Tensor, lr: float, eps: float = EPS) -> None:
+    """Row-wise Adagrad on ``weight[rows]``: ``acc`` holds one accumulator per row; the mean of the squared
+    gradient runs over the width rounded up to a multiple of 4 (TorchRec's padded rows, FBGEMM's rule)."""
+    padded = -(-weight.shape[1] // 4) * 4
+    a = acc[rows].add_(grad.float().pow(2).sum(1) / padded)
+    acc[rows] = a
+    weight[rows] -= lr * grad / (a.sqrt() + eps).unsqueeze(1)
 
-    def __init__(self, params, lr: float, betas: tuple[float, float] = BETAS, eps: float = EPS):
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+class _TableOptimizer(torch.optim.Optimizer):
+    """Steps every 2-d table parameter that has a gradient through ``update``."""
 
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.int64)
-                    state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
-                state["step"] += 1
-                rows = p.grad.ne(0).any(dim=1).nonzero().squeeze(1)
-                adam_rows_(p, state["exp_avg"], state["exp_avg_sq"], rows, p.grad[rows], int(state["step"]),
-                           group["lr"], group["betas"], group["eps"])
+                if p.grad is not None:
+                    self.update(p, self.state[p], group)
+
+    def update(self, p: Tensor, state: dict, group: dict) -> None:
+        raise NotImplementedError
 
 
-class RowwiseAdagrad(torch.optim.Optimizer):
+class LazyAdam(_TableOptimizer):
+    """Lazy Adam over table parameters with dense gradients: rows whose gradient is zero are skipped."""
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] = BETAS, eps: float = EPS):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    def update(self, p: Tensor, state: dict, group: dict) -> None:
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.int64)
+            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+        state["step"] += 1
+        rows = p.grad.ne(0).any(dim=1).nonzero().squeeze(1)
+        adam_rows_(p, state["exp_avg"], state["exp_avg_sq"], rows, p.grad[rows], int(state["step"]),
+                   group["lr"], group["betas"], group["eps"])
+
+
+class RowwiseAdagrad(_TableOptimizer):
     """Row-wise Adagrad as FBGEMM's EXACT_ROWWISE_ADAGRAD computes it: one accumulator per row, += mean of the
     row's squared gradient, update g / (sqrt(acc) + eps). The mean runs over the width rounded up to a multiple
     of 4, as TorchRec pads its rows; rows without gradient do not move."""
@@ -60,18 +79,11 @@ class RowwiseAdagrad(torch.optim.Optimizer):
     def __init__(self, params, lr: float, eps: float = EPS):
         super().__init__(params, {"lr": lr, "eps": eps})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
-                padded = -(-p.shape[1] // 4) * 4
-                state["sum"].add_(p.grad.float().pow(2).sum(1) / padded)
-                p.addcdiv_(p.grad, (state["sum"].sqrt() + group["eps"]).unsqueeze(1), value=-group["lr"])
+    def update(self, p: Tensor, state: dict, group: dict) -> None:
+        if not state:
+            state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
+        rows = p.grad.ne(0).any(dim=1).nonzero().squeeze(1)
+        adagrad_rows_(p, state["sum"], rows, p.grad[rows], group["lr"], group["eps"])
 
 
 class OptimizerGroup:

@@ -30,7 +30,7 @@ def main() -> None:
         rank = trainer.env.rank
         tables = {name: trainer.tables.full_table(name) for name in ("entity", "relation")}
     initial = {name: digest(t) for name, t in tables.items()}
-    initial["dense"] = digest(torch.cat([p.detach().flatten() for p in trainer.core.parameters()]))
+    initial["dense"] = digest(torch.cat([p.detach().flatten() for p in trainer.core.parameters()] + [torch.zeros(0)]))
     if trainer.generators is not None:
         initial["generators"] = digest(torch.cat([p.detach().flatten() for p in trainer.generators.parameters()]))
     losses = []

@@ -118,3 +118,35 @@ def test_gathered_distance_gradients_match_autograd():
         q.grad = rows.grad = None
         (DistanceKernels(compile=compile).gathered(q, rows, idx) * weights).sum().backward()
         assert torch.allclose(q.grad, expect[0]) and torch.allclose(rows.grad, expect[1])
+
+
+def test_lazy_adam_is_torch_adam_when_every_row_has_a_gradient_and_skips_rows_without():
+    from mmkgc_dist.optim import LazyAdam
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(6, 4))
+    b = torch.nn.Parameter(a.detach().clone())
+    lazy, reference = LazyAdam([a], lr=0.01), torch.optim.Adam([b], lr=0.01)
+    for _ in range(5):
+        g = torch.randn(6, 4)
+        a.grad, b.grad = g.clone(), g.clone()
+        lazy.step()
+        reference.step()
+    assert torch.allclose(a, b, atol=1e-6)
+    frozen_row = a.detach()[2].clone()
+    g = torch.randn(6, 4)
+    g[2] = 0
+    a.grad = g
+    lazy.step()
+    assert torch.equal(a.detach()[2], frozen_row)                       # no gradient: no move, no decay
+    assert not torch.equal(a.detach()[0], b.detach()[0])
+
+
+def test_rowwise_adagrad_by_hand():
+    from mmkgc_dist.optim import RowwiseAdagrad
+    p = torch.nn.Parameter(torch.zeros(2, 3))
+    opt = RowwiseAdagrad([p], lr=0.5)
+    p.grad = torch.tensor([[1.0, 2.0, 2.0], [0.0, 0.0, 0.0]])
+    opt.step()
+    acc = 9.0 / 4                                # mean over the width padded to 4 (TorchRec's layout)
+    assert torch.allclose(p.detach()[0], -0.5 * torch.tensor([1.0, 2.0, 2.0]) / (acc ** 0.5 + 1e-8))
+    assert torch.equal(p.detach()[1], torch.zeros(3))

@@ -18,12 +18,12 @@ STEPS = 40
 JOB = [f"--train.max_steps={STEPS}", "--train.compile=false", "--train.threads=1"]   # the default job otherwise
 
 
-def launch(out, nproc: int | None):
+def launch(out, nproc: int | None, *extra):
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE))
-    cmd = [sys.executable, WORKER, str(out), "--local", *JOB] if nproc is None else \
+    cmd = [sys.executable, WORKER, str(out), "--local", *JOB, *extra] if nproc is None else \
         [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", f"--nproc_per_node={nproc}",
-         WORKER, str(out), *JOB]
+         WORKER, str(out), *JOB, *extra]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]
     name = "local-0.json" if nproc is None else "rank-0.json"
@@ -51,3 +51,13 @@ def test_same_loss_curve_at_any_world_size(curves):
         worst = max(abs(a - b) / abs(b) for a, b in zip(run["losses"], reference))
         print(f"{name}: max relative loss difference to one process over {STEPS} steps: {worst:.2e}")
         assert len(run["losses"]) == STEPS and worst <= 0.02, (name, worst)
+
+
+def test_rowwise_adagrad_is_the_same_at_any_world_size(tmp_path):
+    """The optional table optimizer follows the same rule in one process (optim.RowwiseAdagrad) and on the
+    sharded tables (FBGEMM's fused EXACT_ROWWISE_ADAGRAD)."""
+    extra = ("--train.table_optimizer=rowwise_adagrad", "--train.max_steps=15")
+    one, two = launch(tmp_path / "local", None, *extra), launch(tmp_path / "two", 2, *extra)
+    assert one["initial"] == two["initial"]
+    worst = max(abs(a - b) / abs(b) for a, b in zip(two["losses"], one["losses"]))
+    assert len(two["losses"]) == 15 and worst <= 0.02, worst

@@ -40,8 +40,8 @@ def latest(directory: str) -> str | None:
 def _state(trainer) -> dict:
     state = {"tables": trainer.tables.dmp.state_dict(), "dense": trainer.core.state_dict(),
              "table_optimizer": trainer.tables.fused_optimizer.state_dict()}
-    if trainer.tables.sharded_adam is not None:       # lazy Adam moments, sharded like their tables
-        state["table_adam"] = trainer.tables.sharded_adam.sharded_state()
+    if trainer.tables.row_optimizer is not None:      # table-optimizer state, sharded like its tables
+        state["table_rows"] = trainer.tables.row_optimizer.sharded_state()
     return state
 
 

@@ -3,13 +3,17 @@ DistributedModelParallel with a planner.
 
 One ``EmbeddingCollection`` per table: TorchRec's CPU kernels support row-wise sharding for
 ``EmbeddingCollection`` (not ``EmbeddingBagCollection``), and a collection needs one embedding width.
-Trainable tables get a fused optimizer (applied inside backward); frozen feature tables live in a
+Trainable tables are updated by the single-process trainer's rules (optim.py) through ``ShardedRowOptimizer``
+on the rows each owner looked up (TorchRec's fused step is then a no-op; FBGEMM's CPU kernels have no Adam);
+a non-row-wise layout falls back to FBGEMM's fused row-wise Adagrad. Frozen feature tables live in a
 separate collection type whose sharder has no optimizer state, their output is detached, and they may
-be stored in fp16. Presence masks are small (one bool per entity and modality) and replicated.
+be stored in fp16. Initial rows are drawn per shard (rng.uniform_rows). Presence masks are small (one bool
+per entity and modality) and replicated.
 """
 from __future__ import annotations
 
 import json
+import logging
 
 import torch
 import torch.distributed as dist
@@ -26,20 +30,21 @@ from ..config import ParallelConfig
 from ..data.format import Features
 from ..model.kgc import EntityRows
 from ..config import ConfigError
-from ..optim import adam_rows_
+from ..optim import adagrad_rows_, adam_rows_
 from ..rng import uniform_rows
 from .env import DistEnv, allreduce_sum_hook
 
 
 
-def table_fused_params(table_optimizer: str, adagrad_lr: float) -> dict:
-    """The fused (in-backward) optimizer of the trainable collections. Row-wise Adagrad is FBGEMM's own
-    (optim.RowwiseAdagrad computes the same update in one process). For Adam the fused update is a no-op
-    (SGD at lr 0: FBGEMM's CPU kernels have no Adam) and ``ShardedLazyAdam`` applies optim.adam_rows_ to
-    the rows each owner looked up — the rule the single-process trainer uses, on CPU and GPU alike."""
-    if table_optimizer == "adam":
-        return {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.0}
-    return {"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": adagrad_lr, "eps": 1e-8}
+NO_UPDATE = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.0}
+
+
+def row_layout(chosen: dict[str, str], trainable: dict[str, bool]) -> bool:
+    """Trainable entity-indexed tables row-wise and relations replicated: the layout in which every owner looks
+    up only its own rows, so the rows can be updated by ``ShardedRowOptimizer``."""
+    return chosen.get("relation") == "data_parallel" and all(
+        kind == "row_wise" for t, kind in chosen.items() if t != "relation" and trainable.get(t))
+log = logging.getLogger("mmkgc_dist")
 SHARDING = {"row_wise": ShardingType.ROW_WISE, "table_wise": ShardingType.TABLE_WISE,
             "column_wise": ShardingType.COLUMN_WISE, "data_parallel": ShardingType.DATA_PARALLEL}
 
@@ -95,18 +100,26 @@ class ShardedTables(nn.Module):
         specs = {name: (rows, -(-width // 4) * 4, trainable, dtype) for name, (rows, width, trainable, dtype)
                  in specs.items()}
         module = TableModule(specs)
-        sharders = [EmbeddingCollectionSharder(fused_params=table_fused_params(table_optimizer, adagrad_lr)),
+        # Entity-indexed tables default to row-wise: the owner-computes fusion (embedder.py) then finds every
+        # row it fuses on its own rank; relations are replicated. Explicit choices go to the planner / the user.
+        chosen = {t: "row_wise" for t in specs if t != "relation"}
+        chosen["relation"] = "data_parallel"
+        chosen.update(cfg.sharding)
+        if row_layout(chosen, self.trainable):
+            # The rows are updated by optim.py's rules (as in one process); TorchRec's fused step is a no-op.
+            fused = NO_UPDATE
+        elif table_optimizer == "adam":
+            raise ConfigError(f"parallel.sharding: {cfg.sharding} with train.table_optimizer=adam; Adam needs the "
+                              f"trainable entity-indexed tables row_wise and relations data_parallel (or use "
+                              f"train.table_optimizer=rowwise_adagrad, which any layout takes)")
+        else:
+            # Another layout: FBGEMM's fused row-wise Adagrad (same rule; not bitwise the one-process run).
+            log.warning("parallel.sharding %s: tables updated by FBGEMM's fused row-wise Adagrad", cfg.sharding)
+            fused = {"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": adagrad_lr, "eps": 1e-8}
+        sharders = [EmbeddingCollectionSharder(fused_params=fused),
                     # Frozen tables: plain SGD at lr 0 keeps no optimizer state; their output is detached, so
                     # backward never reaches them. Precision comes from the table config (data_type).
                     FrozenCollectionSharder(fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.0})]
-        # Entity-indexed tables default to row-wise: the owner-computes fusion (embedder.py) then finds every
-        # row it fuses on its own rank. Relations and explicit choices go to the planner / the user.
-        chosen = {t: "row_wise" for t in specs if t != "relation"}
-        if table_optimizer == "adam":      # replicated relations: their dense gradients go to optim.LazyAdam
-            chosen["relation"] = "data_parallel"
-        chosen.update(cfg.sharding)
-        if table_optimizer == "adam":
-            _check_adam_layout(chosen, self.trainable)
         constraints = {t: ParameterConstraints(sharding_types=[SHARDING[k].value])
                        for t, k in chosen.items() if k != "auto" and t in specs}
         planner = EmbeddingShardingPlanner(topology=Topology(world_size=env.world_size,
@@ -125,8 +138,9 @@ class ShardedTables(nn.Module):
         for m, f in features.items():
             self.load_full(m, torch.from_numpy(f.values))
             self.register_buffer(f"present_{m}", torch.from_numpy(f.present.copy()))
-        self.sharded_adam = ShardedLazyAdam(self, [t for t in specs if t != "relation" and self.trainable[t]],
-                                            lr, num_entities, env) if table_optimizer == "adam" else None
+        trainable_rows = [t for t in specs if t != "relation" and self.trainable[t]]
+        self.row_optimizer = ShardedRowOptimizer(self, trainable_rows, table_optimizer, lr, adagrad_lr, num_entities,
+                                                 env) if fused is NO_UPDATE else None
 
     # ---------------------------------------------------------------------------------- state
     def _weight(self, name: str):
@@ -200,9 +214,9 @@ class ShardedTables(nn.Module):
         rows = {name: out[name][name].values()[:counts[name], :self.widths[name]] for name in features}
         for m in self.modalities:
             rows[m] = rows[m].float() if self.trainable[m] else rows[m].detach().float()
-        if self.sharded_adam is not None:
-            for name in self.sharded_adam.names:
-                self.sharded_adam.capture(name, entity_ids, rows[name])
+        if self.row_optimizer is not None:
+            for name in self.row_optimizer.names:
+                self.row_optimizer.capture(name, entity_ids, rows[name])
         entity = EntityRows(rows["entity"], {m: rows[m] for m in self.modalities},
                             {m: getattr(self, f"present_{m}")[entity_ids] for m in self.modalities})
         return entity, rows["relation"]
@@ -212,34 +226,29 @@ class ShardedTables(nn.Module):
         return self.dmp.fused_optimizer
 
 
-def _check_adam_layout(chosen: dict[str, str], trainable: dict[str, bool]) -> None:
-    for table, kind in chosen.items():
-        want = "data_parallel" if table == "relation" else "row_wise"
-        if trainable.get(table) and kind != want:
-            raise ConfigError(f"parallel.sharding.{table}: {kind!r} with train.table_optimizer=adam; Adam needs "
-                              f"{want} for this table (or use train.table_optimizer=rowwise_adagrad)")
-
-
-class ShardedLazyAdam:
-    """Lazy Adam (optim.adam_rows_) on the rows this rank owns of the row-wise entity-indexed tables.
+class ShardedRowOptimizer:
+    """The table optimizer (optim.adam_rows_ or optim.adagrad_rows_) on the rows this rank owns of the
+    row-wise entity-indexed tables.
 
     The owner-computes fusion (embedder.py) looks up only rows the rank owns, and TorchRec's fused update is a
     no-op; a hook on each looked-up block keeps (ids, gradient) — the gradient summed over every rank that
-    used the rows — and ``step`` updates the local shard. The moments live beside the shard and are saved
-    as ShardedTensors of the same layout, so torch.distributed.checkpoint reshards them with the table."""
+    used the rows — and ``step`` updates the local shard. The optimizer state lives beside the shard and is
+    saved as ShardedTensors of the same row layout, so torch.distributed.checkpoint reshards it with the table."""
 
-    def __init__(self, tables: "ShardedTables", names: list[str], lr: float, num_entities: int, env: DistEnv):
+    def __init__(self, tables: "ShardedTables", names: list[str], rule: str, lr: float, adagrad_lr: float,
+                 num_entities: int, env: DistEnv):
         from .embedder import owner_block
 
-        self.tables, self.names, self.lr = tables, names, lr
+        self.tables, self.names, self.rule = tables, names, rule
+        self.lr = lr if rule == "adam" else adagrad_lr
         self.first_row = min(env.rank * owner_block(num_entities, env.world_size), num_entities)
         self.step_count = torch.zeros((), dtype=torch.int64)
         self.pending: list[tuple[str, Tensor, Tensor]] = []
-        self.moments = {}
+        self.state: dict[str, dict[str, Tensor]] = {}
         for name in names:
-            shard = self._shard(name)
-            width = tables.widths[name]
-            self.moments[name] = (torch.zeros(shard.shape[0], width), torch.zeros(shard.shape[0], width))
+            rows, width = self._shard(name).shape[0], tables.widths[name]
+            self.state[name] = {"exp_avg": torch.zeros(rows, width), "exp_avg_sq": torch.zeros(rows, width)} \
+                if rule == "adam" else {"sum": torch.zeros(rows)}
 
     def _shard(self, name: str) -> Tensor:
         shards = self.tables._weight(name).local_shards()
@@ -256,13 +265,16 @@ class ShardedLazyAdam:
     def step(self) -> None:
         self.step_count += 1
         for name, ids, grad in self.pending:
-            width = self.tables.widths[name]
-            exp_avg, exp_avg_sq = self.moments[name]
-            adam_rows_(self._shard(name)[:, :width], exp_avg, exp_avg_sq, ids - self.first_row, grad.float(),
-                       int(self.step_count), self.lr)
+            weight, state, local = self._shard(name)[:, :self.tables.widths[name]], self.state[name], \
+                ids - self.first_row
+            if self.rule == "adam":
+                adam_rows_(weight, state["exp_avg"], state["exp_avg_sq"], local, grad.float(),
+                           int(self.step_count), self.lr)
+            else:
+                adagrad_rows_(weight, state["sum"], local, grad.float(), self.lr)
         self.pending.clear()
 
-    # The moments travel through DCP (parallel/checkpoint.py); the dense optimizer file holds nothing of them.
+    # The state travels through DCP (parallel/checkpoint.py); the dense optimizer file holds nothing of it.
     def state_dict(self) -> dict:
         return {}
 
@@ -275,10 +287,10 @@ class ShardedLazyAdam:
         out = {"step": self.step_count}
         for name in self.names:
             weight = self.tables._weight(name)
-            width = self.tables.widths[name]
-            rows = weight.size(0)
-            for which, tensor in zip(("exp_avg", "exp_avg_sq"), self.moments[name]):
-                shards = [Shard(tensor, ShardMetadata([s.metadata.shard_offsets[0], 0], [tensor.shape[0], width],
-                                                      s.metadata.placement)) for s in weight.local_shards()]
-                out[f"{name}.{which}"] = ShardedTensor._init_from_local_shards(shards, rows, width)
+            for which, tensor in self.state[name].items():
+                size = [weight.size(0), *tensor.shape[1:]]
+                shards = [Shard(tensor, ShardMetadata([s.metadata.shard_offsets[0], *([0] * (tensor.dim() - 1))],
+                                                      list(tensor.shape), s.metadata.placement))
+                          for s in weight.local_shards()]
+                out[f"{name}.{which}"] = ShardedTensor._init_from_local_shards(shards, *size)
         return out

@@ -85,7 +85,7 @@ class DistributedTrainer(Trainer):
         self.opt_model = OptimizerGroup(
             torch.optim.Adam(dense, lr=cfg.train.lr) if dense else None,
             table_optimizer(cfg.train.table_optimizer, replicated, cfg.train.lr, cfg.train.adagrad_lr),
-            self.tables.sharded_adam)
+            self.tables.row_optimizer)
         self.generators = self.engine = self.opt_generator = self.update_generator = None
         if self.use_mat:
             torch_seed(cfg.train.seed, "generator_init")
