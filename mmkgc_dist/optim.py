@@ -92,6 +92,10 @@ class OptimizerGroup:
     def __init__(self, *optimizers):
         self.optimizers = [o for o in optimizers if o is not None]
 
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in getattr(opt, "param_groups", [])]
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=set_to_none)

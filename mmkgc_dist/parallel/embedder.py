@@ -18,8 +18,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.nn.functional import all_to_all_single as differentiable_all_to_all
 
-from ..model.kgc import EmbeddedEntities
-from ..train.step import unique_ids
+from ..model.kgc import EmbeddedEntities, unique_ids
 
 
 def owner_block(num_entities: int, world_size: int) -> int:

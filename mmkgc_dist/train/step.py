@@ -23,21 +23,7 @@ from torch import Tensor, nn
 from ..config import Config
 from ..data.sampling import NegativeBatch
 from ..model import DistanceKernels, RotatE, complex_l1_distance, pairwise_sigmoid_loss, self_adversarial_loss
-from ..model.kgc import EmbeddedEntities, MultiModalKGC
-
-
-def unique_ids(ids: Tensor, universe: int) -> tuple[Tensor, Tensor]:
-    """Sorted unique ids and the inverse map, in O(len + universe) with a presence mask.
-
-    torch.unique(return_inverse=True) sorts all B·(K+2) ids; this is ~10x faster for the id
-    universes of one rank's tables.
-    """
-    present = torch.zeros(universe, dtype=torch.bool, device=ids.device)
-    present[ids] = True
-    unique = present.nonzero().squeeze(1)
-    position = torch.empty(universe, dtype=torch.long, device=ids.device)
-    position[unique] = torch.arange(len(unique), device=ids.device)
-    return unique, position[ids]
+from ..model.kgc import EmbeddedEntities, MultiModalKGC, unique_ids
 
 
 class PhaseTimer:

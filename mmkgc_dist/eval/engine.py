@@ -1,0 +1,108 @@
+"""The one ranking engine: ranks queries against a shard of candidate entities and sums the counts over
+shards. One process is the shard [0, N) and a sum over nothing; N ranks each hold the entities they own.
+
+Per query chunk the engine computes, on each shard, how many of its candidates score strictly better than
+the true answer and how many tie with it (filtered candidates and the answer itself excluded); the counts
+are summed over shards and turned into ranks by the tie policy. The true answer's distance comes from the
+shard that owns it, with the same kernel as the candidates', so ties compare like with like. Exact and
+sampled protocols share everything but the candidate sets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..model import DistanceKernels, RotatE
+from .ranking import FilterIndex, count_better_equal, ranks_from_counts, sampled_chunks
+
+DIRECTIONS = (("tail", 0, 2, 1.0), ("head", 2, 0, -1.0))   # (name, anchor column, answer column, sign)
+
+
+@dataclass
+class CandidateShard:
+    """The candidates one process ranks against: entities [lo, hi) and their joint embeddings."""
+    lo: int
+    hi: int
+    embeddings: Tensor                               # [hi - lo, 2d]
+    embed: Callable[[Tensor], Tensor]                # joint embeddings of any entity ids (a collective)
+    all_reduce: Callable[[Tensor], Tensor] = lambda t: t   # in-place sum over shards
+
+    @classmethod
+    def whole(cls, joint: Tensor) -> "CandidateShard":
+        """One process: every entity is a candidate of this shard."""
+        return cls(0, joint.shape[0], joint, lambda ids: joint[ids.to(joint.device)])
+
+
+@torch.no_grad()
+def rank_queries(shard: CandidateShard, relations: Tensor, rotate: RotatE, kernels: DistanceKernels,
+                 triples: np.ndarray, known: np.ndarray, ties: str, batch_size: int, sampled=None,
+                 progress=None) -> dict[str, np.ndarray]:
+    """Ranks of the true tail and the true head of every triple. ``sampled``: (eval config, degree
+    distribution, num_entities, seed) for the sampled protocol; None ranks against all entities."""
+    chunks = _sampled(shard, relations, rotate, kernels, triples, known, *sampled) if sampled else \
+        _exact(shard, relations, rotate, kernels, triples, known, batch_size)
+    ranks = {"tail": [], "head": []}
+    for direction, chunk, better, equal in chunks:
+        counts = shard.all_reduce(torch.stack([better, equal]))
+        ranks[direction].append(ranks_from_counts(counts[0], counts[1], ties).cpu())
+        if progress is not None:
+            progress.update(len(chunk))
+    return {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in ranks.items()}
+
+
+def _query(shard: CandidateShard, relations: Tensor, rotate: RotatE, chunk: np.ndarray, anchors: np.ndarray,
+           sign: float) -> Tensor:
+    phase = rotate.phase(relations[torch.from_numpy(chunk[:, 1]).to(relations.device)])
+    return rotate.rotate(shard.embed(torch.from_numpy(anchors)), sign * phase)
+
+
+def _true_distance(shard: CandidateShard, answers: np.ndarray, distance) -> Tensor:
+    """Each query's distance to its answer, ``distance(query rows, shard-local ids)`` on the shard that holds
+    the answer (exactly one); the sum over shards shares it."""
+    device = shard.embeddings.device
+    target = torch.from_numpy(answers).to(device)
+    idx = ((target >= shard.lo) & (target < shard.hi)).nonzero().squeeze(1)
+    true = torch.zeros(len(answers), 1, device=device)
+    if len(idx):
+        true[idx] = distance(idx, target[idx] - shard.lo).to(true.dtype)
+    return shard.all_reduce(true)
+
+
+def _exact(shard, relations, rotate, kernels, triples, known, batch_size):
+    device = shard.embeddings.device
+    for direction, anchor_col, answer_col, sign in DIRECTIONS:
+        index = FilterIndex(known, relations.shape[0], anchor_col, answer_col)
+        for start in range(0, len(triples), batch_size):
+            chunk = triples[start:start + batch_size]
+            query = _query(shard, relations, rotate, chunk, chunk[:, anchor_col], sign)
+            local = kernels.all_pairs(query, shard.embeddings) if shard.hi > shard.lo else \
+                torch.zeros(len(chunk), 0, device=device)
+            true = _true_distance(shard, chunk[:, answer_col], lambda i, j: local[i, j][:, None])
+            rows, cols = index.pairs(chunk[:, anchor_col], chunk[:, 1])
+            rows = np.concatenate([rows, np.arange(len(chunk))])
+            cols = np.concatenate([cols, chunk[:, answer_col]])
+            keep = (cols >= shard.lo) & (cols < shard.hi)
+            better, equal = count_better_equal(local, true, torch.from_numpy(rows[keep]).to(device),
+                                               torch.from_numpy(cols[keep] - shard.lo).to(device))
+            yield direction, chunk, better, equal
+
+
+def _sampled(shard, relations, rotate, kernels, triples, known, cfg, degree, num_entities, seed):
+    """Every shard draws the same candidates (seeded) and scores those it owns."""
+    device = shard.embeddings.device
+    for direction, sign, chunk, anchors, answers, cand, excluded in sampled_chunks(
+            triples, relations.shape[0], known, num_entities, degree, cfg, seed):
+        query = _query(shard, relations, rotate, chunk, anchors, sign)
+        true = _true_distance(shard, answers, lambda i, j: kernels.gathered(query[i], shard.embeddings, j[:, None]))
+        owned = torch.from_numpy((cand >= shard.lo) & (cand < shard.hi) & ~excluded).to(device)
+        if shard.hi > shard.lo:
+            local = torch.from_numpy(cand - shard.lo).clamp(0, shard.hi - shard.lo - 1).to(device)
+            d = kernels.gathered(query, shard.embeddings, local).masked_fill(~owned, float("inf"))
+            better, equal = (d < true).sum(1).double(), (d == true).sum(1).double()
+        else:
+            better = equal = torch.zeros(len(chunk), dtype=torch.float64, device=device)
+        yield direction, chunk, better, equal
