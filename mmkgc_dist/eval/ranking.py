@@ -68,32 +68,14 @@ def summarize(ranks: np.ndarray) -> dict:
             **{f"hits@{k}": float(np.mean(ranks <= k)) for k in (1, 3, 10)}, "count": int(len(ranks))}
 
 
-@torch.no_grad()
 def filtered_ranks(joint: Tensor, relation_rows: Tensor, rotate: RotatE, triples: np.ndarray, known: np.ndarray,
                    kernels: DistanceKernels, batch_size: int = 256, ties: str = "realistic",
                    progress=None) -> dict[str, np.ndarray]:
-    """Ranks of the true tail (queries (h, r, ?)) and the true head ((?, r, t)) for every triple.
-
-    joint [N, 2d]: embeddings of all candidate entities; relation_rows [R, d].
-    """
-    num_relations = relation_rows.shape[0]
-    out = {}
-    for direction, anchor_col, answer_col, sign in (("tail", 0, 2, 1.0), ("head", 2, 0, -1.0)):
-        index = FilterIndex(known, num_relations, anchor_col, answer_col)
-        ranks = []
-        for start in range(0, len(triples), batch_size):
-            chunk = triples[start:start + batch_size]
-            on_device = lambda a: torch.from_numpy(a).to(joint.device)
-            anchors, rels = on_device(chunk[:, anchor_col]), on_device(chunk[:, 1])
-            query = rotate.rotate(joint[anchors], sign * rotate.phase(relation_rows[rels]))
-            dist = kernels.all_pairs(query, joint)
-            rows, cols = index.pairs(chunk[:, anchor_col], chunk[:, 1])
-            ranks.append(ranks_from_distances(dist, on_device(chunk[:, answer_col]), on_device(rows),
-                                              on_device(cols), ties).cpu())
-            if progress is not None:
-                progress.update(len(chunk))
-        out[direction] = torch.cat(ranks).numpy() if ranks else np.zeros(0)
-    return out
+    """Ranks of the true tail (queries (h, r, ?)) and the true head ((?, r, t)) for every triple, against all
+    entities: the engine (engine.py) on one shard holding every entity. joint [N, 2d], relation_rows [R, d]."""
+    from .engine import CandidateShard, rank_queries
+    return rank_queries(CandidateShard.whole(joint), relation_rows, rotate, kernels, triples, known, ties,
+                        batch_size, progress=progress)
 
 
 def link_prediction_metrics(ranks: dict[str, np.ndarray]) -> dict:
@@ -161,21 +143,10 @@ def sampled_chunks(triples: np.ndarray, num_relations: int, known: np.ndarray, n
             yield direction, sign, chunk, chunk[:, anchor_col], chunk[:, answer_col], cand, excluded
 
 
-@torch.no_grad()
 def sampled_ranks(joint: Tensor, relation_rows: Tensor, rotate: RotatE, triples: np.ndarray, known: np.ndarray,
                   kernels: DistanceKernels, degree, cfg, seed: int, ties: str = "realistic",
                   progress=None) -> dict[str, np.ndarray]:
-    """Ranks against sampled candidates (see above); joint [N, 2d] holds every entity's embedding."""
-    out = {"tail": [], "head": []}
-    dev = lambda a: torch.from_numpy(a).to(joint.device)
-    for direction, sign, chunk, anchors, answers, cand, excluded in sampled_chunks(
-            triples, relation_rows.shape[0], known, joint.shape[0], degree, cfg, seed):
-        query = rotate.rotate(joint[dev(anchors)], sign * rotate.phase(relation_rows[dev(chunk[:, 1])]))
-        dist = kernels.gathered(query, joint, dev(cand))
-        true = kernels.gathered(query, joint, dev(answers[:, None]))
-        dist = dist.masked_fill(dev(excluded), float("inf"))
-        out[direction].append(ranks_from_counts((dist < true).sum(1).double(), (dist == true).sum(1).double(),
-                                                ties).cpu())
-        if progress is not None:
-            progress.update(len(chunk))
-    return {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in out.items()}
+    """Ranks against sampled candidates (see above), on one shard holding every entity's embedding."""
+    from .engine import CandidateShard, rank_queries
+    return rank_queries(CandidateShard.whole(joint), relation_rows, rotate, kernels, triples, known, ties,
+                        cfg.batch_size, (cfg, degree, joint.shape[0], seed), progress=progress)

@@ -20,9 +20,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..config import Config, ConfigError
 from ..data.errors import DataError
 from ..data.format import KGData
+from ..eval.engine import CandidateShard
 from ..integrity import safe_deepspeed_engine
-from ..eval.ranking import (FilterIndex, count_better_equal, eval_subset, link_prediction_metrics, protocol_label,
-                            ranks_from_counts, sampled_chunks)
 from ..model import MATGenerators
 from ..model.kgc import MultiModalKGC
 from ..optim import OptimizerGroup, table_optimizer
@@ -182,74 +181,17 @@ class DistributedTrainer(Trainer):
         _, rel = self.tables.lookup(torch.zeros(0, dtype=torch.long), torch.arange(self.data.num_relations))
         return rel
 
-    @torch.no_grad()
-    def evaluate(self, split: str, ties: str | None = None) -> dict:
-        """Candidates sharded across ranks; each rank counts better/tied candidates in its shard and the
-        counts are summed — the same ranks as one process on the same model state."""
-        cfg = self.cfg.eval
-        ties = ties or cfg.ties
-        triples = eval_subset(self.data.splits[split], cfg.max_queries, self.cfg.train.seed)
-        shard, relations = self.shard_embeddings(), self.relation_table()
-        count = self._sampled_counts if cfg.protocol == "sampled" else self._exact_counts
-        ranks = {"tail": [], "head": []}
-        for direction, chunk, better, equal in count(triples, shard, relations):
-            counts = torch.stack([better, equal])
-            dist.all_reduce(counts)
-            ranks[direction].append(ranks_from_counts(counts[0], counts[1], ties))
-        ranks = {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in ranks.items()}
-        label = protocol_label(cfg, self.cfg.train.seed, len(triples), len(self.data.splits[split]))
-        return {**link_prediction_metrics(ranks), "ties": ties, "split": split,
-                "protocol": f"{label}; candidates sharded over {self.env.world_size} ranks"}
-
-    def _query(self, chunk, anchors, sign, relations) -> torch.Tensor:
-        return self.rotate.rotate(self.embed(torch.from_numpy(anchors)),
-                                  sign * self.rotate.phase(relations[torch.from_numpy(chunk[:, 1])]))
-
-    def _true_distance(self, answers: np.ndarray, distance) -> torch.Tensor:
-        """Distance to each query's answer, ``distance(rows, local ids)`` on the rank that holds the answer's
-        row (exactly one); the sum shares it. Same kernel as the candidates', so ties compare like with like."""
+    def candidate_shard(self) -> CandidateShard:
+        """This rank's own entities, so their lookups and fusion stay local; counts are summed over ranks."""
         lo, hi = self.candidate_range()
-        target = torch.from_numpy(answers)
-        idx = ((target >= lo) & (target < hi)).nonzero().squeeze(1)
-        true = torch.zeros(len(answers), 1)
-        if len(idx):
-            true[idx] = distance(idx, target[idx] - lo).to(true.dtype)
-        dist.all_reduce(true)
-        return true
 
-    def _exact_counts(self, triples, shard, relations):
-        lo, hi = self.candidate_range()
-        for direction, anchor_col, answer_col, sign in (("tail", 0, 2, 1.0), ("head", 2, 0, -1.0)):
-            index = FilterIndex(self.known_triples(), self.data.num_relations, anchor_col, answer_col)
-            for start in range(0, len(triples), self.cfg.eval.batch_size):
-                chunk = triples[start:start + self.cfg.eval.batch_size]
-                query = self._query(chunk, chunk[:, anchor_col], sign, relations)
-                local = self.kernels.all_pairs(query, shard)
-                true = self._true_distance(chunk[:, answer_col], lambda i, j: local[i, j][:, None])
-                rows, cols = index.pairs(chunk[:, anchor_col], chunk[:, 1])
-                rows = np.concatenate([rows, np.arange(len(chunk))])
-                cols = np.concatenate([cols, chunk[:, answer_col]])
-                keep = (cols >= lo) & (cols < hi)
-                better, equal = count_better_equal(local, true,
-                                                   torch.from_numpy(rows[keep]), torch.from_numpy(cols[keep] - lo))
-                yield direction, chunk, better, equal
+        def all_reduce(t: torch.Tensor) -> torch.Tensor:
+            dist.all_reduce(t)
+            return t
+        return CandidateShard(lo, hi, self.shard_embeddings(), self.embed, all_reduce)
 
-    def _sampled_counts(self, triples, shard, relations):
-        """Every rank draws the same candidates (seeded) and scores those it owns."""
-        lo, hi = self.candidate_range()
-        for direction, sign, chunk, anchors, answers, cand, excluded in sampled_chunks(
-                triples, self.data.num_relations, self.known_triples(), self.data.num_entities,
-                self.degree_distribution(), self.cfg.eval, self.cfg.train.seed):
-            query = self._query(chunk, anchors, sign, relations)
-            true = self._true_distance(answers, lambda i, j: self.kernels.gathered(query[i], shard, j[:, None]))
-            owned = torch.from_numpy((cand >= lo) & (cand < hi) & ~excluded)
-            local = torch.from_numpy(cand - lo).clamp(0, max(len(shard) - 1, 0))
-            if len(shard):
-                d = self.kernels.gathered(query, shard, local).masked_fill(~owned, float("inf"))
-                better, equal = (d < true).sum(1).double(), (d == true).sum(1).double()
-            else:
-                better = equal = torch.zeros(len(chunk), dtype=torch.float64)
-            yield direction, chunk, better, equal
+    def protocol_suffix(self) -> str:
+        return f"; candidates sharded over {self.env.world_size} ranks"
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save(self) -> str:

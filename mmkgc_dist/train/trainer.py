@@ -16,7 +16,8 @@ from ..data.format import KGData, read_training_statistics
 from ..data.sampling import DegreeDistribution, NegativeSampler
 from ..data.statistics import head_probability
 from ..data.stream import StreamingTriples, rows_answering
-from ..eval.ranking import eval_subset, filtered_ranks, link_prediction_metrics, protocol_label, sampled_ranks
+from ..eval.engine import CandidateShard, rank_queries
+from ..eval.ranking import eval_subset, link_prediction_metrics, protocol_label
 from ..integrity import prune
 from ..model import DistanceKernels, MATGenerators, RotatE
 from ..model.kgc import MultiModalKGC
@@ -253,22 +254,32 @@ class Trainer:
     def degree_distribution(self) -> DegreeDistribution:
         return DegreeDistribution(self.training_statistics()[1])
 
+    def candidate_shard(self) -> CandidateShard:
+        """The candidates this process ranks against: all entities (the distributed trainer: its own)."""
+        return CandidateShard.whole(self.entity_embeddings())
+
+    def relation_table(self) -> torch.Tensor:
+        return self.tables.relation.weight.detach()
+
+    def protocol_suffix(self) -> str:
+        return ""
+
+    @torch.no_grad()
     def evaluate(self, split: str, ties: str | None = None) -> dict:
+        """Filtered ranking by the one engine (eval/engine.py) against this process's candidate shard."""
         cfg = self.cfg.eval
         ties = ties or cfg.ties
         triples = eval_subset(self.data.splits[split], cfg.max_queries, self.cfg.train.seed)
         bar = tqdm(total=2 * len(triples), desc=f"eval {split}", unit="query", disable=not self.show_progress,
                    dynamic_ncols=True, leave=False)
-        joint, relations = self.entity_embeddings(), self.tables.relation.weight.detach()
-        if cfg.protocol == "sampled":
-            ranks = sampled_ranks(joint, relations, self.rotate, triples, self.known_triples(), self.kernels,
-                                  self.degree_distribution(), cfg, self.cfg.train.seed, ties, progress=bar)
-        else:
-            ranks = filtered_ranks(joint, relations, self.rotate, triples, self.known_triples(), self.kernels,
-                                   cfg.batch_size, ties, progress=bar)
+        sampled = (cfg, self.degree_distribution(), self.data.num_entities, self.cfg.train.seed) \
+            if cfg.protocol == "sampled" else None
+        ranks = rank_queries(self.candidate_shard(), self.relation_table(), self.rotate, self.kernels, triples,
+                             self.known_triples(), ties, cfg.batch_size, sampled, progress=bar)
         bar.close()
+        label = protocol_label(cfg, self.cfg.train.seed, len(triples), len(self.data.splits[split]))
         return {**link_prediction_metrics(ranks), "ties": ties, "split": split,
-                "protocol": protocol_label(cfg, self.cfg.train.seed, len(triples), len(self.data.splits[split]))}
+                "protocol": label + self.protocol_suffix()}
 
     # ------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
