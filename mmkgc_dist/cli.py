@@ -92,7 +92,8 @@ def cmd_train(args, overrides) -> int:
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite: choose one (continue the run, or replace its results)")
-    data = build_dataset(cfg)                      # bad data fails before the run folder is touched
+    # Bad data fails before the run folder is touched. Distributed ranks read their feature rows later.
+    data = build_dataset(cfg, feature_values=not distributed)
     run_dir, lock = _open_run_folder(cfg, args, distributed, args.resume or restarted)
     try:
         return _train_in(cfg, data, run_dir, distributed, args.resume or restarted)
@@ -140,7 +141,7 @@ def _load_trained(run_dir: str, checkpoint: str | None, overrides):
         ckpt = newest_verified(os.path.join(run_dir, "checkpoints"))
         if ckpt is None:
             raise DataError(f"{run_dir}/checkpoints: no complete, verified checkpoint found")
-    data = build_dataset(cfg)
+    data = build_dataset(cfg, feature_values=not ckpt.is_folder)
     if ckpt.is_folder:          # distributed checkpoints are folders (DCP + DeepSpeed)
         from .parallel.trainer import DistributedTrainer
         trainer = DistributedTrainer(cfg, data, run_dir=None)

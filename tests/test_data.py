@@ -146,3 +146,18 @@ def test_bernoulli_probabilities_and_filtering():
         for e in neg.entities[i]:
             cand = (e, r, t) if neg.head_mode[i] else (h, r, e)
             assert triple_keys(np.array([cand]), 6, 2)[0] not in keys or neg.false_negatives > 0
+
+
+def test_lazy_features_read_only_the_requested_rows(tmp_path):
+    """Distributed ranks read their own rows of a feature file (row groups outside the range are skipped)."""
+    from mmkgc_dist.data.synthetic import generate
+    from mmkgc_dist.config import load_config, parse_overrides
+    data = generate(load_config(None, parse_overrides(["--data.synthetic.num_entities=300",
+                                                       "--data.synthetic.num_triples=1500"])).data.synthetic)
+    write_dataset(data, str(tmp_path / "ds"))
+    lazy = load_dataset(str(tmp_path / "ds"), feature_values=False)
+    for m, f in data.features.items():
+        assert lazy.features[m].values is None and lazy.features[m].dim == f.dim
+        assert np.array_equal(lazy.features[m].present, f.present)
+        for lo, hi in ((0, 300), (0, 150), (150, 300), (17, 18), (299, 300)):
+            assert np.array_equal(lazy.features[m].rows(lo, hi), f.values[lo:hi]), (m, lo, hi)

@@ -8,11 +8,13 @@ from .format import KGData, load_dataset
 from .synthetic import generate
 
 
-def build_dataset(cfg: Config) -> KGData:
+def build_dataset(cfg: Config, feature_values: bool = True) -> KGData:
+    """``feature_values`` false (distributed runs): feature rows stay on disk; each rank reads its shard."""
     if cfg.data.source == "synthetic":
         return generate(cfg.data.synthetic)
     streamed = ("train",) if cfg.data.loader == "stream" else ()
-    data = load_dataset(resolve_output(cfg.data.path), modalities=cfg.model.modalities, skip_splits=streamed)
+    data = load_dataset(resolve_output(cfg.data.path), modalities=cfg.model.modalities, skip_splits=streamed,
+                        feature_values=feature_values)
     missing = [s for s in cfg.eval.splits if s not in data.splits and s not in streamed]
     if missing:
         raise DataError(f"eval.splits: the dataset {cfg.data.path} has no {', '.join(missing)} split (it has "

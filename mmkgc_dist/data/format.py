@@ -33,13 +33,23 @@ TRIPLE_SCHEMA = pa.schema([("head", pa.int64()), ("relation", pa.int64()), ("tai
 
 @dataclass
 class Features:
-    """Dense [N, dim] float32 matrix (zeros where absent) and a presence mask [N]."""
-    values: np.ndarray
+    """Dense [N, dim] float32 matrix (zeros where absent) and a presence mask [N] — or, read lazily
+    (``values`` None), the mask and width only: ``rows(lo, hi)`` then reads just those rows from the file, so
+    a rank of a distributed run holds its own shard of a feature file, never the whole matrix."""
+    values: np.ndarray | None
     present: np.ndarray
+    width: int = 0
+    path: str | None = None
 
     @property
     def dim(self) -> int:
-        return self.values.shape[1]
+        return self.values.shape[1] if self.values is not None else self.width
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) as a dense float32 block (zeros where absent)."""
+        if self.values is not None:
+            return self.values[lo:hi]
+        return read_feature_rows(self.path, lo, hi, self.width)
 
 
 @dataclass
@@ -266,6 +276,38 @@ def read_triples(root: str, manifest: dict, split: str) -> np.ndarray:
     return triples.astype(np.int64, copy=False)
 
 
+def read_feature_rows(path: str, lo: int, hi: int, dim: int) -> np.ndarray:
+    """Rows with ids in [lo, hi) of a feature file, as a dense block; row groups whose id range misses the
+    interval are skipped by their statistics (our writers store ids in ascending order)."""
+    try:
+        with fsspec.open(path, "rb") as fh:
+            table = pq.read_table(fh, filters=[("id", ">=", lo), ("id", "<", hi)])
+    except FileNotFoundError:
+        raise DataError(f"{path}: file listed in the manifest is missing")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})")
+    out = np.zeros((max(hi - lo, 0), dim), np.float32)
+    col = table.column("feature").combine_chunks()
+    if not pa.types.is_fixed_size_list(col.type) or col.type.list_size != dim:
+        raise DataError(f"{path}: field 'feature' has type {col.type}, expected fixed_size_list<float>[{dim}]")
+    ids = table.column("id").to_numpy()
+    rows = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+    if not np.isfinite(rows).all():
+        raise DataError(f"{path}: feature rows with ids in [{lo}, {hi}) hold NaN/Inf")
+    out[ids - lo] = rows
+    return out
+
+
+def lazy_features(root: str, manifest: dict, modality: str, entities: pa.Table) -> Features:
+    """A modality's mask and width, with rows read on demand (``Features.rows``)."""
+    column = f"has_{modality}"
+    if column not in entities.column_names:
+        raise DataError(f"{_join(root, manifest['entities'])}: column {column!r} missing")
+    info = manifest["modalities"][modality]
+    return Features(None, entities.column(column).to_numpy(zero_copy_only=False).astype(bool), int(info["dim"]),
+                    _join(root, info["file"]))
+
+
 def read_features(root: str, manifest: dict, modality: str) -> Features:
     info = manifest["modalities"][modality]
     path = _join(root, info["file"])
@@ -322,11 +364,13 @@ class FeatureChecks:
         self.seen[ids] = True
 
 
-def load_dataset(root: str, modalities: list[str] | None = None, skip_splits: tuple[str, ...] = ()) -> KGData:
-    """Read a prepared dataset; splits in ``skip_splits`` stay on disk (the streaming loader reads them)."""
+def load_dataset(root: str, modalities: list[str] | None = None, skip_splits: tuple[str, ...] = (),
+                 feature_values: bool = True) -> KGData:
+    """Read a prepared dataset; splits in ``skip_splits`` stay on disk (the streaming loader reads them);
+    with ``feature_values`` false only the feature masks and widths are read (rows on demand)."""
     manifest = read_manifest(root)
     n, r = manifest["num_entities"], manifest["num_relations"]
-    ents = _read_table(_join(root, manifest["entities"]), columns=["id", "name"])
+    ents = _read_table(_join(root, manifest["entities"]))
     rels = _read_table(_join(root, manifest["relations"]), columns=["id", "name"])
     if ents.num_rows != n:
         raise DataError(f"{_join(root, manifest['entities'])}: {ents.num_rows} rows, manifest says {n} entities")
@@ -338,7 +382,7 @@ def load_dataset(root: str, modalities: list[str] | None = None, skip_splits: tu
     for m in wanted:
         if m not in manifest["modalities"]:
             continue  # a modality absent from the data is missing for every entity (handled by the model)
-        features[m] = read_features(root, manifest, m)
+        features[m] = read_features(root, manifest, m) if feature_values else lazy_features(root, manifest, m, ents)
     data = KGData(n, r, splits, ents.column("name").to_pylist(), rels.column("name").to_pylist(),
                   features, manifest.get("name", "dataset"))
     validate(data, origin=root)
@@ -358,7 +402,8 @@ def validate(data: KGData, origin: str) -> None:
     if len(data.entity_names) != data.num_entities:
         raise DataError(f"{origin}: {len(data.entity_names)} entity names for {data.num_entities} entities")
     for m, f in data.features.items():
-        if f.values.shape[0] != data.num_entities or f.present.shape != (data.num_entities,):
-            raise DataError(f"{origin}: modality {m!r}: {f.values.shape[0]} rows for {data.num_entities} entities")
-        if not np.isfinite(f.values[f.present]).all():
+        rows = f.values.shape[0] if f.values is not None else len(f.present)
+        if rows != data.num_entities or f.present.shape != (data.num_entities,):
+            raise DataError(f"{origin}: modality {m!r}: {rows} rows for {data.num_entities} entities")
+        if f.values is not None and not np.isfinite(f.values[f.present]).all():
             raise DataError(f"{origin}: modality {m!r}: features hold NaN/Inf")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -135,8 +136,8 @@ class ShardedTables(nn.Module):
         self.init_shards("entity", lambda r0, r1: uniform_rows(seed, "entity_init", r0, r1, 2 * dim, entity_bound))
         self.init_shards("relation",
                          lambda r0, r1: uniform_rows(seed, "relation_init", r0, r1, dim, relation_bound))
-        for m, f in features.items():
-            self.load_full(m, torch.from_numpy(f.values))
+        for m, f in features.items():          # each rank reads only its rows of the feature file
+            self.init_shards(m, lambda r0, r1, f=f: torch.from_numpy(np.ascontiguousarray(f.rows(r0, r1))))
             self.register_buffer(f"present_{m}", torch.from_numpy(f.present.copy()))
         trainable_rows = [t for t in specs if t != "relation" and self.trainable[t]]
         self.row_optimizer = ShardedRowOptimizer(self, trainable_rows, table_optimizer, lr, adagrad_lr, num_entities,
@@ -146,33 +147,24 @@ class ShardedTables(nn.Module):
     def _weight(self, name: str):
         return self.dmp.state_dict()[f"{name}.embeddings.{name}.weight"]
 
-    def init_shards(self, name: str, rows) -> None:
-        """Fill this rank's shard(s) of a table with ``rows(r0, r1)`` (logical width; padded here)."""
+    def init_shards(self, name: str, rows, block: int = 1 << 16) -> None:
+        """Fill this rank's shard(s) of a table with ``rows(r0, r1)`` (logical width; padded here), ``block``
+        rows at a time, so nothing shard-sized is allocated besides the shard itself."""
         weight = self._weight(name)
-        shards = weight.local_shards() if hasattr(weight, "local_shards") else None
+        if hasattr(weight, "local_shards"):
+            pieces = [(s.tensor, *s.metadata.shard_offsets, s.metadata.shard_sizes[0]) for s in weight.local_shards()]
+        else:
+            pieces = [(weight, 0, 0, weight.size(0))]
         with torch.no_grad():
-            if shards is None:
-                weight.copy_(self._pad(rows(0, weight.size(0)), weight.size(1)))
-                return
-            for shard in shards:
-                (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                shard.tensor.copy_(self._pad(rows(r0, r0 + nr), weight.size(1))[:, c0:c0 + nc])
+            for tensor, r0, c0, nr in pieces:
+                for start in range(0, nr, block):
+                    stop = min(start + block, nr)
+                    values = self._pad(rows(r0 + start, r0 + stop), weight.size(1))
+                    tensor[start:stop].copy_(values[:, c0:c0 + tensor.shape[1]])
 
     @staticmethod
     def _pad(block: Tensor, width: int) -> Tensor:
         return torch.nn.functional.pad(block, (0, width - block.shape[1]))
-
-    def load_full(self, name: str, full: Tensor) -> None:
-        """Copy this rank's shard(s) of a full [rows, width] table into the sharded storage."""
-        weight = self._weight(name)
-        full = torch.nn.functional.pad(full, (0, weight.size(1) - full.shape[1]))
-        with torch.no_grad():
-            if hasattr(weight, "local_shards"):
-                for shard in weight.local_shards():
-                    (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                    shard.tensor.copy_(full[r0:r0 + nr, c0:c0 + nc])
-            else:
-                weight.copy_(full)
 
     def local_shard_sizes(self, name: str) -> list[list[int]]:
         weight = self._weight(name)
@@ -244,11 +236,18 @@ class ShardedRowOptimizer:
         self.first_row = min(env.rank * owner_block(num_entities, env.world_size), num_entities)
         self.step_count = torch.zeros((), dtype=torch.int64)
         self.pending: list[tuple[str, Tensor, Tensor]] = []
-        self.state: dict[str, dict[str, Tensor]] = {}
-        for name in names:
-            rows, width = self._shard(name).shape[0], tables.widths[name]
-            self.state[name] = {"exp_avg": torch.zeros(rows, width), "exp_avg_sq": torch.zeros(rows, width)} \
-                if rule == "adam" else {"sum": torch.zeros(rows)}
+        self._state: dict[str, dict[str, Tensor]] | None = None
+
+    @property
+    def state(self) -> dict[str, dict[str, Tensor]]:
+        """Allocated at first use (Adam's moments are twice the shard; building the tables should not pay)."""
+        if self._state is None:
+            self._state = {}
+            for name in self.names:
+                rows, width = self._shard(name).shape[0], self.tables.widths[name]
+                self._state[name] = {"exp_avg": torch.zeros(rows, width), "exp_avg_sq": torch.zeros(rows, width)} \
+                    if self.rule == "adam" else {"sum": torch.zeros(rows)}
+        return self._state
 
     def _shard(self, name: str) -> Tensor:
         shards = self.tables._weight(name).local_shards()
