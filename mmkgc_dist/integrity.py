@@ -159,14 +159,16 @@ def checkpoint_at(path: str) -> Checkpoint:
     return ckpt
 
 
-def prune(directory: str, keep: int) -> list[str]:
+def prune(directory: str, keep: int, just_written: str | None = None) -> list[str]:
     """Delete all but the newest ``keep`` checkpoints (0 = keep all). The newest verified checkpoint is kept
-    even when it is older than those. Only our own checkpoint names are ever deleted."""
+    even when it is older than those — ``just_written``, the checkpoint the caller has just saved (its digests
+    were computed from the bytes on disk), counts as verified and is always kept, even when a damaged one with
+    a later step survives from before a fallback. Only our own checkpoint names are ever deleted."""
     found = list_checkpoints(directory)
     if keep <= 0 or len(found) <= keep:
         return []
-    kept = set(found[-keep:])
-    if not any(verify(c) is None for c in sorted(kept, key=lambda c: -c.step)):
+    kept = set(found[-keep:]) | {c for c in found if just_written and c.path == just_written.rstrip("/")}
+    if just_written is None and not any(verify(c) is None for c in sorted(kept, key=lambda c: -c.step)):
         good = newest_verified(directory)
         if good is not None:
             kept.add(good)

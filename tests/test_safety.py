@@ -319,3 +319,18 @@ def test_overwrite_replaces_only_the_tools_own_dataset(tmp_path):
     assert res.returncode == 0 and load_dataset(str(tmp_path / "ds")).num_entities == 150
     assert sorted(os.listdir(tmp_path)) == ["ds"]
     assert snapshot(str(tmp_path))
+
+
+def test_pruning_keeps_the_checkpoint_just_written_and_the_newest_verified(tmp_path):
+    from mmkgc_dist.integrity import list_checkpoints, prune
+    from mmkgc_dist.train.checkpoint import save_checkpoint
+    for step in (1, 2, 3):
+        save_checkpoint({"x": torch.zeros(2)}, str(tmp_path), step)
+    (tmp_path / "step-000000003.pt").write_bytes(b"damaged")          # newest damaged
+    assert [c.step for c in list_checkpoints(str(tmp_path))] == [1, 2, 3]
+    prune(str(tmp_path), keep=1)                                       # keeps 3 (newest) and 2 (newest verified)
+    assert [c.step for c in list_checkpoints(str(tmp_path))] == [2, 3]
+    # After a fallback to 2 the run saves step 2 again... and at step 2 with a damaged 3 still there:
+    written = save_checkpoint({"x": torch.ones(2)}, str(tmp_path), 2)
+    prune(str(tmp_path), keep=1, just_written=written)
+    assert os.path.exists(written)

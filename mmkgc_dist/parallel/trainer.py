@@ -199,7 +199,7 @@ class DistributedTrainer(Trainer):
         path = checkpoint.save(self, directory)
         self.logger.log("checkpoint", path=os.path.basename(path), **self.cursor())
         if self.env.is_main:
-            self.prune_checkpoints(directory)
+            self.prune_checkpoints(directory, path)
         dist.barrier()
         return path
 

@@ -314,11 +314,11 @@ class Trainer:
         directory = os.path.join(self.run_dir, "checkpoints")
         path = save_checkpoint(self.state_dict(), directory, self.step)
         self.logger.log("checkpoint", path=os.path.basename(path), epoch=self.epoch, step=self.step)
-        self.prune_checkpoints(directory)
+        self.prune_checkpoints(directory, path)
         return path
 
-    def prune_checkpoints(self, directory: str) -> None:
-        for old in prune(directory, self.cfg.train.keep_checkpoints):
+    def prune_checkpoints(self, directory: str, just_written: str) -> None:
+        for old in prune(directory, self.cfg.train.keep_checkpoints, just_written):
             log.debug("removed old checkpoint %s (train.keep_checkpoints=%d)", old, self.cfg.train.keep_checkpoints)
 
     def share(self, obj):
