@@ -21,7 +21,7 @@ import torch
 from _common import REPO, SHARED_DATASETS, machine, new_plot, results_dir, save_plot, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.openke import read_openke
-from mmkgc_dist.train.trainer import Trainer
+from mmkgc_dist.trainers import local_trainer
 
 
 def main() -> int:
@@ -40,7 +40,7 @@ def main() -> int:
     data = read_openke(args.src, "DB15K")
     cfg = load_config(os.path.join(REPO, "configs", "db15k.yaml"), [("model.modalities", "[]"), ("mat.enabled", "false"),
                                             ("train.lr", str(args.lr)), ("train.epochs", "1")])
-    trainer = Trainer(cfg, data, run_dir=None, show_progress=sys.stderr.isatty())
+    trainer = local_trainer(cfg, data, run_dir=None, show_progress=sys.stderr.isatty())
     curve, t0 = [], time.time()
     for epoch in range(1, args.epochs + 1):
         cfg.train.epochs = epoch

@@ -17,7 +17,7 @@ import torch
 from _common import SHARED_DATASETS, machine, results_dir, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.openke import read_openke
-from mmkgc_dist.train.trainer import Trainer
+from mmkgc_dist.trainers import local_trainer
 
 
 def main() -> int:
@@ -30,7 +30,7 @@ def main() -> int:
         return 0
     torch.set_num_threads(args.threads)
     cfg = load_config(None, [("model.dim", "250"), ("model.modalities", "[]"), ("mat.enabled", "false")])
-    trainer = Trainer(cfg, read_openke(args.src, "DB15K"), None, show_progress=False)
+    trainer = local_trainer(cfg, read_openke(args.src, "DB15K"), None, show_progress=False)
     timings = []
     for _ in range(2):
         start = time.perf_counter()

@@ -59,11 +59,11 @@ def main() -> int:
 
 def eval_speed(data) -> dict:
     from mmkgc_dist.config import load_config
-    from mmkgc_dist.train.trainer import Trainer
+    from mmkgc_dist.trainers import local_trainer
 
     cfg = load_config(None, [("model.dim", "250"), ("model.modalities", "[]"), ("mat.enabled", "false"),
                              ("train.device", "cuda"), ("eval.batch_size", "1024")])
-    trainer = Trainer(cfg, data, None, show_progress=False)
+    trainer = local_trainer(cfg, data, None, show_progress=False)
     times = []
     for _ in range(2):
         torch.cuda.synchronize()

@@ -28,7 +28,7 @@ from _common import REPO, machine, new_plot, results_dir, save_plot, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.build import build_dataset
 from mmkgc_dist.data.format import Features, load_dataset
-from mmkgc_dist.train.trainer import Trainer
+from mmkgc_dist.trainers import local_trainer
 
 VARIANTS = {"rotate": [("model.modalities", "[]"), ("mat.enabled", "false")],
             "adamf": [("mat.enabled", "false")],
@@ -46,7 +46,7 @@ def drop_text(data, rate: float, seed: int):
     return dataclasses.replace(data, features={**data.features, "text": Features(values, present)})
 
 
-def modality_weights(trainer: Trainer) -> dict[str, np.ndarray]:
+def modality_weights(trainer) -> dict[str, np.ndarray]:
     """AdaMF attention weight of each source for every entity (weights of missing modalities are 0)."""
     names = ["structure", *trainer.modalities]
     parts = [w.detach().cpu().numpy() for _, _, _, w in trainer.embedding_chunks() if w is not None]
@@ -61,7 +61,7 @@ def run_one(args, data, variant: str, rate: float, seed: int, recipe: str | None
         ([("train.epochs", str(args.epochs))] if args.epochs else []) + \
         ([("train.lr", str(args.lr))] if args.lr else []) + [tuple(s.split("=", 1)) for s in args.set]
     cfg = load_config(recipe, overrides)
-    trainer = Trainer(cfg, drop_text(data, rate, seed), None, show_progress=sys.stderr.isatty())
+    trainer = local_trainer(cfg, drop_text(data, rate, seed), None, show_progress=sys.stderr.isatty())
     start = time.time()
     trainer.fit()
     seconds = time.time() - start

@@ -26,7 +26,7 @@ from _common import SHARED_DATASETS, machine, results_dir, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.format import load_dataset
 from mmkgc_dist.data.openke import read_openke
-from mmkgc_dist.train.trainer import Trainer
+from mmkgc_dist.trainers import local_trainer
 
 PAPER = {  # filtered MRR / Hits@1 / Hits@10 from docs/method.md
     "db15k": {"rotate": (0.2928, 0.1787, 0.4966), "adamf-mat": (0.3514, 0.2530, 0.5292)},
@@ -53,7 +53,7 @@ def run_one(name: str, data, variant: str, seed: int, args) -> dict:
                                      ("train.lr", str(args.lr)), ("train.device", args.device),
                                      ("train.max_steps", str(args.max_steps))]
     cfg = load_config(recipe, overrides)
-    trainer = Trainer(cfg, data, None, show_progress=sys.stderr.isatty())
+    trainer = local_trainer(cfg, data, None, show_progress=sys.stderr.isatty())
     start = time.time()
     trainer.fit()
     seconds = time.time() - start

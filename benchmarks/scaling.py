@@ -32,12 +32,12 @@ def worker(out: str, steps: int, mode: str, extra: list[str]) -> None:
     import torch
     from throughput import db15k_shaped
     from mmkgc_dist.config import load_config
-    from mmkgc_dist.parallel.trainer import DistributedTrainer
+    from mmkgc_dist.trainers import distributed_trainer
 
     torch.set_num_threads(1)
     cfg = load_config(None, [("model.dim", "250"), ("train.batch_size", "1024"), ("train.num_negatives", "128"),
                              ("train.epochs", "1")] + MODES[mode] + [tuple(o.split("=", 1)) for o in extra])
-    trainer = DistributedTrainer(cfg, db15k_shaped(np.random.default_rng(0)), run_dir=None, show_progress=False)
+    trainer = distributed_trainer(cfg, db15k_shaped(np.random.default_rng(0)), run_dir=None, show_progress=False)
     timer = trainer.step_fn.timer
     batches = trainer.batches()
     totals = []

@@ -24,7 +24,7 @@ import torch
 from _common import machine, results_dir, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.format import Features, KGData
-from mmkgc_dist.train.trainer import Trainer
+from mmkgc_dist.trainers import local_trainer
 
 MODES = {
     "exact": [("train.negatives", "per_positive")],
@@ -56,7 +56,7 @@ def measure(data: KGData, overrides, steps: int, device: str = "cpu") -> dict:
     cfg = load_config(None, [("model.dim", "250"), ("train.batch_size", "1024"), ("train.num_negatives", "128"),
                              ("train.filter_negatives", "true"), ("train.epochs", "1"), ("train.device", device)]
                       + overrides)
-    trainer = Trainer(cfg, data, None, show_progress=False)
+    trainer = local_trainer(cfg, data, None, show_progress=False)
     batches = trainer.batches()
     timings = []
     for i in range(steps + 2):

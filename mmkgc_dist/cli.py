@@ -38,11 +38,10 @@ def _describe(data) -> str:
 def _make_trainer(cfg, data, run_dir, distributed: bool):
     """One process: the single-process trainer. Several (torchrun/srun) or --distributed: TorchRec + DDP +
     DeepSpeed. Returns (trainer, is_main)."""
+    from .trainers import distributed_trainer, local_trainer
     if not distributed:
-        from .train.trainer import Trainer
-        return Trainer(cfg, data, run_dir), True
-    from .parallel.trainer import DistributedTrainer
-    trainer = DistributedTrainer(cfg, data, run_dir)
+        return local_trainer(cfg, data, run_dir), True
+    trainer = distributed_trainer(cfg, data, run_dir)
     if trainer.env.is_main:
         print(f"sharding plan ({trainer.env.world_size} ranks, backend {trainer.env.backend}):\n"
               f"{trainer.tables.plan_summary()}")
@@ -143,12 +142,12 @@ def _load_trained(run_dir: str, checkpoint: str | None, overrides):
             raise DataError(f"{run_dir}/checkpoints: no complete, verified checkpoint found")
     data = build_dataset(cfg, feature_values=not ckpt.is_folder)
     if ckpt.is_folder:          # distributed checkpoints are folders (DCP + DeepSpeed)
-        from .parallel.trainer import DistributedTrainer
-        trainer = DistributedTrainer(cfg, data, run_dir=None)
+        from .trainers import distributed_trainer
+        trainer = distributed_trainer(cfg, data, run_dir=None)
         trainer.resume(ckpt.path)
         return trainer, trainer.env.is_main
-    from .train.trainer import Trainer
-    trainer = Trainer(cfg, data, run_dir=None)
+    from .trainers import local_trainer
+    trainer = local_trainer(cfg, data, run_dir=None)
     trainer.resume(ckpt.path)
     return trainer, True
 
@@ -172,7 +171,7 @@ def cmd_export(args, overrides) -> int:
     inputs = (args.run_dir, args.checkpoint or "")
     check_output(args.out, "export", inputs, args.overwrite)
     trainer, main = _load_trained(args.run_dir, args.checkpoint, overrides)
-    info = export_embeddings(trainer, args.out)
+    info = export_embeddings(trainer.runtime, trainer.data.entity_names, trainer.modalities, trainer.step, args.out)
     if main:
         print(f"wrote {info['entities']} entity embeddings ({info['width']}-d) to {args.out}")
     return 0

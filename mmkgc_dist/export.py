@@ -27,30 +27,36 @@ def _vectors(t: torch.Tensor) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(t.numpy().reshape(-1)), t.shape[1])
 
 
-def export_embeddings(trainer, out_dir: str, chunk: int = 65536) -> dict:
-    rank, world = trainer.rank_and_world()
+def export_embeddings(runtime, entity_names: list[str], modalities: list[str], step: int, out_dir: str,
+                      chunk: int = 65536) -> dict:
+    """Through the runtime's public operations only: ``embedding_chunks`` of the entities this process owns,
+    ``share``/``gather_rows``/``barrier`` (local or distributed alike)."""
+    rank = runtime.rank
     builder = OutputBuilder(out_dir, "export")
-    builder.tmp = trainer.share(builder.tmp)
+    builder.tmp = runtime.share(builder.tmp)
     if rank == 0:
         builder.create()
-    trainer.barrier()
+    runtime.barrier()
     try:
-        info = _write_parts(trainer, builder.tmp, rank, chunk)
+        info = _write_parts(runtime, entity_names, modalities, step, builder.tmp, chunk)
     except BaseException:
         if rank == 0:
             builder.abort()
         raise
     if rank == 0:
         builder.commit()
-    trainer.barrier()
+    runtime.barrier()
     return info
 
 
-def _write_parts(trainer, tmp: str, rank: int, chunk: int) -> dict:
-    names = np.asarray(trainer.data.entity_names, dtype=object)
-    weight_names = ["structure", *trainer.modalities]
+def _write_parts(runtime, entity_names, modalities, step: int, tmp: str, chunk: int) -> dict:
+    rank = runtime.rank
+    names = np.asarray(entity_names, dtype=object)
+    weight_names = ["structure", *modalities]
     writer, rows = None, 0
-    for ids, structural, joint, weights in trainer.embedding_chunks(chunk):
+    width = None
+    for ids, structural, joint, weights in runtime.embedding_chunks(chunk):
+        width = joint.shape[1]
         columns = {"id": pa.array(ids.numpy()), "name": pa.array(names[ids.numpy()].tolist(), pa.string()),
                    "structural": _vectors(structural), "joint": _vectors(joint)}
         if weights is not None:
@@ -63,11 +69,12 @@ def _write_parts(trainer, tmp: str, rank: int, chunk: int) -> dict:
         rows += len(ids)
     if writer is not None:
         writer.close()
-    counts = trainer.gather_rows(np.array([[rows]]))[:, 0].tolist()
-    info = {"entities": int(sum(counts)), "rows_per_rank": counts, "width": 2 * trainer.cfg.model.dim,
-            "modality_weights": weight_names if trainer.modalities else [],
-            "step": trainer.step, "files": sorted(f"part-{r:05d}.parquet" for r, n in enumerate(counts) if n)}
-    trainer.barrier()
+    counts = runtime.gather_rows(np.array([[rows]]))[:, 0].tolist()
+    widths = [w for w in runtime.gather_rows(np.array([[width or 0]]))[:, 0].tolist() if w]
+    info = {"entities": int(sum(counts)), "rows_per_rank": counts, "width": int(widths[0]) if widths else 0,
+            "modality_weights": weight_names if modalities else [],
+            "step": step, "files": sorted(f"part-{r:05d}.parquet" for r, n in enumerate(counts) if n)}
+    runtime.barrier()
     if rank == 0:
         with open(os.path.join(tmp, "export.json"), "w") as fh:
             json.dump(info, fh, indent=2)

@@ -260,7 +260,6 @@ class MetadataUnpickler(pickle.Unpickler):
 def dcp_reader_and_planner(path: str):
     """A FileSystemReader whose metadata is read by ``MetadataUnpickler`` and a load planner whose byte
     items load with weights_only=True — torch's defaults unpickle both without restriction."""
-    import torch
     from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
     from torch.distributed.checkpoint._traverse import set_element
     from torch.distributed.checkpoint.metadata import StorageMeta

@@ -9,7 +9,7 @@ import torch
 from mmkgc_dist.config import load_config, parse_overrides
 from mmkgc_dist.data.synthetic import generate
 from mmkgc_dist.eval.ranking import filtered_ranks, link_prediction_metrics
-from mmkgc_dist.parallel.trainer import DistributedTrainer
+from mmkgc_dist.trainers import distributed_trainer
 
 TINY = ["--data.synthetic.num_entities=300", "--data.synthetic.num_triples=2400", "--model.dim=8",
         "--train.batch_size=64", "--train.num_negatives=8", "--mat.hidden=16", "--mat.noise_dim=4",
@@ -30,7 +30,7 @@ def main() -> None:
              (i == 0 or args[i - 1] != "--run-dir")]
     torch.set_num_threads(1)
     cfg = load_config(None, parse_overrides(TINY + extra))
-    trainer = DistributedTrainer(cfg, generate(cfg.data.synthetic), run_dir=run_dir, show_progress=False)
+    trainer = distributed_trainer(cfg, generate(cfg.data.synthetic), run_dir=run_dir, show_progress=False)
     rank = trainer.env.rank
     if "--resume" in flags:
         assert trainer.resume(), "no checkpoint to resume from"

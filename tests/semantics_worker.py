@@ -21,12 +21,18 @@ def main() -> None:
     cfg = load_config(None, parse_overrides(overrides))
     data = generate(cfg.data.synthetic)
     if local:
-        from mmkgc_dist.train.trainer import Trainer
-        trainer, rank = Trainer(cfg, data, None, show_progress=False), 0
+        try:
+            from mmkgc_dist.trainers import local_trainer
+        except ImportError:                       # a checkout from before the runtimes (benchmarks/semantics.py)
+            from mmkgc_dist.train.trainer import Trainer as local_trainer
+        trainer, rank = local_trainer(cfg, data, None, show_progress=False), 0
         tables = {"entity": trainer.tables.entity.weight, "relation": trainer.tables.relation.weight}
     else:
-        from mmkgc_dist.parallel.trainer import DistributedTrainer
-        trainer = DistributedTrainer(cfg, data, None, show_progress=False)
+        try:
+            from mmkgc_dist.trainers import distributed_trainer
+        except ImportError:
+            from mmkgc_dist.parallel.trainer import DistributedTrainer as distributed_trainer
+        trainer = distributed_trainer(cfg, data, None, show_progress=False)
         rank = trainer.env.rank
         tables = {name: trainer.tables.full_table(name) for name in ("entity", "relation")}
     initial = {name: digest(t) for name, t in tables.items()}

@@ -52,9 +52,9 @@ def test_default_job_learns(repo, tmp_path):
     trained = json.load(open(os.path.join(run_dir, "results.json")))["test"]["mrr"]
     from mmkgc_dist.config import load_config
     from mmkgc_dist.data.synthetic import generate
-    from mmkgc_dist.train.trainer import Trainer
+    from mmkgc_dist.trainers import local_trainer
     cfg = load_config()
-    untrained = Trainer(cfg, generate(cfg.data.synthetic), None, show_progress=False).evaluate("test")["mrr"]
+    untrained = local_trainer(cfg, generate(cfg.data.synthetic), None, show_progress=False).evaluate("test")["mrr"]
     assert trained >= 5 * untrained, (trained, untrained)
 
 

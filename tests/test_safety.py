@@ -323,7 +323,7 @@ def test_overwrite_replaces_only_the_tools_own_dataset(tmp_path):
 
 def test_pruning_keeps_the_checkpoint_just_written_and_the_newest_verified(tmp_path):
     from mmkgc_dist.integrity import list_checkpoints, prune
-    from mmkgc_dist.train.checkpoint import save_checkpoint
+    from mmkgc_dist.parallel.local_checkpoint import save_checkpoint
     for step in (1, 2, 3):
         save_checkpoint({"x": torch.zeros(2)}, str(tmp_path), step)
     (tmp_path / "step-000000003.pt").write_bytes(b"damaged")          # newest damaged

@@ -290,9 +290,9 @@ def small_dataset(tmp_path_factory):
 
 def make_trainer(root, *extra):
     from mmkgc_dist.data.build import build_dataset
-    from mmkgc_dist.train.trainer import Trainer
+    from mmkgc_dist.trainers import local_trainer
     cfg = load_config(None, parse_overrides(SMALL + ["--data.source=parquet", f"--data.path={root}", *extra]))
-    return Trainer(cfg, build_dataset(cfg), show_progress=False)
+    return local_trainer(cfg, build_dataset(cfg), show_progress=False)
 
 
 def test_streamed_training_keeps_train_on_disk_and_filters_exactly(small_dataset):
@@ -542,14 +542,14 @@ def test_streamed_training_resumes_exactly(small_dataset, tmp_path, stop):
     """A streamed run stopped mid-epoch and resumed from its checkpoint lands on the same parameters as an
     uninterrupted run: the loader cursor plus the derived negative seeds are the whole data state."""
     from mmkgc_dist.data.build import build_dataset
-    from mmkgc_dist.train.trainer import Trainer
+    from mmkgc_dist.trainers import local_trainer
 
     def trainer(run_dir, *extra):
         cfg = load_config(None, parse_overrides(SMALL + ["--data.source=parquet", f"--data.path={small_dataset}",
                                                          "--data.loader=stream", "--train.filter_negatives=false",
                                                          "--train.epochs=2", "--data.shuffle_window_rows=700",
                                                          *extra]))
-        return Trainer(cfg, build_dataset(cfg), run_dir=str(run_dir), show_progress=False)
+        return local_trainer(cfg, build_dataset(cfg), run_dir=str(run_dir), show_progress=False)
 
     straight = trainer(tmp_path / "a")
     straight.fit()

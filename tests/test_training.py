@@ -4,7 +4,7 @@ import torch
 
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.synthetic import generate
-from mmkgc_dist.train.trainer import Trainer
+from mmkgc_dist.trainers import local_trainer
 
 SMALL = [("data.synthetic.num_entities", "600"), ("data.synthetic.num_triples", "6000"), ("model.dim", "16"),
          ("train.batch_size", "256"), ("train.num_negatives", "16"), ("train.compile", "false"),
@@ -13,7 +13,7 @@ SMALL = [("data.synthetic.num_entities", "600"), ("data.synthetic.num_triples", 
 
 def make(tmp_path=None, *extra):
     cfg = load_config(None, SMALL + list(extra))
-    return Trainer(cfg, generate(cfg.data.synthetic), str(tmp_path) if tmp_path else None, show_progress=False)
+    return local_trainer(cfg, generate(cfg.data.synthetic), str(tmp_path) if tmp_path else None, show_progress=False)
 
 
 def params(module):

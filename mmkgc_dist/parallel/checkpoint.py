@@ -37,32 +37,32 @@ def latest(directory: str) -> str | None:
     return found.path if found else None
 
 
-def _state(trainer) -> dict:
-    state = {"tables": trainer.tables.dmp.state_dict(), "dense": trainer.core.state_dict(),
-             "table_optimizer": trainer.tables.fused_optimizer.state_dict()}
-    if trainer.tables.row_optimizer is not None:      # table-optimizer state, sharded like its tables
-        state["table_rows"] = trainer.tables.row_optimizer.sharded_state()
+def _state(runtime) -> dict:
+    state = {"tables": runtime.tables.dmp.state_dict(), "dense": runtime.core.state_dict(),
+             "table_optimizer": runtime.tables.fused_optimizer.state_dict()}
+    if runtime.tables.row_optimizer is not None:      # table-optimizer state, sharded like its tables
+        state["table_rows"] = runtime.tables.row_optimizer.sharded_state()
     return state
 
 
-def save(trainer, directory: str) -> str:
-    rank = trainer.env.rank
-    name = f"step-{trainer.step:09d}"
+def save(runtime, directory: str, cursor: dict) -> str:
+    rank = runtime.env.rank
+    name = f"step-{cursor['step']:09d}"
     final, tmp = os.path.join(directory, name), os.path.join(directory, ".tmp-" + name)
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     dist.barrier()
-    dcp.save(_state(trainer), checkpoint_id=os.path.join(tmp, "dcp"))
-    if trainer.engine is not None:
-        trainer.engine.save_checkpoint(os.path.join(tmp, "generator"), tag="generator", save_latest=False)
+    dcp.save(_state(runtime), checkpoint_id=os.path.join(tmp, "dcp"))
+    if runtime.engine is not None:
+        runtime.engine.save_checkpoint(os.path.join(tmp, "generator"), tag="generator", save_latest=False)
     torch.save(torch.get_rng_state(), os.path.join(tmp, f"rng-rank{rank}.pt"))
-    if rank == 0 and trainer.opt_model is not None:
+    if rank == 0 and runtime.opt_model is not None:
         # Adam state of replicated dense parameters: identical on all ranks, keyed by parameter order.
-        torch.save(trainer.opt_model.state_dict(), os.path.join(tmp, "dense_optimizer.pt"))
+        torch.save(runtime.opt_model.state_dict(), os.path.join(tmp, "dense_optimizer.pt"))
     dist.barrier()
     if rank == 0:
-        meta = {"cursor": trainer.cursor(), "world_size": trainer.env.world_size, "files": digests(tmp)}
+        meta = {"cursor": cursor, "world_size": runtime.env.world_size, "files": digests(tmp)}
         with open(os.path.join(tmp, "meta.json"), "w") as fh:
             json.dump(meta, fh)
             fh.flush()
@@ -74,9 +74,10 @@ def save(trainer, directory: str) -> str:
     return final
 
 
-def load(trainer, path: str) -> None:
+def load(runtime, path: str, streamed: bool) -> dict:
+    """Restore the runtime's state from a verified checkpoint folder; returns the data cursor."""
     checkpoint_at(path)                                   # digests verified before anything is read
-    state = _state(trainer)
+    state = _state(runtime)
     reader, planner = dcp_reader_and_planner(os.path.join(path, "dcp"))
     reader.read_metadata()                                # refused here, with our message, if not plain data
     try:
@@ -85,21 +86,21 @@ def load(trainer, path: str) -> None:
         lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
         reason = next((l for l in lines if "refused" in l), lines[-1] if lines else type(exc).__name__)
         raise DataError(f"{path}/dcp: cannot be loaded ({reason[:300]})") from exc
-    trainer.tables.dmp.load_state_dict(state["tables"])
-    trainer.core.load_state_dict(state["dense"])
-    trainer.tables.fused_optimizer.load_state_dict(state["table_optimizer"])
-    if trainer.opt_model is not None:
-        trainer.opt_model.load_state_dict(safe_torch_load(os.path.join(path, "dense_optimizer.pt")))
-    if trainer.engine is not None:
-        trainer.engine.load_checkpoint(os.path.join(path, "generator"), tag="generator",
+    runtime.tables.dmp.load_state_dict(state["tables"])
+    runtime.core.load_state_dict(state["dense"])
+    runtime.tables.fused_optimizer.load_state_dict(state["table_optimizer"])
+    if runtime.opt_model is not None:
+        runtime.opt_model.load_state_dict(safe_torch_load(os.path.join(path, "dense_optimizer.pt")))
+    if runtime.engine is not None:
+        runtime.engine.load_checkpoint(os.path.join(path, "generator"), tag="generator",
                                        load_module_strict=True, load_optimizer_states=True)
     with open(os.path.join(path, "meta.json")) as fh:
         meta = json.load(fh)
-    trainer.set_cursor(meta["cursor"])
-    if trainer.stream is not None and meta["world_size"] != trainer.env.world_size:
+    if streamed and meta["world_size"] != runtime.env.world_size:
         log.warning("resuming a streamed run written by %d ranks on %d: rank ranges differ, so the rest of "
                     "epoch %d is approximate (some edges repeat or are skipped); later epochs are exact",
-                    meta["world_size"], trainer.env.world_size, trainer.epoch)
-    rng = os.path.join(path, f"rng-rank{trainer.env.rank}.pt")
-    if meta["world_size"] == trainer.env.world_size and os.path.exists(rng):
+                    meta["world_size"], runtime.env.world_size, meta["cursor"]["epoch"])
+    rng = os.path.join(path, f"rng-rank{runtime.env.rank}.pt")
+    if meta["world_size"] == runtime.env.world_size and os.path.exists(rng):
         torch.set_rng_state(safe_torch_load(rng))
+    return meta["cursor"]

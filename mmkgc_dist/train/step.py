@@ -55,29 +55,6 @@ class PositiveView:
     relation: Tensor
 
 
-class LocalEmbedder:
-    """Table lookup, then fusion of the looked-up rows, in this process."""
-
-    def __init__(self, tables, model: nn.Module):
-        self.tables, self.model = tables, model
-
-    def __call__(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EmbeddedEntities, Tensor]:
-        rows, relation_rows = self.tables.lookup(entity_ids, relation_ids)
-        joint, _ = self.model(rows)
-        return EmbeddedEntities(joint, rows.structural, rows.masks), relation_rows
-
-
-def local_generator_update(generators: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[Tensor], None]:
-    """Single-process generator update: gradients for the generator parameters only, then Adam."""
-    params = list(generators.parameters())
-
-    def update(loss: Tensor) -> None:
-        for p, g in zip(params, torch.autograd.grad(loss, params)):
-            p.grad = g
-        optimizer.step()
-    return update
-
-
 class TrainStep:
     def __init__(self, cfg: Config, embed: Callable, num_entities: int, core: MultiModalKGC,
                  generators: nn.Module | None, rotate: RotatE, kernels: DistanceKernels, opt_model,

@@ -1,5 +1,8 @@
-"""Single-process trainer: builds tables, model, generators and optimizers from the config, runs the
-epoch loop with progress and JSONL metrics, evaluates, and saves/loads checkpoints."""
+"""The one trainer: the epoch loop with progress and JSONL metrics, batches and negatives, evaluation and the
+data cursor, for one process and for N ranks alike. It is handed a runtime built in ``parallel/`` —
+``LocalRuntime`` (one process) or ``DistributedRuntime`` (TorchRec + DDP + DeepSpeed) — which owns the tables and
+lookup, the model, the optimizers, the collectives, the candidate shard and checkpoint I/O. Attributes the
+trainer does not have (``tables``, ``core``, ``generators``, ``env``, ...) are the runtime's."""
 from __future__ import annotations
 
 import logging
@@ -10,23 +13,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import Config, ConfigError, dump_config
-from ..data.errors import DataError
+from ..config import Config, dump_config
 from ..data.format import KGData, read_training_statistics
 from ..data.sampling import DegreeDistribution, NegativeSampler
 from ..data.statistics import head_probability
 from ..data.stream import StreamingTriples, rows_answering
-from ..eval.engine import CandidateShard, rank_queries
+from ..eval.engine import rank_queries
 from ..eval.ranking import eval_subset, link_prediction_metrics, protocol_label
-from ..integrity import prune
-from ..model import DistanceKernels, MATGenerators, RotatE
-from ..model.kgc import MultiModalKGC
-from ..rng import numpy_rng, torch_seed
-from ..optim import OptimizerGroup, table_optimizer
-from ..tables import LocalTables
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..model import DistanceKernels, RotatE
+from ..rng import numpy_rng
 from .metrics import JsonlLogger
-from .step import LocalEmbedder, TrainStep, local_generator_update
+from .step import TrainStep
 
 log = logging.getLogger("mmkgc_dist")
 
@@ -40,67 +37,43 @@ def fused_modalities(cfg: Config, data: KGData) -> list[str]:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, data: KGData, run_dir: str | None = None, show_progress: bool = True):
+    def __init__(self, cfg: Config, data: KGData, runtime, run_dir: str | None = None, show_progress: bool = True):
+        self.runtime = runtime
         self.cfg, self.data, self.run_dir = cfg, data, run_dir
-        self.show_progress = show_progress
-        self.world_size = 1
+        self.show_progress = show_progress and runtime.is_main
+        self.world_size = runtime.world_size
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.rotate = RotatE(cfg.model.dim, cfg.model.gamma, cfg.model.epsilon)
         self.modalities = fused_modalities(cfg, data)
         self.features = {m: data.features[m] for m in self.modalities}
         self.use_mat = cfg.mat.enabled and bool(self.modalities)
-        self.device = self.choose_device()
         self.kernels = DistanceKernels(compile=cfg.train.compile)
-        self.loss_scale = 1.0
-        self._build()
+        runtime.build(data, self.features, self.modalities, self.rotate, self.use_mat)
         self._statistics = self._known = None
         self.stream = self._make_stream()
         self.sampler = self._make_sampler()
-        self.step_fn = TrainStep(cfg, self.embedder, data.num_entities, self.core, self.generators, self.rotate,
-                                 self.kernels, self.opt_model, self.update_generator, self.loss_scale, self.device)
+        self.step_fn = TrainStep(cfg, runtime.embedder, data.num_entities, runtime.core, runtime.generators,
+                                 self.rotate, self.kernels, runtime.opt_model, runtime.update_generator,
+                                 runtime.loss_scale, runtime.device)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
-        if run_dir:
-            os.makedirs(run_dir, exist_ok=True)
-        self.logger = JsonlLogger(os.path.join(run_dir, "metrics.jsonl") if run_dir else None,
-                                  os.path.join(run_dir, "tensorboard") if run_dir and cfg.run.tensorboard else None)
-        if run_dir:
-            dump_config(cfg, os.path.join(run_dir, "config.yaml"))
+        writes = run_dir if runtime.is_main else None
+        if writes:
+            os.makedirs(writes, exist_ok=True)
+        self.logger = JsonlLogger(os.path.join(writes, "metrics.jsonl") if writes else None,
+                                  os.path.join(writes, "tensorboard") if writes and cfg.run.tensorboard else None)
+        if writes:
+            dump_config(cfg, os.path.join(writes, "config.yaml"))
 
-    def choose_device(self) -> torch.device:
-        wanted = self.cfg.train.device
-        if wanted == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("train.device: cuda requested but no CUDA device is visible")
-        return torch.device("cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu")
-
-    def _build(self) -> None:
-        """Tables, dense model, generators and their optimizers (the distributed trainer overrides this).
-        Same initial values and the same optimizers as the distributed trainer (named streams, rng.py)."""
-        cfg, width = self.cfg, 2 * self.cfg.model.dim
-        self.tables = LocalTables(self.data.num_entities, self.data.num_relations, cfg.model.dim,
-                                  self.rotate.entity_init_bound, self.rotate.relation_init_bound, self.features,
-                                  cfg.model.raw_features == "trainable", cfg.train.seed).to(self.device)
-        torch_seed(cfg.train.seed, "dense_init")
-        self.core = self.model = MultiModalKGC(width, {m: f.dim for m, f in self.features.items()}).to(self.device)
-        self.embedder = LocalEmbedder(self.tables, self.model)
-        torch_seed(cfg.train.seed, "generator_init")
-        self.generators = MATGenerators(self.modalities, width, cfg.mat.noise_dim, cfg.mat.hidden).to(self.device) \
-            if self.use_mat else None
-        tables = [p for p in self.tables.parameters() if p.requires_grad]
-        dense = [p for p in self.model.parameters() if p.requires_grad]
-        # The same rules as the distributed trainer (optim.py): the configured table optimizer, Adam for the
-        # dense fusion weights.
-        self.opt_model = OptimizerGroup(
-            table_optimizer(cfg.train.table_optimizer, tables, cfg.train.lr, cfg.train.adagrad_lr),
-            torch.optim.Adam(dense, lr=cfg.train.lr) if dense else None)
-        self.opt_generator = torch.optim.Adam(self.generators.parameters(), lr=cfg.mat.lr, fused=True) \
-            if self.use_mat else None
-        self.update_generator = local_generator_update(self.generators, self.opt_generator) if self.use_mat else None
-        torch_seed(cfg.train.seed, "generator_noise", self.rank_and_world()[0])
+    def __getattr__(self, name: str):
+        runtime = self.__dict__.get("runtime")
+        if runtime is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(runtime, name)
 
     # ------------------------------------------------------------------------------------ data
     def rank_and_world(self) -> tuple[int, int]:
-        return 0, 1
+        return self.runtime.rank, self.runtime.world_size
 
     def _make_stream(self) -> StreamingTriples | None:
         """data.loader=stream: this rank's share of the training row groups, read from data.path."""
@@ -168,10 +141,7 @@ class Trainer:
             yield from self.streamed_batches()
             return
         for index, batch in self.global_batches():
-            yield batch, self.sampler.sample(batch, self.batch_rng(index))
-
-    def reduce_metrics(self, metrics: dict) -> dict:
-        return metrics
+            yield self.runtime.split(batch, self.sampler, self.batch_rng(index))
 
     def fit(self) -> dict:
         cfg = self.cfg.train
@@ -220,21 +190,6 @@ class Trainer:
             self.save()
 
     # ------------------------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def embedding_chunks(self, chunk: int = 4096):
-        """(ids, structural rows, joint embeddings, AdaMF weights or None) of this process's entities."""
-        for start in range(0, self.data.num_entities, chunk):
-            ids = torch.arange(start, min(start + chunk, self.data.num_entities))
-            rows = self.tables.entities(ids.to(self.device))
-            joint, weights = self.model.embed(rows)
-            yield ids, rows.structural, joint, weights
-
-    def entity_embeddings(self, chunk: int = 4096) -> torch.Tensor:
-        return torch.cat([joint for _, _, joint, _ in self.embedding_chunks(chunk)])
-
-    def barrier(self) -> None:
-        """Nothing to wait for in one process (the distributed trainer synchronises its ranks)."""
-
     def known_triples(self) -> np.ndarray:
         """Triples filtered out of rankings. A streamed training split stays on disk: only its rows that share
         a query's (entity, relation) are collected, once, in one pass — the same filter, bounded memory."""
@@ -248,21 +203,8 @@ class Trainer:
             self._known = np.concatenate(held + [self.gather_rows(found)])
         return self._known
 
-    def gather_rows(self, rows: np.ndarray) -> np.ndarray:
-        return rows
-
     def degree_distribution(self) -> DegreeDistribution:
         return DegreeDistribution(self.training_statistics()[1])
-
-    def candidate_shard(self) -> CandidateShard:
-        """The candidates this process ranks against: all entities (the distributed trainer: its own)."""
-        return CandidateShard.whole(self.entity_embeddings())
-
-    def relation_table(self) -> torch.Tensor:
-        return self.tables.relation.weight.detach()
-
-    def protocol_suffix(self) -> str:
-        return ""
 
     @torch.no_grad()
     def evaluate(self, split: str, ties: str | None = None) -> dict:
@@ -282,68 +224,25 @@ class Trainer:
                 "protocol": label + self.protocol_suffix()}
 
     # ------------------------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict:
-        return {"tables": self.tables.state_dict(), "model": self.model.state_dict(),
-                "generators": self.generators.state_dict() if self.generators else None,
-                "opt_model": self.opt_model.state_dict(),
-                "opt_generator": self.opt_generator.state_dict() if self.opt_generator else None,
-                "cursor": self.cursor(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None}
-
     def cursor(self) -> dict:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step}
 
     def set_cursor(self, cursor: dict) -> None:
         self.epoch, self.batch_in_epoch, self.step = cursor["epoch"], cursor["batch_in_epoch"], cursor["step"]
 
-    def load_state_dict(self, state: dict) -> None:
-        self.tables.load_state_dict(state["tables"])
-        self.model.load_state_dict(state["model"])
-        self.opt_model.load_state_dict(state["opt_model"])
-        if self.generators is not None:
-            if state["generators"] is None:
-                raise ValueError("checkpoint has no MAT generators but mat.enabled=true")
-            self.generators.load_state_dict(state["generators"])
-            self.opt_generator.load_state_dict(state["opt_generator"])
-        self.set_cursor(state["cursor"])
-        torch.set_rng_state(state["torch_rng"])
-        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"])
-
     def save(self) -> str:
-        directory = os.path.join(self.run_dir, "checkpoints")
-        path = save_checkpoint(self.state_dict(), directory, self.step)
-        self.logger.log("checkpoint", path=os.path.basename(path), epoch=self.epoch, step=self.step)
-        self.prune_checkpoints(directory, path)
+        path = self.runtime.save(os.path.join(self.run_dir, "checkpoints"), self.cursor(), self.stream is not None)
+        self.logger.log("checkpoint", path=os.path.basename(path), **self.cursor())
         return path
 
-    def prune_checkpoints(self, directory: str, just_written: str) -> None:
-        for old in prune(directory, self.cfg.train.keep_checkpoints, just_written):
-            log.debug("removed old checkpoint %s (train.keep_checkpoints=%d)", old, self.cfg.train.keep_checkpoints)
-
-    def share(self, obj):
-        """Rank 0's value of ``obj`` on every rank (one process: itself)."""
-        return obj
-
     def resume(self, path: str | None = None) -> bool:
-        path = path or (latest_checkpoint(os.path.join(self.run_dir, "checkpoints")) if self.run_dir else None)
+        """Continue from ``path`` or the run's newest verified checkpoint; False when there is none."""
+        path = path or (self.runtime.latest(os.path.join(self.run_dir, "checkpoints")) if self.run_dir else None)
         if path is None:
             return False
-        self.load_state(load_checkpoint(path), path)
+        self.set_cursor(self.runtime.load(path, self.stream is not None))
         log.info("resumed from %s (epoch %d, step %d)", path, self.epoch, self.step)
         return True
-
-    def load_state(self, state: dict, origin: str) -> None:
-        """load_state_dict with one-line errors for a checkpoint that does not fit this config."""
-        try:
-            self.load_state_dict(state)
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise DataError(f"{origin}: checkpoint does not fit this run's config ({_first_line(exc)})") from exc
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _flat(metrics: dict, prefix: str = "") -> dict:

@@ -1,0 +1,169 @@
+"""The single-process runtime: local tables (nn.Embedding), the plain fusion module, local optimizers and
+single-file checkpoints. ``train.Trainer`` is handed this or ``distributed.DistributedRuntime``; both offer the
+same operations (build, the rank's part of a global batch, metric reduction, the candidate shard, collectives,
+checkpoint I/O), so the loop, the step and evaluation exist once.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..config import Config, ConfigError
+from ..data.errors import DataError
+from ..eval.engine import CandidateShard
+from ..integrity import prune
+from ..model import MATGenerators
+from ..model.kgc import EmbeddedEntities, MultiModalKGC
+from ..optim import OptimizerGroup, table_optimizer
+from ..rng import torch_seed
+from ..tables import LocalTables
+from .local_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+log = logging.getLogger("mmkgc_dist")
+
+
+def choose_device(wanted: str) -> torch.device:
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no CUDA device is visible")
+    return torch.device("cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+class LocalEmbedder:
+    """Table lookup, then fusion of the looked-up rows, in this process."""
+
+    def __init__(self, tables, model: nn.Module):
+        self.tables, self.model = tables, model
+
+    def __call__(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EmbeddedEntities, Tensor]:
+        rows, relation_rows = self.tables.lookup(entity_ids, relation_ids)
+        joint, _ = self.model(rows)
+        return EmbeddedEntities(joint, rows.structural, rows.masks), relation_rows
+
+
+def local_generator_update(generators: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[Tensor], None]:
+    """Single-process generator update: gradients for the generator parameters only, then Adam."""
+    params = list(generators.parameters())
+
+    def update(loss: Tensor) -> None:
+        for p, g in zip(params, torch.autograd.grad(loss, params)):
+            p.grad = g
+        optimizer.step()
+    return update
+
+
+def first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+class LocalRuntime:
+    rank, world_size, is_main = 0, 1, True
+    loss_scale = 1.0
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.device = choose_device(cfg.train.device)
+
+    # ------------------------------------------------------------------------------------ building
+    def build(self, data, features: dict, modalities: list[str], rotate, use_mat: bool) -> None:
+        """Tables, dense model, generators and their optimizers — the same initial values and rules as the
+        distributed runtime (named streams, rng.py; optim.py)."""
+        cfg, width = self.cfg, 2 * self.cfg.model.dim
+        self.num_entities = data.num_entities
+        self.tables = LocalTables(data.num_entities, data.num_relations, cfg.model.dim, rotate.entity_init_bound,
+                                  rotate.relation_init_bound, features, cfg.model.raw_features == "trainable",
+                                  cfg.train.seed).to(self.device)
+        torch_seed(cfg.train.seed, "dense_init")
+        self.core = self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()}).to(self.device)
+        self.embedder = LocalEmbedder(self.tables, self.model)
+        torch_seed(cfg.train.seed, "generator_init")
+        self.generators = MATGenerators(modalities, width, cfg.mat.noise_dim, cfg.mat.hidden).to(self.device) \
+            if use_mat else None
+        tables = [p for p in self.tables.parameters() if p.requires_grad]
+        dense = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt_model = OptimizerGroup(
+            table_optimizer(cfg.train.table_optimizer, tables, cfg.train.lr, cfg.train.adagrad_lr),
+            torch.optim.Adam(dense, lr=cfg.train.lr) if dense else None)
+        self.opt_generator = torch.optim.Adam(self.generators.parameters(), lr=cfg.mat.lr, fused=True) \
+            if use_mat else None
+        self.update_generator = local_generator_update(self.generators, self.opt_generator) if use_mat else None
+        torch_seed(cfg.train.seed, "generator_noise", self.rank)
+
+    # ------------------------------------------------------------------------------------ data and collectives
+    def split(self, batch: np.ndarray, sampler, rng: np.random.Generator):
+        """This process's part of a global batch, with its negatives: all of it."""
+        return batch, sampler.sample(batch, rng)
+
+    def reduce_metrics(self, metrics: dict) -> dict:
+        return metrics
+
+    def gather_rows(self, rows: np.ndarray) -> np.ndarray:
+        return rows
+
+    def share(self, obj):
+        """Rank 0's value of ``obj`` on every rank (one process: itself)."""
+        return obj
+
+    def barrier(self) -> None:
+        """Nothing to wait for in one process."""
+
+    # ------------------------------------------------------------------------------------ embeddings
+    @torch.no_grad()
+    def embedding_chunks(self, chunk: int = 4096):
+        """(ids, structural rows, joint embeddings, AdaMF weights or None) of this process's entities."""
+        for start in range(0, self.num_entities, chunk):
+            ids = torch.arange(start, min(start + chunk, self.num_entities))
+            rows = self.tables.entities(ids.to(self.device))
+            joint, weights = self.model.embed(rows)
+            yield ids, rows.structural, joint, weights
+
+    def candidate_shard(self) -> CandidateShard:
+        """The candidates this process ranks against: all entities."""
+        return CandidateShard.whole(torch.cat([joint for _, _, joint, _ in self.embedding_chunks()]))
+
+    def relation_table(self) -> torch.Tensor:
+        return self.tables.relation.weight.detach()
+
+    def protocol_suffix(self) -> str:
+        return ""
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def latest(self, directory: str) -> str | None:
+        return latest_checkpoint(directory)
+
+    def save(self, directory: str, cursor: dict, streamed: bool) -> str:
+        state = {"tables": self.tables.state_dict(), "model": self.model.state_dict(),
+                 "generators": self.generators.state_dict() if self.generators else None,
+                 "opt_model": self.opt_model.state_dict(),
+                 "opt_generator": self.opt_generator.state_dict() if self.opt_generator else None,
+                 "cursor": cursor, "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None}
+        path = save_checkpoint(state, directory, cursor["step"])
+        for old in prune(directory, self.cfg.train.keep_checkpoints, path):
+            log.debug("removed old checkpoint %s (train.keep_checkpoints)", old)
+        return path
+
+    def load(self, path: str, streamed: bool) -> dict:
+        """Restore a verified checkpoint (weights-only); returns its data cursor."""
+        if not path.endswith(".pt"):
+            raise DataError(f"{path}: a distributed checkpoint folder; one process reads step-N.pt files")
+        state = load_checkpoint(path)
+        try:
+            self.tables.load_state_dict(state["tables"])
+            self.model.load_state_dict(state["model"])
+            self.opt_model.load_state_dict(state["opt_model"])
+            if self.generators is not None:
+                if state["generators"] is None:
+                    raise ValueError("checkpoint has no MAT generators but mat.enabled=true")
+                self.generators.load_state_dict(state["generators"])
+                self.opt_generator.load_state_dict(state["opt_generator"])
+            torch.set_rng_state(state["torch_rng"])
+            if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise DataError(f"{path}: checkpoint does not fit this run's config ({first_line(exc)})") from exc
+        return state["cursor"]
