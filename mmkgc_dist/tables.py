@@ -1,6 +1,6 @@
 """Local (single-process) embedding tables, their lookup and the table optimizers.
 
-The model math only sees looked-up rows (``EntityRows``); the distributed trainer replaces this
+The model math only sees looked-up rows (``EntityRows``); the distributed runtime replaces this
 module with TorchRec sharded tables exposing the same lookup. Initial rows come from the counter-based
 streams of ``rng.uniform_rows``, so a table is the same in one process and on any number of ranks.
 """

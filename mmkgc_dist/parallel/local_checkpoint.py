@@ -64,7 +64,7 @@ def load_checkpoint(path: str) -> dict:
     """A verified single-process checkpoint's state, loaded weights-only."""
     ckpt = checkpoint_at(path)
     if ckpt.is_folder:
-        raise DataError(f"{path}: a distributed checkpoint folder; load it through the distributed trainer")
+        raise DataError(f"{path}: a distributed checkpoint folder; load it through the distributed runtime")
     state = safe_torch_load(ckpt.path)
     if not isinstance(state, dict) or "tables" not in state or "cursor" not in state:
         raise DataError(f"{path}: not an mmkgc-dist checkpoint (expected a state dict with tables and cursor)")
