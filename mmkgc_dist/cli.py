@@ -5,7 +5,6 @@ Every user error (bad data, bad config) ends in one line on stderr naming the fi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -16,74 +15,11 @@ from .data.errors import DataError
 log = logging.getLogger("mmkgc_dist")
 
 
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)
-
-
-def format_metrics(split: str, m: dict) -> str:
-    return (f"{split:>5} [{m['protocol']}, ties={m['ties']}]  MRR {m['mrr']:.4f}  MR {m['mr']:.1f}  "
-            f"Hits@1 {m['hits@1']:.4f}  Hits@3 {m['hits@3']:.4f}  Hits@10 {m['hits@10']:.4f}  "
-            f"({m['count']} ranks)")
-
-
-def _describe(data) -> str:
-    mods = ", ".join(f"{m} {int(f.present.sum())}/{data.num_entities}" for m, f in data.features.items()) or "none"
-    splits = ", ".join(f"{s} {len(t)}" for s, t in data.splits.items())
-    return f"dataset {data.name}: {data.num_entities} entities, {data.num_relations} relations, {splits}; modalities {mods}"
-
-
-def _make_trainer(cfg, data, run_dir, distributed: bool):
-    """One process: the single-process trainer. Several (torchrun/srun) or --distributed: TorchRec + DDP +
-    DeepSpeed. Returns (trainer, is_main)."""
-    from .trainers import distributed_trainer, local_trainer
-    if not distributed:
-        return local_trainer(cfg, data, run_dir), True
-    trainer = distributed_trainer(cfg, data, run_dir)
-    if trainer.env.is_main:
-        print(f"sharding plan ({trainer.env.world_size} ranks, backend {trainer.env.backend}):\n"
-              f"{trainer.tables.plan_summary()}")
-        if run_dir:
-            with open(os.path.join(run_dir, "sharding_plan.json"), "w") as fh:
-                fh.write(trainer.tables.plan_json())
-    return trainer, trainer.env.is_main
-
-
-def _open_run_folder(cfg, args, distributed: bool, resume: bool):
-    """Rank 0 creates/checks the run folder and takes its lock (train/run_folder.py); the others learn its
-    name — or the error — from rank 0. Returns (run folder, lock or None)."""
-    from .train.run_folder import open_for_training
-
-    if distributed:
-        from .parallel.env import init_distributed
-        init_distributed()
-    outcome, lock = None, None
-    if not distributed or _rank() == 0:
-        try:
-            path, lock = open_for_training(args.run_dir, cfg.run.out_dir, cfg.run.name, resume, args.overwrite)
-            outcome = ("ok", path)
-        except DataError as exc:
-            outcome = ("error", str(exc))
-    if distributed:
-        import torch.distributed as dist
-        box = [outcome]
-        dist.broadcast_object_list(box, src=0)
-        outcome = box[0]
-    if outcome[0] == "error":
-        raise DataError(outcome[1])
-    return outcome[1], lock
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-    return dist.get_rank()
-
-
 def cmd_train(args, overrides) -> int:
     from .data.build import build_dataset
     from .parallel.env import world_size_from_environment
+    from .train.lifecycle import train_run
+    from .trainers import make_runtime
 
     cfg = load_config(args.config, overrides)
     distributed = args.distributed or world_size_from_environment() > 1
@@ -93,66 +29,26 @@ def cmd_train(args, overrides) -> int:
         raise ConfigError("--resume and --overwrite: choose one (continue the run, or replace its results)")
     # Bad data fails before the run folder is touched. Distributed ranks read their feature rows later.
     data = build_dataset(cfg, feature_values=not distributed)
-    run_dir, lock = _open_run_folder(cfg, args, distributed, args.resume or restarted)
-    try:
-        return _train_in(cfg, data, run_dir, distributed, args.resume or restarted)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _train_in(cfg, data, run_dir: str, distributed: bool, resume: bool) -> int:
-    trainer, main = _make_trainer(cfg, data, run_dir, distributed)
-    say = print if main else (lambda *a, **k: None)
-    say(_describe(data))
-    if trainer.stream is not None:
-        say(f"train: streamed from {cfg.data.path}: {trainer.stream.total_rows} triples in "
-            f"{len(trainer.stream.groups)} row groups, {trainer.batches_per_epoch()} steps per epoch")
-    if resume and trainer.resume():
-        say(f"resumed at epoch {trainer.epoch}, batch {trainer.batch_in_epoch}, step {trainer.step}")
-    summary = trainer.fit()
-    trainer.save()
-    say(f"trained {summary['steps']} steps in {summary['seconds']:.1f}s; run folder {run_dir}")
-    results = {"train": summary}
-    for split in cfg.eval.splits:
-        metrics = trainer.evaluate(split)
-        trainer.logger.log("eval", epoch=trainer.epoch, step=trainer.step,
-                           **{k: v for k, v in metrics.items() if not isinstance(v, dict)})
-        results[split] = metrics
-        say(format_metrics(split, metrics))
-    if main:
-        _write_json(os.path.join(run_dir, "results.json"), results)
-    trainer.logger.close()
+    train_run(cfg, data, make_runtime(cfg, distributed), args.run_dir, args.resume or restarted, args.overwrite)
     return 0
 
 
 def _load_trained(run_dir: str, checkpoint: str | None, overrides):
-    """The trainer of a run folder with its newest verified (or the given) checkpoint loaded; (trainer, is_main)."""
+    """The trainer of a run folder with its newest verified (or the given) checkpoint loaded; (trainer, is_main).
+    Distributed checkpoints (folders) load through the distributed runtime, files through the local one."""
     from .data.build import build_dataset
-    from .integrity import checkpoint_at, newest_verified
-    from .train.run_folder import open_for_reading
+    from .train.lifecycle import load_trained, trained_checkpoint
+    from .trainers import make_runtime
 
-    open_for_reading(run_dir)
-    cfg = load_config(os.path.join(run_dir, "config.yaml"), overrides)
-    if checkpoint is not None:
-        ckpt = checkpoint_at(checkpoint)
-    else:
-        ckpt = newest_verified(os.path.join(run_dir, "checkpoints"))
-        if ckpt is None:
-            raise DataError(f"{run_dir}/checkpoints: no complete, verified checkpoint found")
+    cfg, ckpt = trained_checkpoint(run_dir, checkpoint, overrides)
     data = build_dataset(cfg, feature_values=not ckpt.is_folder)
-    if ckpt.is_folder:          # distributed checkpoints are folders (DCP + DeepSpeed)
-        from .trainers import distributed_trainer
-        trainer = distributed_trainer(cfg, data, run_dir=None)
-        trainer.resume(ckpt.path)
-        return trainer, trainer.env.is_main
-    from .trainers import local_trainer
-    trainer = local_trainer(cfg, data, run_dir=None)
-    trainer.resume(ckpt.path)
-    return trainer, True
+    trainer = load_trained(cfg, data, make_runtime(cfg, ckpt.is_folder), ckpt)
+    return trainer, trainer.runtime.is_main
 
 
 def cmd_evaluate(args, overrides) -> int:
+    from .train.lifecycle import format_metrics, write_json
+
     trainer, main = _load_trained(args.run_dir, args.checkpoint, overrides)
     results = {}
     for split in args.split or trainer.cfg.eval.splits:
@@ -160,7 +56,7 @@ def cmd_evaluate(args, overrides) -> int:
         if main:
             print(format_metrics(split, results[split]))
     if args.output and main:
-        _write_json(args.output, results)
+        write_json(args.output, results)
     return 0
 
 

@@ -9,16 +9,18 @@ from .train.trainer import Trainer
 
 
 def local_trainer(cfg: Config, data: KGData, run_dir: str | None = None, show_progress: bool = True) -> Trainer:
-    from .parallel.local import LocalRuntime
-    return Trainer(cfg, data, LocalRuntime(cfg), run_dir, show_progress)
+    return Trainer(cfg, data, make_runtime(cfg, False), run_dir, show_progress)
 
 
 def distributed_trainer(cfg: Config, data: KGData, run_dir: str | None = None, show_progress: bool = True,
                         env=None) -> Trainer:
+    return Trainer(cfg, data, make_runtime(cfg, True, env), run_dir, show_progress)
+
+
+def make_runtime(cfg: Config, distributed: bool, env=None):
+    """One process: LocalRuntime. Several (torchrun/srun) or --distributed: DistributedRuntime."""
+    if not distributed:
+        from .parallel.local import LocalRuntime
+        return LocalRuntime(cfg)
     from .parallel.distributed import DistributedRuntime
-    return Trainer(cfg, data, DistributedRuntime(cfg, env), run_dir, show_progress)
-
-
-def make_trainer(cfg: Config, data: KGData, run_dir: str | None = None, distributed: bool = False,
-                 show_progress: bool = True) -> Trainer:
-    return (distributed_trainer if distributed else local_trainer)(cfg, data, run_dir, show_progress)
+    return DistributedRuntime(cfg, env)

@@ -184,6 +184,11 @@ class DistributedRuntime:
     def protocol_suffix(self) -> str:
         return f"; candidates sharded over {self.env.world_size} ranks"
 
+    def plan_report(self) -> tuple[str, str]:
+        """(text, JSON) of the sharding plan: printed at start, saved as sharding_plan.json."""
+        return (f"sharding plan ({self.env.world_size} ranks, backend {self.env.backend}):\n"
+                f"{self.tables.plan_summary()}", self.tables.plan_json())
+
     # ------------------------------------------------------------------------------------ checkpoints
     def latest(self, directory: str) -> str | None:
         return checkpoint.latest(directory)

@@ -131,6 +131,10 @@ class LocalRuntime:
     def protocol_suffix(self) -> str:
         return ""
 
+    def plan_report(self) -> tuple[str, str] | None:
+        """(text, JSON) of how the tables are placed; nothing to report in one process."""
+        return None
+
     # ------------------------------------------------------------------------------------ checkpoints
     def latest(self, directory: str) -> str | None:
         return latest_checkpoint(directory)
