@@ -125,6 +125,7 @@ def world(tmp_path_factory):
     partial = np.zeros((n, 4), np.float32)
     partial[5, 1] = np.nan
     np.save(j("partial_nan.npy"), partial)
+    np.save(j("ok_features.npy"), np.ones((n, 4), np.float32))
     torch.save(torch.eye(n, 4).to_sparse(), j("sparse.pt"))
     torch.save({"features": torch.zeros(3, 4), "ids": torch.tensor([0.0, 1.5, 2.0])}, j("float_ids.pt"))
     torch.save({"features": Payload(j("PWNED-features"))}, j("payload_features.pt"))
@@ -222,8 +223,8 @@ CASES = [
     ("features-unknown-type", ["prepare", "features", "good", "--modality", "visual", "features.csv"], "features.csv: unknown feature file type"),
     ("features-not-a-dataset", ["prepare", "features", "userdir", "--modality", "visual", "partial_nan.npy"], "userdir/manifest.json: manifest not found"),
     ("features-payload", ["prepare", "features", "good", "--modality", "visual", "payload_features.pt"], "payload_features.pt: cannot be loaded with weights_only=True"),
-    ("manifest-relative-escape", ["prepare", "features", "evil_rel", "--modality", "visual", "partial_nan.npy"], "field modalities.visual.file is '../victim.txt'; expected a relative path inside"),
-    ("manifest-absolute-path", ["prepare", "features", "evil_abs", "--modality", "visual", "partial_nan.npy"], "victim.txt'; expected a relative path inside the dataset"),
+    ("manifest-relative-escape", ["prepare", "features", "evil_rel", "--modality", "visual", "ok_features.npy"], "field modalities.visual.file is '../victim.txt'; expected a relative path inside"),
+    ("manifest-absolute-path", ["prepare", "features", "evil_abs", "--modality", "visual", "ok_features.npy"], "victim.txt'; expected a relative path inside the dataset"),
     # --- config (#8, #9) ----------------------------------------------------------------------------------
     ("config-yaml-list", ["train", "--config", "list.yaml"], "config file list.yaml: expected a mapping of sections"),
     ("config-directory", ["train", "--config", "config_dir.yaml"], "config file config_dir.yaml: not a file"),
