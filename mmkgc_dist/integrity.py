@@ -13,6 +13,7 @@ classes, torch sizes and dtypes; DCP's pickled byte items and DeepSpeed's files 
 """
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -30,7 +31,15 @@ FILE_RE = re.compile(r"step-(\d{9})\.pt$")
 FOLDER_RE = re.compile(r"step-(\d{9})$")
 
 
-def sha256(path: str, block: int = 1 << 22) -> str:
+def sha256(path: str) -> str:
+    """SHA-256 of a file, hashed once per version of it in this process: a lookup that verifies and the load
+    that follows (or a save and the pruning after it) do not read a large checkpoint twice."""
+    st = os.stat(path)
+    return _sha256(os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256(path: str, size: int, mtime_ns: int, inode: int, block: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(block):
@@ -127,6 +136,12 @@ def _legacy_check(ckpt: Checkpoint) -> str | None:
     except DataError as exc:
         return str(exc)
     return None
+
+
+def latest(directory: str) -> str | None:
+    """Path of the newest verified checkpoint of either kind (warns about damaged newer ones), or None."""
+    found = newest_verified(directory)
+    return found.path if found else None
 
 
 def newest_verified(directory: str) -> Checkpoint | None:

@@ -90,7 +90,7 @@ def test_zero_stage_2_generator(tmp_path, runs):
 
 
 def test_latest_ignores_half_written_checkpoints(tmp_path):
-    from mmkgc_dist.parallel.checkpoint import latest
+    from mmkgc_dist.integrity import latest
     (tmp_path / "step-000000005").mkdir()
     (tmp_path / "step-000000005" / "meta.json").write_text("{}")
     (tmp_path / ".tmp-step-000000010").mkdir()                 # crashed while writing

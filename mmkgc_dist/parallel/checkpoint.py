@@ -26,15 +26,9 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from ..data.errors import DataError
-from ..integrity import checkpoint_at, dcp_reader_and_planner, digests, newest_verified, safe_torch_load
+from ..integrity import checkpoint_at, dcp_reader_and_planner, digests, safe_torch_load
 
 log = logging.getLogger("mmkgc_dist")
-
-
-def latest(directory: str) -> str | None:
-    """The newest verified checkpoint of either kind (warns about damaged newer ones)."""
-    found = newest_verified(directory)
-    return found.path if found else None
 
 
 def _state(runtime) -> dict:

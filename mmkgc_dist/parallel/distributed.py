@@ -22,7 +22,7 @@ from ..config import Config, ConfigError
 from ..data.errors import DataError
 from ..data.format import KGData
 from ..eval.engine import CandidateShard
-from ..integrity import prune, safe_deepspeed_engine
+from ..integrity import latest, prune, safe_deepspeed_engine
 from ..model import MATGenerators
 from ..model.kgc import MultiModalKGC
 from ..optim import OptimizerGroup, table_optimizer
@@ -191,7 +191,7 @@ class DistributedRuntime:
 
     # ------------------------------------------------------------------------------------ checkpoints
     def latest(self, directory: str) -> str | None:
-        return checkpoint.latest(directory)
+        return latest(directory)
 
     def save(self, directory: str, cursor: dict, streamed: bool) -> str:
         path = checkpoint.save(self, directory, cursor)

@@ -15,13 +15,13 @@ from torch import Tensor, nn
 from ..config import Config, ConfigError
 from ..data.errors import DataError
 from ..eval.engine import CandidateShard
-from ..integrity import prune
+from ..integrity import latest, prune
 from ..model import MATGenerators
 from ..model.kgc import EmbeddedEntities, MultiModalKGC
 from ..optim import OptimizerGroup, table_optimizer
 from ..rng import torch_seed
 from ..tables import LocalTables
-from .local_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .local_checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger("mmkgc_dist")
 
@@ -137,7 +137,7 @@ class LocalRuntime:
 
     # ------------------------------------------------------------------------------------ checkpoints
     def latest(self, directory: str) -> str | None:
-        return latest_checkpoint(directory)
+        return latest(directory)
 
     def save(self, directory: str, cursor: dict, streamed: bool) -> str:
         state = {"tables": self.tables.state_dict(), "model": self.model.state_dict(),

@@ -13,7 +13,7 @@ import os
 import torch
 
 from ..data.errors import DataError
-from ..integrity import Checkpoint, checkpoint_at, newest_verified, safe_torch_load, sha256
+from ..integrity import Checkpoint, checkpoint_at, safe_torch_load, sha256
 
 
 def _write_synced(path: str, write) -> None:
@@ -54,12 +54,6 @@ def _reason(exc: Exception) -> str:
     return " ".join(str(exc).split())[:200]
 
 
-def latest_checkpoint(directory: str) -> str | None:
-    """The newest verified checkpoint of either kind (warns about damaged newer ones)."""
-    found = newest_verified(directory)
-    return found.path if found else None
-
-
 def load_checkpoint(path: str) -> dict:
     """A verified single-process checkpoint's state, loaded weights-only."""
     ckpt = checkpoint_at(path)
@@ -71,4 +65,4 @@ def load_checkpoint(path: str) -> dict:
     return state
 
 
-__all__ = ["Checkpoint", "save_checkpoint", "latest_checkpoint", "load_checkpoint"]
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint"]

@@ -37,7 +37,7 @@ from .env import DistEnv, allreduce_sum_hook
 
 
 
-NO_UPDATE = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.0}
+NO_UPDATE = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.0}   # SGD at lr 0: no state, no step
 
 
 def row_layout(chosen: dict[str, str], trainable: dict[str, bool]) -> bool:
@@ -106,9 +106,10 @@ class ShardedTables(nn.Module):
         chosen = {t: "row_wise" for t in specs if t != "relation"}
         chosen["relation"] = "data_parallel"
         chosen.update(cfg.sharding)
-        if row_layout(chosen, self.trainable):
+        rows_by_owner = row_layout(chosen, self.trainable)
+        if rows_by_owner:
             # The rows are updated by optim.py's rules (as in one process); TorchRec's fused step is a no-op.
-            fused = NO_UPDATE
+            fused = dict(NO_UPDATE)
         elif table_optimizer == "adam":
             raise ConfigError(f"parallel.sharding: {cfg.sharding} with train.table_optimizer=adam; Adam needs the "
                               f"trainable entity-indexed tables row_wise and relations data_parallel (or use "
@@ -120,7 +121,7 @@ class ShardedTables(nn.Module):
         sharders = [EmbeddingCollectionSharder(fused_params=fused),
                     # Frozen tables: plain SGD at lr 0 keeps no optimizer state; their output is detached, so
                     # backward never reaches them. Precision comes from the table config (data_type).
-                    FrozenCollectionSharder(fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.0})]
+                    FrozenCollectionSharder(fused_params=dict(NO_UPDATE))]
         constraints = {t: ParameterConstraints(sharding_types=[SHARDING[k].value])
                        for t, k in chosen.items() if k != "auto" and t in specs}
         planner = EmbeddingShardingPlanner(topology=Topology(world_size=env.world_size,
@@ -141,7 +142,7 @@ class ShardedTables(nn.Module):
             self.register_buffer(f"present_{m}", torch.from_numpy(f.present.copy()))
         trainable_rows = [t for t in specs if t != "relation" and self.trainable[t]]
         self.row_optimizer = ShardedRowOptimizer(self, trainable_rows, table_optimizer, lr, adagrad_lr, num_entities,
-                                                 env) if fused is NO_UPDATE else None
+                                                 env) if rows_by_owner else None
 
     # ---------------------------------------------------------------------------------- state
     def _weight(self, name: str):

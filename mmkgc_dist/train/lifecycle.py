@@ -15,11 +15,16 @@ from .run_folder import open_for_reading, open_for_training
 from .trainer import Trainer
 
 
-def write_json(path: str, obj) -> None:
+def write_text(path: str, text: str) -> None:
+    """Written under a temporary name, then renamed: readers see the old file or the new one."""
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
+        fh.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2))
 
 
 def format_metrics(split: str, m: dict) -> str:
@@ -59,7 +64,7 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: b
         plan = runtime.plan_report()
         if plan and runtime.is_main:
             say(plan[0])
-            write_json_text(os.path.join(run_dir, "sharding_plan.json"), plan[1])
+            write_text(os.path.join(run_dir, "sharding_plan.json"), plan[1])
         say(describe(data))
         if trainer.stream is not None:
             say(f"train: streamed from {cfg.data.path}: {trainer.stream.total_rows} triples in "
@@ -83,13 +88,6 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: b
     finally:
         if lock is not None:
             lock.release()
-
-
-def write_json_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def trained_checkpoint(run_dir: str, checkpoint: str | None, overrides):
