@@ -48,6 +48,9 @@ def main() -> None:
             break
     with open(os.path.join(out, f"{'local' if local else 'rank'}-{rank}.json"), "w") as fh:
         json.dump({"initial": initial, "losses": losses}, fh)
+    if not local:       # barrier + destroy: a rank exiting first otherwise aborts in gloo's threads (SIGABRT)
+        from mmkgc_dist.parallel.env import shutdown_distributed
+        shutdown_distributed()
 
 
 if __name__ == "__main__":
