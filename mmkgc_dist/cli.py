@@ -33,23 +33,25 @@ def cmd_train(args, overrides) -> int:
     return 0
 
 
-def _load_trained(run_dir: str, checkpoint: str | None, overrides):
+def _load_trained(run_dir: str, checkpoint: str | None, overrides, distributed: bool):
     """The trainer of a run folder with its newest verified (or the given) checkpoint loaded; (trainer, is_main).
-    Distributed checkpoints (folders) load through the distributed runtime, files through the local one."""
+    A checkpoint of any world size loads in one process or on the ranks this command was launched on."""
     from .data.build import build_dataset
+    from .parallel.env import world_size_from_environment
     from .train.lifecycle import load_trained, trained_checkpoint
     from .trainers import make_runtime
 
     cfg, ckpt = trained_checkpoint(run_dir, checkpoint, overrides)
-    data = build_dataset(cfg, feature_values=not ckpt.is_folder)
-    trainer = load_trained(cfg, data, make_runtime(cfg, ckpt.is_folder), ckpt)
+    distributed = distributed or world_size_from_environment() > 1
+    data = build_dataset(cfg, feature_values=not distributed)
+    trainer = load_trained(cfg, data, make_runtime(cfg, distributed), ckpt)
     return trainer, trainer.runtime.is_main
 
 
 def cmd_evaluate(args, overrides) -> int:
     from .train.lifecycle import format_metrics, write_json
 
-    trainer, main = _load_trained(args.run_dir, args.checkpoint, overrides)
+    trainer, main = _load_trained(args.run_dir, args.checkpoint, overrides, args.distributed)
     results = {}
     for split in args.split or trainer.cfg.eval.splits:
         results[split] = trainer.evaluate(split, ties=args.ties)
@@ -66,10 +68,32 @@ def cmd_export(args, overrides) -> int:
 
     inputs = (args.run_dir, args.checkpoint or "")
     check_output(args.out, "export", inputs, args.overwrite)
-    trainer, main = _load_trained(args.run_dir, args.checkpoint, overrides)
-    info = export_embeddings(trainer.runtime, trainer.data.entity_names, trainer.modalities, trainer.step, args.out)
+    trainer, main = _load_trained(args.run_dir, args.checkpoint, overrides, args.distributed)
+    info = export_embeddings(trainer.runtime, trainer.data.entity_names, trainer.modalities, trainer.step, args.out,
+                             trainer.data.relation_names, trainer.rotate)
     if main:
-        print(f"wrote {info['entities']} entity embeddings ({info['width']}-d) to {args.out}")
+        print(f"wrote {info['entities']} entity embeddings ({info['width']}-d) and {info['relations']['rows']} "
+              f"relation vectors to {args.out} (scoring function: {args.out}/export.json)")
+    return 0
+
+
+def cmd_predict(args, overrides) -> int:
+    import json
+
+    from .predict import load_run
+
+    model = load_run(args.run_dir, args.checkpoint, overrides=[f"--{k}={v}" for k, v in overrides])
+    known = "filter" if args.filter_known else "mark"
+    found = model.predict(head=args.head, relation=args.relation, tail=args.tail, k=args.top, known=known)
+    if args.json:
+        print(json.dumps({"head": args.head, "relation": args.relation, "tail": args.tail, "step": model.step,
+                          "predictions": [p.as_dict() for p in found]}, indent=2))
+        return 0
+    asked = f"({args.head}, {args.relation}, ?)" if args.head is not None else f"(?, {args.relation}, {args.tail})"
+    print(f"top {len(found)} {'tails' if args.head is not None else 'heads'} of {asked} (step {model.step}; "
+          f"* = a known triple of the dataset{', filtered out' if args.filter_known else ''})")
+    for p in found:
+        print(f"{p.rank:>4}  {p.score:>10.4f}  {'*' if p.known else ' '} {p.name}")
     return 0
 
 
@@ -159,25 +183,38 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     t.add_argument("--overwrite", action="store_true",
                    help="the run folder holds an earlier run: delete that run's results and start over")
-    t.add_argument("--distributed", action="store_true",
-                   help="use the TorchRec/DDP/DeepSpeed trainer even with one process (automatic when WORLD_SIZE > 1)")
+    _distributed_option(t)
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a run folder's checkpoint")
     e.add_argument("run_dir")
-    e.add_argument("--checkpoint", help="checkpoint file (default: newest in RUN_DIR/checkpoints)")
+    e.add_argument("--checkpoint", help="checkpoint folder step-N/ (default: newest verified in RUN_DIR/checkpoints)")
+    _distributed_option(e)
     e.add_argument("--split", action="append", choices=("train", "valid", "test"))
     e.add_argument("--ties", choices=("realistic", "optimistic", "pessimistic"))
     e.add_argument("--output", help="write metrics JSON here")
     e.set_defaults(fn=cmd_evaluate)
 
-    x = sub.add_parser("export", help="write every entity's structural and joint embedding to Parquet "
-                                      "(one part per rank under torchrun)")
+    x = sub.add_parser("export", help="write every entity's structural and joint embedding and every relation's "
+                                      "vector to Parquet (one entity part per rank under torchrun)")
     x.add_argument("run_dir")
     x.add_argument("out", help="output folder")
-    x.add_argument("--checkpoint", help="checkpoint (default: newest in RUN_DIR/checkpoints)")
+    x.add_argument("--checkpoint", help="checkpoint folder step-N/ (default: newest verified in RUN_DIR/checkpoints)")
+    _distributed_option(x)
     x.add_argument("--overwrite", action="store_true", help="replace an earlier export at OUT")
     x.set_defaults(fn=cmd_export)
+
+    q = sub.add_parser("predict", help="rank the tails of (HEAD, RELATION, ?) or the heads of (?, RELATION, TAIL)")
+    q.add_argument("run_dir")
+    q.add_argument("--head", help="entity name (tails are predicted)")
+    q.add_argument("--tail", help="entity name (heads are predicted)")
+    q.add_argument("--relation", required=True, help="relation name")
+    q.add_argument("--top", type=int, default=10, help="how many answers (default 10)")
+    q.add_argument("--filter-known", action="store_true",
+                   help="leave out answers that form a known triple (train/valid/test); by default they are marked")
+    q.add_argument("--checkpoint", help="checkpoint folder step-N/ (default: newest verified in RUN_DIR/checkpoints)")
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.set_defaults(fn=cmd_predict)
 
     pr = sub.add_parser("prepare", help="convert data into the Parquet dataset format")
     psub = pr.add_subparsers(dest="kind", required=True, parser_class=_Parser)
@@ -238,6 +275,11 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def _distributed_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--distributed", action="store_true",
+                   help="use the TorchRec/DDP/DeepSpeed runtime even with one process (automatic when WORLD_SIZE > 1)")
+
+
 def _dataset_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a dataset this tool wrote at OUT")
     p.add_argument("--allow-duplicates", action="store_true",
@@ -255,16 +297,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.fn(args, parse_overrides(rest))
     except (ConfigError, DataError) as exc:
-        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
-        return 2
+        _fail(_one_line(str(exc)))
     except OSError as exc:       # disk full, permissions, a file where a folder belongs: name the path
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{_one_line(exc.strerror or str(exc))}", file=sys.stderr)
-        return 2
+        _fail(f"{where}{_one_line(exc.strerror or str(exc))}")
     if "torch.distributed" in sys.modules:      # data commands never import torch: nothing to shut down
         from .parallel.env import shutdown_distributed
         shutdown_distributed()
     return code
+
+
+def _fail(message: str) -> None:
+    """One error line, exit 2 — at once: nothing is left to write, and an interpreter shutdown after an error
+    can abort (SIGABRT, "terminate called without an active exception") on a library's still-joinable
+    native thread, which would turn the documented exit code 2 into -6."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)
 
 
 def _one_line(text: str) -> str:

@@ -77,6 +77,12 @@ class MATConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    patience: int = _f(0, "stop after this many validation runs without a gain in eval.select_by (0 = off)")
+    min_delta: float = _f(0.0, "smallest change of eval.select_by that counts as a gain")
+
+
+@dataclass
 class TrainConfig:
     epochs: int = _f(12, "passes over the training triples")
     max_steps: int = _f(0, "stop after this many steps (0 = no limit)")
@@ -108,13 +114,24 @@ class TrainConfig:
     checkpoint_every: int = _f(0, "epochs between checkpoints (0 = only at the end)")
     checkpoint_every_steps: int = _f(0, "steps between checkpoints, mid-epoch included (0 = off)")
     keep_checkpoints: int = _f(3, "newest checkpoints kept in the run folder; older ones are deleted after each "
-                               "save (0 = keep all; the newest verified one is never deleted)")
+                               "save (0 = keep all; the newest verified one and the selected best are never "
+                               "deleted)")
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig,
+                                                metadata={"help": "stop when validation stops improving"})
 
 
 @dataclass
 class EvalConfig:
     splits: list = _f(["test"], "splits evaluated after training")
-    every: int = _f(0, "epochs between validation runs (0 = only at the end)")
+    every_epochs: int = _f(0, "epochs between validation runs that select the best checkpoint (0 = no "
+                           "selection: the last model is tested)")
+    select_by: str = _f("mrr", "validation metric that selects the best checkpoint: mrr, hits@K (K in "
+                        "eval.hits_at), amri, or mr (lower is better)")
+    valid_protocol: str = _f("", "protocol of the validation runs: 'exact', 'sampled', or '' (= eval.protocol)",
+                             choices=("", "exact", "sampled"))
+    exclude_train_overlap: bool = _f(True, "leave validation triples that also occur in train out of the "
+                                     "selection metric (they are counted and reported)")
+    hits_at: list = _f([1, 3, 10], "k of the Hits@k metrics")
     batch_size: int = _f(256, "queries scored at once (bounds memory: batch x entities floats)")
     ties: str = _f("realistic", "tie policy: 'realistic' (mean of optimistic and pessimistic), 'optimistic' "
                    "(reference code: strictly better only) or 'pessimistic'",
@@ -166,7 +183,8 @@ class Config:
 
 
 KNOWN_MODALITIES = ("visual", "text")
-MOVED = {"parallel.table_optimizer": "train.table_optimizer (adam | rowwise_adagrad; the same at any world size)",
+MOVED = {"eval.every": "eval.every_epochs (validation runs now also select the best checkpoint)",
+         "parallel.table_optimizer": "train.table_optimizer (adam | rowwise_adagrad; the same at any world size)",
          "parallel.table_lr": "train.lr (adam) or train.adagrad_lr (rowwise_adagrad)"}
 
 _POSITIVE = {
@@ -178,7 +196,7 @@ _POSITIVE = {
     "data.shuffle_window_rows", "data.loader_workers", "data.prefetch_windows",
 }
 _NON_NEGATIVE = {"train.max_steps", "train.keep_checkpoints", "train.checkpoint_every_steps", "train.threads", "train.checkpoint_every",
-                 "eval.every", "mat.mu", "data.synthetic.feature_noise", "model.epsilon", "eval.sampled_uniform",
+                 "eval.every_epochs", "train.early_stopping.patience", "train.early_stopping.min_delta", "mat.mu", "data.synthetic.feature_noise", "model.epsilon", "eval.sampled_uniform",
                  "eval.sampled_degree", "eval.max_queries"}
 _FRACTIONS = {"data.synthetic.visual_missing", "data.synthetic.text_missing",
               "data.synthetic.valid_fraction", "data.synthetic.test_fraction"}
@@ -252,6 +270,14 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.data.loader == "stream" and "train" in cfg.eval.splits:
         raise ConfigError("eval.splits: with data.loader=stream the training split stays on disk; evaluate "
                           "valid/test")
+    if not cfg.eval.hits_at or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in cfg.eval.hits_at):
+        raise ConfigError(f"eval.hits_at: expected a list of positive integers, got {cfg.eval.hits_at!r}")
+    allowed = ["mrr", "mr", "amri", *(f"hits@{k}" for k in cfg.eval.hits_at)]
+    if cfg.eval.select_by not in allowed:
+        raise ConfigError(f"eval.select_by: expected one of {allowed}, got {cfg.eval.select_by!r}")
+    if cfg.train.early_stopping.patience and not cfg.eval.every_epochs:
+        raise ConfigError("train.early_stopping.patience: early stopping needs validation runs; set "
+                          "eval.every_epochs")
     if cfg.eval.protocol == "sampled" and cfg.eval.sampled_uniform + cfg.eval.sampled_degree == 0:
         raise ConfigError("eval.sampled_uniform + eval.sampled_degree: the sampled protocol needs candidates")
     if cfg.train.negatives == "chunk_shared" and cfg.train.chunk_size > cfg.train.batch_size:

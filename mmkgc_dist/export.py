@@ -1,13 +1,17 @@
-"""Embedding export: every entity's id, name, structural row, fused joint embedding and AdaMF modality
-weights, as a Parquet folder written by rank shards.
+"""Embedding export: the whole trained model as Parquet — every entity's id, name, structural row, fused joint
+embedding and AdaMF modality weights, and every relation's vector — with ``export.json`` documenting the
+scoring function, so the model can be used outside this package. ``read_embeddings`` reads it back.
 
 Each rank streams the entities it owns (all of them in one process) in chunks through its own
 ``part-<rank>.parquet``; nothing holds the whole table. The folder is built in a temporary sibling (its name
-chosen by rank 0) and swapped in crash-safely by rank 0 once every rank has closed its part, with
-``export.json`` (counts, widths, columns). OUT follows the ownership rule of outputs.py.
+chosen by rank 0) and swapped in crash-safely by rank 0 once every rank has closed its part. OUT follows the
+ownership rule of outputs.py.
 
     OUT/part-00000.parquet   id:int64, name:string, structural, joint: fixed_size_list<float32>[2d],
                              weight_<structure|modality>: float32 (AdaMF attention; absent without fusion)
+    OUT/relations.parquet    id:int64, name:string, embedding: fixed_size_list<float32>[d] (the trained rows),
+                             phase: fixed_size_list<float32>[d] (θ = embedding / (embedding_range / π))
+    OUT/export.json          counts, widths, files, and "scoring": the function and its constants
 """
 from __future__ import annotations
 
@@ -27,8 +31,18 @@ def _vectors(t: torch.Tensor) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(t.numpy().reshape(-1)), t.shape[1])
 
 
+def scoring_record(rotate) -> dict:
+    """How to score with the exported vectors, for export.json."""
+    return {"model": "RotatE on AdaMF-fused entity embeddings",
+            "score": "gamma - sum_k |h_k * exp(i * phase_k) - t_k|  (higher is more plausible)",
+            "entities": "use the 'joint' column; a row of width 2d is [re_1..re_d, im_1..im_d]",
+            "relations": "use the 'phase' column (radians); 'embedding' is the trained row, "
+                         "phase = embedding / (embedding_range / pi)",
+            "gamma": rotate.gamma, "embedding_range": rotate.embedding_range, "dim": rotate.dim}
+
+
 def export_embeddings(runtime, entity_names: list[str], modalities: list[str], step: int, out_dir: str,
-                      chunk: int = 65536) -> dict:
+                      relation_names: list[str] | None = None, rotate=None, chunk: int = 65536) -> dict:
     """Through the runtime's public operations only: ``embedding_chunks`` of the entities this process owns,
     ``share``/``gather_rows``/``barrier`` (local or distributed alike)."""
     rank = runtime.rank
@@ -38,7 +52,8 @@ def export_embeddings(runtime, entity_names: list[str], modalities: list[str], s
         builder.create()
     runtime.barrier()
     try:
-        info = _write_parts(runtime, entity_names, modalities, step, builder.tmp, chunk)
+        info = _write_parts(runtime, entity_names, modalities, step, builder.tmp, chunk,
+                            _relations(runtime, relation_names, rotate), scoring_record(rotate) if rotate else None)
     except BaseException:
         if rank == 0:
             builder.abort()
@@ -49,7 +64,18 @@ def export_embeddings(runtime, entity_names: list[str], modalities: list[str], s
     return info
 
 
-def _write_parts(runtime, entity_names, modalities, step: int, tmp: str, chunk: int) -> dict:
+def _relations(runtime, names: list[str] | None, rotate) -> pa.Table | None:
+    """Every relation's trained row and phase (relations are small and replicated; rank 0 writes them)."""
+    if rotate is None:
+        return None
+    rows = runtime.relation_table().detach().float().cpu()
+    names = names if names is not None else [str(i) for i in range(len(rows))]
+    return pa.table({"id": pa.array(np.arange(len(rows), dtype=np.int64)), "name": pa.array(names, pa.string()),
+                     "embedding": _vectors(rows), "phase": _vectors(rotate.phase(rows))})
+
+
+def _write_parts(runtime, entity_names, modalities, step: int, tmp: str, chunk: int,
+                 relations: pa.Table | None = None, scoring: dict | None = None) -> dict:
     rank = runtime.rank
     names = np.asarray(entity_names, dtype=object)
     weight_names = ["structure", *modalities]
@@ -74,8 +100,65 @@ def _write_parts(runtime, entity_names, modalities, step: int, tmp: str, chunk: 
     info = {"entities": int(sum(counts)), "rows_per_rank": counts, "width": int(widths[0]) if widths else 0,
             "modality_weights": weight_names if modalities else [],
             "step": step, "files": sorted(f"part-{r:05d}.parquet" for r, n in enumerate(counts) if n)}
+    if relations is not None:
+        info["relations"] = {"rows": relations.num_rows, "file": "relations.parquet"}
+        info["scoring"] = scoring
     runtime.barrier()
     if rank == 0:
+        if relations is not None:
+            pq.write_table(relations, os.path.join(tmp, "relations.parquet"))
         with open(os.path.join(tmp, "export.json"), "w") as fh:
             json.dump(info, fh, indent=2)
     return info
+
+
+class Embeddings:
+    """An export read back: arrays ordered by id, names, and the scoring constants of export.json."""
+
+    def __init__(self, info: dict, entities: pa.Table, relations: pa.Table | None):
+        self.info = info
+        self.entity_names = entities.column("name").to_pylist()
+        self.joint = _matrix(entities.column("joint"))
+        self.structural = _matrix(entities.column("structural"))
+        self.weights = {c[len("weight_"):]: entities.column(c).to_numpy() for c in entities.column_names
+                        if c.startswith("weight_")}
+        self.relation_names = relations.column("name").to_pylist() if relations is not None else []
+        self.phases = _matrix(relations.column("phase")) if relations is not None else None
+        self.relation_embeddings = _matrix(relations.column("embedding")) if relations is not None else None
+
+    def score(self, heads, relations, tails) -> np.ndarray:
+        """export.json's function on id arrays: gamma - sum_k |h_k e^{i θ_k} - t_k| over the joint vectors."""
+        if self.phases is None:
+            raise ValueError("this export has no relations (written before relations were exported)")
+        h, t = self.joint[np.asarray(heads)], self.joint[np.asarray(tails)]
+        theta = self.phases[np.asarray(relations)]
+        d = h.shape[1] // 2
+        h_c, t_c = h[:, :d] + 1j * h[:, d:], t[:, :d] + 1j * t[:, d:]
+        return self.info["scoring"]["gamma"] - np.abs(h_c * np.exp(1j * theta) - t_c).sum(1)
+
+
+def _matrix(column) -> np.ndarray:
+    flat = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return flat.flatten().to_numpy().reshape(len(flat), -1)
+
+
+def read_embeddings(path: str) -> Embeddings:
+    """Read an export folder (a local path or any fsspec URL) back into arrays ordered by id."""
+    import fsspec
+
+    from .data.errors import DataError
+
+    fs, root = fsspec.core.url_to_fs(path)
+    try:
+        with fs.open(f"{root}/export.json") as fh:
+            info = json.load(fh)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no export.json; is this a folder written by `mmkgc-dist export`?")
+    parts = [pq.read_table(f"{root}/{f}", filesystem=fs) for f in info["files"]]
+    entities = pa.concat_tables(parts).sort_by("id")
+    if entities.num_rows != info["entities"] or entities.column("id").to_pylist() != list(range(info["entities"])):
+        raise DataError(f"{path}: the parts hold {entities.num_rows} entity rows; export.json says "
+                        f"{info['entities']} with ids 0..{info['entities'] - 1}")
+    relations = pq.read_table(f"{root}/{info['relations']['file']}", filesystem=fs).sort_by("id") \
+        if "relations" in info else None
+    return Embeddings(info, entities, relations)

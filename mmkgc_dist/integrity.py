@@ -1,7 +1,9 @@
-"""Checkpoint integrity and safe loading, for both checkpoint kinds of a run's ``checkpoints/`` folder:
+"""Checkpoint integrity and safe loading for a run's ``checkpoints/`` folder.
 
-    step-NNNNNNNNN.pt  + step-NNNNNNNNN.json     one process: torch file + its digest record
-    step-NNNNNNNNN/    (meta.json lists digests)  distributed: DCP shards, generator, RNG, meta.json last
+    step-NNNNNNNNN/    one checkpoint at any world size (parallel/checkpoint.py); meta.json lists digests
+    step-NNNNNNNNN.pt  + step-NNNNNNNNN.json     single-file checkpoints of versions before checkpoint format 2:
+                       still listed, verified and pruned here (never silently skipped); loading refuses them
+                       with a one-line error naming the format
 
 Every file a checkpoint holds has its SHA-256 recorded at save time; ``verify`` recomputes them, so a truncated,
 empty or altered file is found before anything reads it, and ``newest_verified`` falls back to the newest good
@@ -161,8 +163,8 @@ def checkpoint_at(path: str) -> Checkpoint:
         raise DataError(f"{path}: checkpoint not found")
     m = FILE_RE.fullmatch(name) or FOLDER_RE.fullmatch(name)
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "meta.json")):
-        raise DataError(f"{path}: a folder without meta.json is not a checkpoint; give a step-N.pt file or a "
-                        f"step-N/ checkpoint folder")
+        raise DataError(f"{path}: a folder without meta.json is not a checkpoint; give a step-N/ checkpoint "
+                        f"folder")
     ckpt = Checkpoint(path.rstrip("/"), int(m[1]) if m else -1)
     if m is None and not os.path.exists(ckpt.record):
         # A renamed file: no digest record to check, so only the safe load below guards it.
@@ -175,14 +177,17 @@ def checkpoint_at(path: str) -> Checkpoint:
 
 
 def prune(directory: str, keep: int, just_written: str | None = None) -> list[str]:
-    """Delete all but the newest ``keep`` checkpoints (0 = keep all). The newest verified checkpoint is kept
+    """Delete all but the newest ``keep`` checkpoints (0 = keep all) and the selected best one (best.json).
+    The newest verified checkpoint is kept
     even when it is older than those — ``just_written``, the checkpoint the caller has just saved (its digests
     were computed from the bytes on disk), counts as verified and is always kept, even when a damaged one with
     a later step survives from before a fallback. Only our own checkpoint names are ever deleted."""
     found = list_checkpoints(directory)
     if keep <= 0 or len(found) <= keep:
         return []
-    kept = set(found[-keep:]) | {c for c in found if just_written and c.path == just_written.rstrip("/")}
+    best = selected_checkpoint(directory)
+    kept = set(found[-keep:]) | {c for c in found if just_written and c.path == just_written.rstrip("/")} | \
+        {c for c in found if os.path.basename(c.path) == best}
     if just_written is None and not any(verify(c) is None for c in sorted(kept, key=lambda c: -c.step)):
         good = newest_verified(directory)
         if good is not None:
@@ -191,6 +196,16 @@ def prune(directory: str, keep: int, just_written: str | None = None) -> list[st
     for ckpt in removed:
         delete(ckpt)
     return [c.path for c in removed]
+
+
+def selected_checkpoint(directory: str) -> str | None:
+    """The checkpoint model selection named best (``best.json``, train/selection.py): never pruned."""
+    try:
+        with open(os.path.join(directory, "best.json")) as fh:
+            best = json.load(fh).get("best") or {}
+        return best.get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def delete(ckpt: Checkpoint) -> None:

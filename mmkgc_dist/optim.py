@@ -87,7 +87,8 @@ class RowwiseAdagrad(_TableOptimizer):
 
 
 class OptimizerGroup:
-    """Several optimizers stepped as one (tables and dense parameters follow different rules)."""
+    """Several optimizers stepped as one (tables and dense parameters follow different rules). Their state is
+    saved by each runtime under world-size-independent names (parallel/checkpoint.py), not from here."""
 
     def __init__(self, *optimizers):
         self.optimizers = [o for o in optimizers if o is not None]
@@ -104,19 +105,60 @@ class OptimizerGroup:
         for opt in self.optimizers:
             opt.step()
 
-    def state_dict(self) -> dict:
-        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
-
-    def load_state_dict(self, state: dict) -> None:
-        if len(state.get("optimizers", [])) != len(self.optimizers):
-            raise ValueError(f"optimizer state holds {len(state.get('optimizers', []))} optimizers, this run "
-                             f"has {len(self.optimizers)} (was train.table_optimizer changed?)")
-        for opt, s in zip(self.optimizers, state["optimizers"]):
-            opt.load_state_dict(s)
-
 
 def table_optimizer(name: str, params: list, lr: float, adagrad_lr: float):
     """The configured rule (train.table_optimizer) for table parameters with dense gradients."""
     if not params:
         return None
     return LazyAdam(params, lr=lr) if name == "adam" else RowwiseAdagrad(params, lr=adagrad_lr)
+
+
+# ---------------------------------------------------------------------------------- checkpoint state
+# Checkpoints hold table-optimizer state under names that do not depend on who updates the table:
+# "<table>.exp_avg", "<table>.exp_avg_sq", "<table>.step" (adam) or "<table>.sum" (rowwise_adagrad), at the
+# table's own width. ``LazyAdam``/``RowwiseAdagrad`` here and ``parallel.tables.ShardedRowOptimizer`` write and
+# read the same names, so a checkpoint of one process resumes on N ranks and back.
+def table_state(opt, params: dict[str, Tensor], widths: dict[str, int]) -> dict[str, Tensor]:
+    """The named state of a dense-gradient table optimizer (zeros for tables not stepped yet). Tensors that
+    are the optimizer's own are returned as they are, so a checkpoint load can fill them in place."""
+    out = {}
+    for name, p in params.items():
+        state, width = opt.state.get(p, {}), widths[name]
+        if isinstance(opt, LazyAdam):
+            out[f"{name}.step"] = state.get("step", torch.zeros((), dtype=torch.int64))
+            for key in ("exp_avg", "exp_avg_sq"):
+                moment = state.get(key)
+                out[f"{name}.{key}"] = moment[:, :width].contiguous() if moment is not None \
+                    else torch.zeros(p.shape[0], width, device=p.device)
+        else:
+            out[f"{name}.sum"] = state["sum"] if "sum" in state else torch.zeros(p.shape[0], device=p.device)
+    return out
+
+
+@torch.no_grad()
+def load_table_state(opt, params: dict[str, Tensor], values: dict[str, Tensor]) -> None:
+    """Install named state (as ``table_state`` returns it, filled by a checkpoint load) into ``opt``."""
+    for name, p in params.items():
+        state = opt.state[p]
+        if isinstance(opt, LazyAdam):
+            state["step"] = values[f"{name}.step"].clone().to(torch.int64)
+            for key in ("exp_avg", "exp_avg_sq"):
+                value = values[f"{name}.{key}"].to(p.device, torch.float32)
+                if state.get(key) is None or state[key].data_ptr() != value.data_ptr():
+                    full = torch.zeros_like(p)
+                    full[:, :value.shape[1]] = value
+                    state[key] = full
+        else:
+            state["sum"] = values[f"{name}.sum"].to(p.device, torch.float32)
+
+
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """torch's load_state_dict, keeping this optimizer's implementation flags (a checkpoint of DeepSpeed's
+    foreach Adam loads into the fused Adam of one process and back: same rule, different kernels)."""
+    flags = [{k: g[k] for k in IMPLEMENTATION_FLAGS if k in g} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, kept in zip(opt.param_groups, flags):
+        group.update(kept)

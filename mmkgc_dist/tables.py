@@ -14,6 +14,18 @@ from .model.kgc import EntityRows
 from .rng import uniform_rows
 
 
+def row_width(width: int) -> int:
+    """TorchRec's kernels need row widths that are multiples of 4: the stored width of a table (checkpoints
+    use it at every world size)."""
+    return -(-width // 4) * 4
+
+
+def pad_rows(table: Tensor) -> Tensor:
+    """``table`` at its stored width: itself when no padding is needed, else a zero-padded copy."""
+    extra = row_width(table.shape[1]) - table.shape[1]
+    return torch.nn.functional.pad(table, (0, extra)) if extra else table
+
+
 class LocalTables(nn.Module):
     def __init__(self, num_entities: int, num_relations: int, dim: int, entity_bound: float,
                  relation_bound: float, features: dict[str, Features], trainable_features: bool, seed: int):

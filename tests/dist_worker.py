@@ -8,7 +8,8 @@ import torch
 
 from mmkgc_dist.config import load_config, parse_overrides
 from mmkgc_dist.data.synthetic import generate
-from mmkgc_dist.eval.ranking import filtered_ranks, link_prediction_metrics
+from mmkgc_dist.eval.metrics import link_prediction_metrics
+from mmkgc_dist.eval.ranking import filtered_ranks
 from mmkgc_dist.parallel.env import shutdown_distributed
 from mmkgc_dist.trainers import distributed_trainer
 
@@ -55,7 +56,15 @@ def main() -> None:
     reference = link_prediction_metrics(filtered_ranks(joint, tables["relation"], trainer.rotate,
                                                        trainer.data.splits["test"], trainer.known_triples(),
                                                        trainer.kernels, cfg.eval.batch_size, cfg.eval.ties))
+    # Top-10 tails of the first test queries by the gathered tables (a one-process load must agree).
+    queries = trainer.data.splits["test"][:8]
+    with torch.no_grad():
+        query = trainer.rotate.rotate(joint[torch.from_numpy(queries[:, 0])],
+                                      trainer.rotate.phase(tables["relation"][torch.from_numpy(queries[:, 1])]))
+        top = torch.topk(trainer.kernels.all_pairs(query, joint), 10, dim=1, largest=False)
     result = {"rank": rank, "losses": losses, "metrics": metrics, "reference": reference,
+              "queries": queries.tolist(), "top_ids": top.indices.tolist(),
+              "top_scores": (trainer.rotate.gamma - top.values).tolist(),
               "dense": digest(trainer.core),
               "dense_exact": [p.detach().flatten().tolist() for p in trainer.core.parameters()],
               "generator_exact": [p.detach().flatten().tolist() for p in trainer.generators.parameters()]

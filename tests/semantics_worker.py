@@ -1,5 +1,7 @@
 """Worker for the one-semantics test: trains the default job for N steps in one process (``--local``) or as
-one rank of a torchrun world, and writes the initial tables' digests and the per-step global losses."""
+one rank of a torchrun world, and writes the initial tables' digests and the per-step global losses.
+``--resume RUN`` first continues from RUN's newest checkpoint, ``--save RUN`` saves one at the end; both that and
+``--eval-only`` (no training) add the test-split metrics (checkpoints move between world sizes)."""
 import hashlib
 import json
 import os
@@ -16,7 +18,11 @@ def digest(t: torch.Tensor) -> str:
 
 
 def main() -> None:
-    out, local, overrides = sys.argv[1], "--local" in sys.argv, [a for a in sys.argv[2:] if a != "--local"]
+    out, local, eval_only = sys.argv[1], "--local" in sys.argv, "--eval-only" in sys.argv
+    args = [a for a in sys.argv[2:] if a not in ("--local", "--eval-only")]
+    paths = {flag: args[args.index(flag) + 1] for flag in ("--save", "--resume") if flag in args}
+    overrides = [a for i, a in enumerate(args) if a not in paths and a not in paths.values()]
+    run_dir = paths.get("--save") or paths.get("--resume")
     torch.set_num_threads(1)
     cfg = load_config(None, parse_overrides(overrides))
     data = generate(cfg.data.synthetic)
@@ -25,29 +31,36 @@ def main() -> None:
             from mmkgc_dist.trainers import local_trainer
         except ImportError:                       # a checkout from before the runtimes (benchmarks/semantics.py)
             from mmkgc_dist.train.trainer import Trainer as local_trainer
-        trainer, rank = local_trainer(cfg, data, None, show_progress=False), 0
+        trainer, rank = local_trainer(cfg, data, run_dir, show_progress=False), 0
         tables = {"entity": trainer.tables.entity.weight, "relation": trainer.tables.relation.weight}
     else:
         try:
             from mmkgc_dist.trainers import distributed_trainer
         except ImportError:
             from mmkgc_dist.parallel.trainer import DistributedTrainer as distributed_trainer
-        trainer = distributed_trainer(cfg, data, None, show_progress=False)
+        trainer = distributed_trainer(cfg, data, run_dir, show_progress=False)
         rank = trainer.env.rank
         tables = {name: trainer.tables.full_table(name) for name in ("entity", "relation")}
     initial = {name: digest(t) for name, t in tables.items()}
     initial["dense"] = digest(torch.cat([p.detach().flatten() for p in trainer.core.parameters()] + [torch.zeros(0)]))
     if trainer.generators is not None:
         initial["generators"] = digest(torch.cat([p.detach().flatten() for p in trainer.generators.parameters()]))
+    if "--resume" in paths:
+        assert trainer.resume(), "no checkpoint to resume from"
     losses = []
-    for batch, negatives in trainer.batches():
+    for batch, negatives in [] if eval_only else trainer.batches():
         losses.append(trainer.reduce_metrics(trainer.step_fn(batch, negatives))["loss"])
         trainer.step += 1
         trainer.batch_in_epoch += 1
         if len(losses) == cfg.train.max_steps:
             break
+    result = {"initial": initial, "losses": losses}
+    if "--save" in paths:
+        trainer.save()
+    if "--save" in paths or eval_only:
+        result["metrics"] = trainer.evaluate("test")
     with open(os.path.join(out, f"{'local' if local else 'rank'}-{rank}.json"), "w") as fh:
-        json.dump({"initial": initial, "losses": losses}, fh)
+        json.dump(result, fh)
     if not local:       # barrier + destroy: a rank exiting first otherwise aborts in gloo's threads (SIGABRT)
         from mmkgc_dist.parallel.env import shutdown_distributed
         shutdown_distributed()

@@ -153,13 +153,19 @@ def world(tmp_path_factory):
     _write(j("binary.yaml"), bytes(range(256)) * 4, mode="wb")
     # Checkpoints: payloads, damaged files, a folder that is not a checkpoint, a locked run.
     torch.save({"tables": Payload(j("PWNED-checkpoint")), "cursor": {}}, j("payload.pt"))
-    good_ckpt = sorted(f for f in os.listdir(j("run", "checkpoints")) if f.endswith(".pt"))[-1]
-    with open(j("run", "checkpoints", good_ckpt), "rb") as fh:
-        _write(j("truncated", "checkpoints", "step-000000008.pt"), fh.read()[:1000], mode="wb")
-    record = j("run", "checkpoints", good_ckpt[:-3] + ".json")
-    if os.path.exists(record):        # (absent before digests existed: lets this suite run against old code)
-        shutil.copy(record, j("truncated", "checkpoints", "step-000000008.json"))
-    _write(j("empty_ckpt", "step-000000001.pt"), "")
+    good_ckpt = j("run", "checkpoints", sorted(os.listdir(j("run", "checkpoints")))[-1])
+    shutil.copytree(good_ckpt, j("truncated", "checkpoints", "step-000000008"))
+    with open(j("truncated", "checkpoints", "step-000000008", "dcp", "__0_0.distcp"), "r+b") as fh:
+        fh.truncate(1000)
+    os.makedirs(j("empty_ckpt", "step-000000001"))
+    _write(j("empty_ckpt", "step-000000001", "meta.json"), "")
+    # Checkpoints of older versions: a single file, a folder of format 1 (meta.json without "format").
+    os.makedirs(j("legacy"))
+    torch.save({"tables": {}, "cursor": {"step": 4}}, j("legacy", "step-000000004.pt"))
+    shutil.copytree(good_ckpt, j("format1", "step-000000005"))
+    meta = json.load(open(j("format1", "step-000000005", "meta.json")))
+    meta.pop("format", None)
+    _write(j("format1", "step-000000005", "meta.json"), json.dumps(meta))
     shutil.copytree(j("run"), j("run_locked"))
     _write(j("run_locked", ".lock"), json.dumps({"pid": 1, "host": "another-host", "since": "earlier"}))
     return w
@@ -254,8 +260,10 @@ CASES = [
     # --- checkpoints (#2, #5, #8) -------------------------------------------------------------------------
     ("evaluate-checkpoint-folder", ["evaluate", "run", "--checkpoint", "run"], "run: a folder without meta.json is not a checkpoint"),
     ("evaluate-payload", ["evaluate", "run", "--checkpoint", "payload.pt"], "payload.pt: checkpoint failed verification: payload.pt: refused to load"),
-    ("evaluate-truncated", ["evaluate", "run", "--checkpoint", "truncated/checkpoints/step-000000008.pt"], "step-000000008.pt: checkpoint failed verification: step-000000008.pt has 1000 bytes"),
-    ("evaluate-empty-checkpoint", ["evaluate", "run", "--checkpoint", "empty_ckpt/step-000000001.pt"], "checkpoint failed verification: empty file"),
+    ("evaluate-truncated", ["evaluate", "run", "--checkpoint", "truncated/checkpoints/step-000000008"], "step-000000008: checkpoint failed verification: dcp/__0_0.distcp has 1000 bytes"),
+    ("evaluate-empty-checkpoint", ["evaluate", "run", "--checkpoint", "empty_ckpt/step-000000001"], "checkpoint failed verification: meta.json unreadable"),
+    ("evaluate-single-file-checkpoint", ["evaluate", "run", "--checkpoint", "legacy/step-000000004.pt"], "step-000000004.pt: a single-file checkpoint of mmkgc-dist before checkpoint format 2"),
+    ("evaluate-format-1-checkpoint", ["evaluate", "run", "--checkpoint", "format1/step-000000005"], "step-000000005: checkpoint format 1; this version reads format 2"),
     ("evaluate-not-a-run", ["evaluate", "userdir"], "userdir: no config.yaml"),
     ("evaluate-missing-run", ["evaluate", "no_such_run"], "no_such_run: not a run folder (not found)"),
     ("evaluate-no-good-checkpoint", ["evaluate", "truncated_run"], "truncated_run/checkpoints: no complete, verified checkpoint found"),
@@ -269,9 +277,8 @@ def truncated_run(world):
     path = os.path.join(world, "truncated_run")
     shutil.copytree(os.path.join(world, "run"), path)
     for f in os.listdir(os.path.join(path, "checkpoints")):
-        if f.endswith(".pt"):
-            with open(os.path.join(path, "checkpoints", f), "r+b") as fh:
-                fh.truncate(100)
+        with open(os.path.join(path, "checkpoints", f, "dcp", "__0_0.distcp"), "r+b") as fh:
+            fh.truncate(100)
     return path
 
 

@@ -2,7 +2,8 @@
 import numpy as np
 import torch
 
-from mmkgc_dist.eval.ranking import FilterIndex, filtered_ranks, link_prediction_metrics, ranks_from_distances
+from mmkgc_dist.eval.metrics import link_prediction_metrics
+from mmkgc_dist.eval.ranking import FilterIndex, filtered_ranks, ranks_from_distances
 from mmkgc_dist.model import DistanceKernels, RotatE
 
 
@@ -51,3 +52,40 @@ def test_tie_policies_differ_only_on_ties():
     p = filtered_ranks(joint, torch.zeros(1, 1), rot, test, test, kern, ties="pessimistic")["tail"][0]
     r = filtered_ranks(joint, torch.zeros(1, 1), rot, test, test, kern, ties="realistic")["tail"][0]
     assert (o, p, r) == (2.0, 4.0, 3.0)          # e0 better; e2, e3 tie with the target
+
+
+def test_candidate_counts_and_amri():
+    """Each query's candidates are the entities not filtered out (its own answer counted); AMRI is 1 for
+    perfect ranks, about 0 for the ranks a random scorer gets."""
+    rot = RotatE(dim=1, gamma=1.0)
+    joint = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+    test = np.array([[0, 0, 2]])
+    known = np.array([[0, 0, 2], [0, 0, 1]])
+    ranks = filtered_ranks(joint, torch.zeros(1, 1), rot, test, known, DistanceKernels(compile=False))
+    assert ranks["tail_candidates"].tolist() == [4] and ranks["head_candidates"].tolist() == [5]
+    from mmkgc_dist.eval.metrics import summarize
+    assert summarize(np.ones(10), np.full(10, 101))["amri"] == 1.0
+    random = np.random.default_rng(0).integers(1, 102, size=200_000)      # uniform ranks over 101 candidates
+    assert abs(summarize(random, np.full(len(random), 101))["amri"]) < 0.01
+    assert summarize(np.array([1, 4, 20]), hits_at=(2, 5))["hits@5"] == 2 / 3
+
+
+def test_relation_categories_and_breakdowns():
+    from mmkgc_dist.data.statistics import exact_relation_table
+    from mmkgc_dist.eval.metrics import markdown_report, relation_categories
+    train = np.array([[0, 0, 1], [2, 0, 3],                    # 1-1
+                      [0, 1, 1], [0, 1, 2], [0, 1, 3],          # 1-N: one head, three tails
+                      [1, 2, 0], [2, 2, 0], [3, 2, 0],          # N-1
+                      [0, 3, 1], [0, 3, 2], [1, 3, 1], [1, 3, 2]])   # N-N
+    cats = relation_categories(exact_relation_table(train, 4))
+    assert cats.tolist() == ["1-1", "1-N", "N-1", "N-N"]
+    triples = np.array([[0, 0, 1], [0, 1, 2], [1, 2, 0], [0, 3, 2], [2, 3, 1]])
+    ranks = {"tail": np.array([1.0, 2, 4, 1, 3]), "head": np.array([1.0, 1, 2, 5, 1]),
+             "tail_candidates": np.full(5, 10), "head_candidates": np.full(5, 10)}
+    m = link_prediction_metrics(ranks, triples, (1, 3), ["r0", "r1", "r2", "r3"], cats)
+    assert m["per_category"]["N-N"]["count"] == 4 and m["per_category"]["N-N"]["tail"]["mr"] == 2.0
+    assert m["per_relation"]["r3"]["category"] == "N-N" and m["per_relation"]["r1"]["hits@1"] == 0.5
+    assert sum(v["count"] for v in m["per_category"].values()) == m["count"] == 10
+    assert set(m) >= {"mrr", "mr", "hits@1", "hits@3", "amri", "tail", "head"} and "hits@10" not in m
+    report = markdown_report({"test": {**m, "protocol": "filtered", "ties": "realistic"}})
+    assert "| N-N tail |" in report and "| r3 | N-N |" in report

@@ -114,7 +114,7 @@ def test_run_folder_lifecycle_overwrite_resume_and_pruning(tmp_path):
     first = cli("train", *args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     ckpts = sorted(f for f in os.listdir(tmp_path / "r" / "checkpoints"))
-    assert len([f for f in ckpts if f.endswith(".pt")]) == 2 and len(ckpts) == 4, ckpts   # + digest records
+    assert len(ckpts) == 2 and all(f.startswith("step-") for f in ckpts), ckpts
     (tmp_path / "r" / "notes.txt").write_text("mine")
     resumed = cli("train", *args, "--resume", "--train.epochs=3", cwd=tmp_path)
     assert resumed.returncode == 0 and "resumed at epoch 2" in resumed.stdout, resumed.stderr
@@ -124,7 +124,7 @@ def test_run_folder_lifecycle_overwrite_resume_and_pruning(tmp_path):
     results = json.load(open(tmp_path / "r" / "results.json"))
     assert results["train"]["epochs"] == 1
     assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
-    steps = sorted(int(f[5:14]) for f in os.listdir(tmp_path / "r" / "checkpoints") if f.endswith(".pt"))
+    steps = sorted(int(f[5:14]) for f in os.listdir(tmp_path / "r" / "checkpoints"))
     assert steps[-1] == results["train"]["steps"] and len(steps) <= 2
 
 
@@ -139,7 +139,7 @@ def trained(tmp_path_factory):
 
 
 def _ckpts(run):
-    return sorted(p for p in os.listdir(os.path.join(run, "checkpoints")) if p.endswith(".pt"))
+    return sorted(os.listdir(os.path.join(run, "checkpoints")))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "empty", "flip"])
@@ -148,8 +148,9 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning(trained, tmp_path, 
     shutil.copytree(trained / "r", run)
     ckpts = _ckpts(run)
     newest, older = run / "checkpoints" / ckpts[-1], run / "checkpoints" / ckpts[-2]
-    data = newest.read_bytes()
-    newest.write_bytes({"truncate": data[:len(data) // 2], "empty": b"",
+    data_file = newest / "dcp" / "__0_0.distcp"
+    data = data_file.read_bytes()
+    data_file.write_bytes({"truncate": data[:len(data) // 2], "empty": b"",
                         "flip": data[:100] + bytes([data[100] ^ 1]) + data[101:]}[damage])
     ev = cli("evaluate", str(run), "--output", str(tmp_path / "m.json"), cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr
@@ -164,21 +165,19 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning(trained, tmp_path, 
 
 
 def test_planted_payload_never_runs(trained, tmp_path):
-    """A payload planted as the newest checkpoint: without a digest record it is skipped with a warning; with a
-    forged record (the attacker rewrote it too) it passes the digest check and the weights-only load refuses."""
+    """A payload planted in the newest checkpoint: its digests do not match, so it is skipped with a warning;
+    with forged digests (the attacker rewrote meta.json too) the weights-only load refuses it."""
     run = tmp_path / "r"
     shutil.copytree(trained / "r", run)
     marker = tmp_path / "PWNED"
-    planted = run / "checkpoints" / "step-000000999.pt"
-    torch.save({"tables": Payload(str(marker)), "cursor": {}}, planted)
+    planted = run / "checkpoints" / "step-000000999"
+    shutil.copytree(run / "checkpoints" / _ckpts(run)[-1], planted)
+    torch.save({"state": Payload(str(marker))}, planted / "dense_optimizer.pt")
     ev = cli("evaluate", str(run), cwd=tmp_path)
-    assert ev.returncode == 0 and "step-000000999.pt is damaged" in ev.stderr and "refused to load" in ev.stderr
-    from mmkgc_dist.integrity import sha256
-    (run / "checkpoints" / "step-000000999.json").write_text(json.dumps(
-        {"sha256": sha256(str(planted)), "bytes": planted.stat().st_size, "step": 999}))
-    for args in (["evaluate", str(run)], ["evaluate", str(trained / "r"), "--checkpoint", str(planted)],
-                 ["train", "--run-dir", str(run), *TINY, "--resume"]):
-        _one_error(cli(*args, cwd=tmp_path), "refused to load")
+    assert ev.returncode == 0 and "step-000000999 is damaged (dense_optimizer.pt" in ev.stderr, \
+        ev.stderr
+    _forge_digests(planted)
+    _one_error(cli("train", "--run-dir", str(run), *TINY, "--resume", cwd=tmp_path), "refused to load")
     assert not marker.exists()
 
 
@@ -200,10 +199,12 @@ def _forge_digests(ckpt):
     (ckpt / "meta.json").write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("target", ["dcp/.metadata", "dense_optimizer.pt", "rng-rank0.pt",
+@pytest.mark.parametrize("target", ["dcp/.metadata", "generator.pt", "dense_optimizer.pt", "rng-rank0.pt",
                                     "generator/generator/mp_rank_00_model_states.pt",
                                     "generator/generator/zero_pp_rank_0_mp_rank_00_optim_states.pt"])
 def test_payload_in_each_distributed_checkpoint_file(dist_run, tmp_path, target):
+    """Each file a checkpoint holds, replaced by a payload: refused by its digest, and with forged digests by
+    the restricted loaders — evaluation reads the model files, resuming reads every file."""
     run = tmp_path / "r"
     shutil.copytree(dist_run / "r", run)
     ckpt = run / "checkpoints" / sorted(os.listdir(run / "checkpoints"))[-1]
@@ -218,8 +219,11 @@ def test_payload_in_each_distributed_checkpoint_file(dist_run, tmp_path, target)
     _one_error(cli("evaluate", str(run), "--checkpoint", str(ckpt), cwd=tmp_path),
                "checkpoint failed verification")
     _forge_digests(ckpt)
-    res = cli("evaluate", str(run), "--checkpoint", str(ckpt), cwd=tmp_path, timeout=600)
-    _one_error(res, "refused")
+    model_file = target in ("dcp/.metadata", "generator.pt")
+    args = ["evaluate", str(run), "--checkpoint", str(ckpt)] if model_file else \
+        ["train", "--distributed", "--run-dir", str(run), *TINY, "--train.max_steps=4", "--parallel.zero_stage=2",
+         "--resume"]
+    _one_error(cli(*args, cwd=tmp_path, timeout=600), "refused")
     assert not marker.exists()
 
 
@@ -322,15 +326,21 @@ def test_overwrite_replaces_only_the_tools_own_dataset(tmp_path):
 
 
 def test_pruning_keeps_the_checkpoint_just_written_and_the_newest_verified(tmp_path):
-    from mmkgc_dist.integrity import list_checkpoints, prune
-    from mmkgc_dist.parallel.local_checkpoint import save_checkpoint
+    from mmkgc_dist.integrity import digests, list_checkpoints, prune
+
+    def save(step: int) -> str:
+        path = tmp_path / f"step-{step:09d}"
+        path.mkdir(exist_ok=True)
+        (path / "data").write_bytes(bytes([step]) * 10)
+        (path / "meta.json").write_text(json.dumps({"format": 2, "files": digests(str(path), skip=("meta.json",))}))
+        return str(path)
     for step in (1, 2, 3):
-        save_checkpoint({"x": torch.zeros(2)}, str(tmp_path), step)
-    (tmp_path / "step-000000003.pt").write_bytes(b"damaged")          # newest damaged
+        save(step)
+    (tmp_path / "step-000000003" / "data").write_bytes(b"damaged")    # newest damaged
     assert [c.step for c in list_checkpoints(str(tmp_path))] == [1, 2, 3]
     prune(str(tmp_path), keep=1)                                       # keeps 3 (newest) and 2 (newest verified)
     assert [c.step for c in list_checkpoints(str(tmp_path))] == [2, 3]
-    # After a fallback to 2 the run saves step 2 again... and at step 2 with a damaged 3 still there:
-    written = save_checkpoint({"x": torch.ones(2)}, str(tmp_path), 2)
+    # After a fallback to 2 the run saves step 2 again, with the damaged 3 still there:
+    written = save(2)
     prune(str(tmp_path), keep=1, just_written=written)
     assert os.path.exists(written)

@@ -61,3 +61,23 @@ def test_rowwise_adagrad_is_the_same_at_any_world_size(tmp_path):
     assert one["initial"] == two["initial"]
     worst = max(abs(a - b) / abs(b) for a, b in zip(two["losses"], one["losses"]))
     assert len(two["losses"]) == 15 and worst <= 0.02, worst
+
+
+def test_checkpoints_move_between_world_sizes(curves, tmp_path):
+    """One checkpoint format for every world size: one process saves after 5 steps and 2 ranks continue, and
+    back; both continuations follow the uninterrupted one-process curve (optimizer state included), and a
+    2-rank checkpoint evaluates in one process exactly as on the ranks that wrote it."""
+    reference = curves["one process"]["losses"]
+    five = ("--train.max_steps=5",)
+    local_saved = launch(tmp_path / "a", None, *five, "--save", tmp_path / "from-local")
+    on_two = launch(tmp_path / "b", 2, *five, "--resume", tmp_path / "from-local")
+    two_saved = launch(tmp_path / "c", 2, *five, "--save", tmp_path / "from-two")
+    on_one = launch(tmp_path / "d", None, *five, "--resume", tmp_path / "from-two")
+    evaluated = launch(tmp_path / "e", None, "--eval-only", "--resume", tmp_path / "from-two")
+    assert local_saved["losses"] == reference[:5]
+    for name, run in (("1 process -> 2 ranks", on_two), ("2 ranks -> 1 process", on_one)):
+        worst = max(abs(a - b) / abs(b) for a, b in zip(run["losses"], reference[5:10]))
+        print(f"{name}: max relative loss difference to the uninterrupted run over 5 steps: {worst:.2e}")
+        assert len(run["losses"]) == 5 and worst <= 2e-3, (name, worst)
+    for key in ("mrr", "mr", "hits@1", "hits@10"):
+        assert evaluated["metrics"][key] == pytest.approx(two_saved["metrics"][key], abs=1e-6), key

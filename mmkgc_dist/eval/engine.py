@@ -29,29 +29,32 @@ class CandidateShard:
     hi: int
     embeddings: Tensor                               # [hi - lo, 2d]
     embed: Callable[[Tensor], Tensor]                # joint embeddings of any entity ids (a collective)
+    total: int                                       # entities over all shards
     all_reduce: Callable[[Tensor], Tensor] = lambda t: t   # in-place sum over shards
 
     @classmethod
     def whole(cls, joint: Tensor) -> "CandidateShard":
         """One process: every entity is a candidate of this shard."""
-        return cls(0, joint.shape[0], joint, lambda ids: joint[ids.to(joint.device)])
+        return cls(0, joint.shape[0], joint, lambda ids: joint[ids.to(joint.device)], joint.shape[0])
 
 
 @torch.no_grad()
 def rank_queries(shard: CandidateShard, relations: Tensor, rotate: RotatE, kernels: DistanceKernels,
                  triples: np.ndarray, known: np.ndarray, ties: str, batch_size: int, sampled=None,
                  progress=None) -> dict[str, np.ndarray]:
-    """Ranks of the true tail and the true head of every triple. ``sampled``: (eval config, degree
-    distribution, num_entities, seed) for the sampled protocol; None ranks against all entities."""
+    """Ranks of the true tail and the true head of every triple, and how many candidates each query had
+    (the answer and every entity not filtered out; for AMRI). ``sampled``: (eval config, degree distribution,
+    num_entities, seed) for the sampled protocol; None ranks against all entities."""
     chunks = _sampled(shard, relations, rotate, kernels, triples, known, *sampled) if sampled else \
         _exact(shard, relations, rotate, kernels, triples, known, batch_size)
-    ranks = {"tail": [], "head": []}
-    for direction, chunk, better, equal in chunks:
+    ranks = {"tail": [], "head": [], "tail_candidates": [], "head_candidates": []}
+    for direction, chunk, better, equal, candidates in chunks:
         counts = shard.all_reduce(torch.stack([better, equal]))
-        ranks[direction].append(ranks_from_counts(counts[0], counts[1], ties).cpu())
+        ranks[direction].append(ranks_from_counts(counts[0], counts[1], ties).cpu().numpy())
+        ranks[f"{direction}_candidates"].append(candidates)
         if progress is not None:
             progress.update(len(chunk))
-    return {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in ranks.items()}
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in ranks.items()}
 
 
 def _query(shard: CandidateShard, relations: Tensor, rotate: RotatE, chunk: np.ndarray, anchors: np.ndarray,
@@ -73,7 +76,7 @@ def _true_distance(shard: CandidateShard, answers: np.ndarray, distance) -> Tens
 
 
 def _exact(shard, relations, rotate, kernels, triples, known, batch_size):
-    device = shard.embeddings.device
+    device, num_entities = shard.embeddings.device, shard.total
     for direction, anchor_col, answer_col, sign in DIRECTIONS:
         index = FilterIndex(known, relations.shape[0], anchor_col, answer_col)
         for start in range(0, len(triples), batch_size):
@@ -83,12 +86,21 @@ def _exact(shard, relations, rotate, kernels, triples, known, batch_size):
                 torch.zeros(len(chunk), 0, device=device)
             true = _true_distance(shard, chunk[:, answer_col], lambda i, j: local[i, j][:, None])
             rows, cols = index.pairs(chunk[:, anchor_col], chunk[:, 1])
+            candidates = num_entities - _filtered_count(rows, cols, chunk[:, answer_col], num_entities)
             rows = np.concatenate([rows, np.arange(len(chunk))])
             cols = np.concatenate([cols, chunk[:, answer_col]])
             keep = (cols >= shard.lo) & (cols < shard.hi)
             better, equal = count_better_equal(local, true, torch.from_numpy(rows[keep]).to(device),
                                                torch.from_numpy(cols[keep] - shard.lo).to(device))
-            yield direction, chunk, better, equal
+            yield direction, chunk, better, equal, candidates
+
+
+def _filtered_count(rows: np.ndarray, cols: np.ndarray, answers: np.ndarray, num_entities: int) -> np.ndarray:
+    """Per query, the distinct known answers other than its own answer (they are not candidates)."""
+    cells = np.unique(rows * num_entities + cols)
+    r, c = cells // num_entities, cells % num_entities
+    other = c != answers[r]
+    return np.bincount(r[other], minlength=len(answers))
 
 
 def _sampled(shard, relations, rotate, kernels, triples, known, cfg, degree, num_entities, seed):
@@ -105,4 +117,4 @@ def _sampled(shard, relations, rotate, kernels, triples, known, cfg, degree, num
             better, equal = (d < true).sum(1).double(), (d == true).sum(1).double()
         else:
             better = equal = torch.zeros(len(chunk), dtype=torch.float64, device=device)
-        yield direction, chunk, better, equal
+        yield direction, chunk, better, equal, (~excluded).sum(1) + 1

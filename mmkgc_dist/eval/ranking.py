@@ -63,11 +63,6 @@ def ranks_from_distances(dist: Tensor, target: Tensor, filter_rows: Tensor, filt
     return ranks_from_counts(*count_better_equal(dist, true, rows, cols), ties)
 
 
-def summarize(ranks: np.ndarray) -> dict:
-    return {"mrr": float(np.mean(1.0 / ranks)), "mr": float(np.mean(ranks)),
-            **{f"hits@{k}": float(np.mean(ranks <= k)) for k in (1, 3, 10)}, "count": int(len(ranks))}
-
-
 def filtered_ranks(joint: Tensor, relation_rows: Tensor, rotate: RotatE, triples: np.ndarray, known: np.ndarray,
                    kernels: DistanceKernels, batch_size: int = 256, ties: str = "realistic",
                    progress=None) -> dict[str, np.ndarray]:
@@ -76,12 +71,6 @@ def filtered_ranks(joint: Tensor, relation_rows: Tensor, rotate: RotatE, triples
     from .engine import CandidateShard, rank_queries
     return rank_queries(CandidateShard.whole(joint), relation_rows, rotate, kernels, triples, known, ties,
                         batch_size, progress=progress)
-
-
-def link_prediction_metrics(ranks: dict[str, np.ndarray]) -> dict:
-    """Mean over both directions (the paper's protocol), plus each direction on its own."""
-    both = np.concatenate([ranks["tail"], ranks["head"]])
-    return {**summarize(both), "tail": summarize(ranks["tail"]), "head": summarize(ranks["head"])}
 
 
 # --------------------------------------------------------------------------------------- sampled protocol

@@ -1,100 +1,214 @@
-"""Distributed checkpoints.
+"""Checkpoints: one format and one reader for one process and for any number of ranks.
 
 Layout of one checkpoint (``checkpoints/step-NNNNNNNNN/``):
-    dcp/                 torch.distributed.checkpoint: sharded tables, fused table-optimizer state, dense
-                         AdaMF weights and their Adam state (reshardable: written by N ranks, read by M)
-    generator/           DeepSpeed's checkpoint of the MAT generator engine (weights + optimizer)
-    dense_optimizer.pt   Adam state of the replicated dense parameters (written by rank 0)
-    rng-rank<r>.pt       each rank's torch RNG state (generator noise); used when the world size matches
-    meta.json            data cursor (epoch, batch in epoch, step), world size, and the SHA-256 of every
+    dcp/                 torch.distributed.checkpoint, reshardable (written by N ranks or one process, read by M):
+                           tables.<table>      trainable tables at TorchRec's row width (a multiple of 4)
+                           optimizer.<table>.* their optimizer state at the table's own width (optim.table_state)
+                           dense.*             the AdaMF fusion weights
+                           fused_optimizer     only for layouts updated by FBGEMM's fused row-wise Adagrad
+    dense_optimizer.pt   Adam state of the fusion weights (identical on every rank; written by rank 0)
+    generator.pt         the MAT generators' weights and, at ZeRO stage 0, their Adam state (rank 0)
+    generator/           DeepSpeed's partitioned generator optimizer (ZeRO stage 1 or 2 only)
+    rng-rank<r>.pt       each rank's torch RNG state; restored when the world size matches
+    meta.json            format, data cursor, world size, table optimizer, ZeRO stage and the SHA-256 of every
                          other file; written last
+Frozen feature tables are not saved: they are the dataset's features.
 
-Everything is written under ``.tmp-step-N`` and renamed by rank 0 after a barrier, so a crash at any
-point leaves either a complete checkpoint or a temporary folder that the lookup never returns. Loading
-verifies the digests and never unpickles arbitrary objects (integrity.py: DCP metadata through a restricted
-unpickler, byte items, DeepSpeed files and RNG states weights-only).
+Everything is written under ``.tmp-step-N`` and renamed by rank 0 after a barrier, so a crash at any point
+leaves a complete checkpoint or a temporary folder the lookup never returns. Loading verifies the digests
+first and never unpickles arbitrary objects (integrity.py). A runtime provides ``checkpoint_state`` (the
+tensors above, which a load fills in place) and ``restore_state``; the rest is here, once.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
+import warnings
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from ..data.errors import DataError
-from ..integrity import checkpoint_at, dcp_reader_and_planner, digests, safe_torch_load
+from ..integrity import Checkpoint, checkpoint_at, dcp_reader_and_planner, digests, latest, prune, safe_torch_load
+from ..optim import load_optimizer_state
 
 log = logging.getLogger("mmkgc_dist")
+FORMAT = 2
 
 
-def _state(runtime) -> dict:
-    state = {"tables": runtime.tables.dmp.state_dict(), "dense": runtime.core.state_dict(),
-             "table_optimizer": runtime.tables.fused_optimizer.state_dict()}
-    if runtime.tables.row_optimizer is not None:      # table-optimizer state, sharded like its tables
-        state["table_rows"] = runtime.tables.row_optimizer.sharded_state()
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in text or "unexpected pos" in text:
+        return "disk full"
+    return " ".join(text.split())[:200]
+
+
+def _zero_stage(runtime) -> int:
+    return runtime.cfg.parallel.zero_stage if getattr(runtime, "engine", None) is not None else 0
+
+
+def _generator_state(runtime) -> dict | None:
+    if runtime.generators is None:
+        return None
+    at_stage_zero = _zero_stage(runtime) == 0
+    return {"module": runtime.generators.state_dict(),
+            "optimizer": runtime.opt_generator.state_dict() if at_stage_zero else None}
+
+
+def _rng_state(runtime) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if runtime.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(runtime.device)
     return state
 
 
 def save(runtime, directory: str, cursor: dict) -> str:
-    rank = runtime.env.rank
+    """Write one checkpoint collectively (every rank calls this); returns its folder."""
     name = f"step-{cursor['step']:09d}"
     final, tmp = os.path.join(directory, name), os.path.join(directory, ".tmp-" + name)
-    if rank == 0:
+    if runtime.is_main:
+        os.makedirs(directory, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-    dist.barrier()
-    dcp.save(_state(runtime), checkpoint_id=os.path.join(tmp, "dcp"))
-    if runtime.engine is not None:
-        runtime.engine.save_checkpoint(os.path.join(tmp, "generator"), tag="generator", save_latest=False)
-    torch.save(torch.get_rng_state(), os.path.join(tmp, f"rng-rank{rank}.pt"))
-    if rank == 0 and runtime.opt_model is not None:
-        # Adam state of replicated dense parameters: identical on all ranks, keyed by parameter order.
-        torch.save(runtime.opt_model.state_dict(), os.path.join(tmp, "dense_optimizer.pt"))
-    dist.barrier()
-    if rank == 0:
-        meta = {"cursor": cursor, "world_size": runtime.env.world_size, "files": digests(tmp)}
-        with open(os.path.join(tmp, "meta.json"), "w") as fh:
-            json.dump(meta, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    dist.barrier()
+    runtime.barrier()
+    try:
+        with warnings.catch_warnings():          # one process writes the same format without a process group
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.save(runtime.checkpoint_state(optimizer=True), checkpoint_id=os.path.join(tmp, "dcp"))
+        generator = _generator_state(runtime)
+        if _zero_stage(runtime) > 0:
+            runtime.engine.save_checkpoint(os.path.join(tmp, "generator"), tag="generator", save_latest=False)
+        torch.save(_rng_state(runtime), os.path.join(tmp, f"rng-rank{runtime.rank}.pt"))
+        if runtime.is_main:
+            if runtime.dense_optimizer is not None:
+                torch.save(runtime.dense_optimizer.state_dict(), os.path.join(tmp, "dense_optimizer.pt"))
+            if generator is not None:
+                torch.save(generator, os.path.join(tmp, "generator.pt"))
+        runtime.barrier()
+        if runtime.is_main:
+            meta = {"format": FORMAT, "cursor": cursor, "world_size": runtime.world_size,
+                    "table_optimizer": runtime.cfg.train.table_optimizer, "table_state": runtime.table_state_kind,
+                    "zero_stage": _zero_stage(runtime), "mat": generator is not None, "files": digests(tmp)}
+            with open(os.path.join(tmp, "meta.json"), "w") as fh:
+                json.dump(meta, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except (OSError, RuntimeError, dcp.api.CheckpointException) as exc:
+        if runtime.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{final}: could not write the checkpoint ({_reason(exc)}); earlier checkpoints are "
+                        f"intact") from exc
+    runtime.barrier()
+    if runtime.is_main:
+        for old in prune(directory, runtime.cfg.train.keep_checkpoints, final):
+            log.debug("removed old checkpoint %s (train.keep_checkpoints)", old)
+    runtime.barrier()
     return final
 
 
-def load(runtime, path: str, streamed: bool) -> dict:
-    """Restore the runtime's state from a verified checkpoint folder; returns the data cursor."""
-    checkpoint_at(path)                                   # digests verified before anything is read
-    state = _state(runtime)
-    reader, planner = dcp_reader_and_planner(os.path.join(path, "dcp"))
+def read_meta(ckpt: Checkpoint) -> dict:
+    """The checkpoint's meta.json, checked for this format (older layouts get a one-line error)."""
+    if not ckpt.is_folder:
+        raise DataError(f"{ckpt.path}: a single-file checkpoint of mmkgc-dist before checkpoint format {FORMAT}; "
+                        f"this version reads step-N/ folders only (use the version that wrote it to evaluate or "
+                        f"export it)")
+    with open(ckpt.record) as fh:
+        meta = json.load(fh)
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{ckpt.path}: checkpoint format {meta.get('format', 1)}; this version reads format "
+                        f"{FORMAT} (use the version that wrote it to evaluate or export it)")
+    return meta
+
+
+def _check_fits(runtime, meta: dict, path: str, optimizer: bool) -> None:
+    if not optimizer:
+        return
+    cfg = runtime.cfg
+    if meta["table_optimizer"] != cfg.train.table_optimizer:
+        raise DataError(f"{path}: trained with train.table_optimizer={meta['table_optimizer']}; this run has "
+                        f"{cfg.train.table_optimizer} (set it back to resume)")
+    if meta["table_state"] != runtime.table_state_kind:
+        raise DataError(f"{path}: its table-optimizer state is kept {meta['table_state']}; this run's layout keeps "
+                        f"it {runtime.table_state_kind} (resume with the parallel.sharding it was written with)")
+    if runtime.generators is not None and not meta["mat"]:
+        raise DataError(f"{path}: checkpoint has no MAT generators but mat.enabled=true")
+
+
+def load(runtime, path: str, streamed: bool, optimizer: bool = True) -> dict:
+    """Restore a verified checkpoint written at any world size into ``runtime`` (every rank calls this);
+    returns its data cursor. ``optimizer=False`` loads the model only (evaluation, export, prediction)."""
+    ckpt = checkpoint_at(path)                            # digests verified before anything is read
+    meta = read_meta(ckpt)
+    _check_fits(runtime, meta, path, optimizer)
+    state = runtime.checkpoint_state(optimizer)
+    reader, planner = dcp_reader_and_planner(os.path.join(ckpt.path, "dcp"))
     reader.read_metadata()                                # refused here, with our message, if not plain data
     try:
-        dcp.load(state, storage_reader=reader, planner=planner)
-    except dcp.api.CheckpointException as exc:           # DCP gathers rank errors into one long report
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, storage_reader=reader, planner=planner)
+    except dcp.api.CheckpointException as exc:            # DCP gathers rank errors into one long report
         lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
         reason = next((l for l in lines if "refused" in l), lines[-1] if lines else type(exc).__name__)
         raise DataError(f"{path}/dcp: cannot be loaded ({reason[:300]})") from exc
-    runtime.tables.dmp.load_state_dict(state["tables"])
-    runtime.core.load_state_dict(state["dense"])
-    runtime.tables.fused_optimizer.load_state_dict(state["table_optimizer"])
-    if runtime.opt_model is not None:
-        runtime.opt_model.load_state_dict(safe_torch_load(os.path.join(path, "dense_optimizer.pt")))
-    if runtime.engine is not None:
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise DataError(f"{path}: checkpoint does not fit this run's config ({_reason(exc)})") from exc
+    runtime.restore_state(state, optimizer)
+    _load_generator(runtime, ckpt.path, meta, optimizer)
+    if optimizer:
+        if runtime.dense_optimizer is not None:
+            load_optimizer_state(runtime.dense_optimizer, safe_torch_load(os.path.join(ckpt.path, "dense_optimizer.pt")))
+        _restore_rng(runtime, ckpt.path, meta)
+        if streamed and meta["world_size"] != runtime.world_size:
+            log.warning("resuming a streamed run written by %d ranks on %d: rank ranges differ, so the rest of "
+                        "epoch %d is approximate (some edges repeat or are skipped); later epochs are exact",
+                        meta["world_size"], runtime.world_size, meta["cursor"]["epoch"])
+    return meta["cursor"]
+
+
+def _load_generator(runtime, path: str, meta: dict, optimizer: bool) -> None:
+    if runtime.generators is None or not meta["mat"]:
+        return
+    saved, running = meta["zero_stage"], _zero_stage(runtime)
+    if optimizer and saved > 0 and saved == running:
         runtime.engine.load_checkpoint(os.path.join(path, "generator"), tag="generator",
                                        load_module_strict=True, load_optimizer_states=True)
-    with open(os.path.join(path, "meta.json")) as fh:
-        meta = json.load(fh)
-    if streamed and meta["world_size"] != runtime.env.world_size:
-        log.warning("resuming a streamed run written by %d ranks on %d: rank ranges differ, so the rest of "
-                    "epoch %d is approximate (some edges repeat or are skipped); later epochs are exact",
-                    meta["world_size"], runtime.env.world_size, meta["cursor"]["epoch"])
-    rng = os.path.join(path, f"rng-rank{runtime.env.rank}.pt")
-    if meta["world_size"] == runtime.env.world_size and os.path.exists(rng):
-        torch.set_rng_state(safe_torch_load(rng))
-    return meta["cursor"]
+        return
+    state = safe_torch_load(os.path.join(path, "generator.pt"))
+    runtime.generators.load_state_dict(state["module"])
+    if not optimizer:
+        return
+    if saved == running == 0:
+        load_optimizer_state(runtime.opt_generator, state["optimizer"])
+    else:
+        log.warning("%s: the generators' optimizer state was written at ZeRO stage %d and this run uses stage "
+                    "%d; their weights are restored, their Adam moments start afresh", path, saved, running)
+
+
+def _restore_rng(runtime, path: str, meta: dict) -> None:
+    rng = os.path.join(path, f"rng-rank{runtime.rank}.pt")
+    if meta["world_size"] != runtime.world_size or not os.path.exists(rng):
+        return          # another world size draws different noise anyway
+    state = safe_torch_load(rng)
+    torch.set_rng_state(state["torch"])
+    if runtime.device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], runtime.device)
+
+
+class CheckpointIO:
+    """The checkpoint operations of a runtime (mixed into both runtimes)."""
+
+    def latest(self, directory: str) -> str | None:
+        return latest(directory)
+
+    def save(self, directory: str, cursor: dict, streamed: bool) -> str:
+        return save(self, directory, cursor)
+
+    def load(self, path: str, streamed: bool, optimizer: bool = True) -> dict:
+        return load(self, path, streamed, optimizer)

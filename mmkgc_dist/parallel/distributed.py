@@ -1,5 +1,5 @@
 """The distributed runtime: TorchRec-sharded tables, DDP-synchronised AdaMF fusion, DeepSpeed generator engine,
-each rank's part of every global batch, candidate-sharded evaluation and DCP checkpoints. ``train.Trainer`` runs
+each rank's part of every global batch, candidate-sharded evaluation; checkpoints in the format of every world size (checkpoint.py). ``train.Trainer`` runs
 the same loop, step and evaluation over it as over ``local.LocalRuntime``.
 
 Gradient scaling: every rank's loss is the mean over its own positives, multiplied by 1/world before
@@ -9,7 +9,6 @@ hook, so both see the gradient of the global-batch mean, exactly as one process 
 from __future__ import annotations
 
 import logging
-import os
 
 import deepspeed
 import numpy as np
@@ -19,18 +18,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Config, ConfigError
-from ..data.errors import DataError
 from ..data.format import KGData
 from ..eval.engine import CandidateShard
-from ..integrity import latest, prune, safe_deepspeed_engine
+from ..integrity import safe_deepspeed_engine
 from ..model import MATGenerators
 from ..model.kgc import MultiModalKGC
-from ..optim import OptimizerGroup, table_optimizer
+from ..optim import OptimizerGroup, load_table_state, table_optimizer, table_state
 from ..rng import torch_seed
-from . import checkpoint
+from .checkpoint import CheckpointIO
 from .embedder import OwnerEmbedder, owner_block
 from .env import DistEnv, allreduce_sum_hook, init_distributed
-from .local import first_line
 from .tables import ShardedTables
 
 
@@ -45,7 +42,7 @@ def deepspeed_config(cfg: Config, micro_batch: int) -> dict:
             "steps_per_print": 1 << 30, "wall_clock_breakdown": False}
 
 
-class DistributedRuntime:
+class DistributedRuntime(CheckpointIO):
     def __init__(self, cfg: Config, env: DistEnv | None = None):
         self.cfg = cfg
         self.env = env or init_distributed()
@@ -78,14 +75,14 @@ class DistributedRuntime:
         else:
             self.model = self.core
         self.embedder = OwnerEmbedder(self.tables, self.model, data.num_entities, env.world_size)
-        replicated = [p for name, p in self.tables.dmp.named_parameters()
-                      if isinstance(p, nn.Parameter) and p.requires_grad and self._data_parallel(name)]
+        self.replicated = {name.split(".")[0]: p for name, p in self.tables.dmp.named_parameters()
+                           if isinstance(p, nn.Parameter) and p.requires_grad and self._data_parallel(name)}
         # The single-process trainer's rules (optim.py): Adam for the fusion weights, the configured table
         # optimizer for replicated tables (dense gradients) and for the owners' rows of the sharded ones.
-        self.opt_model = OptimizerGroup(
-            torch.optim.Adam(dense, lr=cfg.train.lr) if dense else None,
-            table_optimizer(cfg.train.table_optimizer, replicated, cfg.train.lr, cfg.train.adagrad_lr),
-            self.tables.row_optimizer)
+        self.dense_optimizer = torch.optim.Adam(dense, lr=cfg.train.lr) if dense else None
+        self.replicated_optimizer = table_optimizer(cfg.train.table_optimizer, list(self.replicated.values()),
+                                                    cfg.train.lr, cfg.train.adagrad_lr)
+        self.opt_model = OptimizerGroup(self.dense_optimizer, self.replicated_optimizer, self.tables.row_optimizer)
         self.generators = self.engine = self.opt_generator = self.update_generator = None
         if use_mat:
             torch_seed(cfg.train.seed, "generator_init")
@@ -179,7 +176,7 @@ class DistributedRuntime:
         def all_reduce(t: torch.Tensor) -> torch.Tensor:
             dist.all_reduce(t)
             return t
-        return CandidateShard(lo, hi, self.shard_embeddings(), self.embed, all_reduce)
+        return CandidateShard(lo, hi, self.shard_embeddings(), self.embed, self.num_entities, all_reduce)
 
     def protocol_suffix(self) -> str:
         return f"; candidates sharded over {self.env.world_size} ranks"
@@ -189,31 +186,39 @@ class DistributedRuntime:
         return (f"sharding plan ({self.env.world_size} ranks, backend {self.env.backend}):\n"
                 f"{self.tables.plan_summary()}", self.tables.plan_json())
 
-    # ------------------------------------------------------------------------------------ checkpoints
-    def latest(self, directory: str) -> str | None:
-        return latest(directory)
-
-    def save(self, directory: str, cursor: dict, streamed: bool) -> str:
-        path = checkpoint.save(self, directory, cursor)
-        if self.env.is_main:
-            for old in prune(directory, self.cfg.train.keep_checkpoints, path):
-                log.debug("removed old checkpoint %s (train.keep_checkpoints)", old)
-        dist.barrier()
-        return path
-
     def share(self, obj):
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def load(self, path: str, streamed: bool) -> dict:
-        """Restore a verified checkpoint folder (resharded to this world size); returns its data cursor."""
-        if not os.path.isdir(path):
-            raise DataError(f"{path}: a single-process checkpoint file; the distributed runtime reads "
-                            f"checkpoint folders (step-N/)")
-        try:
-            return checkpoint.load(self, path, streamed)
-        except DataError:
-            raise
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise DataError(f"{path}: checkpoint does not fit this run's config ({first_line(exc)})") from exc
+    # ------------------------------------------------------------------------------------ checkpoints
+    @property
+    def table_state_kind(self) -> str:
+        """"rows": table-optimizer state by table row (optim.table_state names, as one process keeps it);
+        "fused": inside FBGEMM's fused optimizer (layouts other than row-wise + replicated relations)."""
+        return "rows" if self.tables.row_optimizer is not None else "fused"
+
+    def checkpoint_state(self, optimizer: bool) -> dict:
+        """The tensors of the checkpoint format (checkpoint.py) as this rank holds them: its shards of the
+        trainable tables and of their optimizer state, the replicated tables and the fusion weights."""
+        tables = self.tables
+        state = {"tables": {name: tables._weight(name) for name, trainable in tables.trainable.items() if trainable},
+                 "dense": self.core.state_dict()}
+        if optimizer:
+            named = tables.row_optimizer.sharded_state() if tables.row_optimizer is not None else {}
+            if self.replicated_optimizer is not None:
+                named.update(table_state(self.replicated_optimizer, self.replicated, tables.widths))
+            state["optimizer"] = named
+            if tables.row_optimizer is None:
+                state["fused_optimizer"] = tables.fused_optimizer.state_dict()
+        return state
+
+    def restore_state(self, state: dict, optimizer: bool) -> None:
+        """Tables, fusion weights and sharded optimizer state were filled in place by the load; install the
+        rest."""
+        if not optimizer:
+            return
+        if self.replicated_optimizer is not None:
+            load_table_state(self.replicated_optimizer, self.replicated, state["optimizer"])
+        if self.tables.row_optimizer is None:
+            self.tables.fused_optimizer.load_state_dict(state["fused_optimizer"])

@@ -1,5 +1,5 @@
 """The single-process runtime: local tables (nn.Embedding), the plain fusion module, local optimizers and
-single-file checkpoints. ``train.Trainer`` is handed this or ``distributed.DistributedRuntime``; both offer the
+the checkpoint format of every world size (checkpoint.py). ``train.Trainer`` is handed this or ``distributed.DistributedRuntime``; both offer the
 same operations (build, the rank's part of a global batch, metric reduction, the candidate shard, collectives,
 checkpoint I/O), so the loop, the step and evaluation exist once.
 """
@@ -13,15 +13,13 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config, ConfigError
-from ..data.errors import DataError
 from ..eval.engine import CandidateShard
-from ..integrity import latest, prune
 from ..model import MATGenerators
 from ..model.kgc import EmbeddedEntities, MultiModalKGC
-from ..optim import OptimizerGroup, table_optimizer
+from ..optim import OptimizerGroup, load_table_state, table_optimizer, table_state
 from ..rng import torch_seed
-from ..tables import LocalTables
-from .local_checkpoint import load_checkpoint, save_checkpoint
+from ..tables import LocalTables, pad_rows
+from .checkpoint import CheckpointIO
 
 log = logging.getLogger("mmkgc_dist")
 
@@ -55,12 +53,7 @@ def local_generator_update(generators: nn.Module, optimizer: torch.optim.Optimiz
     return update
 
 
-def first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
-class LocalRuntime:
+class LocalRuntime(CheckpointIO):
     rank, world_size, is_main = 0, 1, True
     loss_scale = 1.0
 
@@ -85,9 +78,9 @@ class LocalRuntime:
             if use_mat else None
         tables = [p for p in self.tables.parameters() if p.requires_grad]
         dense = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt_model = OptimizerGroup(
-            table_optimizer(cfg.train.table_optimizer, tables, cfg.train.lr, cfg.train.adagrad_lr),
-            torch.optim.Adam(dense, lr=cfg.train.lr) if dense else None)
+        self.table_optimizer = table_optimizer(cfg.train.table_optimizer, tables, cfg.train.lr, cfg.train.adagrad_lr)
+        self.dense_optimizer = torch.optim.Adam(dense, lr=cfg.train.lr) if dense else None
+        self.opt_model = OptimizerGroup(self.table_optimizer, self.dense_optimizer)
         self.opt_generator = torch.optim.Adam(self.generators.parameters(), lr=cfg.mat.lr, fused=True) \
             if use_mat else None
         self.update_generator = local_generator_update(self.generators, self.opt_generator) if use_mat else None
@@ -136,38 +129,30 @@ class LocalRuntime:
         return None
 
     # ------------------------------------------------------------------------------------ checkpoints
-    def latest(self, directory: str) -> str | None:
-        return latest(directory)
+    table_state_kind = "rows"          # table-optimizer state by table row (see checkpoint.py)
 
-    def save(self, directory: str, cursor: dict, streamed: bool) -> str:
-        state = {"tables": self.tables.state_dict(), "model": self.model.state_dict(),
-                 "generators": self.generators.state_dict() if self.generators else None,
-                 "opt_model": self.opt_model.state_dict(),
-                 "opt_generator": self.opt_generator.state_dict() if self.opt_generator else None,
-                 "cursor": cursor, "torch_rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None}
-        path = save_checkpoint(state, directory, cursor["step"])
-        for old in prune(directory, self.cfg.train.keep_checkpoints, path):
-            log.debug("removed old checkpoint %s (train.keep_checkpoints)", old)
-        return path
+    def _trainable_tables(self) -> dict[str, nn.Parameter]:
+        tables = {"entity": self.tables.entity.weight, "relation": self.tables.relation.weight}
+        tables.update({m: t.weight for m, t in self.tables.features.items() if t.weight.requires_grad})
+        return tables
 
-    def load(self, path: str, streamed: bool) -> dict:
-        """Restore a verified checkpoint (weights-only); returns its data cursor."""
-        if not path.endswith(".pt"):
-            raise DataError(f"{path}: a distributed checkpoint folder; one process reads step-N.pt files")
-        state = load_checkpoint(path)
-        try:
-            self.tables.load_state_dict(state["tables"])
-            self.model.load_state_dict(state["model"])
-            self.opt_model.load_state_dict(state["opt_model"])
-            if self.generators is not None:
-                if state["generators"] is None:
-                    raise ValueError("checkpoint has no MAT generators but mat.enabled=true")
-                self.generators.load_state_dict(state["generators"])
-                self.opt_generator.load_state_dict(state["opt_generator"])
-            torch.set_rng_state(state["torch_rng"])
-            if self.device.type == "cuda" and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"])
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise DataError(f"{path}: checkpoint does not fit this run's config ({first_line(exc)})") from exc
-        return state["cursor"]
+    def checkpoint_state(self, optimizer: bool) -> dict:
+        """The tensors of the checkpoint format (checkpoint.py): tables at TorchRec's row width, fusion
+        weights, and with ``optimizer`` the table optimizer's named state."""
+        tables = self._trainable_tables()
+        state = {"tables": {name: pad_rows(p.detach()) for name, p in tables.items()},
+                 "dense": self.model.state_dict()}
+        if optimizer:
+            state["optimizer"] = table_state(self.table_optimizer, tables, {n: p.shape[1] for n, p in tables.items()})
+        return state
+
+    @torch.no_grad()
+    def restore_state(self, state: dict, optimizer: bool) -> None:
+        """Copy what a checkpoint load filled back where it is not already in place (padded tables)."""
+        tables = self._trainable_tables()
+        for name, p in tables.items():
+            loaded = state["tables"][name]
+            if loaded.data_ptr() != p.data_ptr():
+                p.copy_(loaded[:, :p.shape[1]])
+        if optimizer:
+            load_table_state(self.table_optimizer, tables, state["optimizer"])

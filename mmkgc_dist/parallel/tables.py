@@ -33,6 +33,7 @@ from ..model.kgc import EntityRows
 from ..config import ConfigError
 from ..optim import adagrad_rows_, adam_rows_
 from ..rng import uniform_rows
+from ..tables import row_width
 from .env import DistEnv, allreduce_sum_hook
 
 
@@ -98,7 +99,7 @@ class ShardedTables(nn.Module):
         self.trainable = {name: spec[2] for name, spec in specs.items()}
         # TorchRec kernels need widths that are multiples of 4 (d=250 relations are not): pad, slice on lookup.
         self.widths = {name: spec[1] for name, spec in specs.items()}
-        specs = {name: (rows, -(-width // 4) * 4, trainable, dtype) for name, (rows, width, trainable, dtype)
+        specs = {name: (rows, row_width(width), trainable, dtype) for name, (rows, width, trainable, dtype)
                  in specs.items()}
         module = TableModule(specs)
         # Entity-indexed tables default to row-wise: the owner-computes fusion (embedder.py) then finds every
@@ -274,18 +275,15 @@ class ShardedRowOptimizer:
                 adagrad_rows_(weight, state["sum"], local, grad.float(), self.lr)
         self.pending.clear()
 
-    # The state travels through DCP (parallel/checkpoint.py); the dense optimizer file holds nothing of it.
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
     def sharded_state(self) -> dict:
+        """The state under optim.table_state's names, as ShardedTensors over this rank's rows: a checkpoint
+        load (any world size, one process included) fills it in place."""
         from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, ShardMetadata
 
-        out = {"step": self.step_count}
+        out = {}
         for name in self.names:
+            if self.rule == "adam":
+                out[f"{name}.step"] = self.step_count
             weight = self.tables._weight(name)
             for which, tensor in self.state[name].items():
                 size = [weight.size(0), *tensor.shape[1:]]

@@ -10,6 +10,7 @@ import os
 from ..config import Config, load_config
 from ..data.errors import DataError
 from ..data.format import KGData
+from ..eval.metrics import markdown_report, metric_keys
 from ..integrity import checkpoint_at, newest_verified
 from .run_folder import open_for_reading, open_for_training
 from .trainer import Trainer
@@ -28,8 +29,9 @@ def write_json(path: str, obj) -> None:
 
 
 def format_metrics(split: str, m: dict) -> str:
-    return (f"{split:>5} [{m['protocol']}, ties={m['ties']}]  MRR {m['mrr']:.4f}  MR {m['mr']:.1f}  "
-            f"Hits@1 {m['hits@1']:.4f}  Hits@3 {m['hits@3']:.4f}  Hits@10 {m['hits@10']:.4f}  "
+    hits = "  ".join(f"Hits@{k[5:]} {m[k]:.4f}" for k in metric_keys(m) if k.startswith("hits@"))
+    amri = f"  AMRI {m['amri']:.4f}" if "amri" in m else ""
+    return (f"{split:>5} [{m['protocol']}, ties={m['ties']}]  MRR {m['mrr']:.4f}  MR {m['mr']:.1f}  {hits}{amri}  "
             f"({m['count']} ranks)")
 
 
@@ -75,6 +77,8 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: b
         trainer.save()
         say(f"trained {summary['steps']} steps in {summary['seconds']:.1f}s; run folder {run_dir}")
         results = {"train": summary}
+        if trainer.selection.active:
+            results["selection"] = select_best(trainer, run_dir, say)
         for split in cfg.eval.splits:
             metrics = trainer.evaluate(split)
             trainer.logger.log("eval", epoch=trainer.epoch, step=trainer.step,
@@ -83,11 +87,27 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: b
             say(format_metrics(split, metrics))
         if runtime.is_main:
             write_json(os.path.join(run_dir, "results.json"), results)
+            write_text(os.path.join(run_dir, "results.md"), markdown_report(results))
         trainer.logger.close()
         return results
     finally:
         if lock is not None:
             lock.release()
+
+
+def select_best(trainer: Trainer, run_dir: str, say) -> dict:
+    """Load the model selection's best checkpoint (the model tested next); its record for results.json."""
+    report = trainer.selection.report()
+    best = report["selected"]
+    if best is None or best.get("checkpoint") is None:
+        say("model selection: no validation run happened; testing the last model")
+        return report
+    path = os.path.join(run_dir, "checkpoints", best["checkpoint"])
+    if best["step"] != trainer.step:
+        trainer.resume(path, optimizer=False)
+    say(f"selected {best['checkpoint']} (epoch {best['epoch']}, valid {report['metric']} {best['value']:.4f}): "
+        f"{report['why']}")
+    return report
 
 
 def trained_checkpoint(run_dir: str, checkpoint: str | None, overrides):
@@ -103,6 +123,8 @@ def trained_checkpoint(run_dir: str, checkpoint: str | None, overrides):
 
 
 def load_trained(cfg: Config, data: KGData, runtime, ckpt) -> Trainer:
+    """A trainer holding the checkpoint's model (tables, fusion, generators; no optimizer state), for
+    evaluation and export; the checkpoint may come from any world size."""
     trainer = Trainer(cfg, data, runtime, run_dir=None)
-    trainer.resume(ckpt.path)
+    trainer.resume(ckpt.path, optimizer=False)
     return trainer

@@ -5,6 +5,7 @@ lookup, the model, the optimizers, the collectives, the candidate shard and chec
 trainer does not have (``tables``, ``core``, ``generators``, ``env``, ...) are the runtime's."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -16,13 +17,15 @@ from tqdm import tqdm
 from ..config import Config, dump_config
 from ..data.format import KGData, read_training_statistics
 from ..data.sampling import DegreeDistribution, NegativeSampler
-from ..data.statistics import head_probability
+from ..data.statistics import exact_relation_table, head_probability
 from ..data.stream import StreamingTriples, rows_answering
 from ..eval.engine import rank_queries
-from ..eval.ranking import eval_subset, link_prediction_metrics, protocol_label
+from ..eval.metrics import link_prediction_metrics, relation_categories
+from ..eval.ranking import eval_subset, protocol_label
 from ..model import DistanceKernels, RotatE
 from ..rng import numpy_rng
 from .metrics import JsonlLogger
+from .selection import ModelSelection, in_train
 from .step import TrainStep
 
 log = logging.getLogger("mmkgc_dist")
@@ -64,6 +67,9 @@ class Trainer:
                                   os.path.join(writes, "tensorboard") if writes and cfg.run.tensorboard else None)
         if writes:
             dump_config(cfg, os.path.join(writes, "config.yaml"))
+        self.selection = ModelSelection(cfg, os.path.join(run_dir, "checkpoints") if run_dir else None,
+                                        runtime.is_main)
+        self._saved_step = None
 
     def __getattr__(self, name: str):
         runtime = self.__dict__.get("runtime")
@@ -92,11 +98,21 @@ class Trainer:
         if self._statistics is None:
             if self.stream is not None:
                 relations, degree = read_training_statistics(self.cfg.data.path, self.stream.manifest)
-                self._statistics = head_probability(relations), degree
+                self._statistics = head_probability(relations), degree, relations
             else:
                 train = self.data.splits["train"]
-                self._statistics = None, np.bincount(train[:, [0, 2]].ravel(), minlength=self.data.num_entities)
-        return self._statistics
+                degree = np.bincount(train[:, [0, 2]].ravel(), minlength=self.data.num_entities)
+                self._statistics = None, degree, None
+        return self._statistics[:2]
+
+    def relation_categories(self) -> np.ndarray:
+        """1-1 / 1-N / N-1 / N-N of every relation, from the training split's tails per head and heads per tail."""
+        self.training_statistics()
+        table = self._statistics[2]
+        if table is None:
+            table = exact_relation_table(self.data.splits["train"], self.data.num_relations)
+            self._statistics = (*self._statistics[:2], table)
+        return relation_categories(table)
 
     def _make_sampler(self) -> NegativeSampler:
         cfg, data = self.cfg.train, self.data
@@ -153,7 +169,7 @@ class Trainer:
             last = {}
             t0 = time.time()
             positives = 0
-            while self.epoch < cfg.epochs and not self._done():
+            while self.epoch < cfg.epochs and not self._done() and not self.selection.stop:
                 for batch, negatives in self.batches():
                     metrics = self.reduce_metrics(self.step_fn(batch, negatives))
                     self.step += 1
@@ -183,11 +199,33 @@ class Trainer:
 
     def _end_of_epoch(self) -> None:
         cfg = self.cfg
-        if cfg.eval.every and self.epoch % cfg.eval.every == 0 and "valid" in self.data.splits:
-            metrics = self.evaluate("valid")
+        if self.selection.due(self.epoch) and "valid" in self.data.splits:
+            metrics = self.evaluate_for_selection()
             self.logger.log("eval", epoch=self.epoch, step=self.step, **_flat(metrics))
+            self.selection.observe(metrics, self.epoch, self.step, self.save if self.run_dir else lambda: None)
         if self.run_dir and cfg.train.checkpoint_every and self.epoch % cfg.train.checkpoint_every == 0:
             self.save()
+
+    def evaluate_for_selection(self) -> dict:
+        """The validation run of model selection (eval.valid_protocol), without the triples that also occur
+        in train when eval.exclude_train_overlap (counted once, in ``selection.overlap``)."""
+        valid, cfg = self.data.splits["valid"], self.cfg.eval
+        if self.selection.overlap is None:
+            train = self.data.splits["train"] if self.stream is None else self.gather_rows(
+                rows_answering(self.cfg.data.path, "train", valid, self.data.num_relations,
+                               rank=self.runtime.rank, world_size=self.world_size, manifest=self.stream.manifest))
+            self._valid_in_train = in_train(valid, train)
+            unique = np.unique(valid, axis=0)
+            self.selection.overlap = {"valid_rows": int(len(valid)), "valid_unique": int(len(unique)),
+                                      "in_train_rows": int(self._valid_in_train.sum()),
+                                      "in_train_unique": int(in_train(unique, train).sum()),
+                                      "excluded": bool(cfg.exclude_train_overlap)}
+            if cfg.exclude_train_overlap and self._valid_in_train.all():
+                log.warning("every validation triple also occurs in train; selecting on all of them")
+                self.selection.overlap["excluded"] = False
+        triples = valid[~self._valid_in_train] if self.selection.overlap["excluded"] else valid
+        return self.evaluate("valid", triples=triples, protocol=cfg.valid_protocol or cfg.protocol,
+                             breakdown=False)
 
     # ------------------------------------------------------------------------------------ evaluation
     def known_triples(self) -> np.ndarray:
@@ -207,11 +245,16 @@ class Trainer:
         return DegreeDistribution(self.training_statistics()[1])
 
     @torch.no_grad()
-    def evaluate(self, split: str, ties: str | None = None) -> dict:
-        """Filtered ranking by the one engine (eval/engine.py) against this process's candidate shard."""
+    def evaluate(self, split: str, ties: str | None = None, triples: np.ndarray | None = None,
+                 protocol: str | None = None, breakdown: bool = True) -> dict:
+        """Filtered ranking by the one engine (eval/engine.py) against this process's candidate shard, of the
+        split's triples (or ``triples``); ``breakdown`` adds per-relation and per-category metrics."""
         cfg = self.cfg.eval
+        if protocol and protocol != cfg.protocol:
+            cfg = dataclasses.replace(cfg, protocol=protocol)
         ties = ties or cfg.ties
-        triples = eval_subset(self.data.splits[split], cfg.max_queries, self.cfg.train.seed)
+        pool = self.data.splits[split] if triples is None else triples
+        triples = eval_subset(pool, cfg.max_queries, self.cfg.train.seed)
         bar = tqdm(total=2 * len(triples), desc=f"eval {split}", unit="query", disable=not self.show_progress,
                    dynamic_ncols=True, leave=False)
         sampled = (cfg, self.degree_distribution(), self.data.num_entities, self.cfg.train.seed) \
@@ -220,8 +263,10 @@ class Trainer:
                              self.known_triples(), ties, cfg.batch_size, sampled, progress=bar)
         bar.close()
         label = protocol_label(cfg, self.cfg.train.seed, len(triples), len(self.data.splits[split]))
-        return {**link_prediction_metrics(ranks), "ties": ties, "split": split,
-                "protocol": label + self.protocol_suffix()}
+        metrics = link_prediction_metrics(ranks, triples, cfg.hits_at, self.data.relation_names,
+                                          self.relation_categories()) if breakdown else \
+            link_prediction_metrics(ranks, hits_at=cfg.hits_at)
+        return {**metrics, "ties": ties, "split": split, "protocol": label + self.protocol_suffix()}
 
     # ------------------------------------------------------------------------------------ checkpoints
     def cursor(self) -> dict:
@@ -231,23 +276,31 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.step = cursor["epoch"], cursor["batch_in_epoch"], cursor["step"]
 
     def save(self) -> str:
+        """A checkpoint of the current step (once: a second call at the same step returns the first)."""
+        if self._saved_step is not None and self._saved_step[0] == self.step:
+            return self._saved_step[1]
         path = self.runtime.save(os.path.join(self.run_dir, "checkpoints"), self.cursor(), self.stream is not None)
         self.logger.log("checkpoint", path=os.path.basename(path), **self.cursor())
+        self._saved_step = (self.step, path)
         return path
 
-    def resume(self, path: str | None = None) -> bool:
-        """Continue from ``path`` or the run's newest verified checkpoint; False when there is none."""
+    def resume(self, path: str | None = None, optimizer: bool = True) -> bool:
+        """Continue from ``path`` or the run's newest verified checkpoint; False when there is none.
+        ``optimizer=False`` restores the model only (evaluation, export)."""
         path = path or (self.runtime.latest(os.path.join(self.run_dir, "checkpoints")) if self.run_dir else None)
         if path is None:
             return False
-        self.set_cursor(self.runtime.load(path, self.stream is not None))
-        log.info("resumed from %s (epoch %d, step %d)", path, self.epoch, self.step)
+        self.set_cursor(self.runtime.load(path, self.stream is not None, optimizer))
+        log.info("%s %s (epoch %d, step %d)", "resumed from" if optimizer else "loaded", path, self.epoch, self.step)
         return True
 
 
 def _flat(metrics: dict, prefix: str = "") -> dict:
+    """Scalars of a metrics record for the JSONL log; breakdowns (per relation/category) stay in results.json."""
     out = {}
     for k, v in metrics.items():
+        if k in ("per_relation", "per_category"):
+            continue
         if isinstance(v, dict):
             out.update(_flat(v, f"{prefix}{k}."))
         else:

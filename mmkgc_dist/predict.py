@@ -1,0 +1,181 @@
+"""Answers from a trained run, in one process: top-k tails or heads of queries, scores of triples, nearest
+neighbours. A checkpoint of any world size loads (one checkpoint format, parallel/checkpoint.py).
+
+    from mmkgc_dist import load_run
+    model = load_run("runs/db15k")
+    model.predict(head="Paris", relation="capitalOf", k=10)          # ranked tails
+    model.predict(relation="capitalOf", tail="France", k=10)         # ranked heads
+    model.score([("Paris", "capitalOf", "France")])
+    model.neighbours("Paris", k=10, space="joint")
+
+Scores are RotatE's f(h, r, t) = γ − Σ_k |h_k e^{iθ_k} − t_k| on the fused (joint) entity embeddings, the same
+function training and evaluation use; higher is more plausible. ``known`` marks (default) or filters answers
+that form a triple of the dataset's train/valid/test splits.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data.errors import DataError
+from .eval.ranking import FilterIndex
+
+KNOWN_POLICIES = ("mark", "filter", "keep")
+SPACES = ("joint", "structural")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    rank: int
+    id: int
+    name: str
+    score: float
+    known: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Vocabulary:
+    """Names ↔ ids of one kind (entity or relation); unknown names get the closest known ones."""
+
+    def __init__(self, kind: str, names: Sequence[str]):
+        self.kind, self.names = kind, list(names)
+        self.ids = {name: i for i, name in enumerate(self.names)}
+
+    def id(self, key) -> int:
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            if not 0 <= int(key) < len(self.names):
+                raise DataError(f"{self.kind} id {key}: out of range [0, {len(self.names)})")
+            return int(key)
+        if key in self.ids:
+            return self.ids[key]
+        close = self.closest(str(key))
+        hint = f"; closest known: {', '.join(repr(c) for c in close)}" if close else ""
+        raise DataError(f"unknown {self.kind} {key!r} ({len(self.names)} known{hint})")
+
+    def closest(self, key: str, n: int = 5) -> list[str]:
+        """Known names that differ only in case, then names holding ``key``, then difflib's closest."""
+        lower = key.lower()
+        found = [name for name in self.names if name.lower() == lower]
+        found += sorted((name for name in self.names if lower in name.lower() and name not in found),
+                        key=lambda name: (len(name) - len(key), name))[:n]
+        if len(found) < n:
+            found += [c for c in difflib.get_close_matches(key, self.names, n=n, cutoff=0.5) if c not in found]
+        return found[:n]
+
+    def ids_of(self, keys) -> np.ndarray:
+        return np.array([self.id(k) for k in keys], dtype=np.int64)
+
+
+class Predictor:
+    """A trained model held in one process: joint and structural entity embeddings, relation phases."""
+
+    def __init__(self, trainer, step: int):
+        self.cfg, self.step = trainer.cfg, step
+        self.rotate, self.kernels = trainer.rotate, trainer.kernels
+        self.entities = Vocabulary("entity", trainer.data.entity_names)
+        self.relations = Vocabulary("relation", trainer.data.relation_names)
+        chunks = list(trainer.runtime.embedding_chunks())
+        self.structural = torch.cat([s for _, s, _, _ in chunks])
+        self.joint = torch.cat([j for _, _, j, _ in chunks])
+        self.relation_rows = trainer.runtime.relation_table()
+        self._known_triples = trainer.known_triples
+        self._filters: dict[str, FilterIndex] = {}
+        self.batch_size = trainer.cfg.eval.batch_size
+
+    # ------------------------------------------------------------------------------------ queries
+    def predict(self, head=None, relation=None, tail=None, k: int = 10, known: str = "mark"):
+        """Top-``k`` tails of (head, relation, ?) or heads of (?, relation, tail). Names or ids; a list of
+        them asks a batch of queries and returns one list of predictions per query."""
+        if relation is None or (head is None) == (tail is None):
+            raise DataError("predict: give a relation and exactly one of head (→ tails) or tail (→ heads)")
+        if known not in KNOWN_POLICIES:
+            raise DataError(f"predict: known={known!r}; expected one of {', '.join(KNOWN_POLICIES)}")
+        batch = isinstance(head if head is not None else tail, (list, tuple, np.ndarray))
+        anchors = head if head is not None else tail
+        anchors = list(anchors) if batch else [anchors]
+        relations = list(relation) if isinstance(relation, (list, tuple, np.ndarray)) else [relation] * len(anchors)
+        if len(relations) != len(anchors):
+            raise DataError(f"predict: {len(anchors)} entities but {len(relations)} relations")
+        if k < 1:
+            raise DataError(f"predict: k must be >= 1, got {k}")
+        found = self._top(self.entities.ids_of(anchors), self.relations.ids_of(relations),
+                          "tail" if head is not None else "head", min(k, len(self.entities.names)), known)
+        return found if batch else found[0]
+
+    def _top(self, anchors: np.ndarray, relations: np.ndarray, direction: str, k: int, known: str):
+        out = []
+        index = self._filter(direction) if known != "keep" else None
+        for start in range(0, len(anchors), self.batch_size):
+            a, r = anchors[start:start + self.batch_size], relations[start:start + self.batch_size]
+            distance = self._distances(a, r, direction)
+            flagged = np.zeros(distance.shape, dtype=bool)
+            if index is not None:
+                rows, cols = index.pairs(a, r)
+                flagged[rows, cols] = True
+                if known == "filter":
+                    distance[torch.from_numpy(flagged)] = float("inf")
+            best = torch.topk(distance, k, dim=1, largest=False)
+            for q in range(len(a)):
+                out.append([Prediction(i + 1, int(e), self.entities.names[int(e)],
+                                       float(self.rotate.gamma - d), bool(flagged[q, int(e)]))
+                            for i, (d, e) in enumerate(zip(best.values[q].tolist(), best.indices[q].tolist()))
+                            if d != float("inf")])
+        return out
+
+    @torch.no_grad()
+    def _distances(self, anchors: np.ndarray, relations: np.ndarray, direction: str) -> torch.Tensor:
+        phase = self.rotate.phase(self.relation_rows[torch.from_numpy(relations)])
+        sign = 1.0 if direction == "tail" else -1.0
+        query = self.rotate.rotate(self.joint[torch.from_numpy(anchors)], sign * phase)
+        return self.kernels.all_pairs(query, self.joint).float().cpu()
+
+    def _filter(self, direction: str) -> FilterIndex:
+        if direction not in self._filters:
+            anchor, answer = (0, 2) if direction == "tail" else (2, 0)
+            self._filters[direction] = FilterIndex(self._known_triples(), len(self.relations.names), anchor, answer)
+        return self._filters[direction]
+
+    @torch.no_grad()
+    def score(self, triples) -> np.ndarray:
+        """f(h, r, t) of each (head, relation, tail) given by names or ids; higher is more plausible."""
+        triples = list(triples)
+        if not triples or any(len(t) != 3 for t in triples):
+            raise DataError("score: expected a non-empty list of (head, relation, tail) triples")
+        h = torch.from_numpy(self.entities.ids_of([t[0] for t in triples]))
+        r = torch.from_numpy(self.relations.ids_of([t[1] for t in triples]))
+        t = torch.from_numpy(self.entities.ids_of([t[2] for t in triples]))
+        return self.rotate.score(self.joint[h], self.relation_rows[r], self.joint[t]).cpu().numpy()
+
+    @torch.no_grad()
+    def neighbours(self, entity, k: int = 10, space: str = "joint") -> list[Prediction]:
+        """The ``k`` entities nearest to ``entity`` (itself excluded) by the complex L1 distance in the joint
+        (fused) or structural space; ``score`` is the negated distance."""
+        if space not in SPACES:
+            raise DataError(f"neighbours: space={space!r}; expected one of {', '.join(SPACES)}")
+        table = self.joint if space == "joint" else self.structural
+        i = self.entities.id(entity)
+        distance = self.kernels.all_pairs(table[i:i + 1], table).float().cpu()[0]
+        distance[i] = float("inf")
+        best = torch.topk(distance, min(k, len(distance) - 1), largest=False)
+        return [Prediction(n + 1, int(e), self.entities.names[int(e)], -float(d))
+                for n, (d, e) in enumerate(zip(best.values.tolist(), best.indices.tolist()))]
+
+
+def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", overrides=()) -> Predictor:
+    """The model of a run folder at its newest verified checkpoint (or ``checkpoint``), in this process,
+    whatever world size trained it. ``overrides``: dotted config overrides (e.g. ``["--data.path=..."]`` when
+    the dataset has moved)."""
+    from .data.build import build_dataset
+    from .train.lifecycle import load_trained, trained_checkpoint
+    from .trainers import make_runtime
+    from .config import parse_overrides
+
+    cfg, ckpt = trained_checkpoint(run_dir, checkpoint, parse_overrides([f"--train.device={device}", *overrides]))
+    trainer = load_trained(cfg, build_dataset(cfg), make_runtime(cfg, False), ckpt)
+    return Predictor(trainer, trainer.step)

@@ -1,0 +1,73 @@
+"""Model selection and early stopping: validation every K epochs picks the best checkpoint (kept by pruning),
+patience stops training, the best model is tested, results.json says what was selected and why; validation
+triples that occur in train are counted and left out of the selection metric; the state survives a resume."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from test_predict import TINY, cli
+
+
+def results(run):
+    return json.load(open(run / "results.json"))
+
+
+def test_patience_stops_and_the_best_model_is_tested(tmp_path):
+    # min_delta above any possible MRR change: every run after the first is "without gain"
+    res = cli("train", "--run-dir", "r", *TINY, "--train.epochs=6", "--eval.every_epochs=1",
+              "--train.early_stopping.patience=2", "--train.early_stopping.min_delta=2", "--train.keep_checkpoints=1",
+              cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = results(tmp_path / "r")
+    selection = out["selection"]
+    assert [h["epoch"] for h in selection["history"]] == [1, 2, 3]        # stopped after 2 runs without gain
+    assert out["train"]["epochs"] == 3 and "stopped early after 2 runs" in selection["why"]
+    best = selection["selected"]
+    assert best["epoch"] == 1 and best["value"] == selection["history"][0]["value"]
+    ckpts = sorted(os.listdir(tmp_path / "r" / "checkpoints"))
+    assert best["checkpoint"] in ckpts, ckpts                               # pruning spared the best
+    assert f"selected {best['checkpoint']}" in res.stdout
+    # the test metrics are the selected model's
+    ev = cli("evaluate", tmp_path / "r", "--checkpoint", tmp_path / "r" / "checkpoints" / best["checkpoint"],
+             "--output", tmp_path / "m.json", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert json.load(open(tmp_path / "m.json"))["test"]["mrr"] == pytest.approx(out["test"]["mrr"], abs=1e-9)
+    assert out["test"]["per_relation"] and "per_category" in out["test"] and "amri" in out["test"]
+    md = (tmp_path / "r" / "results.md").read_text()
+    assert "### per relation category" in md and "| both |" in md
+
+
+def test_selection_state_survives_resume(tmp_path):
+    args = ["--run-dir", "r", *TINY, "--eval.every_epochs=1", "--eval.select_by=hits@3"]
+    first = cli("train", *args, "--train.epochs=2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = cli("train", *args, "--train.epochs=3", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    selection = results(tmp_path / "r")["selection"]
+    assert [h["epoch"] for h in selection["history"]] == [1, 2, 3] and selection["metric"] == "hits@3"
+    values = [h["value"] for h in selection["history"]]
+    assert selection["selected"]["value"] == max(values)
+
+
+def test_valid_triples_in_train_are_counted_and_left_out(tmp_path):
+    rng = np.random.default_rng(0)
+    triples = np.unique(np.stack([rng.integers(0, 60, 900), rng.integers(0, 4, 900), rng.integers(0, 60, 900)], 1),
+                        axis=0)
+    rng.shuffle(triples)
+    train, valid, test = triples[:700], np.concatenate([triples[700:760], triples[:15]]), triples[760:820]
+    for name, rows in (("train", train), ("valid", valid), ("test", test)):
+        (tmp_path / f"{name}.tsv").write_text("".join(f"e{h}\tr{r}\te{t}\n" for h, r, t in rows))
+    prep = cli("prepare", "triples", "ds", "--train", "train.tsv", "--valid", "valid.tsv", "--test", "test.tsv",
+               "--allow-overlap", cwd=tmp_path)
+    assert prep.returncode == 0, prep.stderr
+    res = cli("train", "--run-dir", "r", "--data.source=parquet", "--data.path=ds", "--model.modalities=[]",
+              "--mat.enabled=false", "--model.dim=8", "--train.batch_size=64", "--train.num_negatives=8",
+              "--train.compile=false", "--train.threads=1", "--train.epochs=2", "--eval.every_epochs=1", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    overlap = results(tmp_path / "r")["selection"]["valid_overlap"]
+    assert overlap == {"valid_rows": 75, "valid_unique": 75, "in_train_rows": 15, "in_train_unique": 15,
+                       "excluded": True}
+    evals = [json.loads(l) for l in open(tmp_path / "r" / "metrics.jsonl") if '"eval"' in l]
+    assert evals and all(e["count"] == 2 * 60 for e in evals if e.get("split") == "valid")
