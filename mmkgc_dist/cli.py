@@ -103,16 +103,10 @@ def cmd_prepare(args, overrides) -> int:
     from .outputs import check_output
 
     if args.kind == "openke":
-        from .data.checks import check_splits
-        from .data.openke import SPLIT_FILES, read_openke
         check_output(args.out, "dataset", (args.src,), args.overwrite)
-        data = read_openke(args.src)
-        origin = {s: f"{args.src.rstrip('/')}/{f}" for s, f in SPLIT_FILES.items()}
-        checks = check_splits(data.splits, origin, args.allow_duplicates, args.allow_overlap,
-                              describe=lambda row: f"{data.entity_names[row[0]]} {data.relation_names[row[1]]} "
-                                                   f"{data.entity_names[row[2]]}")
-        write_dataset(data, args.out, source=args.src, overwrite=args.overwrite, inputs=(args.src,),
-                      checks=checks.as_manifest())
+        _convert_openke(args.src, args.out, args.overwrite, args.allow_duplicates, args.allow_overlap)
+    elif args.kind == "dataset":
+        _prepare_recipe(args)
     elif args.kind == "synthetic":
         from .data.synthetic import generate
         cfg = load_config(None, [(f"data.synthetic.{k}", v) for k, v in overrides])
@@ -147,6 +141,42 @@ def cmd_prepare(args, overrides) -> int:
         raise ConfigError(f"unexpected options {overrides}")
     print(f"wrote {args.out}")
     return 0
+
+
+def _convert_openke(src: str, out: str, overwrite: bool, allow_duplicates: bool, allow_overlap: bool,
+                    name: str | None = None, source: str | None = None, recipe: dict | None = None) -> None:
+    from .data.checks import check_splits
+    from .data.format import write_dataset
+    from .data.openke import SPLIT_FILES, read_openke
+
+    data = read_openke(src, name)
+    origin = {s: f"{(source or src).rstrip('/')}/{f}" for s, f in SPLIT_FILES.items()}
+    checks = check_splits(data.splits, origin, allow_duplicates, allow_overlap,
+                          describe=lambda row: f"{data.entity_names[row[0]]} {data.relation_names[row[1]]} "
+                                               f"{data.entity_names[row[2]]}")
+    write_dataset(data, out, source=source or src, overwrite=overwrite, inputs=(src,), checks=checks.as_manifest(),
+                  recipe=recipe)
+
+
+def _prepare_recipe(args) -> None:
+    """A benchmark by name: fetched (counts and digests checked), converted, text features where names are words."""
+    import tempfile
+
+    from .data.recipes import BASE_URL, COMMIT, fetch, recipe
+    from .outputs import check_output
+
+    r = recipe(args.name)
+    check_output(args.out, "dataset", (), args.overwrite)
+    base = args.base_url or BASE_URL
+    with tempfile.TemporaryDirectory(prefix="mmkgc-dist-recipe-") as folder:
+        digests = fetch(r, base, folder)
+        record = {"name": r.name, "url": f"{base.rstrip('/')}/{r.name}", "sha256": digests,
+                  "commit": COMMIT if base == BASE_URL else None}
+        _convert_openke(folder, args.out, args.overwrite, r.allow_duplicates, r.allow_overlap, name=r.name,
+                        source=record["url"], recipe=record)
+    if r.text_names and not args.no_text_features:
+        args.dataset, args.model, args.batch_size, args.names = args.out, None, 256, "uri"
+        cmd_features(args, [])
 
 
 def cmd_features(args, overrides) -> int:
@@ -222,6 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("src")
     o.add_argument("out")
     _dataset_output_options(o)
+    ds = psub.add_parser("dataset", help="a standard benchmark by name (DB15K, MKG-W, MKG-Y): fetched from the "
+                                         "AdaMF-MAT repository at a pinned commit, checked, converted")
+    ds.add_argument("name", help="DB15K, MKG-W or MKG-Y")
+    ds.add_argument("out")
+    ds.add_argument("--base-url", help="fsspec URL of a folder holding NAME/{entity2id,relation2id,train2id,"
+                                       "valid2id,test2id}.txt (default: the pinned GitHub commit)")
+    ds.add_argument("--no-text-features", action="store_true",
+                    help="skip the name-based text features (DB15K; they need the MiniLM package)")
+    ds.add_argument("--overwrite", action="store_true", help="replace a dataset this tool wrote at OUT")
     tr = psub.add_parser("triples", help="labeled triples (TSV/CSV, .gz/.bz2/.xz ok, any fsspec URL) → dataset, "
                                          "out of core")
     tr.add_argument("out")

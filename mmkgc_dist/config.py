@@ -163,6 +163,9 @@ class RunConfig:
     out_dir: str = _f("runs", "parent folder of run folders")
     name: str = _f("", "run folder name, a plain name inside run.out_dir (empty: a unique timestamp)")
     tensorboard: bool = _f(False, "also write metrics as TensorBoard events into the run folder's tensorboard/")
+    mlflow_uri: str = _f("", "also track the run in MLflow at this tracking URI (e.g. file:./mlruns, or a "
+                         "server's http URL; needs mlflow-skinny); empty = off")
+    mlflow_experiment: str = _f("mmkgc-dist", "MLflow experiment name")
 
 
 @dataclass

@@ -71,3 +71,30 @@ def test_valid_triples_in_train_are_counted_and_left_out(tmp_path):
                        "excluded": True}
     evals = [json.loads(l) for l in open(tmp_path / "r" / "metrics.jsonl") if '"eval"' in l]
     assert evals and all(e["count"] == 2 * 60 for e in evals if e.get("split") == "valid")
+
+
+def test_mlflow_tracker_offline_file_store(tmp_path):
+    """The MLflow tracker for real, offline (file store): parameters, per-step metrics, results artifacts,
+    and a resumed run continuing the same MLflow run."""
+    pytest.importorskip("mlflow")
+    args = ["--run-dir", "r", *TINY, "--run.mlflow_uri=file:./mlruns", "--run.mlflow_experiment=tests",
+            "--train.log_every=1", "--eval.every_epochs=1"]
+    first = cli("train", *args, "--train.epochs=1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = cli("train", *args, "--train.epochs=2", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"file:{tmp_path / 'mlruns'}")
+    experiment = client.get_experiment_by_name("tests")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_name == "r"                 # the resume continued it
+    run_id = runs[0].info.run_id
+    assert runs[0].data.params["train.epochs"] == "1" and runs[0].data.params["model.dim"] == "8"
+    losses = client.get_metric_history(run_id, "train/loss")
+    train_records = [json.loads(l) for l in open(tmp_path / "r" / "metrics.jsonl") if '"kind": "train"' in l]
+    assert [m.step for m in losses] == [r["step"] for r in train_records]
+    assert [m.value for m in losses] == pytest.approx([r["loss"] for r in train_records])
+    assert client.get_metric_history(run_id, "eval/hits_at_10")
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"results.json", "results.md"} <= artifacts

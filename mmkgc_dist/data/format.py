@@ -65,9 +65,11 @@ class KGData:
 
 # ----------------------------------------------------------------------------------------- writing
 def write_dataset(data: KGData, out_dir: str, source: str = "", row_group_rows: int = ROW_GROUP_ROWS,
-                  overwrite: bool = False, inputs: tuple[str, ...] = (), checks: dict | None = None) -> None:
+                  overwrite: bool = False, inputs: tuple[str, ...] = (), checks: dict | None = None,
+                  recipe: dict | None = None) -> None:
     """Write crash-safely under the ownership rule (outputs.py): build in a temporary sibling, then swap.
-    ``checks`` (duplicates/overlap counts the caller allowed) is recorded in the manifest."""
+    ``checks`` (duplicates/overlap counts the caller allowed) and ``recipe`` (where a benchmark came from,
+    with its file digests) are recorded in the manifest."""
     from ..outputs import OutputBuilder, check_output
 
     validate(data, origin=source or "in-memory dataset")
@@ -77,6 +79,8 @@ def write_dataset(data: KGData, out_dir: str, source: str = "", row_group_rows: 
         manifest = _write_contents(data, builder.tmp, source, row_group_rows)
         if checks:
             manifest["checks"] = checks
+        if recipe:
+            manifest["recipe"] = recipe
         with open(os.path.join(builder.tmp, "manifest.json"), "w") as fh:
             json.dump(manifest, fh, indent=2)
     except BaseException:

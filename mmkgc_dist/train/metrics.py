@@ -1,25 +1,28 @@
-"""Structured metrics: one JSON object per line, flushed as written (tail -f friendly), and optionally the
-same scalars as TensorBoard events (``run.tensorboard=true``; needs the ``tensorboard`` package)."""
+"""Trackers: where a run's records go. One interface — ``log(kind, **fields)`` and ``close()`` — with
+``Trackers`` fanning each record out to every configured tracker:
+
+- JSONL (always): one JSON object per line in RUN/metrics.jsonl, flushed as written (tail -f friendly);
+- TensorBoard (``run.tensorboard=true``; needs the ``tensorboard`` package): the numeric fields as scalars;
+- MLflow (``run.mlflow_uri``, e.g. ``file:./mlruns`` or a tracking server; needs ``mlflow-skinny``): the config
+  as parameters, numeric fields as metrics (``kind/name``), results.json/results.md as artifacts. A resumed run
+  continues the same MLflow run (its id is kept in RUN/mlflow_run_id).
+"""
 from __future__ import annotations
 
 import errno
 import json
+import os
+import re
 import time
 
 
-class JsonlLogger:
-    def __init__(self, path: str | None, tensorboard_dir: str | None = None):
+class JsonlTracker:
+    def __init__(self, path: str):
         self.path = path
-        self._fh = open(path, "a") if path else None
+        self._fh = open(path, "a")
         self._start = time.time()
-        self._tb = None
-        if tensorboard_dir:
-            from torch.utils.tensorboard import SummaryWriter   # raises if tensorboard is not installed
-            self._tb = SummaryWriter(tensorboard_dir)
 
     def log(self, kind: str, **fields) -> None:
-        if self._fh is None:
-            return
         record = {"kind": kind, "time": round(time.time() - self._start, 3), **fields}
         try:
             self._fh.write(json.dumps(record) + "\n")
@@ -28,15 +31,89 @@ class JsonlLogger:
             from ..data.errors import DataError
             reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
             raise DataError(f"{self.path}: could not write metrics ({reason})") from exc
-        if self._tb is not None and "step" in fields:
-            for key, value in fields.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
-                    self._tb.add_scalar(f"{kind}/{key}", value, fields["step"])
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        self._fh.close()
+
+
+def _numbers(fields: dict) -> dict:
+    return {k: v for k, v in fields.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch")}
+
+
+class TensorBoardTracker:
+    def __init__(self, folder: str):
+        from torch.utils.tensorboard import SummaryWriter   # raises if tensorboard is not installed
+        self._writer = SummaryWriter(folder)
+
+    def log(self, kind: str, **fields) -> None:
+        if "step" in fields:
+            for key, value in _numbers(fields).items():
+                self._writer.add_scalar(f"{kind}/{key}", value, fields["step"])
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class MLflowTracker:
+    def __init__(self, uri: str, experiment: str, run_dir: str, params: dict):
+        if uri.startswith("file:") or "://" not in uri:
+            # MLflow 3 keeps its file store in maintenance mode behind this switch; it is the offline option.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        import mlflow
+
+        self._mlflow, self.run_dir = mlflow, run_dir
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(experiment)
+        id_file = os.path.join(run_dir, "mlflow_run_id")
+        run_id = open(id_file).read().strip() if os.path.isfile(id_file) else None
+        self.run = mlflow.start_run(run_id=run_id, run_name=os.path.basename(os.path.abspath(run_dir)))
+        if run_id is None:
+            with open(id_file, "w") as fh:
+                fh.write(self.run.info.run_id)
+            mlflow.log_params({_name(k): str(v)[:500] for k, v in params.items()})
+
+    def log(self, kind: str, **fields) -> None:
+        numbers = _numbers(fields)
+        if numbers:
+            self._mlflow.log_metrics({_name(f"{kind}/{k}"): float(v) for k, v in numbers.items()},
+                                     step=int(fields.get("step", 0)))
+
+    def close(self) -> None:
+        for name in ("results.json", "results.md"):
+            path = os.path.join(self.run_dir, name)
+            if os.path.isfile(path):
+                self._mlflow.log_artifact(path)
+        self._mlflow.end_run()
+
+
+def _name(key: str) -> str:
+    """An MLflow-valid key: hits@10 → hits_at_10; other characters MLflow refuses → _."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key.replace("@", "_at_"))
+
+
+class Trackers:
+    """Every configured tracker, behind one ``log``/``close``; none on ranks other than 0 (run_dir None)."""
+
+    def __init__(self, trackers: list):
+        self.trackers = trackers
+
+    def log(self, kind: str, **fields) -> None:
+        for tracker in self.trackers:
+            tracker.log(kind, **fields)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
+
+
+def make_trackers(run_dir: str | None, run_cfg, params: dict) -> Trackers:
+    if not run_dir:
+        return Trackers([])
+    trackers = [JsonlTracker(os.path.join(run_dir, "metrics.jsonl"))]
+    if run_cfg.tensorboard:
+        trackers.append(TensorBoardTracker(os.path.join(run_dir, "tensorboard")))
+    if run_cfg.mlflow_uri:
+        trackers.append(MLflowTracker(run_cfg.mlflow_uri, run_cfg.mlflow_experiment, run_dir, params))
+    return Trackers(trackers)

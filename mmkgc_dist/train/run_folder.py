@@ -2,7 +2,8 @@
 
     RUN/.mmkgc-dist      marker: made by this tool, kind "run"
     RUN/.lock            pid + host of the one process writing (outputs.FolderLock)
-    RUN/config.yaml, metrics.jsonl, checkpoints/, results.json, tensorboard/, sharding_plan.json
+    RUN/config.yaml, metrics.jsonl, checkpoints/, results.json, results.md, tensorboard/, sharding_plan.json,
+    mlflow_run_id
 
 Rules: a default name is unique even for runs started in the same second (the folder is created with an
 atomic mkdir, suffixed -2, -3, ... when taken); ``run.name`` is a plain name inside ``run.out_dir``; a folder
@@ -22,7 +23,7 @@ from ..integrity import clean_temporaries, delete, list_checkpoints
 from ..outputs import FolderLock, default_mode, marker_kind, write_marker
 
 log = logging.getLogger("mmkgc_dist")
-RUN_FILES = ("results.json", "metrics.jsonl", "config.yaml", "sharding_plan.json")
+RUN_FILES = ("results.json", "results.md", "metrics.jsonl", "config.yaml", "sharding_plan.json", "mlflow_run_id")
 RUN_FOLDERS = ("tensorboard",)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import Config, dump_config
+from ..config import Config, dump_config, to_dict
 from ..data.format import KGData, read_training_statistics
 from ..data.sampling import DegreeDistribution, NegativeSampler
 from ..data.statistics import exact_relation_table, head_probability
@@ -24,7 +24,7 @@ from ..eval.metrics import link_prediction_metrics, relation_categories
 from ..eval.ranking import eval_subset, protocol_label
 from ..model import DistanceKernels, RotatE
 from ..rng import numpy_rng
-from .metrics import JsonlLogger
+from .metrics import make_trackers
 from .selection import ModelSelection, in_train
 from .step import TrainStep
 
@@ -63,10 +63,9 @@ class Trainer:
         writes = run_dir if runtime.is_main else None
         if writes:
             os.makedirs(writes, exist_ok=True)
-        self.logger = JsonlLogger(os.path.join(writes, "metrics.jsonl") if writes else None,
-                                  os.path.join(writes, "tensorboard") if writes and cfg.run.tensorboard else None)
         if writes:
             dump_config(cfg, os.path.join(writes, "config.yaml"))
+        self.logger = make_trackers(writes, cfg.run, _flat(to_dict(cfg)))
         self.selection = ModelSelection(cfg, os.path.join(run_dir, "checkpoints") if run_dir else None,
                                         runtime.is_main)
         self._saved_step = None

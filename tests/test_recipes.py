@@ -1,0 +1,89 @@
+"""Dataset recipes over a local HTTP server (no network): the benchmark splits from ../shared/datasets served as
+the recipe's URL layout, counts and digests checked, converted with the benchmark's known duplicates counted.
+Skips when the shared datasets are absent."""
+import functools
+import http.server
+import json
+import os
+import shutil
+import threading
+
+import pytest
+
+from test_predict import cli
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "datasets")
+pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, "MKG-W", "train2id.txt")),
+                                reason="../shared/datasets not present")
+
+
+@pytest.fixture
+def served(tmp_path):
+    """(base URL, served folder): a copy of MKG-W and DB15K behind a local HTTP server."""
+    root = tmp_path / "www"
+    for name in ("MKG-W", "DB15K"):
+        shutil.copytree(os.path.join(SHARED, name), root / name)
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def prepare(tmp_path, *args):
+    env_home = tmp_path / "home"
+    os.environ["MMKGC_DIST_HOME"] = str(env_home)       # inherited by the CLI below
+    try:
+        return cli("prepare", "dataset", *args, cwd=tmp_path)
+    finally:
+        del os.environ["MMKGC_DIST_HOME"]
+
+
+def test_db15k_recipe_converts_and_counts_known_duplicates(served, tmp_path):
+    base, _ = served
+    res = prepare(tmp_path, "DB15K", "db15k", "--base-url", base, "--no-text-features")
+    assert res.returncode == 0, res.stderr[-3000:]
+    manifest = json.load(open(tmp_path / "db15k" / "manifest.json"))
+    assert manifest["num_entities"] == 12842 and manifest["num_relations"] == 279
+    assert {s: v["rows"] for s, v in manifest["splits"].items()} == {"train": 79222, "valid": 9904, "test": 9902}
+    assert manifest["recipe"]["name"] == "DB15K" and manifest["recipe"]["url"] == f"{base}/DB15K"
+    assert len(manifest["recipe"]["sha256"]) == 5 and manifest["checks"]["duplicates"]["valid"] == 2423
+    assert "recorded the SHA-256" in res.stdout
+
+
+def test_recipe_digest_recorded_first_then_enforced(served, tmp_path):
+    base, root = served
+    first = prepare(tmp_path, "mkg-w", "a", "--base-url", base)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = prepare(tmp_path, "MKG-W", "b", "--base-url", base)
+    assert again.returncode == 0 and "recorded" not in again.stdout, again.stderr[-3000:]
+    train = root / "MKG-W" / "train2id.txt"
+    lines = train.read_text().splitlines()
+    h, t, r = lines[1].split()
+    lines[1] = f"{t} {h} {r}"                                # same counts, one triple reversed
+    train.write_text("\n".join(lines) + "\n")
+    changed = prepare(tmp_path, "MKG-W", "c", "--base-url", base)
+    errors = [l for l in changed.stderr.splitlines() if l.startswith("error:")]
+    assert changed.returncode == 2 and len(errors) == 1, changed.stderr[-3000:]
+    assert "MKG-W/train2id.txt: SHA-256" in errors[0] and "recorded at the first fetch" in errors[0]
+    assert not (tmp_path / "c").exists()
+
+
+def test_recipe_counts_and_unknown_names(served, tmp_path):
+    base, root = served
+    valid = root / "MKG-W" / "valid2id.txt"
+    valid.write_text("\n".join(valid.read_text().splitlines()[:-1]) + "\n")      # one record missing
+    short = prepare(tmp_path, "MKG-W", "x", "--base-url", base)
+    assert short.returncode == 2 and "valid2id.txt: 4276 records declared and 4275 present; the benchmark has 4276" \
+        in short.stderr, short.stderr[-2000:]
+    unknown = prepare(tmp_path, "FB15K", "y", "--base-url", base)
+    assert unknown.returncode == 2 and "unknown dataset 'FB15K'; recipes: DB15K, MKG-W, MKG-Y" in unknown.stderr
+    missing = prepare(tmp_path, "MKG-Y", "z", "--base-url", base)          # not served here
+    assert missing.returncode == 2 and "MKG-Y/entity2id.txt: cannot be read" in missing.stderr, missing.stderr
+    assert not any((tmp_path / n).exists() for n in "xyz")
