@@ -68,7 +68,7 @@ class Trainer:
         self.logger = make_trackers(writes, cfg.run, _flat(to_dict(cfg)))
         self.selection = ModelSelection(cfg, os.path.join(run_dir, "checkpoints") if run_dir else None,
                                         runtime.is_main)
-        self._saved_step = None
+        self._saved = None
 
     def __getattr__(self, name: str):
         runtime = self.__dict__.get("runtime")
@@ -275,12 +275,13 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.step = cursor["epoch"], cursor["batch_in_epoch"], cursor["step"]
 
     def save(self) -> str:
-        """A checkpoint of the current step (once: a second call at the same step returns the first)."""
-        if self._saved_step is not None and self._saved_step[0] == self.step:
-            return self._saved_step[1]
+        """A checkpoint of the current cursor (once: a second call at the same cursor returns the first; the same
+        step at an epoch's end is a new cursor — epoch + 1, batch 0 — and is saved again)."""
+        if self._saved is not None and self._saved[0] == self.cursor():
+            return self._saved[1]
         path = self.runtime.save(os.path.join(self.run_dir, "checkpoints"), self.cursor(), self.stream is not None)
         self.logger.log("checkpoint", path=os.path.basename(path), **self.cursor())
-        self._saved_step = (self.step, path)
+        self._saved = (self.cursor(), path)
         return path
 
     def resume(self, path: str | None = None, optimizer: bool = True) -> bool:
