@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .data.errors import DataError
+from .data.stream import rows_answering
 from .eval.ranking import FilterIndex
 
 KNOWN_POLICIES = ("mark", "filter", "keep")
@@ -86,6 +87,10 @@ class Predictor:
         self.relation_rows = trainer.runtime.relation_table()
         self._known_triples = trainer.known_triples
         self._filters: dict[str, FilterIndex] = {}
+        # A streamed training split stays on disk: the training rows that answer a batch of queries are found
+        # in one streaming pass per predict call (held splits are in memory).
+        self._stream = (trainer.cfg.data.path, trainer.stream.manifest) if trainer.stream is not None else None
+        self._held = [t for t in trainer.data.splits.values() if len(t)]
         self.batch_size = trainer.cfg.eval.batch_size
 
     # ------------------------------------------------------------------------------------ queries
@@ -110,7 +115,7 @@ class Predictor:
 
     def _top(self, anchors: np.ndarray, relations: np.ndarray, direction: str, k: int, known: str):
         out = []
-        index = self._filter(direction) if known != "keep" else None
+        index = self._filter(direction, anchors, relations) if known != "keep" else None
         for start in range(0, len(anchors), self.batch_size):
             a, r = anchors[start:start + self.batch_size], relations[start:start + self.batch_size]
             distance = self._distances(a, r, direction)
@@ -135,10 +140,18 @@ class Predictor:
         query = self.rotate.rotate(self.joint[torch.from_numpy(anchors)], sign * phase)
         return self.kernels.all_pairs(query, self.joint).float().cpu()
 
-    def _filter(self, direction: str) -> FilterIndex:
+    def _filter(self, direction: str, anchors: np.ndarray, relations: np.ndarray) -> FilterIndex:
+        """Known answers of the queries: train ∪ valid ∪ test (cached), or, when train is streamed, the held
+        splits plus the training rows that answer these queries."""
+        anchor, answer = (0, 2) if direction == "tail" else (2, 0)
+        num_relations = len(self.relations.names)
+        if self._stream is not None:
+            queries = np.full((len(anchors), 3), -1, dtype=np.int64)
+            queries[:, anchor], queries[:, 1] = anchors, relations
+            found = rows_answering(self._stream[0], "train", queries, num_relations, manifest=self._stream[1])
+            return FilterIndex(np.concatenate(self._held + [found]), num_relations, anchor, answer)
         if direction not in self._filters:
-            anchor, answer = (0, 2) if direction == "tail" else (2, 0)
-            self._filters[direction] = FilterIndex(self._known_triples(), len(self.relations.names), anchor, answer)
+            self._filters[direction] = FilterIndex(self._known_triples(), num_relations, anchor, answer)
         return self._filters[direction]
 
     @torch.no_grad()

@@ -268,6 +268,12 @@ CASES = [
     ("evaluate-missing-run", ["evaluate", "no_such_run"], "no_such_run: not a run folder (not found)"),
     ("evaluate-no-good-checkpoint", ["evaluate", "truncated_run"], "truncated_run/checkpoints: no complete, verified checkpoint found"),
     ("export-payload", ["export", "run", "new_export", "--checkpoint", "payload.pt"], "payload.pt: checkpoint failed verification"),
+    # --- predict (#11) ------------------------------------------------------------------------------------
+    ("predict-unknown-entity", ["predict", "run", "--head", "entity_00001", "--relation", "relation_0001"], "unknown entity 'entity_00001' (120 known; closest known: 'entity_000010'"),
+    ("predict-unknown-relation", ["predict", "run", "--head", "entity_000001", "--relation", "rel_1"], "unknown relation 'rel_1'"),
+    ("predict-both-sides", ["predict", "run", "--head", "entity_000001", "--tail", "entity_000002", "--relation", "relation_0001"], "exactly one of head"),
+    ("predict-top-zero", ["predict", "run", "--head", "entity_000001", "--relation", "relation_0001", "--top", "0"], "k must be >= 1"),
+    ("predict-not-a-run", ["predict", "userdir", "--head", "a", "--relation", "r"], "userdir: no config.yaml"),
 ]
 
 

@@ -102,6 +102,12 @@ def test_predict_command(run):
     assert as_json.returncode == 0, as_json.stderr
     found = json.loads(as_json.stdout)["predictions"]
     assert [p["rank"] for p in found] == [1, 2, 3] and {"id", "name", "score", "known"} <= set(found[0])
+    elsewhere = run.parent / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    moved = cli("predict", run, "--head", "entity_000010", "--relation", "relation_0003", "--data.source=parquet",
+                "--data.path=ds", cwd=elsewhere)
+    assert moved.returncode == 2 and "trained on data.path=ds, which is not found from here" in moved.stderr and \
+        "--data.path=" in moved.stderr, moved.stderr
     bad = cli("predict", run, "--head", "entity_10", "--relation", "relation_0003", cwd=run.parent)
     errors = [l for l in bad.stderr.splitlines() if l.startswith("error:")]
     assert bad.returncode == 2 and len(errors) == 1 and "unknown entity 'entity_10'" in errors[0], bad.stderr
@@ -138,3 +144,20 @@ def test_export_holds_the_whole_model_and_reads_back(run, model):
     outside = emb.score(triples[:, 0], triples[:, 1], triples[:, 2])
     assert np.allclose(outside, model.score(triples.tolist()), atol=1e-4)
     assert np.allclose(emb.joint, model.joint.numpy(), atol=1e-6)
+
+
+def test_streamed_run_marks_training_answers(tmp_path):
+    """A run whose training split streamed from disk: predict finds the training answers of its queries on disk."""
+    assert cli("prepare", "synthetic", "ds", "--num_entities=200", "--num_triples=1600", cwd=tmp_path).returncode == 0
+    res = cli("train", "--run-dir", "r", *TINY[2:], "--data.source=parquet", "--data.path=ds", "--data.loader=stream",
+              "--train.filter_negatives=false", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    from mmkgc_dist.data.format import load_dataset
+    train = load_dataset(str(tmp_path / "ds")).splits["train"]
+    model = load_run(str(tmp_path / "r"), overrides=[f"--data.path={tmp_path / 'ds'}"])
+    h, r = int(train[0, 0]), int(train[0, 1])
+    marked = {p.id for p in model.predict(head=h, relation=r, k=200) if p.known}
+    assert {int(t) for t in train[(train[:, 0] == h) & (train[:, 1] == r), 2]} <= marked
+    t = int(train[0, 2])
+    marked = {p.id for p in model.predict(relation=r, tail=t, k=200) if p.known}
+    assert {int(x) for x in train[(train[:, 2] == t) & (train[:, 1] == r), 0]} <= marked
