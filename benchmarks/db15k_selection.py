@@ -6,6 +6,7 @@ validation every --every epochs by filtered MRR over the valid triples that are 
 early stopping after --patience validation runs without a gain.
 
     python benchmarks/db15k_selection.py [--src ../shared/datasets] [--epochs 40] [--every 2] [--patience 3]
+    python benchmarks/db15k_selection.py --resume --epochs 120      # continue that run (selection state kept)
 
 Writes results/db15k_selection/{selection.json, results.md, predict.txt, validation.png}. Skips (exit 0,
 message) when the DB15K folder is absent.
@@ -41,22 +42,26 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=2)
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run in results/db15k_selection/work to --epochs (selection state included)")
     args = ap.parse_args()
     if not os.path.exists(os.path.join(args.src, "DB15K", "train2id.txt")):
         print(f"skip: {args.src}/DB15K not found")
         return 0
     out = results_dir("db15k_selection")
     work = os.path.join(out, "work")
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
     dataset, run_dir = os.path.join(work, "db15k"), os.path.join(work, "run")
     os.environ["MMKGC_DIST_HOME"] = os.path.join(work, "home")
-    run("prepare", "dataset", "DB15K", dataset, "--base-url", args.src, "--no-text-features")
+    if not args.resume:
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        run("prepare", "dataset", "DB15K", dataset, "--base-url", args.src, "--no-text-features")
     t0 = time.time()
     run("train", "--config", "configs/db15k.yaml", "--run-dir", run_dir, f"--data.path={dataset}",
         "--model.modalities=[]", "--mat.enabled=false", "--train.lr=1e-3", f"--train.epochs={args.epochs}",
         f"--eval.every_epochs={args.every}", f"--train.early_stopping.patience={args.patience}",
-        f"--train.threads={args.threads}", "--eval.splits=[valid,test]", "--train.keep_checkpoints=2")
+        f"--train.threads={args.threads}", "--eval.splits=[valid,test]", "--train.keep_checkpoints=2",
+        *(["--resume"] if args.resume else []))
     seconds = time.time() - t0
     results = json.load(open(os.path.join(run_dir, "results.json")))
     selection = results["selection"]
@@ -71,7 +76,7 @@ def main() -> int:
     summary = {"command": "python benchmarks/db15k_selection.py " + " ".join(sys.argv[1:]),
                "config": "configs/db15k.yaml, structure-only RotatE, d=250, 128 negatives, Adam 1e-3",
                "selection": selection, "trained_epochs": results["train"]["epochs"],
-               "wall_seconds": round(seconds, 1),
+               "wall_seconds_this_invocation": round(seconds, 1), "resumed": args.resume,
                "selected_valid_mrr": best["value"] if best else None,
                "test": {k: results["test"][k] for k in ("mrr", "mr", "hits@1", "hits@3", "hits@10", "amri", "count",
                                                         "protocol")},

@@ -29,10 +29,9 @@ def test_patience_stops_and_the_best_model_is_tested(tmp_path):
     ckpts = sorted(os.listdir(tmp_path / "r" / "checkpoints"))
     assert best["checkpoint"] in ckpts, ckpts                               # pruning spared the best
     assert f"selected {best['checkpoint']}" in res.stdout
-    # the test metrics are the selected model's
-    ev = cli("evaluate", tmp_path / "r", "--checkpoint", tmp_path / "r" / "checkpoints" / best["checkpoint"],
-             "--output", tmp_path / "m.json", cwd=tmp_path)
-    assert ev.returncode == 0, ev.stderr
+    # the test metrics are the selected model's, which evaluate/predict/export use by default
+    ev = cli("evaluate", tmp_path / "r", "--output", tmp_path / "m.json", cwd=tmp_path)
+    assert ev.returncode == 0 and f"{best['checkpoint']}, the checkpoint model selection chose" in ev.stderr, ev.stderr
     assert json.load(open(tmp_path / "m.json"))["test"]["mrr"] == pytest.approx(out["test"]["mrr"], abs=1e-9)
     assert out["test"]["per_relation"] and "per_category" in out["test"] and "amri" in out["test"]
     md = (tmp_path / "r" / "results.md").read_text()

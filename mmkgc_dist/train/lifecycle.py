@@ -5,16 +5,19 @@ save, evaluate, write ``results.json``; and, for ``evaluate``/``export``, a trai
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from ..config import Config, load_config
 from ..data.errors import DataError
 from ..data.format import KGData
 from ..eval.metrics import markdown_report, metric_keys
-from ..integrity import checkpoint_at, newest_verified
+from ..integrity import checkpoint_at, newest_verified, selected_checkpoint
 from ..outputs import resolve_output
 from .run_folder import open_for_reading, open_for_training
 from .trainer import Trainer
+
+log = logging.getLogger("mmkgc_dist")
 
 
 def write_text(path: str, text: str) -> None:
@@ -112,7 +115,8 @@ def select_best(trainer: Trainer, run_dir: str, say) -> dict:
 
 
 def trained_checkpoint(run_dir: str, checkpoint: str | None, overrides):
-    """(config, verified checkpoint) of a run folder: the given checkpoint or the newest verified one."""
+    """(config, verified checkpoint) of a run folder: the given checkpoint, else the one model selection chose
+    (best.json), else the newest verified one."""
     open_for_reading(run_dir)
     cfg = load_config(os.path.join(run_dir, "config.yaml"), overrides)
     path = cfg.data.path
@@ -121,7 +125,17 @@ def trained_checkpoint(run_dir: str, checkpoint: str | None, overrides):
                         f"to where training ran?); give the dataset's location with --data.path=...")
     if checkpoint is not None:
         return cfg, checkpoint_at(checkpoint)
-    ckpt = newest_verified(os.path.join(run_dir, "checkpoints"))
+    directory = os.path.join(run_dir, "checkpoints")
+    best = selected_checkpoint(directory)
+    if best is not None:                 # the model the run's selection chose, and tested
+        try:
+            ckpt = checkpoint_at(os.path.join(directory, best))
+            log.info("using %s, the checkpoint model selection chose (checkpoints/best.json; --checkpoint for "
+                     "another)", ckpt.path)
+            return cfg, ckpt
+        except DataError as exc:
+            log.warning("the selected checkpoint cannot be used (%s); using the newest verified one", exc)
+    ckpt = newest_verified(directory)
     if ckpt is None:
         raise DataError(f"{run_dir}/checkpoints: no complete, verified checkpoint found")
     return cfg, ckpt
