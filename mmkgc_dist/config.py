@@ -74,6 +74,11 @@ class MATConfig:
     noise_dim: int = _f(64, "Gaussian noise width fed to the generators")
     hidden: int = _f(512, "generator hidden width")
     lr: float = _f(1e-4, "generator Adam learning rate")
+    adversarial_loss: str = _f("reference", "the discriminator's adversarial term: 'reference' (the released "
+                               "code's: fakes of the batch weighted by softmax(α·f_fake)) or 'mean' (plain means)",
+                               choices=("reference", "mean"))
+    fakes_fill_missing: bool = _f(True, "the fused fake uses every generated modality, also one the entity lacks "
+                                  "(false: the real entity's presence masks)")
 
 
 @dataclass

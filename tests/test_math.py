@@ -5,8 +5,8 @@ import os
 
 import torch
 
-from mmkgc_dist.model import (AdaMFFusion, DistanceKernels, MATGenerators, RotatE, complex_l1_distance,
-                              masked_attention, pairwise_sigmoid_loss, self_adversarial_loss)
+from mmkgc_dist.model import (AdaMFFusion, DistanceKernels, MATGenerators, RotatE, batch_adversarial_loss,
+                              complex_l1_distance, masked_attention, pairwise_sigmoid_loss, self_adversarial_loss)
 
 
 def test_rotate_score_hand_computed():
@@ -66,6 +66,36 @@ def test_self_adversarial_loss_hand_computed():
 def test_pairwise_loss_direction():
     good, bad = torch.tensor([5.0]), torch.tensor([-5.0])
     assert pairwise_sigmoid_loss(good, bad) < pairwise_sigmoid_loss(bad, good)
+
+
+def test_reference_adversarial_loss_hand_computed():
+    """The released code's SigmoidLoss on one fake score per positive: softmax over the batch of fakes."""
+    pos, fake = torch.tensor([2.0, 1.0, 3.0]), torch.tensor([0.5, -1.0, 2.0])
+    ls = lambda x: math.log(1 / (1 + math.exp(-x)))
+    e = [math.exp(2.0 * f) for f in (0.5, -1.0, 2.0)]                      # temperature α = 2
+    w = [x / sum(e) for x in e]
+    expected = -0.5 * ((ls(2.0) + ls(1.0) + ls(3.0)) / 3 + sum(wi * ls(-f) for wi, f in zip(w, (0.5, -1.0, 2.0))))
+    weights = torch.softmax(2.0 * fake, dim=0)
+    assert abs(batch_adversarial_loss(pos, fake, weights).item() - expected) < 1e-6
+    # the most plausible fake weighs most, so the term exceeds the plain-mean form here
+    assert batch_adversarial_loss(pos, fake, weights) > pairwise_sigmoid_loss(pos, fake)
+
+
+def test_fakes_fill_missing_modalities():
+    """An entity without any modality: its fake differs from it when fakes fill missing modalities, and equals it
+    under the real entity's masks (what made MAT inert where modalities are missing)."""
+    from mmkgc_dist.model.kgc import MultiModalKGC
+    torch.manual_seed(0)
+    model = MultiModalKGC(8, {"visual": 5, "text": 3})
+    structural = torch.randn(2, 8)
+    masks = {"visual": torch.tensor([False, True]), "text": torch.tensor([False, True])}
+    fakes = {"visual": torch.randn(2, 8), "text": torch.randn(2, 8)}
+    real = model.embed_fake(structural, masks, {m: torch.zeros(2, 8) for m in fakes}, fill_missing=False)
+    assert torch.allclose(real[0], structural[0])                          # entity 0 fuses its structure only
+    same = model.embed_fake(structural, masks, fakes, fill_missing=False)
+    filled = model.embed_fake(structural, masks, fakes, fill_missing=True)
+    assert torch.allclose(same[0], structural[0]) and not torch.allclose(filled[0], structural[0], atol=1e-3)
+    assert torch.allclose(same[1], filled[1])                              # an entity with both: no change
 
 
 def test_generators_shapes():

@@ -81,3 +81,16 @@ def test_checkpoints_move_between_world_sizes(curves, tmp_path):
         assert len(run["losses"]) == 5 and worst <= 2e-3, (name, worst)
     for key in ("mrr", "mr", "hits@1", "hits@10"):
         assert evaluated["metrics"][key] == pytest.approx(two_saved["metrics"][key], abs=1e-6), key
+
+
+def test_mat_adversarial_term_same_at_any_world_size(tmp_path):
+    """With a large μ the reference adversarial term (softmax over the global batch of fakes) moves the loss
+    curve: two ranks follow one process closely, while the plain-mean form — a change of the term of the size
+    a wrong world-size scaling would make — moves it much further."""
+    extra = ("--mat.mu=0.5", "--train.max_steps=15")
+    one, two = launch(tmp_path / "one", None, *extra), launch(tmp_path / "two", 2, *extra)
+    mean = launch(tmp_path / "mean", None, *extra, "--mat.adversarial_loss=mean")
+    across_ranks = max(abs(a - b) / abs(b) for a, b in zip(two["losses"], one["losses"]))
+    across_forms = max(abs(a - b) / abs(b) for a, b in zip(mean["losses"], one["losses"]))
+    print(f"mu=0.5: 2 ranks vs one process {across_ranks:.2e}; mean vs reference form {across_forms:.2e}")
+    assert across_ranks <= 0.01 and across_forms >= 5 * across_ranks, (across_ranks, across_forms)

@@ -5,9 +5,9 @@ Everything consumes looked-up embedding rows (tensors), never table ids, so the 
 """
 from .fusion import AdaMFFusion, masked_attention
 from .generator import ModalityGenerator, MATGenerators
-from .losses import self_adversarial_loss, pairwise_sigmoid_loss
+from .losses import self_adversarial_loss, batch_adversarial_loss, pairwise_sigmoid_loss
 from .scoring import RotatE, complex_l1_distance
 from .kernels import DistanceKernels
 
 __all__ = ["AdaMFFusion", "masked_attention", "ModalityGenerator", "MATGenerators", "self_adversarial_loss",
-           "pairwise_sigmoid_loss", "RotatE", "complex_l1_distance", "DistanceKernels"]
+           "batch_adversarial_loss", "pairwise_sigmoid_loss", "RotatE", "complex_l1_distance", "DistanceKernels"]

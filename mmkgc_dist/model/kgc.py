@@ -44,8 +44,12 @@ class MultiModalKGC(nn.Module):
         return self.embed(rows)
 
     def embed_fake(self, structural: Tensor, masks: dict[str, Tensor], fakes: dict[str, Tensor],
-                   detach_attention: bool = False) -> Tensor:
-        """Fuse generated modality embeddings in place of the projected ones (same attention, same masks)."""
+                   detach_attention: bool = False, fill_missing: bool = True) -> Tensor:
+        """Fuse generated modality embeddings in place of the projected ones (same attention). ``fill_missing``:
+        every generated modality takes part, also one the entity lacks — otherwise an entity without any
+        modality would have a fake identical to itself, and MAT would never act where modalities are missing."""
+        if fill_missing:
+            masks = {m: torch.ones_like(k) for m, k in masks.items()}
         return self.fusion.fuse(structural, fakes, masks, detach_attention)[0]
 
 

@@ -13,10 +13,22 @@ def self_adversarial_loss(positive: Tensor, negative: Tensor, temperature: float
     return -0.5 * (F.logsigmoid(positive).mean() + negative_term)
 
 
+def batch_adversarial_loss(better: Tensor, worse: Tensor, worse_weights: Tensor) -> Tensor:
+    """The discriminator's adversarial term as the released code computes it:
+    L = −½ [mean log σ(better) + Σ_b w_b log σ(−worse_b)], w = softmax over the batch of α·worse (detached).
+
+    The reference applies its self-adversarial SigmoidLoss to one fake score per positive, so the softmax that
+    weights negatives runs over the *batch of fakes*: the most plausible fakes weigh most. ``worse_weights``
+    comes from the caller, normalised over the global batch (the same at any world size).
+    """
+    return -0.5 * (F.logsigmoid(better).mean() + (worse_weights * F.logsigmoid(-worse)).sum())
+
+
 def pairwise_sigmoid_loss(better: Tensor, worse: Tensor) -> Tensor:
     """L(better, worse) = −½ [mean log σ(better) + mean log σ(−worse)].
 
-    Discriminator: L(f⁺, f_fake) (real triples should outscore fakes);
-    generator: L(f_fake, f⁺) (fakes should look as plausible as real triples).
+    Generator: L(f_fake, f⁺) (fakes should look as plausible as real triples) — the reference's form, where the
+    positive scores have shape [batch, 1] and its softmax over one element weighs each by 1. Discriminator with
+    ``mat.adversarial_loss=mean``: L(f⁺, f_fake) (real triples should outscore fakes).
     """
     return -0.5 * (F.logsigmoid(better).mean() + F.logsigmoid(-worse).mean())

@@ -27,7 +27,7 @@ from ..optim import OptimizerGroup, load_table_state, table_optimizer, table_sta
 from ..rng import torch_seed
 from .checkpoint import CheckpointIO
 from .embedder import OwnerEmbedder, owner_block
-from .env import DistEnv, allreduce_sum_hook, init_distributed
+from .env import DistEnv, allreduce_sum_hook, global_softmax, init_distributed
 from .tables import ShardedTables
 
 
@@ -124,6 +124,11 @@ class DistributedRuntime(CheckpointIO):
             return batch[lo:hi], sampler.sample(batch, rng).rows(lo, hi)
         slices = [sampler.sample(batch[a:b], rng) for a, b in zip(bounds[:-1], bounds[1:])]
         return batch[lo:hi], slices[rank]
+
+    @staticmethod
+    def batch_softmax(logits: torch.Tensor) -> torch.Tensor:
+        """Softmax of this rank's slice over the global batch: max and normaliser all-reduced (no autograd)."""
+        return global_softmax(logits)
 
     def reduce_metrics(self, metrics: dict) -> dict:
         """Global means (losses) and sums (false negatives) over ranks."""

@@ -107,3 +107,15 @@ def _free_port() -> int:
 def allreduce_sum_hook(_state, bucket):
     """DDP comm hook: sum gradients instead of averaging (losses are pre-scaled by 1/world, see step.py)."""
     return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+
+@torch.no_grad()
+def global_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """This rank's entries of a softmax over the concatenation of every rank's ``logits`` (1-d)."""
+    top = logits.max() if len(logits) else torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+    top = top.clone()
+    dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    exp = torch.exp(logits - top)
+    total = exp.sum()
+    dist.all_reduce(total)
+    return exp / total

@@ -94,6 +94,11 @@ class LocalRuntime(CheckpointIO):
     def reduce_metrics(self, metrics: dict) -> dict:
         return metrics
 
+    @staticmethod
+    def batch_softmax(logits: Tensor) -> Tensor:
+        """Softmax over the batch (one process holds all of it)."""
+        return torch.softmax(logits, dim=0)
+
     def gather_rows(self, rows: np.ndarray) -> np.ndarray:
         return rows
 

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from ..config import Config
 from ..data.sampling import NegativeBatch
-from ..model import DistanceKernels, RotatE, complex_l1_distance, pairwise_sigmoid_loss, self_adversarial_loss
+from ..model import (DistanceKernels, RotatE, batch_adversarial_loss, complex_l1_distance, pairwise_sigmoid_loss,
+                     self_adversarial_loss)
 from ..model.kgc import EmbeddedEntities, MultiModalKGC, unique_ids
 
 
@@ -59,9 +60,10 @@ class TrainStep:
     def __init__(self, cfg: Config, embed: Callable, num_entities: int, core: MultiModalKGC,
                  generators: nn.Module | None, rotate: RotatE, kernels: DistanceKernels, opt_model,
                  update_generator: Callable | None, loss_scale: float = 1.0,
-                 device: torch.device = torch.device("cpu")):
+                 device: torch.device = torch.device("cpu"), batch_softmax: Callable[[Tensor], Tensor] | None = None):
         """``embed(entity_ids, relation_ids) -> (EmbeddedEntities, relation rows)``: lookup + fusion,
-        local (``LocalEmbedder``) or computed by the rows' owners (``parallel.embedder``)."""
+        local (``LocalEmbedder``) or computed by the rows' owners (``parallel.embedder``). ``batch_softmax``:
+        softmax of this process's scores over the *global* batch (one process: torch.softmax)."""
         self.cfg, self.embed, self.num_entities, self.core, self.generators = cfg, embed, num_entities, core, generators
         self.rotate, self.kernels, self.opt_model = rotate, kernels, opt_model
         self.update_generator = update_generator
@@ -69,6 +71,7 @@ class TrainStep:
         self.mu = cfg.mat.mu if generators is not None else 0.0
         self.timer = PhaseTimer()
         self.device = device
+        self.batch_softmax = batch_softmax or (lambda logits: torch.softmax(logits, dim=0))
 
     def __call__(self, batch: np.ndarray, negatives: NegativeBatch) -> dict:
         timer = self.timer
@@ -110,10 +113,19 @@ class TrainStep:
         metrics = {"loss": kgc_loss.item(), "false_negatives": negatives.false_negatives}
         if self.mu > 0:
             fakes = self._fake_scores(entities, view, self._generate_as_data, detach_attention=False)
-            adv = sum(pairwise_sigmoid_loss(positive, f) for f in fakes)
+            adv = sum(self._adversarial_term(positive, f) for f in fakes)
             loss = loss + self.mu * adv
             metrics["adv_loss"] = adv.item()
         return loss, view, metrics
+
+    def _adversarial_term(self, positive: Tensor, fake: Tensor) -> Tensor:
+        """L(f⁺, f_fake) of the discriminator (mat.adversarial_loss). The reference form weights the fakes by a
+        softmax over the global batch; each process holds a slice, so its share of that sum is scaled up by
+        the world size to cancel ``loss_scale`` (which turns the slices' means into the global mean)."""
+        if self.cfg.mat.adversarial_loss == "mean":
+            return pairwise_sigmoid_loss(positive, fake)
+        weights = self.batch_softmax(self.cfg.train.adversarial_temperature * fake.detach())
+        return batch_adversarial_loss(positive, fake, weights / self.loss_scale)
 
     def _queries(self, joint: Tensor, view: PositiveView) -> tuple[Tensor, Tensor]:
         hm = view.head_mode.unsqueeze(-1)
@@ -132,7 +144,8 @@ class TrainStep:
         b = len(view.head_local)
         pos_ids, pos_inv = unique_ids(torch.cat([view.head_local, view.tail_local]), len(entities.joint))
         pos = entities.select(pos_ids)
-        fake = self.core.embed_fake(pos.structural, pos.masks, generate(pos.structural), detach_attention)
+        fake = self.core.embed_fake(pos.structural, pos.masks, generate(pos.structural), detach_attention,
+                                    self.cfg.mat.fakes_fill_missing)
         real = pos.joint
         hi, ti = pos_inv[:b], pos_inv[b:]
         score = lambda h, t: self.rotate.gamma - complex_l1_distance(self.rotate.rotate(h, view.phase), t)

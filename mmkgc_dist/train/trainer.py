@@ -58,7 +58,7 @@ class Trainer:
         self.sampler = self._make_sampler()
         self.step_fn = TrainStep(cfg, runtime.embedder, data.num_entities, runtime.core, runtime.generators,
                                  self.rotate, self.kernels, runtime.opt_model, runtime.update_generator,
-                                 runtime.loss_scale, runtime.device)
+                                 runtime.loss_scale, runtime.device, runtime.batch_softmax)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         writes = run_dir if runtime.is_main else None
         if writes:
