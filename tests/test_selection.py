@@ -97,3 +97,24 @@ def test_mlflow_tracker_offline_file_store(tmp_path):
     assert client.get_metric_history(run_id, "eval/hits_at_10")
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"results.json", "results.md"} <= artifacts
+
+
+def test_resume_forgets_validation_runs_after_the_checkpoint(tmp_path):
+    """A run killed after validating but before its next checkpoint resumes from the older checkpoint: the
+    validation runs after it are forgotten (not counted twice), the best and its count of runs without gain
+    are consistent."""
+    from mmkgc_dist.config import load_config, parse_overrides
+    from mmkgc_dist.train.selection import ModelSelection
+    cfg = load_config(None, parse_overrides(["--eval.every_epochs=1", "--train.early_stopping.patience=2"]))
+    state = {"metric": "mrr", "best": {"epoch": 2, "step": 20, "value": 0.5, "checkpoint": "step-000000020"},
+             "history": [{"epoch": e, "step": 10 * e, "value": v} for e, v in ((1, 0.4), (2, 0.5), (3, 0.45),
+                                                                             (4, 0.44))],
+             "without_gain": 2, "stopped_early": True}
+    (tmp_path / "best.json").write_text(json.dumps(state))
+    selection = ModelSelection(cfg, str(tmp_path), True)
+    selection.rewind(30)                                         # resumed from the epoch-3 checkpoint
+    assert [h["epoch"] for h in selection.state["history"]] == [1, 2, 3]
+    assert selection.state["without_gain"] == 1 and not selection.stop and selection.best["epoch"] == 2
+    assert json.loads((tmp_path / "best.json").read_text())["history"] == selection.state["history"]
+    selection.observe({"mrr": 0.3}, 4, 40, save=lambda: None)    # the second run without gain: patience 2
+    assert selection.stop and selection.state["without_gain"] == 2

@@ -77,6 +77,18 @@ class ModelSelection:
             json.dump(self.state, fh, indent=2)
         os.replace(path + ".tmp", path)
 
+    def rewind(self, step: int) -> None:
+        """Training resumes at ``step``: forget validation runs after it (a run interrupted after validating
+        but before its next checkpoint would otherwise count them twice); the best stays (its checkpoint
+        exists); runs without gain are recounted."""
+        history = [h for h in self.state["history"] if h["step"] <= step]
+        if len(history) == len(self.state["history"]) and not self.state["stopped_early"]:
+            return
+        best_step = self.best["step"] if self.best else -1
+        self.state.update(history=history, stopped_early=False,
+                          without_gain=sum(1 for h in history if h["step"] > best_step))
+        self._write()
+
     def gain(self, value: float) -> bool:
         best = self.best
         if best is None:

@@ -291,6 +291,8 @@ class Trainer:
         if path is None:
             return False
         self.set_cursor(self.runtime.load(path, self.stream is not None, optimizer))
+        if optimizer:
+            self.selection.rewind(self.step)
         log.info("%s %s (epoch %d, step %d)", "resumed from" if optimizer else "loaded", path, self.epoch, self.step)
         return True
 
