@@ -100,7 +100,8 @@ def check_output(out: str, kind: str, inputs: tuple[str, ...] = (), overwrite: b
         article = "an" if kind[0] in "aeiou" else "a"
         raise DataError(f"{what} {out}: holds an mmkgc-dist {found}, not {article} {kind}; refusing to replace it")
     if not overwrite:
-        raise DataError(f"{what} {out}: a {kind} already exists there; pass --overwrite to replace it")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise DataError(f"{what} {out}: {article} {kind} already exists there; pass --overwrite to replace it")
 
 
 # ------------------------------------------------------------------------------ stale temporaries
