@@ -181,8 +181,8 @@ class Predictor:
 
 
 def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", overrides=()) -> Predictor:
-    """The model of a run folder at its newest verified checkpoint (or ``checkpoint``), in this process,
-    whatever world size trained it. ``overrides``: dotted config overrides (e.g. ``["--data.path=..."]`` when
+    """The model of a run folder — at ``checkpoint``, else the one model selection chose (best.json), else the
+    newest verified — in this process, whatever world size trained it. ``overrides``: dotted config overrides (e.g. ``["--data.path=..."]`` when
     the dataset has moved)."""
     from .data.build import build_dataset
     from .train.lifecycle import load_trained, trained_checkpoint

@@ -106,8 +106,9 @@ def fetch(r: Recipe, base_url: str, folder: str) -> dict:
     else:
         for name, digest in digests.items():
             if known.get(name) != digest:
-                raise DataError(f"{source}/{name}: SHA-256 {digest[:16]}… differs from {known.get(name, '?')[:16]}… "
-                                f"recorded at the first fetch ({records_path()}); the file changed at its source")
+                raise DataError(f"{source}/{name}: SHA-256 {digest[:16]}… differs from "
+                                f"{known.get(name, '?')[:16]}… recorded at the first fetch ({records_path()}); the "
+                                f"file changed at its source")
     return digests
 
 

@@ -163,7 +163,8 @@ def load(runtime, path: str, streamed: bool, optimizer: bool = True) -> dict:
     _load_generator(runtime, ckpt.path, meta, optimizer)
     if optimizer:
         if runtime.dense_optimizer is not None:
-            load_optimizer_state(runtime.dense_optimizer, safe_torch_load(os.path.join(ckpt.path, "dense_optimizer.pt")))
+            saved = safe_torch_load(os.path.join(ckpt.path, "dense_optimizer.pt"))
+            load_optimizer_state(runtime.dense_optimizer, saved)
         _restore_rng(runtime, ckpt.path, meta)
         if streamed and meta["world_size"] != runtime.world_size:
             log.warning("resuming a streamed run written by %d ranks on %d: rank ranges differ, so the rest of "

@@ -1,6 +1,7 @@
 """The distributed runtime: TorchRec-sharded tables, DDP-synchronised AdaMF fusion, DeepSpeed generator engine,
-each rank's part of every global batch, candidate-sharded evaluation; checkpoints in the format of every world size (checkpoint.py). ``train.Trainer`` runs
-the same loop, step and evaluation over it as over ``local.LocalRuntime``.
+each rank's part of every global batch, candidate-sharded evaluation; checkpoints in the one format of every
+world size (checkpoint.py). ``train.Trainer`` runs the same loop, step and evaluation over it as over
+``local.LocalRuntime``.
 
 Gradient scaling: every rank's loss is the mean over its own positives, multiplied by 1/world before
 backward. TorchRec sums the table gradients arriving from all ranks and the dense DDP uses a summing comm
