@@ -5,6 +5,7 @@ visual + 384-d text features with random values, MAT on), side by side in one ru
   scalable      128 negatives shared within chunks of 64 positives, frozen raw features
   structure     structure-only RotatE, per-positive negatives (PyKEEN / reference semantics)
   eager-*       the same with torch.compile off (how much the fused kernels buy)
+  *-side-per-positive   one corruption side per positive instead of per negative (the default)
 
     python benchmarks/throughput.py [--steps 6] [--threads 2] [--modes exact,scalable,structure]
 
@@ -31,6 +32,10 @@ MODES = {
     "scalable": [("train.negatives", "chunk_shared"), ("train.chunk_size", "64"), ("model.raw_features", "frozen")],
     "structure": [("model.modalities", "[]"), ("mat.enabled", "false")],
 }
+# The same with one corruption side per positive instead of per negative (the default): what drawing a side for
+# every negative costs (two queries per positive, one two-sided distance kernel).
+MODES.update({f"{m}-side-per-positive": o + [("train.corruption_side", "per_positive")]
+              for m, o in list(MODES.items()) if m != "scalable"})
 
 
 def db15k_shaped(rng: np.random.Generator, n=12842, r=279, triples=79222, visual=4096, text=384,

@@ -98,6 +98,10 @@ class TrainConfig:
     chunk_size: int = _f(64, "positives sharing one set of negatives (negatives=chunk_shared)")
     corruption: str = _f("bern", "'bern' (per-relation head/tail probabilities) or 'uniform'",
                          choices=("bern", "uniform"))
+    corruption_side: str = _f("per_negative", "which side each negative corrupts: 'per_negative' (drawn for every "
+                              "negative, the reference's way) or 'per_positive' (one side for all negatives of a "
+                              "positive); chunk-shared negatives always use per_positive",
+                              choices=("per_negative", "per_positive"))
     filter_negatives: bool = _f(True, "resample negatives that are training triples (per_positive only; needs "
                                 "data.loader=memory — exact filtering holds the training keys in RAM)")
     negative_entities: str = _f("uniform", "distribution of corrupting entities: 'uniform' or 'degree' "

@@ -18,7 +18,7 @@ def triple_keys(triples: np.ndarray, num_entities: int, num_relations: int) -> n
 @dataclass
 class NegativeBatch:
     """A batch's negatives and their layout, so the step needs nothing else to read them."""
-    head_mode: np.ndarray     # bool [B]: True where the head is corrupted
+    head_mode: np.ndarray     # bool [B, K] (per_negative sides) or [B]: True where the head is corrupted
     entities: np.ndarray      # int64 [B, K] (per_positive) or [ceil(B / chunk_size), K] (chunk_shared)
     false_negatives: int      # candidates that are known triples and survived resampling
     layout: str = "per_positive"     # or "chunk_shared": each row of ``entities`` serves chunk_size positives
@@ -49,8 +49,11 @@ class NegativeSampler:
     def __init__(self, train: np.ndarray | None, num_entities: int, num_relations: int, num_negatives: int,
                  corruption: str = "bern", mode: str = "per_positive", chunk_size: int = 64,
                  filter_negatives: bool = True, max_rounds: int = 10, head_prob: np.ndarray | None = None,
-                 degree: np.ndarray | None = None):
+                 degree: np.ndarray | None = None, side: str = "per_negative"):
         self.n, self.k = num_entities, num_negatives
+        # The corruption side per negative (the reference's way) for per-positive candidates; chunk-shared
+        # candidates serve many positives, so each positive keeps one side there.
+        self.side_per_negative = side == "per_negative" and mode == "per_positive"
         self.mode, self.chunk_size, self.max_rounds = mode, chunk_size, max_rounds
         if corruption == "bern":
             self.head_prob = head_prob if head_prob is not None else \
@@ -69,7 +72,9 @@ class NegativeSampler:
             self.known = np.sort(triple_keys(train, num_entities, num_relations))
 
     def sample(self, batch: np.ndarray, rng: np.random.Generator) -> NegativeBatch:
-        head_mode = rng.random(len(batch)) < self.head_prob[batch[:, 1]]
+        p_head = self.head_prob[batch[:, 1]]
+        head_mode = rng.random((len(batch), self.k)) < p_head[:, None] if self.side_per_negative else \
+            rng.random(len(batch)) < p_head
         if self.mode == "chunk_shared":
             cand = self._draw(rng, (-(-len(batch) // self.chunk_size), self.k))
             return NegativeBatch(head_mode, cand, 0, "chunk_shared", self.chunk_size)
@@ -83,8 +88,9 @@ class NegativeSampler:
         return self.degree.draw(rng, size) if self.degree is not None else rng.integers(0, self.n, size=size)
 
     def _is_known(self, batch, head_mode, cand) -> np.ndarray:
-        h = np.where(head_mode[:, None], cand, batch[:, :1])
-        t = np.where(head_mode[:, None], batch[:, 2:3], cand)
+        head = head_mode if head_mode.ndim == 2 else head_mode[:, None]
+        h = np.where(head, cand, batch[:, :1])
+        t = np.where(head, batch[:, 2:3], cand)
         keys = (h * self.num_relations + batch[:, 1:2]) * self.n + t
         pos = np.searchsorted(self.known, keys).clip(max=len(self.known) - 1)
         return self.known[pos] == keys

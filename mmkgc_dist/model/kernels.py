@@ -46,6 +46,47 @@ class _GatheredDistance(torch.autograd.Function):
         return None, None, grad_query, grad_rows, None
 
 
+def _side_queries(tail_query: Tensor, head_query: Tensor, head: Tensor) -> Tensor:
+    """[B, K, 2d]: each negative's query — the head query where its head is corrupted, else the tail query."""
+    return torch.where(head.unsqueeze(-1), head_query.unsqueeze(1), tail_query.unsqueeze(1))
+
+
+def two_sided_distance(tail_query: Tensor, head_query: Tensor, rows: Tensor, index: Tensor, head: Tensor) -> Tensor:
+    """dist[b, k] = Σ_c |q_b,k − rows[index[b, k]]| with q = h∘r (tail corrupted) or t∘r̄ (head corrupted, ``head``):
+    the corruption side chosen per negative, one distance per negative."""
+    diff = (_side_queries(tail_query, head_query, head) - rows[index]).unflatten(-1, (2, -1))
+    return diff.pow(2).sum(2).sqrt().sum(-1)
+
+
+def two_sided_backward(grad: Tensor, tail_query: Tensor, head_query: Tensor, rows: Tensor, index: Tensor,
+                       head: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """∂/∂tail_query, ∂/∂head_query [B, 2d] and ∂/∂candidate-row [B, K, 2d] (to be scattered)."""
+    diff = (_side_queries(tail_query, head_query, head) - rows[index]).unflatten(-1, (2, -1))
+    modulus = diff.pow(2).sum(2, keepdim=True).sqrt().clamp_min(1e-30)
+    per_candidate = (grad[:, :, None, None] * diff / modulus).flatten(-2)
+    side = head.unsqueeze(-1)
+    return per_candidate.masked_fill(side, 0.0).sum(1), per_candidate.masked_fill(~side, 0.0).sum(1), per_candidate
+
+
+class _TwoSidedDistance(torch.autograd.Function):
+    """As ``_GatheredDistance``, with two queries per positive (one per corruption side)."""
+
+    @staticmethod
+    def forward(ctx, forward_fn, backward_fn, tail_query, head_query, rows, index, head):
+        ctx.backward_fn = backward_fn
+        ctx.save_for_backward(tail_query, head_query, rows, index, head)
+        return forward_fn(tail_query, head_query, rows, index, head)
+
+    @staticmethod
+    def backward(ctx, grad):
+        tail_query, head_query, rows, index, head = ctx.saved_tensors
+        grad_tail, grad_head, per_candidate = ctx.backward_fn(grad.contiguous(), tail_query, head_query, rows,
+                                                              index, head)
+        grad_rows = torch.zeros_like(rows).index_add_(0, index.reshape(-1), per_candidate.reshape(-1, rows.shape[1]),
+                                                      alpha=-1)
+        return None, None, grad_tail, grad_head, grad_rows, None, None
+
+
 def chunk_shared_distance(query: Tensor, rows: Tensor, index: Tensor) -> Tensor:
     """Candidates shared by chunks of positives: query [C·S, 2d], index [C, K] → dist [C·S, K]."""
     chunks, k = index.shape
@@ -74,6 +115,8 @@ class DistanceKernels:
         self._gathered = wrap(gathered_distance)
         self._gathered_backward = wrap(gathered_distance_backward)
         self._shared = wrap(chunk_shared_distance)
+        self._two_sided = wrap(two_sided_distance)
+        self._two_sided_backward = wrap(two_sided_backward)
         self._all_pairs = wrap(all_pairs_distance)
 
     def _dyn(self, *tensors: Tensor) -> None:
@@ -90,6 +133,18 @@ class DistanceKernels:
     def _backward(self, grad: Tensor, query: Tensor, rows: Tensor, index: Tensor):
         self._dyn(grad, query, rows, index)
         return self._gathered_backward(grad, query, rows, index)
+
+    def two_sided(self, tail_query: Tensor, head_query: Tensor, rows: Tensor, index: Tensor, head: Tensor) -> Tensor:
+        """Per-negative corruption sides: ``head`` bool [B, K] picks each negative's query."""
+        self._dyn(tail_query, head_query, rows, index, head)
+        if torch.is_grad_enabled() and (tail_query.requires_grad or head_query.requires_grad or rows.requires_grad):
+            return _TwoSidedDistance.apply(self._two_sided, self._two_sided_bwd, tail_query, head_query, rows, index,
+                                           head)
+        return self._two_sided(tail_query, head_query, rows, index, head)
+
+    def _two_sided_bwd(self, grad, tail_query, head_query, rows, index, head):
+        self._dyn(grad, tail_query, head_query, rows, index, head)
+        return self._two_sided_backward(grad, tail_query, head_query, rows, index, head)
 
     def chunk_shared(self, query: Tensor, rows: Tensor, index: Tensor, chunk: int) -> Tensor:
         """index [ceil(B / chunk), K]; a trailing partial chunk (B not a multiple of chunk) uses the last row."""

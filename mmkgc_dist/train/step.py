@@ -102,12 +102,17 @@ class TrainStep:
                             torch.from_numpy(negatives.head_mode).to(self.device), triples[:, 1])
         cand_local = inverse[2 * b:].view_as(cand)
         joint = entities.joint
-        query, target = self._queries(joint, view)
-        positive = self.rotate.gamma - complex_l1_distance(query, target)
-        if negatives.layout == "chunk_shared":
-            dist = self.kernels.chunk_shared(query, joint, cand_local, negatives.chunk_size)
+        if view.head_mode.dim() == 2:             # a corruption side per negative: both queries of a positive
+            sides = view.head_mode
+            view.head_mode = torch.zeros(b, dtype=torch.bool, device=self.device)   # positives: tail form
+            query, target = self._queries(joint, view)
+            head_query = self.rotate.rotate(target, -view.phase)                    # t∘r̄, compared with h'
+            dist = self.kernels.two_sided(query, head_query, joint, cand_local, sides)
         else:
-            dist = self.kernels.gathered(query, joint, cand_local)
+            query, target = self._queries(joint, view)
+            dist = self.kernels.chunk_shared(query, joint, cand_local, negatives.chunk_size) \
+                if negatives.layout == "chunk_shared" else self.kernels.gathered(query, joint, cand_local)
+        positive = self.rotate.gamma - complex_l1_distance(query, target)
         kgc_loss = self_adversarial_loss(positive, self.rotate.gamma - dist, self.cfg.train.adversarial_temperature)
         loss = kgc_loss
         metrics = {"loss": kgc_loss.item(), "false_negatives": negatives.false_negatives}

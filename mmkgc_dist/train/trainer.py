@@ -120,7 +120,7 @@ class Trainer:
         return NegativeSampler(None if self.stream is not None else data.splits["train"], data.num_entities,
                                data.num_relations, cfg.num_negatives, cfg.corruption, cfg.negatives,
                                cfg.chunk_size, cfg.filter_negatives, head_prob=head_prob,
-                               degree=degree if cfg.negative_entities == "degree" else None)
+                               degree=degree if cfg.negative_entities == "degree" else None, side=cfg.corruption_side)
 
     def streamed_batches(self):
         """This rank's batches from the streaming loader, from the cursor on, with their negatives."""
