@@ -40,11 +40,8 @@ def link_prediction_metrics(ranks: dict[str, np.ndarray], triples: np.ndarray | 
                             categories: np.ndarray | None = None) -> dict:
     """Overall (both directions), "tail" and "head"; with ``triples`` (aligned with the ranks) also
     "per_relation" and, with ``categories``, "per_category" (each with its own head/tail split)."""
-    both = np.concatenate([ranks["tail"], ranks["head"]])
     cands = {d: ranks.get(f"{d}_candidates") for d in ("tail", "head")}
-    both_cands = np.concatenate([cands["tail"], cands["head"]]) if cands["tail"] is not None else None
-    out = {**summarize(both, both_cands, hits_at), "tail": summarize(ranks["tail"], cands["tail"], hits_at),
-           "head": summarize(ranks["head"], cands["head"], hits_at)}
+    out = _grouped(ranks, cands, np.ones(len(ranks["tail"]), dtype=bool), hits_at)
     if triples is None or len(triples) != len(ranks["tail"]):
         return out
     relations = triples[:, 1]

@@ -19,11 +19,21 @@ def gathered_distance(query: Tensor, rows: Tensor, index: Tensor) -> Tensor:
 
 def gathered_distance_backward(grad: Tensor, query: Tensor, rows: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
     """∂/∂query [B, 2d] and ∂/∂candidate-row [B, K, 2d] of Σ grad·dist (the latter still to be scattered)."""
-    cand = rows[index]
-    diff = (query.unsqueeze(1) - cand).unflatten(-1, (2, -1))       # [B, K, 2, d]
-    modulus = diff.pow(2).sum(2, keepdim=True).sqrt().clamp_min(1e-30)
-    per_candidate = (grad[:, :, None, None] * diff / modulus).flatten(-2)
+    per_candidate = _per_candidate(grad, query.unsqueeze(1) - rows[index])
     return per_candidate.sum(1), per_candidate
+
+
+def _per_candidate(grad: Tensor, difference: Tensor) -> Tensor:
+    """[B, K, 2d]: ∂(Σ grad·dist)/∂query for each candidate, from query − candidate [B, K, 2d]."""
+    diff = difference.unflatten(-1, (2, -1))                         # [B, K, 2, d]
+    modulus = diff.pow(2).sum(2, keepdim=True).sqrt().clamp_min(1e-30)
+    return (grad[:, :, None, None] * diff / modulus).flatten(-2)
+
+
+def _row_gradient(rows: Tensor, index: Tensor, per_candidate: Tensor) -> Tensor:
+    """The candidates' gradient scattered onto the rows they were gathered from (−∂/∂query each)."""
+    return torch.zeros_like(rows).index_add_(0, index.reshape(-1), per_candidate.reshape(-1, rows.shape[1]),
+                                             alpha=-1)
 
 
 class _GatheredDistance(torch.autograd.Function):
@@ -41,9 +51,7 @@ class _GatheredDistance(torch.autograd.Function):
     def backward(ctx, grad):
         query, rows, index = ctx.saved_tensors
         grad_query, per_candidate = ctx.backward_fn(grad.contiguous(), query, rows, index)
-        grad_rows = torch.zeros_like(rows).index_add_(0, index.reshape(-1), per_candidate.reshape(-1, rows.shape[1]),
-                                                      alpha=-1)
-        return None, None, grad_query, grad_rows, None
+        return None, None, grad_query, _row_gradient(rows, index, per_candidate), None
 
 
 def _side_queries(tail_query: Tensor, head_query: Tensor, head: Tensor) -> Tensor:
@@ -61,9 +69,7 @@ def two_sided_distance(tail_query: Tensor, head_query: Tensor, rows: Tensor, ind
 def two_sided_backward(grad: Tensor, tail_query: Tensor, head_query: Tensor, rows: Tensor, index: Tensor,
                        head: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """∂/∂tail_query, ∂/∂head_query [B, 2d] and ∂/∂candidate-row [B, K, 2d] (to be scattered)."""
-    diff = (_side_queries(tail_query, head_query, head) - rows[index]).unflatten(-1, (2, -1))
-    modulus = diff.pow(2).sum(2, keepdim=True).sqrt().clamp_min(1e-30)
-    per_candidate = (grad[:, :, None, None] * diff / modulus).flatten(-2)
+    per_candidate = _per_candidate(grad, _side_queries(tail_query, head_query, head) - rows[index])
     side = head.unsqueeze(-1)
     return per_candidate.masked_fill(side, 0.0).sum(1), per_candidate.masked_fill(~side, 0.0).sum(1), per_candidate
 
@@ -82,9 +88,7 @@ class _TwoSidedDistance(torch.autograd.Function):
         tail_query, head_query, rows, index, head = ctx.saved_tensors
         grad_tail, grad_head, per_candidate = ctx.backward_fn(grad.contiguous(), tail_query, head_query, rows,
                                                               index, head)
-        grad_rows = torch.zeros_like(rows).index_add_(0, index.reshape(-1), per_candidate.reshape(-1, rows.shape[1]),
-                                                      alpha=-1)
-        return None, None, grad_tail, grad_head, grad_rows, None, None
+        return None, None, grad_tail, grad_head, _row_gradient(rows, index, per_candidate), None, None
 
 
 def chunk_shared_distance(query: Tensor, rows: Tensor, index: Tensor) -> Tensor:

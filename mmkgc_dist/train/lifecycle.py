@@ -13,7 +13,7 @@ from ..data.errors import DataError
 from ..data.format import KGData
 from ..eval.metrics import markdown_report, metric_keys
 from ..integrity import checkpoint_at, newest_verified, selected_checkpoint
-from ..outputs import resolve_output
+from ..outputs import local_path, resolve_output
 from .run_folder import open_for_reading, open_for_training
 from .trainer import Trainer
 
@@ -120,7 +120,8 @@ def trained_checkpoint(run_dir: str, checkpoint: str | None, overrides):
     open_for_reading(run_dir)
     cfg = load_config(os.path.join(run_dir, "config.yaml"), overrides)
     path = cfg.data.path
-    if cfg.data.source == "parquet" and "://" not in path and not os.path.exists(resolve_output(path)):
+    local = local_path(path)
+    if cfg.data.source == "parquet" and local is not None and not os.path.exists(local_path(resolve_output(path))):
         raise DataError(f"{run_dir}: trained on data.path={path}, which is not found from here (a path relative "
                         f"to where training ran?); give the dataset's location with --data.path=...")
     if checkpoint is not None:

@@ -98,13 +98,14 @@ class TrainStep:
     def _discriminator_forward(self, entities: EmbeddedEntities, relation_rows, inverse, cand, triples, negatives):
         """The discriminator's loss (KGC + μ·adversarial), the positives' view and the step's metrics."""
         b = len(triples)
+        sides = torch.from_numpy(negatives.head_mode).to(self.device)
+        per_negative = sides.dim() == 2           # a corruption side per negative: positives in tail form
         view = PositiveView(inverse[:b], inverse[b:2 * b], self.rotate.phase(relation_rows),
-                            torch.from_numpy(negatives.head_mode).to(self.device), triples[:, 1])
+                            torch.zeros(b, dtype=torch.bool, device=self.device) if per_negative else sides,
+                            triples[:, 1])
         cand_local = inverse[2 * b:].view_as(cand)
         joint = entities.joint
-        if view.head_mode.dim() == 2:             # a corruption side per negative: both queries of a positive
-            sides = view.head_mode
-            view.head_mode = torch.zeros(b, dtype=torch.bool, device=self.device)   # positives: tail form
+        if per_negative:                          # both queries of a positive
             query, target = self._queries(joint, view)
             head_query = self.rotate.rotate(target, -view.phase)                    # t∘r̄, compared with h'
             dist = self.kernels.two_sided(query, head_query, joint, cand_local, sides)

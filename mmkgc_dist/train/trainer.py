@@ -53,7 +53,7 @@ class Trainer:
         self.use_mat = cfg.mat.enabled and bool(self.modalities)
         self.kernels = DistanceKernels(compile=cfg.train.compile)
         runtime.build(data, self.features, self.modalities, self.rotate, self.use_mat)
-        self._statistics = self._known = None
+        self._statistics = self._known = self._relation_table = None
         self.stream = self._make_stream()
         self.sampler = self._make_sampler()
         self.step_fn = TrainStep(cfg, runtime.embedder, data.num_entities, runtime.core, runtime.generators,
@@ -97,21 +97,21 @@ class Trainer:
         if self._statistics is None:
             if self.stream is not None:
                 relations, degree = read_training_statistics(self.cfg.data.path, self.stream.manifest)
-                self._statistics = head_probability(relations), degree, relations
+                self._statistics, self._relation_table = (head_probability(relations), degree), relations
             else:
                 train = self.data.splits["train"]
-                degree = np.bincount(train[:, [0, 2]].ravel(), minlength=self.data.num_entities)
-                self._statistics = None, degree, None
-        return self._statistics[:2]
+                self._statistics = None, np.bincount(train[:, [0, 2]].ravel(), minlength=self.data.num_entities)
+        return self._statistics
 
     def relation_categories(self) -> np.ndarray:
-        """1-1 / 1-N / N-1 / N-N of every relation, from the training split's tails per head and heads per tail."""
-        self.training_statistics()
-        table = self._statistics[2]
-        if table is None:
-            table = exact_relation_table(self.data.splits["train"], self.data.num_relations)
-            self._statistics = (*self._statistics[:2], table)
-        return relation_categories(table)
+        """1-1 / 1-N / N-1 / N-N of every relation, from the training split's tails per head and heads per tail
+        (the dataset's stored table when streaming, counted exactly from the triples in memory otherwise)."""
+        if self._relation_table is None:
+            if self.stream is not None:
+                self.training_statistics()
+            else:
+                self._relation_table = exact_relation_table(self.data.splits["train"], self.data.num_relations)
+        return relation_categories(self._relation_table)
 
     def _make_sampler(self) -> NegativeSampler:
         cfg, data = self.cfg.train, self.data
@@ -214,10 +214,10 @@ class Trainer:
                 rows_answering(self.cfg.data.path, "train", valid, self.data.num_relations,
                                rank=self.runtime.rank, world_size=self.world_size, manifest=self.stream.manifest))
             self._valid_in_train = in_train(valid, train)
-            unique = np.unique(valid, axis=0)
-            self.selection.overlap = {"valid_rows": int(len(valid)), "valid_unique": int(len(unique)),
+            self.selection.overlap = {"valid_rows": int(len(valid)),
+                                      "valid_unique": int(len(np.unique(valid, axis=0))),
                                       "in_train_rows": int(self._valid_in_train.sum()),
-                                      "in_train_unique": int(in_train(unique, train).sum()),
+                                      "in_train_unique": int(len(np.unique(valid[self._valid_in_train], axis=0))),
                                       "excluded": bool(cfg.exclude_train_overlap)}
             if cfg.exclude_train_overlap and self._valid_in_train.all():
                 log.warning("every validation triple also occurs in train; selecting on all of them")
