@@ -5,7 +5,10 @@ which process asks — so one process and N ranks draw the same numbers, and a r
 uninterrupted one would have:
 
     epoch_order       (epoch)                          permutation of the in-memory training triples
-    negatives         (epoch, batch[, rank])           corruption side and corrupting entities of a batch
+    negatives         (epoch, batch[, rank], round, part)  corruption sides and corrupting entities of a batch:
+                                                       counter-based on the training device (``counter_bits``),
+                                                       one counter per global position, so each rank draws only
+                                                       its own slice and any world size draws the same values
     stream_groups     (epoch)                          order of a streamed split's row groups
     stream_window     (epoch, rank, window)            the bounded shuffle of a streamed window
     eval_subset       ()                               the seeded sample of eval.max_queries triples
@@ -34,6 +37,40 @@ def torch_seed(seed: int, stream: str, *counters: int) -> None:
 
     state = np.random.SeedSequence([seed, STREAMS[stream], *counters]).generate_state(1, np.uint64)[0]
     torch.manual_seed(int(state >> np.uint64(1)))
+
+
+def stream_key(seed: int, stream: str, *counters: int) -> int:
+    """A 64-bit key (as a signed int64 value) for ``counter_bits``, derived from the stream's name and counters."""
+    state = int(np.random.SeedSequence([seed, STREAMS[stream], *counters]).generate_state(1, np.uint64)[0])
+    return state - (1 << 64) if state >= 1 << 63 else state
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GAMMA, _MIX1, _MIX2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _shift_right(x, bits: int):
+    """Logical right shift of int64 values (torch's >> is arithmetic on negative values)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def counter_bits(key: int, counters):
+    """SplitMix64's output number ``counters`` of the sequence seeded by ``key``: 64 well-mixed bits per counter
+    (int64 tensor in, int64 tensor out, on the counters' device; int64 products wrap around). A pure function of
+    (key, counter), so any subset of counters can be drawn by whoever needs it — the property that makes
+    per-rank negatives independent of the world size."""
+    z = counters * _GAMMA + key
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    return z ^ _shift_right(z, 31)
+
+
+def split_bits(bits):
+    """(high 32 bits, low 32 bits) of ``counter_bits`` output, each a non-negative int64 below 2^32."""
+    return _shift_right(bits, 32), bits & 0xFFFFFFFF
 
 
 def uniform_rows(seed: int, stream: str, start: int, stop: int, width: int, bound: float):

@@ -114,17 +114,14 @@ class DistributedRuntime(CheckpointIO):
         dist.all_gather_object(parts, rows)
         return np.concatenate(parts)
 
-    def split(self, batch: np.ndarray, sampler, rng: np.random.Generator):
-        """This rank's disjoint slice of a global batch. Per-positive negatives are drawn for the global batch
-        and sliced, so any world size trains on identical data; chunk-shared negatives are drawn per slice
-        (chunks must not straddle ranks)."""
+    def split(self, batch: np.ndarray, sampler, counters: tuple[int, ...]):
+        """This rank's disjoint slice of a global batch and its negatives, drawn here for the slice alone: the
+        sampler's draws are keyed by global position, so any world size trains on identical data (chunk-shared
+        chunks are keyed by their first position: identical whenever the slices split into whole chunks)."""
         rank, world = self.env.rank, self.env.world_size
         bounds = np.linspace(0, len(batch), world + 1).astype(int)
         lo, hi = bounds[rank], bounds[rank + 1]
-        if self.cfg.train.negatives == "per_positive":
-            return batch[lo:hi], sampler.sample(batch, rng).rows(lo, hi)
-        slices = [sampler.sample(batch[a:b], rng) for a, b in zip(bounds[:-1], bounds[1:])]
-        return batch[lo:hi], slices[rank]
+        return batch[lo:hi], sampler.sample(batch[lo:hi], counters, offset=int(lo))
 
     @staticmethod
     def batch_softmax(logits: torch.Tensor) -> torch.Tensor:

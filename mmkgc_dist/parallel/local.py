@@ -87,9 +87,9 @@ class LocalRuntime(CheckpointIO):
         torch_seed(cfg.train.seed, "generator_noise", self.rank)
 
     # ------------------------------------------------------------------------------------ data and collectives
-    def split(self, batch: np.ndarray, sampler, rng: np.random.Generator):
+    def split(self, batch: np.ndarray, sampler, counters: tuple[int, ...]):
         """This process's part of a global batch, with its negatives: all of it."""
-        return batch, sampler.sample(batch, rng)
+        return batch, sampler.sample(batch, counters)
 
     def reduce_metrics(self, metrics: dict) -> dict:
         return metrics

@@ -76,7 +76,7 @@ class TrainStep:
     def __call__(self, batch: np.ndarray, negatives: NegativeBatch) -> dict:
         timer = self.timer
         triples = torch.from_numpy(batch).to(self.device)
-        cand = torch.from_numpy(negatives.entities).to(self.device)
+        cand = negatives.entities.to(self.device)
         ids, inverse = unique_ids(torch.cat([triples[:, 0], triples[:, 2], cand.reshape(-1)]), self.num_entities)
         with timer("embed"):        # table lookup (incl. all-to-all) and fusion of each unique entity
             entities, relation_rows = self.embed(ids, triples[:, 1])
@@ -98,7 +98,7 @@ class TrainStep:
     def _discriminator_forward(self, entities: EmbeddedEntities, relation_rows, inverse, cand, triples, negatives):
         """The discriminator's loss (KGC + μ·adversarial), the positives' view and the step's metrics."""
         b = len(triples)
-        sides = torch.from_numpy(negatives.head_mode).to(self.device)
+        sides = negatives.head_mode.to(self.device)
         per_negative = sides.dim() == 2           # a corruption side per negative: positives in tail form
         view = PositiveView(inverse[:b], inverse[b:2 * b], self.rotate.phase(relation_rows),
                             torch.zeros(b, dtype=torch.bool, device=self.device) if per_negative else sides,

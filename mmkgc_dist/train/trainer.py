@@ -120,24 +120,21 @@ class Trainer:
         return NegativeSampler(None if self.stream is not None else data.splits["train"], data.num_entities,
                                data.num_relations, cfg.num_negatives, cfg.corruption, cfg.negatives,
                                cfg.chunk_size, cfg.filter_negatives, head_prob=head_prob,
-                               degree=degree if cfg.negative_entities == "degree" else None, side=cfg.corruption_side)
+                               degree=degree if cfg.negative_entities == "degree" else None, side=cfg.corruption_side,
+                               seed=cfg.seed, device=self.runtime.device)
 
     def streamed_batches(self):
         """This rank's batches from the streaming loader, from the cursor on, with their negatives."""
         rank, _ = self.rank_and_world()
         self.stream.load_state_dict({"epoch": self.epoch, "batch": self.batch_in_epoch})
         for batch in self.stream:
-            rng = numpy_rng(self.cfg.train.seed, "negatives", self.epoch, self.stream.batch - 1, rank)
-            yield batch, self.sampler.sample(batch, rng)
+            yield batch, self.sampler.sample(batch, (self.epoch, self.stream.batch - 1, rank))
 
     # ------------------------------------------------------------------------------------ training
     # The data stream is random-access: the epoch's order and each batch's negatives come from seeds
     # derived from (seed, epoch[, batch]), so the cursor (epoch, batch_in_epoch) is all a resume needs.
     def epoch_order(self) -> np.ndarray:
         return numpy_rng(self.cfg.train.seed, "epoch_order", self.epoch).permutation(len(self.data.splits["train"]))
-
-    def batch_rng(self, index: int) -> np.random.Generator:
-        return numpy_rng(self.cfg.train.seed, "negatives", self.epoch, index)
 
     def batches_per_epoch(self) -> int:
         if self.stream is not None:
@@ -156,7 +153,7 @@ class Trainer:
             yield from self.streamed_batches()
             return
         for index, batch in self.global_batches():
-            yield self.runtime.split(batch, self.sampler, self.batch_rng(index))
+            yield self.runtime.split(batch, self.sampler, (self.epoch, index))
 
     def fit(self) -> dict:
         cfg = self.cfg.train
