@@ -3,7 +3,10 @@ batch (1024 positives, 128 per-positive negatives, d=250, 4096-d visual + 384-d 
 step time split into data, embed (lookup + fusion + all-to-alls), score, backward (incl. gradient all-to-alls and the
 fused table update), dense optimizer, generator (DeepSpeed).
 
-    python benchmarks/scaling.py [--steps 4] [--mode exact|scalable]
+    python benchmarks/scaling.py [--steps 4] [--repeats 3] [--mode exact|scalable]
+
+Runs 1 rank and 2 ranks alternately ``--repeats`` times and reports the median speed-up; the communication share
+is the wall time rank 0 spends inside torch.distributed collectives (transfer and waiting) over the step time.
 
 Writes results/scaling/{scaling.json,scaling.md,scaling.png}. Each world size runs under real torchrun.
 """
@@ -25,6 +28,33 @@ MODES = {"exact": [("train.negatives", "per_positive")],
          "scalable": [("train.negatives", "chunk_shared"), ("train.chunk_size", "64"),
                       ("model.raw_features", "frozen")]}
 PHASES = ["data", "embed", "score", "backward", "optimizer", "generator"]
+COLLECTIVES = ["all_to_all_single", "all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor",
+               "broadcast", "barrier", "all_gather_object", "broadcast_object_list"]
+
+
+class CollectiveClock:
+    """Counts the torch.distributed collectives of the timed steps and the wall time spent inside them
+    (transfer plus waiting for the slower rank): the communication share is that time over the step's."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.calls, self.seconds, self.enabled = {}, 0.0, False
+        for name in COLLECTIVES:
+            if hasattr(dist, name):
+                setattr(dist, name, self._wrap(name, getattr(dist, name)))
+
+    def _wrap(self, name, fn):
+        def timed(*args, **kwargs):
+            if not self.enabled:
+                return fn(*args, **kwargs)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self.calls[name] = self.calls.get(name, 0) + 1
+        return timed
 
 
 def worker(out: str, steps: int, mode: str, extra: list[str]) -> None:
@@ -35,6 +65,7 @@ def worker(out: str, steps: int, mode: str, extra: list[str]) -> None:
     from mmkgc_dist.trainers import distributed_trainer
 
     torch.set_num_threads(1)
+    clock = CollectiveClock()             # before anything binds the functions
     cfg = load_config(None, [("model.dim", "250"), ("train.batch_size", "1024"), ("train.num_negatives", "128"),
                              ("train.epochs", "1")] + MODES[mode] + [tuple(o.split("=", 1)) for o in extra])
     trainer = distributed_trainer(cfg, db15k_shaped(np.random.default_rng(0)), run_dir=None, show_progress=False)
@@ -46,11 +77,13 @@ def worker(out: str, steps: int, mode: str, extra: list[str]) -> None:
             timer.enabled = True
             timer.seconds.clear()
         torch.distributed.barrier()
+        clock.enabled = i >= 2
         start = time.perf_counter()
         with timer("data"):
             batch, negatives = next(batches)
         trainer.step_fn(batch, negatives)
-        torch.distributed.barrier()
+        clock.enabled = False
+        torch.distributed.barrier()                 # the step ends when the slowest rank is done
         if i >= 2:
             totals.append(time.perf_counter() - start)
     if trainer.env.is_main:
@@ -58,12 +91,33 @@ def worker(out: str, steps: int, mode: str, extra: list[str]) -> None:
         phases = {k: v / steps for k, v in timer.seconds.items()}
         with open(out, "w") as fh:
             json.dump({"world_size": trainer.env.world_size, "step_s": step, "positives_per_s": 1024 / step,
-                       "phases_s": phases, "steps": totals}, fh)
+                       "phases_s": phases, "steps": totals,
+                       "collectives_per_step": {k: v / steps for k, v in clock.calls.items()},
+                       "collective_s_per_step": clock.seconds / steps,
+                       "communication_share": clock.seconds / sum(totals)}, fh)
+
+
+def run(world: int, path: str, args) -> dict:
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run([torchrun, "--standalone", f"--nproc_per_node={world}", __file__, "--worker", path,
+                          "--steps", str(args.steps), "--mode", args.mode, *[f"--set={o}" for o in args.set]],
+                         env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"world {world} failed:\n{res.stderr[-3000:]}")
+    r = json.load(open(path))
+    calls = sum(r["collectives_per_step"].values())
+    print(f"world {world}: {r['positives_per_s']:.1f} positives/s, step {r['step_s']:.2f}s, phases " +
+          ", ".join(f"{k} {r['phases_s'].get(k, 0):.2f}" for k in PHASES) +
+          f"; {calls:.0f} collectives/step, {r['collective_s_per_step']:.2f}s in them "
+          f"({100 * r['communication_share']:.0f}%)", flush=True)
+    return r
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=3, help="1-rank/2-rank pairs, run alternately")
     ap.add_argument("--mode", choices=list(MODES), default="exact")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for both runs, e.g. --set mat.enabled=false")
@@ -73,39 +127,35 @@ def main() -> int:
         worker(args.worker, args.steps, args.mode, args.set)
         return 0
     out = results_dir("scaling")
-    rows = []
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    for world in (1, 2):
-        path = os.path.join(out, f"world{world}.json")
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        res = subprocess.run([torchrun, "--standalone", f"--nproc_per_node={world}", __file__, "--worker", path,
-                              "--steps", str(args.steps), "--mode", args.mode, *[f"--set={o}" for o in args.set]],
-                             env=env, capture_output=True, text=True)
-        if res.returncode != 0:
-            print(res.stderr[-3000:], file=sys.stderr)
-            return 1
-        rows.append(json.load(open(path)))
-        r = rows[-1]
-        print(f"world {world}: {r['positives_per_s']:.1f} positives/s, step {r['step_s']:.2f}s, phases " +
-              ", ".join(f"{k} {r['phases_s'].get(k, 0):.2f}" for k in PHASES), flush=True)
-    speedup = rows[1]["positives_per_s"] / rows[0]["positives_per_s"]
-    # Communication share: how much the lookup + backward phases (which carry the all-to-alls and the
-    # dense all-reduce) grew beyond halving, relative to the 2-rank step.
-    comm = max(0.0, sum(rows[1]["phases_s"].get(k, 0) - rows[0]["phases_s"].get(k, 0) / 2
-                        for k in ("embed", "backward", "optimizer"))) / rows[1]["step_s"]
-    report = {"machine": machine(), "mode": args.mode, "overrides": args.set, "rows": rows, "speedup": speedup,
-              "communication_share_estimate": comm}
+    pairs = []
+    for repeat in range(args.repeats):
+        pair = [run(world, os.path.join(out, f"world{world}.json"), args) for world in (1, 2)]
+        pair.append(pair[1]["positives_per_s"] / pair[0]["positives_per_s"])
+        print(f"run {repeat + 1}: speed-up {pair[2]:.2f}x", flush=True)
+        pairs.append(pair)
+    middle = sorted(pairs, key=lambda p: p[2])[len(pairs) // 2]      # the run with the median speed-up
+    rows, speedup = middle[:2], middle[2]
+    comm = rows[1]["communication_share"]
+    report = {"machine": machine(), "mode": args.mode, "overrides": args.set,
+              "command": " ".join(["python", "benchmarks/scaling.py", *sys.argv[1:]]),
+              "runs": [{"one_rank": p[0], "two_ranks": p[1], "speedup": p[2]} for p in pairs],
+              "speedups": [p[2] for p in pairs], "median_speedup": speedup, "rows": rows,
+              "communication_share_two_ranks": comm}
     write_json(os.path.join(out, "scaling.json"), report)
     with open(os.path.join(out, "scaling.md"), "w") as fh:
-        fh.write(f"DB15K config ({args.mode}), 1 thread per rank, gloo; {report['machine']['date']}\n\n")
-        fh.write("| ranks | positives/s | step (s) | " + " | ".join(PHASES) + " |\n")
-        fh.write("|---" * (3 + len(PHASES)) + "|\n")
+        fh.write(f"DB15K config ({args.mode}), 1 thread per rank, gloo; {report['machine']['date']}; "
+                 f"the run with the median speed-up of {len(pairs)}\n\n")
+        fh.write("| ranks | positives/s | step (s) | " + " | ".join(PHASES) + " | collectives/step | in them |\n")
+        fh.write("|---" * (5 + len(PHASES)) + "|\n")
         for r in rows:
             fh.write(f"| {r['world_size']} | {r['positives_per_s']:.1f} | {r['step_s']:.2f} | " +
-                     " | ".join(f"{r['phases_s'].get(k, 0):.2f}" for k in PHASES) + " |\n")
-        fh.write(f"\nspeed-up 2 vs 1 rank: {speedup:.2f}x; communication share (estimate): {comm:.0%}\n")
+                     " | ".join(f"{r['phases_s'].get(k, 0):.2f}" for k in PHASES) +
+                     f" | {sum(r['collectives_per_step'].values()):.0f} | {100 * r['communication_share']:.0f}% |\n")
+        fh.write(f"\nspeed-ups 2 vs 1 rank: {', '.join(f'{p[2]:.2f}x' for p in pairs)} (median {speedup:.2f}x); "
+                 f"time inside collectives on rank 0 of 2: {comm:.0%} of the step\n")
     plot(rows, os.path.join(out, "scaling.png"))
-    print(f"speed-up {speedup:.2f}x, communication share ~{comm:.0%}; wrote {out}")
+    print(f"median speed-up {speedup:.2f}x of {[round(p[2], 2) for p in pairs]}, communication {comm:.0%}; "
+          f"wrote {out}")
     return 0
 
 

@@ -52,7 +52,7 @@ def _signed(value: int) -> int:
 _GAMMA, _MIX1, _MIX2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
 
 
-def _shift_right(x, bits: int):
+def shift_right(x, bits: int):
     """Logical right shift of int64 values (torch's >> is arithmetic on negative values)."""
     return (x >> bits) & ((1 << (64 - bits)) - 1)
 
@@ -63,14 +63,14 @@ def counter_bits(key: int, counters):
     (key, counter), so any subset of counters can be drawn by whoever needs it — the property that makes
     per-rank negatives independent of the world size."""
     z = counters * _GAMMA + key
-    z = (z ^ _shift_right(z, 30)) * _MIX1
-    z = (z ^ _shift_right(z, 27)) * _MIX2
-    return z ^ _shift_right(z, 31)
+    z = (z ^ shift_right(z, 30)) * _MIX1
+    z = (z ^ shift_right(z, 27)) * _MIX2
+    return z ^ shift_right(z, 31)
 
 
 def split_bits(bits):
     """(high 32 bits, low 32 bits) of ``counter_bits`` output, each a non-negative int64 below 2^32."""
-    return _shift_right(bits, 32), bits & 0xFFFFFFFF
+    return shift_right(bits, 32), bits & 0xFFFFFFFF
 
 
 def uniform_rows(seed: int, stream: str, start: int, stop: int, width: int, bound: float):

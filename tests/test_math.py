@@ -193,6 +193,27 @@ def test_lazy_adam_is_torch_adam_when_every_row_has_a_gradient_and_skips_rows_wi
     assert not torch.equal(a.detach()[0], b.detach()[0])
 
 
+def test_adam_rows_whole_table_path_equals_the_gathered_path_bitwise():
+    """The whole-table shortcut (every row has a gradient) and the gather/scatter path make the same arithmetic
+    per element: a shard that misses a row and one that does not must not drift apart."""
+    from mmkgc_dist.optim import adam_rows_
+    torch.manual_seed(1)
+    weight, m, v = torch.randn(8, 6), torch.randn(8, 6), torch.rand(8, 6)
+    grad = torch.randn(8, 6)
+    whole = [t.clone() for t in (weight, m, v)]
+    adam_rows_(*whole, torch.arange(8), grad, 3, 0.01)
+    rows = torch.tensor([0, 2, 3, 7])                   # gathered path on a subset, then the rest
+    parts = [t.clone() for t in (weight, m, v)]
+    adam_rows_(*parts, rows, grad[rows], 3, 0.01)
+    rest = torch.tensor([1, 4, 5, 6])
+    adam_rows_(*parts, rest, grad[rest], 3, 0.01)
+    assert all(torch.equal(a, b) for a, b in zip(whole, parts))
+    view = torch.zeros(8, 8)                            # a padded table: the update goes through a column view
+    view[:, :6] = weight
+    adam_rows_(view[:, :6], m.clone(), v.clone(), torch.arange(8), grad, 3, 0.01)
+    assert torch.equal(view[:, :6], whole[0]) and torch.equal(view[:, 6:], torch.zeros(8, 2))
+
+
 def test_rowwise_adagrad_by_hand():
     from mmkgc_dist.optim import RowwiseAdagrad
     p = torch.nn.Parameter(torch.zeros(2, 3))

@@ -4,8 +4,16 @@ world size (checkpoint.py). ``train.Trainer`` runs the same loop, step and evalu
 ``local.LocalRuntime``.
 
 Gradient scaling: every rank's loss is the mean over its own positives, multiplied by 1/world before
-backward. TorchRec sums the table gradients arriving from all ranks and the dense DDP uses a summing comm
-hook, so both see the gradient of the global-batch mean, exactly as one process with the whole batch.
+backward. The owners' table rows receive the gradients of every rank that used them (the fused-row all-to-all's
+backward), and the dense gradients (fusion weights, replicated tables) are summed over ranks in flat buckets
+(``DenseGradients``), so both are the gradient of the global-batch mean, exactly as one process with the whole
+batch.
+
+Collectives of one training step (owners' row layout, the default): the id counts (the one exchange the host
+waits on: it sizes the rest), the ids, the fused rows (forward and backward), the dense gradients' sum, one
+all-gather for the global softmax of the MAT adversarial term, the positives' fused rows again for the generator
+step (no id exchange: marked in the first one), and DeepSpeed's generator gradient all-reduce. Metrics are
+reduced only on logging steps.
 """
 from __future__ import annotations
 
@@ -16,7 +24,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Config, ConfigError
 from ..data.format import KGData
@@ -28,7 +35,7 @@ from ..optim import OptimizerGroup, load_table_state, table_optimizer, table_sta
 from ..rng import torch_seed
 from .checkpoint import CheckpointIO
 from .embedder import OwnerEmbedder, owner_block
-from .env import DistEnv, allreduce_sum_hook, global_softmax, init_distributed
+from .env import DistEnv, global_softmax, init_distributed
 from .tables import ShardedTables
 
 
@@ -41,6 +48,40 @@ def deepspeed_config(cfg: Config, micro_batch: int) -> dict:
             "optimizer": {"type": "Adam", "params": {"lr": cfg.mat.lr, "torch_adam": True}},
             "zero_optimization": {"stage": cfg.parallel.zero_stage},
             "steps_per_print": 1 << 30, "wall_clock_breakdown": False}
+
+
+def _broadcast(params: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p, src=0)
+
+
+class DenseGradients:
+    """Sums the gradients of replicated parameters over ranks: flat buckets of at most ``bucket_mb`` MiB, one
+    all-reduce each (a parameter without a gradient this step contributes zeros, so every rank sends the same
+    sizes)."""
+
+    def __init__(self, params: list[torch.Tensor], bucket_mb: int):
+        self.buckets, current, size = [], [], 0
+        for p in params:
+            if current and size + p.numel() * p.element_size() > bucket_mb * 2 ** 20:
+                self.buckets.append(current)
+                current, size = [], 0
+            current.append(p)
+            size += p.numel() * p.element_size()
+        if current:
+            self.buckets.append(current)
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for bucket in self.buckets:
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket])
+            dist.all_reduce(flat)
+            for p, part in zip(bucket, torch.split(flat, [p.numel() for p in bucket])):
+                if p.grad is not None:
+                    p.grad.copy_(part.view_as(p))
+                elif bool(part.any()):         # unused here, used elsewhere: one process would have it
+                    p.grad = part.view_as(p).clone()
 
 
 class DistributedRuntime(CheckpointIO):
@@ -66,18 +107,16 @@ class DistributedRuntime(CheckpointIO):
                                     cfg.model.raw_features == "trainable", cfg.parallel, cfg.train.seed,
                                     cfg.train.table_optimizer, cfg.train.lr, cfg.train.adagrad_lr)
         torch_seed(cfg.train.seed, "dense_init")   # the planner/DMP consume RNG by world size; dense init must not
-        self.core = MultiModalKGC(width, {m: f.dim for m, f in features.items()})
+        self.core = self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()})
         dense = list(self.core.parameters())
-        if dense:
-            # Explicit DDP around the fusion only (not DMP's dense wrapper): the generators must stay outside
-            # any DDP (DeepSpeed owns them) and the fake-fusion path calls the core module directly.
-            self.model = DDP(self.core, bucket_cap_mb=cfg.parallel.dense_bucket_mb)
-            self.model.register_comm_hook(None, allreduce_sum_hook)
-        else:
-            self.model = self.core
+        _broadcast(dense)                        # identical by seeding already; a cheap guarantee
         self.embedder = OwnerEmbedder(self.tables, self.model, data.num_entities, env.world_size)
         self.replicated = {name.split(".")[0]: p for name, p in self.tables.dmp.named_parameters()
                            if isinstance(p, nn.Parameter) and p.requires_grad and self._data_parallel(name)}
+        # Fusion weights always; replicated tables too when their lookups bypass TorchRec (DMP's own DDP then
+        # never runs a forward, so it leaves their gradients alone).
+        self.sync_gradients = DenseGradients(
+            dense + (list(self.replicated.values()) if self.tables.local_rows else []), cfg.parallel.dense_bucket_mb)
         # The single-process trainer's rules (optim.py): Adam for the fusion weights, the configured table
         # optimizer for replicated tables (dense gradients) and for the owners' rows of the sharded ones.
         self.dense_optimizer = torch.optim.Adam(dense, lr=cfg.train.lr) if dense else None

@@ -30,23 +30,58 @@ class OwnerEmbedder:
     def __init__(self, tables, model: nn.Module, num_entities: int, world_size: int):
         self.tables, self.model, self.num_entities, self.world = tables, model, num_entities, world_size
         self.block = owner_block(num_entities, world_size)
+        # the last exchange's marked ids: (mine, requested of me, counts I receive, counts I send)
+        self._positives = None
 
-    def __call__(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EmbeddedEntities, Tensor]:
-        """entity_ids must be sorted (``unique_ids`` returns them so): requests are then grouped by owner."""
+    def __call__(self, entity_ids: Tensor, relation_ids: Tensor,
+                 positives: Tensor | None = None) -> tuple[EmbeddedEntities, Tensor]:
+        """entity_ids must be sorted (``unique_ids`` returns them so): requests are then grouped by owner.
+        ``positives`` (bool per id) marks the ids the generator step will ask for again: they travel as
+        2·id + 1 so each owner knows them, and ``positives`` then needs no id exchange of its own."""
+        flags = positives.long() if positives is not None else torch.zeros_like(entity_ids)
         send_counts = torch.bincount(entity_ids // self.block, minlength=self.world)
         recv_counts = torch.empty_like(send_counts)
-        dist.all_to_all_single(recv_counts, send_counts)
+        dist.all_to_all_single(recv_counts, send_counts)     # the step's one host-blocking exchange (sizes)
         send, recv = send_counts.tolist(), recv_counts.tolist()
         requested = torch.empty(sum(recv), dtype=torch.long, device=entity_ids.device)
-        dist.all_to_all_single(requested, entity_ids.contiguous(), recv, send)
+        dist.all_to_all_single(requested, (2 * entity_ids + flags).contiguous(), recv, send)
+        requested, marked = requested >> 1, (requested & 1).bool()
+        if positives is not None:
+            self._positives = (entity_ids[positives], requested[marked], self._split_counts(positives, send),
+                               self._split_counts(marked, recv))
 
         owned, position = unique_ids(requested, self.num_entities)   # requests from several ranks coincide
-        rows, relation_rows = self.tables.lookup(owned, relation_ids)
+        answers, width, fused = self._fuse_owned(owned, relation_ids)
+        received = differentiable_all_to_all(answers.new_empty(len(entity_ids), answers.shape[1]), answers[position],
+                                             send, recv)
+        return self._entities(entity_ids, received, width, fused), self._relations
+
+    @staticmethod
+    def _split_counts(mask: Tensor, counts: list[int]) -> list[int]:
+        return [int(part.sum()) for part in torch.split(mask, counts)]
+
+    def _fuse_owned(self, owned: Tensor, relation_ids: Tensor) -> tuple[Tensor, int, bool]:
+        """[joint | structural] rows of owned ids (the joint row alone for structure-only models)."""
+        rows, self._relations = self.tables.lookup_owned(owned, relation_ids)
         joint, _ = self.model(rows)
         fused = joint is not rows.structural          # structure-only: the joint row is the structural row
-        answers = (torch.cat([joint, rows.structural], dim=1) if fused else joint)[position]
-        received = differentiable_all_to_all(answers.new_empty(len(entity_ids), answers.shape[1]), answers, send, recv)
-        width = joint.shape[1]
+        return (torch.cat([joint, rows.structural], dim=1) if fused else joint), joint.shape[1], fused
+
+    def _entities(self, entity_ids: Tensor, received: Tensor, width: int, fused: bool) -> EmbeddedEntities:
         joint, structural = (received[:, :width], received[:, width:]) if fused else (received, received)
         masks = {m: getattr(self.tables, f"present_{m}")[entity_ids] for m in self.tables.modalities}
-        return EmbeddedEntities(joint, structural, masks), relation_rows
+        return EmbeddedEntities(joint, structural, masks)
+
+    @torch.no_grad()
+    def positives(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EmbeddedEntities, Tensor]:
+        """The positives' rows again, with the updated model (the generator step): the owners already hold the
+        marked ids from the last exchange, so only the fused rows travel — one all-to-all, no id exchange.
+        ``entity_ids`` must be the marked ids of that exchange (sorted unique heads and tails)."""
+        mine, requested, receive_counts, send_counts = self._positives
+        if not torch.equal(entity_ids, mine):
+            raise ValueError("positives() must ask for the ids marked in the last exchange")
+        owned, position = unique_ids(requested, self.num_entities)
+        answers, width, fused = self._fuse_owned(owned, relation_ids)
+        received = answers.new_empty(len(entity_ids), answers.shape[1])
+        dist.all_to_all_single(received, answers[position].contiguous(), receive_counts, send_counts)
+        return self._entities(entity_ids, received, width, fused), self._relations

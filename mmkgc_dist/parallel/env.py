@@ -111,11 +111,17 @@ def allreduce_sum_hook(_state, bucket):
 
 @torch.no_grad()
 def global_softmax(logits: torch.Tensor) -> torch.Tensor:
-    """This rank's entries of a softmax over the concatenation of every rank's ``logits`` (1-d)."""
-    top = logits.max() if len(logits) else torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
-    top = top.clone()
-    dist.all_reduce(top, op=dist.ReduceOp.MAX)
-    exp = torch.exp(logits - top)
-    total = exp.sum()
-    dist.all_reduce(total)
-    return exp / total
+    """This rank's entries of a softmax over the concatenation of every rank's ``logits`` along dim 0, each
+    column on its own. One collective: every rank shares (its maximum, its sum of exp(x − maximum)) per column,
+    and each combines them into the global maximum and normaliser."""
+    columns = logits.shape[1:]
+    flat = logits.reshape(len(logits), -1).double()
+    top = flat.max(dim=0).values if len(flat) else flat.new_full((flat.shape[1],), float("-inf"))
+    total = torch.exp(flat - top).sum(dim=0)
+    mine = torch.stack([top, total])
+    shared = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(shared, mine)
+    tops, totals = torch.stack(shared).unbind(1)              # [world, columns] each
+    overall = tops.max(dim=0).values
+    normaliser = (totals * torch.exp(tops - overall).nan_to_num(0.0)).sum(dim=0)
+    return (torch.exp(flat - overall) / normaliser).to(logits.dtype).reshape(len(logits), *columns)

@@ -36,10 +36,16 @@ class LocalEmbedder:
     def __init__(self, tables, model: nn.Module):
         self.tables, self.model = tables, model
 
-    def __call__(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EmbeddedEntities, Tensor]:
+    def __call__(self, entity_ids: Tensor, relation_ids: Tensor,
+                 positives: Tensor | None = None) -> tuple[EmbeddedEntities, Tensor]:
         rows, relation_rows = self.tables.lookup(entity_ids, relation_ids)
         joint, _ = self.model(rows)
         return EmbeddedEntities(joint, rows.structural, rows.masks), relation_rows
+
+    @torch.no_grad()
+    def positives(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EmbeddedEntities, Tensor]:
+        """The positives' rows again, with the updated model (the generator step)."""
+        return self(entity_ids, relation_ids)
 
 
 def local_generator_update(generators: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[Tensor], None]:
@@ -56,6 +62,7 @@ def local_generator_update(generators: nn.Module, optimizer: torch.optim.Optimiz
 class LocalRuntime(CheckpointIO):
     rank, world_size, is_main = 0, 1, True
     loss_scale = 1.0
+    sync_gradients = None          # one process: its gradients are the global batch's
 
     def __init__(self, cfg: Config):
         self.cfg = cfg

@@ -31,7 +31,7 @@ from ..config import ParallelConfig
 from ..data.format import Features
 from ..model.kgc import EntityRows
 from ..config import ConfigError
-from ..optim import adagrad_rows_, adam_rows_
+from ..optim import adagrad_rows_, adam_rows_, every_row
 from ..rng import uniform_rows
 from ..tables import row_width
 from .env import DistEnv, allreduce_sum_hook
@@ -144,6 +144,25 @@ class ShardedTables(nn.Module):
         trainable_rows = [t for t in specs if t != "relation" and self.trainable[t]]
         self.row_optimizer = ShardedRowOptimizer(self, trainable_rows, table_optimizer, lr, adagrad_lr, num_entities,
                                                  env) if rows_by_owner else None
+        self.local_rows = self._owner_blocks(chosen, num_entities)
+        self.relation_weight = next((p for n, p in self.dmp.named_parameters() if n.split(".")[0] == "relation"),
+                                    None) if self.local_rows else None
+
+    def _owner_blocks(self, chosen: dict[str, str], num_entities: int) -> bool:
+        """True when every entity-indexed table is row-wise in the owners' blocks (embedder.owner_block) and
+        relations are replicated: then a lookup of owned ids reads the local shards directly (``lookup_owned``)."""
+        from .embedder import owner_block
+
+        if chosen.get("relation") != "data_parallel" or self.row_optimizer is None:
+            return False
+        first = min(self.env.rank * owner_block(num_entities, self.env.world_size), num_entities)
+        for name, kind in chosen.items():
+            if name == "relation":
+                continue
+            shards = self._weight(name).local_shards() if kind == "row_wise" else None
+            if not shards or len(shards) != 1 or shards[0].metadata.shard_offsets != [first, 0]:
+                return False
+        return True
 
     # ---------------------------------------------------------------------------------- state
     def _weight(self, name: str):
@@ -214,6 +233,31 @@ class ShardedTables(nn.Module):
         entity = EntityRows(rows["entity"], {m: rows[m] for m in self.modalities},
                             {m: getattr(self, f"present_{m}")[entity_ids] for m in self.modalities})
         return entity, rows["relation"]
+
+    def lookup_owned(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EntityRows, Tensor]:
+        """``lookup`` of ids this rank owns (the owner-computes fusion asks for nothing else). In the owners'
+        row layout it reads the local shards and the relation replica directly — no KJT permutation, no
+        TorchRec all-to-all — and the gradients go to ``ShardedRowOptimizer`` (rows) and to the relation
+        replica's ``.grad`` (summed over ranks with the dense gradients, see DistributedRuntime)."""
+        if not self.local_rows:
+            return self.lookup(entity_ids, relation_ids)
+        local = entity_ids - self.row_optimizer.first_row
+        rows = {}
+        for name in ["entity", *self.modalities]:
+            shard = self._weight(name).local_shards()[0].tensor.detach()
+            # every owned row asked for (small graphs): the shard itself, no gather
+            block = shard[:, :self.widths[name]] if every_row(local, len(shard)) else shard[local, :self.widths[name]]
+            if self.trainable[name]:
+                block = block.requires_grad_(torch.is_grad_enabled())
+                self.row_optimizer.capture(name, entity_ids, block)
+            rows[name] = block.float()
+        entity = EntityRows(rows["entity"], {m: rows[m] for m in self.modalities},
+                            {m: getattr(self, f"present_{m}")[entity_ids] for m in self.modalities})
+        return entity, self.relation_rows(relation_ids)
+
+    def relation_rows(self, relation_ids: Tensor) -> Tensor:
+        """Rows of the replicated relation table (owners' row layout only)."""
+        return self.relation_weight[relation_ids, :self.widths["relation"]]
 
     @property
     def fused_optimizer(self):

@@ -60,10 +60,13 @@ class TrainStep:
     def __init__(self, cfg: Config, embed: Callable, num_entities: int, core: MultiModalKGC,
                  generators: nn.Module | None, rotate: RotatE, kernels: DistanceKernels, opt_model,
                  update_generator: Callable | None, loss_scale: float = 1.0,
-                 device: torch.device = torch.device("cpu"), batch_softmax: Callable[[Tensor], Tensor] | None = None):
-        """``embed(entity_ids, relation_ids) -> (EmbeddedEntities, relation rows)``: lookup + fusion,
-        local (``LocalEmbedder``) or computed by the rows' owners (``parallel.embedder``). ``batch_softmax``:
-        softmax of this process's scores over the *global* batch (one process: torch.softmax)."""
+                 device: torch.device = torch.device("cpu"), batch_softmax: Callable[[Tensor], Tensor] | None = None,
+                 sync_gradients: Callable[[], None] | None = None):
+        """``embed(entity_ids, relation_ids, positives) -> (EmbeddedEntities, relation rows)``: lookup + fusion,
+        local (``LocalEmbedder``) or computed by the rows' owners (``parallel.embedder``); ``embed.positives``
+        gives the marked (positive) ids' rows again for the generator step. ``batch_softmax``: softmax of this
+        process's scores over the *global* batch, column by column (one process: torch.softmax).
+        ``sync_gradients``: sums the dense gradients over ranks after backward (one process: None)."""
         self.cfg, self.embed, self.num_entities, self.core, self.generators = cfg, embed, num_entities, core, generators
         self.rotate, self.kernels, self.opt_model = rotate, kernels, opt_model
         self.update_generator = update_generator
@@ -72,21 +75,26 @@ class TrainStep:
         self.timer = PhaseTimer()
         self.device = device
         self.batch_softmax = batch_softmax or (lambda logits: torch.softmax(logits, dim=0))
+        self.sync_gradients = sync_gradients
 
     def __call__(self, batch: np.ndarray, negatives: NegativeBatch) -> dict:
         timer = self.timer
         triples = torch.from_numpy(batch).to(self.device)
         cand = negatives.entities.to(self.device)
         ids, inverse = unique_ids(torch.cat([triples[:, 0], triples[:, 2], cand.reshape(-1)]), self.num_entities)
+        positives = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+        positives[inverse[:2 * len(triples)]] = True
         with timer("embed"):        # table lookup (incl. all-to-all) and fusion of each unique entity
-            entities, relation_rows = self.embed(ids, triples[:, 1])
+            entities, relation_rows = self.embed(ids, triples[:, 1], positives)
         with timer("score"):
             loss, view, metrics = self._discriminator_forward(entities, relation_rows, inverse, cand, triples,
                                                               negatives)
         if self.opt_model is not None:
             self.opt_model.zero_grad(set_to_none=True)
-        with timer("backward"):     # includes the table-gradient all-to-all and the fused table update
+        with timer("backward"):     # includes the fused-row all-to-all backward and the dense gradients' sum
             (loss * self.loss_scale).backward()
+            if self.sync_gradients is not None:
+                self.sync_gradients()
         with timer("optimizer"):
             if self.opt_model is not None:
                 self.opt_model.step()
@@ -119,19 +127,21 @@ class TrainStep:
         metrics = {"loss": kgc_loss.item(), "false_negatives": negatives.false_negatives}
         if self.mu > 0:
             fakes = self._fake_scores(entities, view, self._generate_as_data, detach_attention=False)
-            adv = sum(self._adversarial_term(positive, f) for f in fakes)
+            adv = self._adversarial_loss(positive, torch.stack(fakes, dim=1))
             loss = loss + self.mu * adv
             metrics["adv_loss"] = adv.item()
         return loss, view, metrics
 
-    def _adversarial_term(self, positive: Tensor, fake: Tensor) -> Tensor:
-        """L(f⁺, f_fake) of the discriminator (mat.adversarial_loss). The reference form weights the fakes by a
-        softmax over the global batch; each process holds a slice, so its share of that sum is scaled up by
-        the world size to cancel ``loss_scale`` (which turns the slices' means into the global mean)."""
+    def _adversarial_loss(self, positive: Tensor, fakes: Tensor) -> Tensor:
+        """Σ over the three kinds of fake (columns of ``fakes``) of L(f⁺, f_fake) of the discriminator
+        (mat.adversarial_loss). The reference form weights the fakes by a softmax over the global batch, one
+        column at a time (one collective for the three); each process holds a slice, so its share of that sum
+        is scaled up by the world size to cancel ``loss_scale`` (which turns the slices' means into the global
+        mean)."""
         if self.cfg.mat.adversarial_loss == "mean":
-            return pairwise_sigmoid_loss(positive, fake)
-        weights = self.batch_softmax(self.cfg.train.adversarial_temperature * fake.detach())
-        return batch_adversarial_loss(positive, fake, weights / self.loss_scale)
+            return sum(pairwise_sigmoid_loss(positive, fake) for fake in fakes.unbind(1))
+        weights = self.batch_softmax(self.cfg.train.adversarial_temperature * fakes.detach()) / self.loss_scale
+        return sum(batch_adversarial_loss(positive, fake, w) for fake, w in zip(fakes.unbind(1), weights.unbind(1)))
 
     def _queries(self, joint: Tensor, view: PositiveView) -> tuple[Tensor, Tensor]:
         hm = view.head_mode.unsqueeze(-1)
@@ -161,8 +171,7 @@ class TrainStep:
         """Recompute real and fake scores with the updated model; only the generators get gradients."""
         b = len(view.head_local)
         pos_ids, pos_inv = unique_ids(torch.cat([ids[view.head_local], ids[view.tail_local]]), self.num_entities)
-        with torch.no_grad():
-            entities, relation_rows = self.embed(pos_ids, view.relation)
+        entities, relation_rows = self.embed.positives(pos_ids, view.relation)
         local = PositiveView(pos_inv[:b], pos_inv[b:], self.rotate.phase(relation_rows), view.head_mode,
                              view.relation)
         with torch.no_grad():
