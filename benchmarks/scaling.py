@@ -32,6 +32,16 @@ COLLECTIVES = ["all_to_all_single", "all_reduce", "all_gather", "all_gather_into
                "broadcast", "barrier", "all_gather_object", "broadcast_object_list"]
 
 
+def _bytes_sent(name: str, args, kwargs) -> int:
+    """Bytes this rank hands to a collective: the input of all_to_all_single / all_gather, the buffer of
+    all_reduce / broadcast (0 for object collectives and barriers)."""
+    import torch
+
+    index = 1 if name in ("all_to_all_single", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor") else 0
+    tensor = args[index] if len(args) > index else kwargs.get("input", kwargs.get("tensor"))
+    return tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0
+
+
 class CollectiveClock:
     """Counts the torch.distributed collectives of the timed steps and the wall time spent inside them
     (transfer plus waiting for the slower rank): the communication share is that time over the step's."""
@@ -39,7 +49,8 @@ class CollectiveClock:
     def __init__(self):
         import torch.distributed as dist
 
-        self.calls, self.seconds, self.enabled = {}, 0.0, False
+        self.calls, self.seconds, self.enabled, self.bytes = {}, 0.0, False, {}
+        self.by_call: list[tuple[str, float, int]] = []   # (name, seconds, bytes sent) in call order
         for name in COLLECTIVES:
             if hasattr(dist, name):
                 setattr(dist, name, self._wrap(name, getattr(dist, name)))
@@ -52,12 +63,15 @@ class CollectiveClock:
             try:
                 return fn(*args, **kwargs)
             finally:
+                sent = _bytes_sent(name, args, kwargs)
                 self.seconds += time.perf_counter() - start
                 self.calls[name] = self.calls.get(name, 0) + 1
+                self.bytes[name] = self.bytes.get(name, 0) + sent
+                self.by_call.append((name, time.perf_counter() - start, sent))
         return timed
 
 
-def worker(out: str, steps: int, mode: str, extra: list[str]) -> None:
+def worker(out: str, steps: int, mode: str, extra: list[str], warmup: int) -> None:
     import numpy as np
     import torch
     from throughput import db15k_shaped
@@ -72,19 +86,19 @@ def worker(out: str, steps: int, mode: str, extra: list[str]) -> None:
     timer = trainer.step_fn.timer
     batches = trainer.batches()
     totals = []
-    for i in range(steps + 2):
-        if i == 2:                                  # after warm-up (compilation, allocator)
+    for i in range(steps + warmup):
+        if i == warmup:                             # after warm-up (compilation, the heap reaching its peak)
             timer.enabled = True
             timer.seconds.clear()
         torch.distributed.barrier()
-        clock.enabled = i >= 2
+        clock.enabled = i >= warmup
         start = time.perf_counter()
         with timer("data"):
             batch, negatives = next(batches)
         trainer.step_fn(batch, negatives)
         clock.enabled = False
         torch.distributed.barrier()                 # the step ends when the slowest rank is done
-        if i >= 2:
+        if i >= warmup:
             totals.append(time.perf_counter() - start)
     if trainer.env.is_main:
         step = float(np.median(totals))
@@ -94,14 +108,17 @@ def worker(out: str, steps: int, mode: str, extra: list[str]) -> None:
                        "phases_s": phases, "steps": totals,
                        "collectives_per_step": {k: v / steps for k, v in clock.calls.items()},
                        "collective_s_per_step": clock.seconds / steps,
-                       "communication_share": clock.seconds / sum(totals)}, fh)
+                       "communication_share": clock.seconds / sum(totals),
+                       "collective_bytes_per_step": {k: v / steps for k, v in clock.bytes.items()},
+                       "collective_sequence": [(n, round(t, 4), b) for n, t, b in clock.by_call[:len(clock.by_call) // steps]]},
+                      fh)
 
 
 def run(world: int, path: str, args) -> dict:
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run([torchrun, "--standalone", f"--nproc_per_node={world}", __file__, "--worker", path,
-                          "--steps", str(args.steps), "--mode", args.mode, *[f"--set={o}" for o in args.set]],
+                          "--steps", str(args.steps), "--warmup", str(args.warmup), "--mode", args.mode, *[f"--set={o}" for o in args.set]],
                          env=env, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"world {world} failed:\n{res.stderr[-3000:]}")
@@ -118,13 +135,14 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3, help="1-rank/2-rank pairs, run alternately")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--mode", choices=list(MODES), default="exact")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for both runs, e.g. --set mat.enabled=false")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.steps, args.mode, args.set)
+        worker(args.worker, args.steps, args.mode, args.set, args.warmup)
         return 0
     out = results_dir("scaling")
     pairs = []
