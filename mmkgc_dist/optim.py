@@ -169,13 +169,11 @@ def load_table_state(opt, params: dict[str, Tensor], values: dict[str, Tensor]) 
             state["sum"] = values[f"{name}.sum"].to(p.device, torch.float32)
 
 
-IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
-
-
 def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
-    """torch's load_state_dict, keeping this optimizer's implementation flags (a checkpoint of DeepSpeed's
-    foreach Adam loads into the fused Adam of one process and back: same rule, different kernels)."""
-    flags = [{k: g[k] for k in IMPLEMENTATION_FLAGS if k in g} for g in opt.param_groups]
+    """The saved state (moments, step counts) into ``opt``, keeping every hyperparameter and implementation flag
+    ``opt`` was built with: the config is the source of truth for lr, betas, eps and weight decay, and a checkpoint
+    of DeepSpeed's Adam loads into the fused Adam of one process and back (same rule, different kernels)."""
+    kept = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
     opt.load_state_dict(state)
-    for group, kept in zip(opt.param_groups, flags):
-        group.update(kept)
+    for group, own in zip(opt.param_groups, kept):
+        group.update(own)

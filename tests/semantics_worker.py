@@ -45,6 +45,11 @@ def main() -> None:
     initial["dense"] = digest(torch.cat([p.detach().flatten() for p in trainer.core.parameters()] + [torch.zeros(0)]))
     if trainer.generators is not None:
         initial["generators"] = digest(torch.cat([p.detach().flatten() for p in trainer.generators.parameters()]))
+        # the generators' optimizer rule: class and hyperparameters (not the kernel flags)
+        opt = trainer.opt_generator
+        initial["generator_optimizer"] = [type(opt).__name__] + [
+            {k: v for k, v in g.items() if k not in ("params", "fused", "foreach", "capturable", "differentiable")}
+            for g in opt.param_groups]
     if "--resume" in paths:
         assert trainer.resume(), "no checkpoint to resume from"
     losses = []

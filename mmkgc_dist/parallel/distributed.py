@@ -45,7 +45,9 @@ log = logging.getLogger("mmkgc_dist")
 def deepspeed_config(cfg: Config, micro_batch: int) -> dict:
     """The generator engine's config, derived from our schema (one source of truth)."""
     return {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
-            "optimizer": {"type": "Adam", "params": {"lr": cfg.mat.lr, "torch_adam": True}},
+            # torch's Adam, as one process uses: DeepSpeed's "Adam" is AdamW with weight decay 0.01 unless
+            # adam_w_mode is false
+            "optimizer": {"type": "Adam", "params": {"lr": cfg.mat.lr, "torch_adam": True, "adam_w_mode": False}},
             "zero_optimization": {"stage": cfg.parallel.zero_stage},
             "steps_per_print": 1 << 30, "wall_clock_breakdown": False}
 
@@ -119,7 +121,7 @@ class DistributedRuntime(CheckpointIO):
             dense + (list(self.replicated.values()) if self.tables.local_rows else []), cfg.parallel.dense_bucket_mb)
         # The single-process trainer's rules (optim.py): Adam for the fusion weights, the configured table
         # optimizer for replicated tables (dense gradients) and for the owners' rows of the sharded ones.
-        self.dense_optimizer = torch.optim.Adam(dense, lr=cfg.train.lr) if dense else None
+        self.dense_optimizer = torch.optim.Adam(dense, lr=cfg.train.lr, fused=True) if dense else None
         self.replicated_optimizer = table_optimizer(cfg.train.table_optimizer, list(self.replicated.values()),
                                                     cfg.train.lr, cfg.train.adagrad_lr)
         self.opt_model = OptimizerGroup(self.dense_optimizer, self.replicated_optimizer, self.tables.row_optimizer)

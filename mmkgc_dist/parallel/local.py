@@ -86,9 +86,9 @@ class LocalRuntime(CheckpointIO):
         tables = [p for p in self.tables.parameters() if p.requires_grad]
         dense = [p for p in self.model.parameters() if p.requires_grad]
         self.table_optimizer = table_optimizer(cfg.train.table_optimizer, tables, cfg.train.lr, cfg.train.adagrad_lr)
-        self.dense_optimizer = torch.optim.Adam(dense, lr=cfg.train.lr) if dense else None
+        self.dense_optimizer = torch.optim.Adam(dense, lr=cfg.train.lr, fused=True) if dense else None
         self.opt_model = OptimizerGroup(self.table_optimizer, self.dense_optimizer)
-        self.opt_generator = torch.optim.Adam(self.generators.parameters(), lr=cfg.mat.lr, fused=True) \
+        self.opt_generator = torch.optim.Adam(self.generators.parameters(), lr=cfg.mat.lr) \
             if use_mat else None
         self.update_generator = local_generator_update(self.generators, self.opt_generator) if use_mat else None
         torch_seed(cfg.train.seed, "generator_noise", self.rank)
