@@ -62,6 +62,7 @@ def main() -> int:
     ap.add_argument("--eager", action="store_true", help="torch.compile off (train.compile=false)")
     ap.add_argument("--step-steps", type=int, default=2, help="timed training steps (0: skip the step)")
     ap.add_argument("--step-positives", type=int, default=8192, help="positives of the timed training step")
+    ap.add_argument("--out", help="folder for the results (default: results/sampling)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -102,7 +103,8 @@ def main() -> int:
               f"its sampling {small_s:.3f} s = {100 * small_s / step_s:.1f}%. Scaled to {args.positives:,} "
               f"positives: step {scaled:.1f} s, sampling {100 * rank_s / scaled:.1f}% (bar ≤ 5%); drawing the "
               f"global batch on every rank (before) would be {100 * whole_s / scaled:.0f}%", flush=True)
-    out = results_dir("sampling")
+    out = args.out or results_dir("sampling")
+    os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "sampling.json"), report)
     print(f"wrote {out}/sampling.json")
     return 0

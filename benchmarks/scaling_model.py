@@ -71,6 +71,7 @@ def main() -> int:
     ap.add_argument("--exact", default=os.path.join(REPO, "docs", "benchmarks", "scaling_exact_cpu.json"))
     ap.add_argument("--scalable", default=os.path.join(REPO, "docs", "benchmarks", "scaling_scalable_cpu.json"))
     ap.add_argument("--gpu", default=os.path.join(REPO, "docs", "benchmarks", "gpu_check_h100.json"))
+    ap.add_argument("--out", help="folder for the results (default: results/scaling_model)")
     args = ap.parse_args()
     gpu = json.load(open(args.gpu))
     rates = {r["mode"]: r["positives_per_s"] for r in gpu["rows"] if r["graph"] == "db15k"}
@@ -99,7 +100,8 @@ def main() -> int:
                   f"{p['positives_per_s']:,.0f} positives/s ({100 * p['efficiency']:.0f}% of linear)")
     table = "\n".join(lines)
     print(table)
-    out = results_dir("scaling_model")
+    out = args.out or results_dir("scaling_model")
+    os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "scaling_model.json"), report)
     with open(os.path.join(out, "scaling_model.md"), "w") as fh:
         fh.write(table + "\n")

@@ -18,3 +18,25 @@ def test_quality_script_smoke(tmp_path, db15k):
     assert {r["variant"] for r in report["rows"]} == {"rotate", "adamf-mat"}
     # MKG-W has neither names nor images: AdaMF has nothing to fuse and must say so, not invent features.
     assert all(r["fused_modalities"] == [] for r in report["runs"])
+
+
+def test_sampling_benchmark_smoke(tmp_path):
+    """benchmarks/sampling.py at toy sizes: the ranks' slices must equal the global draw, and it reports a share."""
+    res = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "sampling.py"), "--ranks", "2",
+                          "--positives", "256", "--negatives", "16", "--repeats", "1", "--step-positives", "128",
+                          "--step-steps", "1", "--eager", "--out", str(tmp_path)],
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.load(open(tmp_path / "sampling.json"))
+    assert report["slices_equal_global_draw"] is True and 0 < report["sampling_share_at_step_size"] < 1
+
+
+def test_scaling_model_reads_the_saved_measurements(tmp_path):
+    res = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "scaling_model.py"), "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.load(open(tmp_path / "scaling_model.json"))
+    for mode in ("exact", "scalable"):
+        one, eight, thirty_two = report["modes"][mode]["predictions"]
+        assert one["efficiency"] == 1 and 0 < thirty_two["efficiency"] <= eight["efficiency"] < 1
