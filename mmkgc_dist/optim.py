@@ -21,25 +21,45 @@ BETAS, EPS = (0.9, 0.999), 1e-8
 
 @torch.no_grad()
 def adam_rows_(weight: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, grad: Tensor, step: int,
-               lr: float, betas: tuple[float, float] = BETAS, eps: float = EPS) -> None:
+               lr: float, betas: tuple[float, float] = BETAS, eps: float = EPS, max_runs: int = 64) -> None:
     """Adam on ``weight[rows]`` with gradient ``grad`` ([len(rows), width]); ``rows`` unique and sorted;
-    ``step`` counts from 1."""
+    ``step`` counts from 1.
+
+    Rows that fall in at most ``max_runs`` runs of consecutive ids (small graphs: nearly every row of a shard has
+    a gradient every step) are updated in place run by run — no gathers, no scatters, and the same cost whether
+    or not a few rows are missing, so ranks stay in step. Otherwise the rows are gathered, updated and written
+    back. Both ways do the same arithmetic element by element."""
     beta1, beta2 = betas
     step_size, bias2 = lr / (1 - beta1 ** step), 1 - beta2 ** step
-    if every_row(rows, weight.shape[0]):      # small graphs: every row has a gradient; no gathers, no scatters
-        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = torch.div(exp_avg_sq, bias2).sqrt_().add_(eps)
-        weight.sub_(torch.mul(exp_avg, step_size).div_(denom))
+    runs = row_runs(rows, max_runs)
+    if runs is not None:
+        for first, offset, length in runs:
+            g = grad[offset:offset + length]
+            m, v = exp_avg[first:first + length], exp_avg_sq[first:first + length]
+            m.mul_(beta1).add_(g, alpha=1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = torch.div(v, bias2).sqrt_().add_(eps)
+            weight[first:first + length].sub_(torch.mul(m, step_size).div_(denom))
         return
-    # Two row-sized temporaries, updated in place (at 12.8k x 4096 rows each extra one is 200 MB of freshly
-    # mapped memory per step); the same arithmetic, element by element, as above.
+    # Two row-sized temporaries, updated in place (at 12.8k x 4096 rows each extra one is 200 MB per step).
     m = exp_avg[rows].mul_(beta1).add_(grad, alpha=1 - beta1)
     v = exp_avg_sq[rows].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     exp_avg.index_copy_(0, rows, m)
     exp_avg_sq.index_copy_(0, rows, v)
     denom = v.div_(bias2).sqrt_().add_(eps)
     weight.index_add_(0, rows, m.mul_(step_size).div_(denom), alpha=-1)
+
+
+def row_runs(rows: Tensor, max_runs: int) -> list[tuple[int, int, int]] | None:
+    """(first row, its position in ``rows``, length) of each run of consecutive ids in the sorted ``rows``;
+    None when there are more than ``max_runs`` runs."""
+    if len(rows) == 0:
+        return []
+    starts = (torch.nonzero(rows[1:] - rows[:-1] != 1).squeeze(1) + 1).tolist()
+    if len(starts) + 1 > max_runs:
+        return None
+    offsets, ends = [0] + starts, starts + [len(rows)]
+    return [(int(rows[o]), o, e - o) for o, e in zip(offsets, ends)]
 
 
 def every_row(rows: Tensor, count: int) -> bool:

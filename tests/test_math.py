@@ -202,12 +202,12 @@ def test_adam_rows_whole_table_path_equals_the_gathered_path_bitwise():
     grad = torch.randn(8, 6)
     whole = [t.clone() for t in (weight, m, v)]
     adam_rows_(*whole, torch.arange(8), grad, 3, 0.01)
-    rows = torch.tensor([0, 2, 3, 7])                   # gathered path on a subset, then the rest
-    parts = [t.clone() for t in (weight, m, v)]
-    adam_rows_(*parts, rows, grad[rows], 3, 0.01)
-    rest = torch.tensor([1, 4, 5, 6])
-    adam_rows_(*parts, rest, grad[rest], 3, 0.01)
-    assert all(torch.equal(a, b) for a, b in zip(whole, parts))
+    rows, rest = torch.tensor([0, 2, 3, 7]), torch.tensor([1, 4, 5, 6])
+    for max_runs in (64, 0):                            # run by run in place, then gathered and scattered
+        parts = [t.clone() for t in (weight, m, v)]
+        adam_rows_(*parts, rows, grad[rows], 3, 0.01, max_runs=max_runs)
+        adam_rows_(*parts, rest, grad[rest], 3, 0.01, max_runs=max_runs)
+        assert all(torch.equal(a, b) for a, b in zip(whole, parts)), max_runs
     view = torch.zeros(8, 8)                            # a padded table: the update goes through a column view
     view[:, :6] = weight
     adam_rows_(view[:, :6], m.clone(), v.clone(), torch.arange(8), grad, 3, 0.01)
