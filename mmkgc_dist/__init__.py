@@ -1,5 +1,8 @@
 """mmkgc-dist: distributed AdaMF-MAT training for multi-modal knowledge graph completion."""
+from .host import flush_denormals as _flush_denormals
+
 __version__ = "0.1.0"
+_flush_denormals()          # before torch starts its worker threads (see host.py)
 
 
 def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", overrides=()):

@@ -5,11 +5,9 @@ lookup, the model, the optimizers, the collectives, the candidate shard and chec
 trainer does not have (``tables``, ``core``, ``generators``, ``env``, ...) are the runtime's."""
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import logging
 import os
-import sys
 import time
 
 import numpy as np
@@ -23,6 +21,7 @@ from ..data.statistics import exact_relation_table, head_probability
 from ..data.stream import StreamingTriples, rows_answering
 from ..eval.engine import rank_queries
 from ..eval.metrics import link_prediction_metrics, relation_categories
+from ..host import tune_training_process
 from ..eval.ranking import eval_subset, protocol_label
 from ..model import DistanceKernels, RotatE
 from ..rng import numpy_rng
@@ -41,28 +40,6 @@ def fused_modalities(cfg: Config, data: KGData) -> list[str]:
     return [m for m in cfg.model.modalities if m in data.features]
 
 
-def tune_host() -> None:
-    """Process-wide CPU settings of a training or evaluation process.
-
-    - Gradients of the feature projections underflow to denormals, which x86 multiplies ~15x slower (the exact
-      mode's backward GEMMs took 2.6 s instead of 0.17 s); flushing them to zero changes values below 1.2e-38.
-    - glibc serves blocks over 32 MiB with fresh mmaps and unmaps them when freed, so every step page-faults its
-      ~200 MB row blocks anew (a quarter of a DB15K exact step); keeping freed memory in the heap reuses it. The
-      process keeps its peak heap (it would reach it again next step anyway).
-    """
-    torch.set_flush_denormal(True)
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-        except OSError:          # not glibc (e.g. musl): nothing to tune
-            return
-        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-        libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3      # glibc's mallopt parameters (malloc.h)
-
-
 class Trainer:
     def __init__(self, cfg: Config, data: KGData, runtime, run_dir: str | None = None, show_progress: bool = True):
         self.runtime = runtime
@@ -71,7 +48,7 @@ class Trainer:
         self.world_size = runtime.world_size
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        tune_host()
+        tune_training_process()
         self.rotate = RotatE(cfg.model.dim, cfg.model.gamma, cfg.model.epsilon)
         self.modalities = fused_modalities(cfg, data)
         self.features = {m: data.features[m] for m in self.modalities}
