@@ -164,7 +164,7 @@ class ParallelConfig:
                         "unset entity-indexed tables are row_wise, the relation table goes to the planner")
     frozen_dtype: str = _f("fp32", "storage precision of frozen feature tables", choices=("fp32", "fp16"))
     zero_stage: int = _f(0, "DeepSpeed ZeRO stage of the MAT generator engine (0, 1 or 2)")
-    dense_bucket_mb: int = _f(25, "DDP bucket size (MiB) of the dense AdaMF parameters")
+    dense_bucket_mb: int = _f(25, "bucket size (MiB) of the all-reduces that sum the dense gradients over ranks")
 
 
 @dataclass
