@@ -46,6 +46,18 @@ def drop_text(data, rate: float, seed: int):
     return dataclasses.replace(data, features={**data.features, "text": Features(values, present)})
 
 
+def sweep_data(args):
+    """(name, recipe config or None, dataset) of ``--data``: "synthetic" is the generated default graph with
+    every entity's text present before dropping (its override is appended to ``args.set``), NAME=PATH a prepared
+    dataset with configs/NAME.yaml as its recipe when there is one."""
+    if args.data == "synthetic":
+        args.set = ["data.synthetic.text_missing=0", *args.set]
+        return "synthetic", None, build_dataset(load_config(None, [("data.synthetic.text_missing", "0")]))
+    name, path = args.data.split("=", 1)
+    recipe = os.path.join(REPO, "configs", f"{name}.yaml")
+    return name, (recipe if os.path.exists(recipe) else None), load_dataset(path)
+
+
 def modality_weights(trainer) -> dict[str, np.ndarray]:
     """AdaMF attention weight of each source for every entity (weights of missing modalities are 0)."""
     names = ["structure", *trainer.modalities]
@@ -116,16 +128,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE config override for every run")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
-    if args.data == "synthetic":
-        name, recipe = "synthetic", None
-        cfg = load_config(None, [("data.synthetic.text_missing", "0")])
-        data = build_dataset(cfg)
-        args.set = ["data.synthetic.text_missing=0", *args.set]
-    else:
-        name, path = args.data.split("=", 1)
-        recipe = os.path.join(REPO, "configs", f"{name}.yaml")
-        recipe = recipe if os.path.exists(recipe) else None
-        data = load_dataset(path)
+    name, recipe, data = sweep_data(args)
     rates = [float(x) for x in args.rates.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     out = args.out or results_dir("modality")

@@ -19,12 +19,10 @@ import time
 
 import numpy as np
 
-from _common import REPO, machine, new_plot, results_dir, save_plot, write_json
+from _common import machine, new_plot, results_dir, save_plot, write_json
 from mmkgc_dist.config import load_config
-from mmkgc_dist.data.build import build_dataset
-from mmkgc_dist.data.format import load_dataset
 from mmkgc_dist.trainers import local_trainer
-from modality import drop_text
+from modality import drop_text, sweep_data
 
 TIES = ("realistic", "optimistic")
 
@@ -72,15 +70,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE config override for every run")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
-    if args.data == "synthetic":
-        name, recipe = "synthetic", None
-        data = build_dataset(load_config(None, [("data.synthetic.text_missing", "0")]))
-        args.set = ["data.synthetic.text_missing=0", *args.set]
-    else:
-        name, path = args.data.split("=", 1)
-        recipe = os.path.join(REPO, "configs", f"{name}.yaml")
-        recipe = recipe if os.path.exists(recipe) else None
-        data = load_dataset(path)
+    name, recipe, data = sweep_data(args)
     mus = [float(m) for m in args.mus.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     out = args.out or results_dir("mu_sweep")
