@@ -340,9 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:       # disk full, permissions, a file where a folder belongs: name the path
         where = f"{exc.filename}: " if exc.filename else ""
         _fail(f"{where}{_one_line(exc.strerror or str(exc))}")
-    if "torch.distributed" in sys.modules:      # data commands never import torch: nothing to shut down
-        from .parallel.env import shutdown_distributed
-        shutdown_distributed()
+    if "torch.distributed" in sys.modules:      # data commands never start a process group
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            from .parallel.env import exit_distributed
+            exit_distributed(code or 0)
     return code
 
 

@@ -10,7 +10,7 @@ from mmkgc_dist.config import load_config, parse_overrides
 from mmkgc_dist.data.synthetic import generate
 from mmkgc_dist.eval.metrics import link_prediction_metrics
 from mmkgc_dist.eval.ranking import filtered_ranks
-from mmkgc_dist.parallel.env import shutdown_distributed
+from mmkgc_dist.parallel.env import exit_distributed
 from mmkgc_dist.trainers import distributed_trainer
 
 TINY = ["--data.synthetic.num_entities=300", "--data.synthetic.num_triples=2400", "--model.dim=8",
@@ -79,7 +79,7 @@ def main() -> None:
                                 else str(trainer.tables._weight(m).dtype) for m in trainer.modalities}}
     with open(os.path.join(out, f"rank-{rank}.json"), "w") as fh:
         json.dump(result, fh)
-    shutdown_distributed()      # barrier + destroy: a rank exiting first otherwise aborts in gloo's threads
+    exit_distributed()      # barrier + destroy + immediate exit: a rank's teardown can otherwise abort (SIGABRT)
 
 
 if __name__ == "__main__":

@@ -66,9 +66,12 @@ def main() -> None:
         result["metrics"] = trainer.evaluate("test")
     with open(os.path.join(out, f"{'local' if local else 'rank'}-{rank}.json"), "w") as fh:
         json.dump(result, fh)
-    if not local:       # barrier + destroy: a rank exiting first otherwise aborts in gloo's threads (SIGABRT)
-        from mmkgc_dist.parallel.env import shutdown_distributed
-        shutdown_distributed()
+    if not local:       # barrier + destroy + immediate exit: a rank's teardown can otherwise abort (SIGABRT)
+        try:
+            from mmkgc_dist.parallel.env import exit_distributed
+        except ImportError:                       # a checkout from before it (benchmarks/semantics.py --repo)
+            from mmkgc_dist.parallel.env import shutdown_distributed as exit_distributed
+        exit_distributed()
 
 
 if __name__ == "__main__":

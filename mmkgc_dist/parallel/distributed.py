@@ -60,8 +60,8 @@ def _broadcast(params: list[torch.Tensor]) -> None:
 
 class DenseGradients:
     """Sums the gradients of replicated parameters over ranks: flat buckets of at most ``bucket_mb`` MiB, one
-    all-reduce each (a parameter without a gradient this step contributes zeros, so every rank sends the same
-    sizes)."""
+    all-reduce each. A parameter without a gradient on this rank sends zeros; one flag per parameter travels
+    along, so a parameter gets a gradient on every rank exactly when some rank used it (as one process would)."""
 
     def __init__(self, params: list[torch.Tensor], bucket_mb: int):
         self.buckets, current, size = [], [], 0
@@ -77,12 +77,17 @@ class DenseGradients:
     @torch.no_grad()
     def __call__(self) -> None:
         for bucket in self.buckets:
-            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket])
+            used = torch.tensor([float(p.grad is not None) for p in bucket])
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket]
+                             + [used.to(bucket[0].device, bucket[0].dtype)])
             dist.all_reduce(flat)
-            for p, part in zip(bucket, torch.split(flat, [p.numel() for p in bucket])):
+            parts = torch.split(flat, [p.numel() for p in bucket] + [len(bucket)])
+            # the flags are read (a host sync) only when this rank left a parameter unused
+            anywhere = parts[-1].tolist() if not bool(used.all()) else [1.0] * len(bucket)
+            for p, part, elsewhere in zip(bucket, parts[:-1], anywhere):
                 if p.grad is not None:
                     p.grad.copy_(part.view_as(p))
-                elif bool(part.any()):         # unused here, used elsewhere: one process would have it
+                elif elsewhere:                # unused here, used on another rank
                     p.grad = part.view_as(p).clone()
 
 
