@@ -6,8 +6,8 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import run_gloo_ranks
 from mmkgc_dist.model import batch_adversarial_loss
 
 POSITIVE = [2.0, 1.0, 3.0, 0.5, -0.2, 1.5]
@@ -15,10 +15,14 @@ FAKE = [0.5, -1.0, 2.0, 0.3, 1.1, -0.4]
 ALPHA = 2.0
 
 
-def _rank(rank: int, world: int, init_file: str, out: str) -> None:
+WORLD = 2
+
+
+def _rank(rank: int, init_file: str, out: str) -> None:
     from mmkgc_dist.parallel.env import global_softmax
 
     torch.set_num_threads(1)
+    world = WORLD
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     per = len(FAKE) // world
     pos = torch.tensor(POSITIVE[rank * per:(rank + 1) * per])
@@ -36,13 +40,7 @@ def _rank(rank: int, world: int, init_file: str, out: str) -> None:
 
 
 def test_reference_adversarial_term_is_the_same_on_two_ranks(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_rank, args=(r, 2, str(tmp_path / "rendezvous"), str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-        assert p.exitcode == 0
+    run_gloo_ranks(_rank, WORLD, tmp_path)
     ranks = [json.load(open(tmp_path / f"rank-{r}.json")) for r in range(2)]
     fake = torch.tensor(FAKE, requires_grad=True)
     one = batch_adversarial_loss(torch.tensor(POSITIVE), fake, torch.softmax(ALPHA * fake.detach(), dim=0))

@@ -1,13 +1,14 @@
 """The dense gradients' sum over two real gloo ranks (file rendezvous, 1 thread each): every rank ends with the
-sum of every rank's gradient, split over two buckets; a parameter one rank left unused gets the other rank's
-gradient there too (even an all-zero one), and a parameter no rank used keeps no gradient (one process would not step it either).
-Also the global softmax over columns (the MAT term's three kinds of fake in one collective)."""
+sum of every rank's gradient, bucket by bucket; a parameter one rank left unused gets the other rank's gradient
+there too (even an all-zero one), and a parameter no rank used keeps no gradient (one process would not step it
+either). Also the global softmax over columns (the MAT term's three kinds of fake in one collective)."""
 import json
 import os
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from conftest import run_gloo_ranks
 
 GRADS = {0: {"a": [1.0, 2.0], "b": None, "c": None, "d": [[0.5, 0.5]], "e": [0.0]},
          1: {"a": [3.0, -1.0], "b": [4.0], "c": None, "d": [[1.5, -0.5]], "e": None}}
@@ -35,13 +36,7 @@ def _rank(rank: int, init_file: str, out: str) -> None:
 
 
 def test_dense_gradients_are_summed_and_present_wherever_any_rank_used_them(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_rank, args=(r, str(tmp_path / "rendezvous"), str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-        assert p.exitcode == 0
+    run_gloo_ranks(_rank, 2, tmp_path)
     ranks = [json.load(open(tmp_path / f"rank-{r}.json")) for r in range(2)]
     for out in ranks:
         # "e": used (with a zero gradient) on rank 0 only — every rank steps it, as one process would
