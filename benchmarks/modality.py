@@ -46,6 +46,18 @@ def drop_text(data, rate: float, seed: int):
     return dataclasses.replace(data, features={**data.features, "text": Features(values, present)})
 
 
+def sweep_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every sweep over the dataset takes (this one and mu_sweep.py)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--data", default="synthetic", help="NAME=PATH of a prepared dataset, or 'synthetic'")
+    ap.add_argument("--seeds", default="1,2")
+    ap.add_argument("--epochs", type=int, default=0, help="0: the recipe's")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE config override for every run")
+    ap.add_argument("--out", default="")
+    return ap
+
+
 def sweep_data(args):
     """(name, recipe config or None, dataset) of ``--data``: "synthetic" is the generated default graph with
     every entity's text present before dropping (its override is appended to ``args.set``), NAME=PATH a prepared
@@ -117,16 +129,10 @@ def plot_weights(weights: dict[str, dict[str, np.ndarray]], path):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="synthetic", help="NAME=PATH of a prepared dataset, or 'synthetic'")
+    ap = sweep_arguments(__doc__)
     ap.add_argument("--rates", default="0,0.2,0.4,0.6,0.8")
-    ap.add_argument("--seeds", default="1,2")
-    ap.add_argument("--epochs", type=int, default=0, help="0: the recipe's")
     ap.add_argument("--lr", type=float, default=0.0, help="0: the recipe's")
-    ap.add_argument("--device", default="auto")
     ap.add_argument("--variants", default="rotate,adamf,adamf-mat", help="subset of rotate,adamf,adamf-mat")
-    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE config override for every run")
-    ap.add_argument("--out", default="")
     args = ap.parse_args()
     name, recipe, data = sweep_data(args)
     rates = [float(x) for x in args.rates.split(",")]

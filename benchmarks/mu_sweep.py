@@ -11,7 +11,6 @@ mu_sweep.json, mu_sweep.md, mu_sweep.png}.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ import numpy as np
 from _common import machine, new_plot, results_dir, save_plot, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.trainers import local_trainer
-from modality import drop_text, sweep_data
+from modality import drop_text, sweep_arguments, sweep_data
 
 TIES = ("realistic", "optimistic")
 
@@ -60,15 +59,9 @@ def summarise(runs: list[dict], mus: list[float]) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="synthetic", help="NAME=PATH of a prepared dataset, or 'synthetic'")
+    ap = sweep_arguments(__doc__)
     ap.add_argument("--mus", default="1e-4,1e-3,1e-2,1e-1")
-    ap.add_argument("--seeds", default="1,2")
     ap.add_argument("--rate", type=float, default=0.0, help="fraction of entities whose text is dropped")
-    ap.add_argument("--epochs", type=int, default=0, help="0: the recipe's")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE config override for every run")
-    ap.add_argument("--out", default="")
     args = ap.parse_args()
     name, recipe, data = sweep_data(args)
     mus = [float(m) for m in args.mus.split(",")]
