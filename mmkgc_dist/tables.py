@@ -34,8 +34,11 @@ class LocalTables(nn.Module):
             uniform_rows(seed, "entity_init", 0, num_entities, 2 * dim, entity_bound), freeze=False)
         self.relation = nn.Embedding.from_pretrained(
             uniform_rows(seed, "relation_init", 0, num_relations, dim, relation_bound), freeze=False)
+        # Trainable features get their own copy: training must never write into the caller's dataset (a second
+        # trainer built from the same data would start from the first one's trained features).
+        own = torch.tensor if trainable_features else torch.from_numpy
         self.features = nn.ModuleDict({
-            m: nn.Embedding.from_pretrained(torch.from_numpy(f.values), freeze=not trainable_features)
+            m: nn.Embedding.from_pretrained(own(f.values), freeze=not trainable_features)
             for m, f in features.items()})
         for m, f in features.items():
             self.register_buffer(f"present_{m}", torch.from_numpy(f.present.copy()))

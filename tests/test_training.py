@@ -40,6 +40,21 @@ def test_frozen_features_stay_fixed_trainable_move():
                    for p in g["params"])
 
 
+def test_training_never_writes_into_the_callers_dataset():
+    """Trainable features are the trainer's own copy: two trainers built from one dataset (a sweep) both start
+    from the dataset's features, and the same config trains the same model twice."""
+    cfg = load_config(None, SMALL + [("train.max_steps", "3")])
+    data = generate(cfg.data.synthetic)
+    before = {m: f.values.copy() for m, f in data.features.items()}
+    first = local_trainer(cfg, data, None, show_progress=False)
+    first.fit()
+    assert all((data.features[m].values == v).all() for m, v in before.items())
+    second = local_trainer(cfg, data, None, show_progress=False)
+    second.fit()
+    assert torch.equal(first.tables.features["visual"].weight, second.tables.features["visual"].weight)
+    assert torch.equal(first.tables.entity.weight, second.tables.entity.weight)
+
+
 @pytest.mark.parametrize("negatives, stop", [("per_positive", "train.epochs=1"), ("chunk_shared", "train.epochs=1"),
                                              ("per_positive", "train.max_steps=7")])
 def test_resume_matches_uninterrupted(tmp_path, negatives, stop):
