@@ -28,7 +28,8 @@ def pad_rows(table: Tensor) -> Tensor:
 
 class LocalTables(nn.Module):
     def __init__(self, num_entities: int, num_relations: int, dim: int, entity_bound: float,
-                 relation_bound: float, features: dict[str, Features], trainable_features: bool, seed: int):
+                 relation_bound: float, features: dict[str, Features], trainable_features: bool, seed: int,
+                 frozen_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.entity = nn.Embedding.from_pretrained(
             uniform_rows(seed, "entity_init", 0, num_entities, 2 * dim, entity_bound), freeze=False)
@@ -36,9 +37,14 @@ class LocalTables(nn.Module):
             uniform_rows(seed, "relation_init", 0, num_relations, dim, relation_bound), freeze=False)
         # Trainable features get their own copy: training must never write into the caller's dataset (a second
         # trainer built from the same data would start from the first one's trained features).
-        own = torch.tensor if trainable_features else torch.from_numpy
+        # Frozen features may be stored in half precision (parallel.frozen_dtype): half the memory and the
+        # bytes read per lookup; rows are widened to fp32 when looked up.
+        def table(values):
+            if trainable_features:
+                return torch.tensor(values)
+            return torch.from_numpy(values).to(frozen_dtype)
         self.features = nn.ModuleDict({
-            m: nn.Embedding.from_pretrained(own(f.values), freeze=not trainable_features)
+            m: nn.Embedding.from_pretrained(table(f.values), freeze=not trainable_features)
             for m, f in features.items()})
         for m, f in features.items():
             self.register_buffer(f"present_{m}", torch.from_numpy(f.present.copy()))
@@ -48,5 +54,5 @@ class LocalTables(nn.Module):
         return self.entities(entity_ids), self.relation(relation_ids)
 
     def entities(self, ids: Tensor) -> EntityRows:
-        return EntityRows(self.entity(ids), {m: t(ids) for m, t in self.features.items()},
+        return EntityRows(self.entity(ids), {m: t(ids).float() for m, t in self.features.items()},
                           {m: getattr(self, f"present_{m}")[ids] for m in self.features})

@@ -40,6 +40,18 @@ def test_frozen_features_stay_fixed_trainable_move():
                    for p in g["params"])
 
 
+def test_frozen_features_in_half_precision():
+    """parallel.frozen_dtype=fp16 stores frozen feature tables in half precision in one process too; lookups
+    give fp32 rows equal to the fp32 run's up to fp16 rounding, and training runs."""
+    full = make(None, ("train.max_steps", "2"), ("model.raw_features", "frozen"))
+    half = make(None, ("train.max_steps", "2"), ("model.raw_features", "frozen"), ("parallel.frozen_dtype", "fp16"))
+    assert half.tables.features["visual"].weight.dtype == torch.float16
+    ids = torch.arange(50)
+    a, b = full.tables.entities(ids).features["visual"], half.tables.entities(ids).features["visual"]
+    assert b.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-3, atol=1e-3) and not torch.equal(a, b)
+    assert torch.isfinite(torch.tensor(half.fit()["loss"]))
+
+
 def test_training_never_writes_into_the_callers_dataset():
     """Trainable features are the trainer's own copy: two trainers built from one dataset (a sweep) both start
     from the dataset's features, and the same config trains the same model twice."""

@@ -76,7 +76,8 @@ class LocalRuntime(CheckpointIO):
         self.num_entities = data.num_entities
         self.tables = LocalTables(data.num_entities, data.num_relations, cfg.model.dim, rotate.entity_init_bound,
                                   rotate.relation_init_bound, features, cfg.model.raw_features == "trainable",
-                                  cfg.train.seed).to(self.device)
+                                  cfg.train.seed, torch.float16 if cfg.parallel.frozen_dtype == "fp16"
+                                  else torch.float32).to(self.device)
         torch_seed(cfg.train.seed, "dense_init")
         self.core = self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()}).to(self.device)
         self.embedder = LocalEmbedder(self.tables, self.model)
@@ -99,7 +100,8 @@ class LocalRuntime(CheckpointIO):
         return batch, sampler.sample(batch, counters)
 
     def reduce_metrics(self, metrics: dict) -> dict:
-        return metrics
+        """Plain numbers (the step keeps its losses on the device; reading them waits for the device)."""
+        return {k: float(v) for k, v in metrics.items()}
 
     @staticmethod
     def batch_softmax(logits: Tensor) -> Tensor:

@@ -124,12 +124,12 @@ class TrainStep:
         positive = self.rotate.gamma - complex_l1_distance(query, target)
         kgc_loss = self_adversarial_loss(positive, self.rotate.gamma - dist, self.cfg.train.adversarial_temperature)
         loss = kgc_loss
-        metrics = {"loss": kgc_loss.item(), "false_negatives": negatives.false_negatives}
+        metrics = {"loss": kgc_loss.detach(), "false_negatives": negatives.false_negatives}   # read on logging steps
         if self.mu > 0:
             fakes = self._fake_scores(entities, view, self._generate_as_data, detach_attention=False)
             adv = self._adversarial_loss(positive, torch.stack(fakes, dim=1))
             loss = loss + self.mu * adv
-            metrics["adv_loss"] = adv.item()
+            metrics["adv_loss"] = adv.detach()
         return loss, view, metrics
 
     def _adversarial_loss(self, positive: Tensor, fakes: Tensor) -> Tensor:
@@ -167,7 +167,7 @@ class TrainStep:
         score = lambda h, t: self.rotate.gamma - complex_l1_distance(self.rotate.rotate(h, view.phase), t)
         return [score(fake[hi], real[ti]), score(real[hi], fake[ti]), score(fake[hi], fake[ti])]
 
-    def _generator_step(self, ids: Tensor, view: PositiveView) -> float:
+    def _generator_step(self, ids: Tensor, view: PositiveView) -> Tensor:
         """Recompute real and fake scores with the updated model; only the generators get gradients."""
         b = len(view.head_local)
         pos_ids, pos_inv = unique_ids(torch.cat([ids[view.head_local], ids[view.tail_local]]), self.num_entities)
@@ -179,4 +179,4 @@ class TrainStep:
         fakes = self._fake_scores(entities, local, self.generators, detach_attention=True)
         gen_loss = sum(pairwise_sigmoid_loss(f, positive) for f in fakes)
         self.update_generator(gen_loss)
-        return gen_loss.item()
+        return gen_loss.detach()
