@@ -31,10 +31,22 @@ from modality import drop_text, sweep_arguments, sweep_data
 TIES = ("realistic", "optimistic")
 
 
-def train_and_test(args, data, recipe: str | None, mu: float | None, seed: int) -> dict:
-    """One run: AdaMF with MAT off (mu None) or AdaMF-MAT at ``mu``; test metrics under both tie rules."""
-    overrides = [("mat.enabled", "false" if mu is None else "true"), ("train.seed", str(seed)),
-                 ("train.device", args.device)] + ([("mat.mu", repr(mu))] if mu is not None else []) + \
+def variant_overrides(key: str) -> list[tuple[str, str]]:
+    """``key``: "rotate" (structure only), "off" (AdaMF, MAT off) or repr(μ) (AdaMF-MAT at μ)."""
+    if key == "rotate":
+        return [("model.modalities", "[]"), ("mat.enabled", "false")]
+    if key == "off":
+        return [("mat.enabled", "false")]
+    return [("mat.enabled", "true"), ("mat.mu", key)]
+
+
+def label(key: str) -> str:
+    return {"rotate": "RotatE (structure only)", "off": "AdaMF (MAT off)"}.get(key, f"AdaMF-MAT, μ = {key}")
+
+
+def train_and_test(args, data, recipe: str | None, key: str, seed: int) -> dict:
+    """One run of variant ``key`` (variant_overrides); test metrics under both tie rules."""
+    overrides = variant_overrides(key) + [("train.seed", str(seed)), ("train.device", args.device)] + \
         ([("train.epochs", str(args.epochs))] if args.epochs else []) + [tuple(s.split("=", 1)) for s in args.set]
     if args.select_every:
         overrides.append(("eval.every_epochs", str(args.select_every)))
@@ -43,7 +55,8 @@ def train_and_test(args, data, recipe: str | None, mu: float | None, seed: int) 
                                 run_dir if args.select_every else None, show_progress=sys.stderr.isatty())
         start = time.time()
         fit = trainer.fit()
-        result = {"mu": mu, "seed": seed, "text_missing_rate": args.rate,
+        result = {"variant": key, "mu": float(key) if key not in ("rotate", "off") else None, "seed": seed,
+                  "text_missing_rate": args.rate,
                   "train_seconds": round(time.time() - start, 1), "epochs_trained": fit["epochs"]}
         if args.select_every:
             report = select_best(trainer, run_dir, lambda line: print(line, file=sys.stderr))
@@ -55,18 +68,21 @@ def train_and_test(args, data, recipe: str | None, mu: float | None, seed: int) 
     return result
 
 
-def summarise(runs: list[dict], mus: list[float]) -> dict:
-    def stats(mu, ties):
-        values = [r[ties]["mrr"] for r in runs if r["mu"] == mu]
+def summarise(runs: list[dict], keys: list[str]) -> dict:
+    """Mean ± std of test MRR per variant and tie rule; the gain of each AdaMF-MAT μ over MAT off."""
+    def stats(key, ties):
+        values = [r[ties]["mrr"] for r in runs if r["variant"] == key]
         return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
     out = {}
     for ties in TIES:
-        off = stats(None, ties)
-        rows = {"off": off}
-        for mu in mus:
-            on = stats(mu, ties)
-            gain = on["mean"] - off["mean"]
-            rows[repr(mu)] = {**on, "gain": gain, "helps": gain > 2 * max(on["std"], off["std"])}
+        off = stats("off", ties)
+        rows = {}
+        for key in keys:
+            rows[key] = stats(key, ties)
+            if key not in ("rotate", "off"):
+                gain = rows[key]["mean"] - off["mean"]
+                rows[key].update(gain=gain, helps=rows[key]["n"] > 1 and off["n"] > 1   # one seed has no spread
+                                and gain > 2 * max(rows[key]["std"], off["std"]))
         out[ties] = rows
     return out
 
@@ -77,36 +93,36 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=0.0, help="fraction of entities whose text is dropped")
     ap.add_argument("--select-every", type=int, default=0,
                     help="validate every K epochs and test the best checkpoint (0: test the last model)")
+    ap.add_argument("--rotate", action="store_true", help="add structure-only RotatE with the same budget")
     args = ap.parse_args()
     name, recipe, data = sweep_data(args)
     mus = [float(m) for m in args.mus.split(",")]
+    keys = (["rotate"] if args.rotate else []) + ["off", *map(repr, mus)]
     seeds = [int(s) for s in args.seeds.split(",")]
     out = args.out or results_dir("mu_sweep")
     os.makedirs(out, exist_ok=True)
     runs = []
-    for mu in [None, *mus]:
+    for key in keys:
         for seed in seeds:
-            result = train_and_test(args, data, recipe, mu, seed)
+            result = train_and_test(args, data, recipe, key, seed)
             runs.append(result)
             print(json.dumps(result), flush=True)
             with open(os.path.join(out, "runs.jsonl"), "a") as fh:
                 fh.write(json.dumps(result) + "\n")
-    summary = summarise(runs, mus)
+    summary = summarise(runs, keys)
     lines = [f"{name}, text missing for {100 * args.rate:.0f}% of entities, seeds {seeds}; filtered test MRR, "
              f"mean ± std (gain: AdaMF-MAT − AdaMF; helps: gain > 2 × the larger std)", "",
              "| variant | MRR (realistic ties) | gain | helps | MRR (optimistic ties) | gain | helps | selected epoch |",
              "|---|---|---|---|---|---|---|---|"]
-    for key in ["off", *map(repr, mus)]:
+    for key in keys:
         cells = []
         for ties in TIES:
             row = summary[ties][key]
             cells += [f"{row['mean']:.4f} ± {row['std']:.4f}",
-                      "—" if key == "off" else f"{row['gain']:+.4f}",
-                      "—" if key == "off" else ("yes" if row["helps"] else "no")]
-        label = "AdaMF (MAT off)" if key == "off" else f"AdaMF-MAT, μ = {key}"
-        mu = None if key == "off" else float(key)
-        selected = [str(r["selected"]["epoch"]) for r in runs if r["mu"] == mu and r.get("selected")]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {', '.join(selected) or '—'} |")
+                      f"{row['gain']:+.4f}" if "gain" in row else "—",
+                      ("yes" if row["helps"] else "no") if "helps" in row else "—"]
+        selected = [str(r["selected"]["epoch"]) for r in runs if r["variant"] == key and r.get("selected")]
+        lines.append(f"| {label(key)} | " + " | ".join(cells) + f" | {', '.join(selected) or '—'} |")
     table = "\n".join(lines)
     print(table)
     write_json(os.path.join(out, "mu_sweep.json"), {
@@ -115,11 +131,14 @@ def main() -> int:
     with open(os.path.join(out, "mu_sweep.md"), "w") as fh:
         fh.write(table + "\n")
     fig, ax = new_plot()
+    shown = [m for m in mus if m > 0]          # a log axis: μ = 0 is in the table only
     for ties, style in (("realistic", "o-"), ("optimistic", "s--")):
-        ax.errorbar(mus, [summary[ties][repr(m)]["mean"] for m in mus],
-                    yerr=[summary[ties][repr(m)]["std"] for m in mus], fmt=style, label=f"AdaMF-MAT ({ties})")
-        ax.axhline(summary[ties]["off"]["mean"], linestyle=":", color="gray" if ties == "realistic" else "black",
-                   label=f"MAT off ({ties})")
+        ax.errorbar(shown, [summary[ties][repr(m)]["mean"] for m in shown],
+                    yerr=[summary[ties][repr(m)]["std"] for m in shown], fmt=style, label=f"AdaMF-MAT ({ties})")
+        for key, color in (("off", "gray"), ("rotate", "tab:red")):
+            if key in summary[ties]:
+                ax.axhline(summary[ties][key]["mean"], linestyle=":" if ties == "realistic" else "-.", color=color,
+                           label=f"{label(key)} ({ties})")
     ax.set_xscale("log")
     save_plot(fig, ax, os.path.join(out, "mu_sweep.png"), "μ (weight of the adversarial term)",
               "test MRR (filtered)", f"μ sweep, {name}")
