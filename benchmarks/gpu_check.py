@@ -1,5 +1,6 @@
 """One-GPU check, single process (the TorchRec path needs the CUDA fbgemm-gpu wheel, not available on the
-lent GPU machines): positives/s, peak GPU memory and the step phases at the DB15K paper config (exact,
+lent GPU machines): positives/s, peak GPU memory, achieved memory bandwidth (a floor, from the step's real ids:
+throughput.step_traffic_bytes) and its fraction of the card's peak, at the DB15K paper config (exact,
 scalable, structure-only) and on a larger generated graph, plus filtered-evaluation time at DB15K's size.
 Runs with the packages a GPU box already has (torch, pyarrow, fsspec, PyYAML, tqdm, numpy).
 
@@ -20,6 +21,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from throughput import MODES, db15k_shaped, measure  # noqa: E402
 
 
+# Peak memory bandwidth (bytes/s) of the cards we are lent or likely to meet, by a name fragment (most specific
+# first; the vendors' data sheets).
+PEAK_BANDWIDTH = [("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),
+                  ("A100-SXM4-80GB", 2.039e12), ("A100 80GB PCIe", 1.935e12), ("A100", 1.555e12),
+                  ("L40S", 0.864e12)]
+
+
+def peak_bandwidth(device_name: str) -> float | None:
+    return next((bw for fragment, bw in PEAK_BANDWIDTH if fragment in device_name), None)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join("results", "gpu_check"))
@@ -29,7 +41,8 @@ def main() -> int:
         print("skip: no CUDA device")
         return 0
     os.makedirs(args.out, exist_ok=True)
-    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": []}
+    name = torch.cuda.get_device_name(0)
+    report = {"device": name, "torch": torch.__version__, "peak_bandwidth_b_s": peak_bandwidth(name), "rows": []}
     print(report["device"], torch.__version__, flush=True)
     rng = np.random.default_rng(0)
     db15k = db15k_shaped(rng, test=9902)
@@ -37,15 +50,17 @@ def main() -> int:
     cases = [("db15k", db15k, m, MODES[m]) for m in ("exact", "scalable", "structure")]
     cases += [("large-1M", large, "scalable", MODES["scalable"]),
               ("large-1M", large, "structure", MODES["structure"])]
-    for name, data, mode, overrides in cases:
+    for graph, data, mode, overrides in cases:
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         try:
             row = measure(data, overrides, args.steps, device="cuda")
         except Exception as exc:  # report and carry on: one failing case must not hide the others
             row = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-        row.update(graph=name, mode=mode, peak_gib=torch.cuda.max_memory_allocated() / 2 ** 30,
+        row.update(graph=graph, mode=mode, peak_gib=torch.cuda.max_memory_allocated() / 2 ** 30,
                    wall_s=time.perf_counter() - start)
+        if report["peak_bandwidth_b_s"] and "achieved_gb_s" in row:   # a floor: see step_traffic_bytes
+            row["bandwidth_fraction"] = row["achieved_gb_s"] * 1e9 / report["peak_bandwidth_b_s"]
         report["rows"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "step_s_all"}), flush=True)
         with open(os.path.join(args.out, "gpu_check.json"), "w") as fh:

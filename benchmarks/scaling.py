@@ -7,6 +7,8 @@ fused table update), dense optimizer, generator (DeepSpeed).
 
 Runs 1 rank and 2 ranks alternately ``--repeats`` times and reports the median speed-up; the communication share
 is the wall time rank 0 spends inside torch.distributed collectives (transfer and waiting) over the step time.
+After each pair, two independent 1-rank runs at once give the contention ceiling: what two processes that never
+communicate reach together on this machine (shared cores, caches, memory bandwidth), the bound for any 2-rank run.
 
 Writes results/scaling/{scaling.json,scaling.md,scaling.png}. Each world size runs under real torchrun.
 """
@@ -117,15 +119,37 @@ def worker(out: str, steps: int, mode: str, extra: list[str], warmup: int) -> No
                       fh)
 
 
-def run(world: int, path: str, args) -> dict:
+def launch(world: int, path: str, args) -> subprocess.Popen:
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run([torchrun, "--standalone", f"--nproc_per_node={world}", __file__, "--worker", path,
-                          "--steps", str(args.steps), "--warmup", str(args.warmup), "--mode", args.mode, *[f"--set={o}" for o in args.set]],
-                         env=env, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise SystemExit(f"world {world} failed:\n{res.stderr[-3000:]}")
-    r = json.load(open(path))
+    return subprocess.Popen([torchrun, "--standalone", f"--nproc_per_node={world}", __file__, "--worker", path,
+                             "--steps", str(args.steps), "--warmup", str(args.warmup), "--mode", args.mode,
+                             *[f"--set={o}" for o in args.set]],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, what: str, path: str) -> dict:
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{err[-3000:]}")
+    return json.load(open(path))
+
+
+def contention_ceiling(one: dict, out: str, args) -> dict:
+    """Two independent 1-rank runs at once (no communication at all): how much the two processes slow each
+    other down by sharing the machine's cores, caches and memory bandwidth. Twice the alone step time over
+    the together step time is the most any 2-rank run can reach here."""
+    paths = [os.path.join(out, f"alone_together{i}.json") for i in (0, 1)]
+    procs = [launch(1, path, args) for path in paths]
+    together = [finish(p, "concurrent 1-rank run", path)["step_s"] for p, path in zip(procs, paths)]
+    ceiling = 2 * one["step_s"] / max(together)
+    print(f"two 1-rank runs at once: steps {together[0]:.2f}s / {together[1]:.2f}s vs {one['step_s']:.2f}s alone "
+          f"-> ceiling {ceiling:.2f}x", flush=True)
+    return {"together_step_s": together, "ceiling": ceiling}
+
+
+def run(world: int, path: str, args) -> dict:
+    r = finish(launch(world, path, args), f"world {world}", path)
     calls = sum(r["collectives_per_step"].values())
     print(f"world {world}: {r['positives_per_s']:.1f} positives/s, step {r['step_s']:.2f}s, phases " +
           ", ".join(f"{k} {r['phases_s'].get(k, 0):.2f}" for k in PHASES) +
@@ -142,6 +166,8 @@ def main() -> int:
     ap.add_argument("--mode", choices=list(MODES), default="exact")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for both runs, e.g. --set mat.enabled=false")
+    ap.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                    help="skip the contention ceiling (two 1-rank runs at once after each pair)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -149,19 +175,26 @@ def main() -> int:
         return 0
     out = results_dir("scaling")
     pairs = []
+    ceilings = []
     for repeat in range(args.repeats):
         pair = [run(world, os.path.join(out, f"world{world}.json"), args) for world in (1, 2)]
         pair.append(pair[1]["positives_per_s"] / pair[0]["positives_per_s"])
         print(f"run {repeat + 1}: speed-up {pair[2]:.2f}x", flush=True)
         pairs.append(pair)
+        if args.ceiling:
+            ceilings.append(contention_ceiling(pair[0], out, args))
     middle = sorted(pairs, key=lambda p: p[2])[len(pairs) // 2]      # the run with the median speed-up
     rows, speedup = middle[:2], middle[2]
     comm = rows[1]["communication_share"]
     report = {"machine": machine(), "mode": args.mode, "overrides": args.set,
               "command": " ".join(["python", "benchmarks/scaling.py", *sys.argv[1:]]),
-              "runs": [{"one_rank": p[0], "two_ranks": p[1], "speedup": p[2]} for p in pairs],
+              "runs": [{"one_rank": p[0], "two_ranks": p[1], "speedup": p[2],
+                        **({"contention": ceilings[i]} if ceilings else {})} for i, p in enumerate(pairs)],
               "speedups": [p[2] for p in pairs], "median_speedup": speedup, "rows": rows,
               "communication_share_two_ranks": comm}
+    if ceilings:
+        report["contention_ceilings"] = [c["ceiling"] for c in ceilings]
+        report["median_contention_ceiling"] = sorted(report["contention_ceilings"])[len(ceilings) // 2]
     write_json(os.path.join(out, "scaling.json"), report)
     with open(os.path.join(out, "scaling.md"), "w") as fh:
         fh.write(f"DB15K config ({args.mode}), 1 thread per rank, gloo; {report['machine']['date']}; "
@@ -174,6 +207,10 @@ def main() -> int:
                      f" | {sum(r['collectives_per_step'].values()):.0f} | {100 * r['communication_share']:.0f}% |\n")
         fh.write(f"\nspeed-ups 2 vs 1 rank: {', '.join(f'{p[2]:.2f}x' for p in pairs)} (median {speedup:.2f}x); "
                  f"time inside collectives on rank 0 of 2: {comm:.0%} of the step\n")
+        if ceilings:
+            fh.write(f"\ncontention ceiling (two independent 1-rank runs at once, 2 x alone / together): "
+                     f"{', '.join(f'{c:.2f}x' for c in report['contention_ceilings'])} "
+                     f"(median {report['median_contention_ceiling']:.2f}x)\n")
     plot(rows, os.path.join(out, "scaling.png"))
     print(f"median speed-up {speedup:.2f}x of {[round(p[2], 2) for p in pairs]}, communication {comm:.0%}; "
           f"wrote {out}")
