@@ -170,7 +170,8 @@ def main() -> int:
                                          for m, s in w.items()) for v, w in summary.items()) + "\n"
     write_json(os.path.join(out, "modality.json"), {"machine": machine(), "dataset": name, "rates": rates,
                                                      "seeds": seeds, "runs": runs, "weights": summary,
-                                                     "overrides": args.set})
+                                                     "overrides": args.set, "command": " ".join(
+                                                         ["python", "benchmarks/modality.py", *sys.argv[1:]])})
     with open(os.path.join(out, "modality.md"), "w") as fh:
         fh.write(md)
     print(md)
