@@ -29,6 +29,7 @@ from mmkgc_dist.trainers import local_trainer
 from modality import drop_text, sweep_arguments, sweep_data
 
 TIES = ("realistic", "optimistic")
+BASELINES = ("rotate", "off")      # the variants without MAT; every other key is a μ
 
 
 def variant_overrides(key: str) -> list[tuple[str, str]]:
@@ -55,7 +56,7 @@ def train_and_test(args, data, recipe: str | None, key: str, seed: int) -> dict:
                                 run_dir if args.select_every else None, show_progress=sys.stderr.isatty())
         start = time.time()
         fit = trainer.fit()
-        result = {"variant": key, "mu": float(key) if key not in ("rotate", "off") else None, "seed": seed,
+        result = {"variant": key, "mu": None if key in BASELINES else float(key), "seed": seed,
                   "text_missing_rate": args.rate,
                   "train_seconds": round(time.time() - start, 1), "epochs_trained": fit["epochs"]}
         if args.select_every:
@@ -79,7 +80,7 @@ def summarise(runs: list[dict], keys: list[str]) -> dict:
         rows = {}
         for key in keys:
             rows[key] = stats(key, ties)
-            if key not in ("rotate", "off"):
+            if key not in BASELINES:
                 gain = rows[key]["mean"] - off["mean"]
                 rows[key].update(gain=gain, helps=rows[key]["n"] > 1 and off["n"] > 1   # one seed has no spread
                                 and gain > 2 * max(rows[key]["std"], off["std"]))

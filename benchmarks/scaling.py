@@ -120,18 +120,21 @@ def worker(out: str, steps: int, mode: str, extra: list[str], warmup: int) -> No
 
 
 def launch(world: int, path: str, args) -> subprocess.Popen:
+    """Start one torchrun job; its output goes to ``path``.log (a file, not a pipe: while two jobs run at once,
+    the one not being waited on must never block on a full pipe)."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([torchrun, "--standalone", f"--nproc_per_node={world}", __file__, "--worker", path,
-                             "--steps", str(args.steps), "--warmup", str(args.warmup), "--mode", args.mode,
-                             *[f"--set={o}" for o in args.set]],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(path + ".log", "w") as log:
+        return subprocess.Popen([torchrun, "--standalone", f"--nproc_per_node={world}", __file__, "--worker", path,
+                                 "--steps", str(args.steps), "--warmup", str(args.warmup), "--mode", args.mode,
+                                 *[f"--set={o}" for o in args.set]],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def finish(proc: subprocess.Popen, what: str, path: str) -> dict:
-    _, err = proc.communicate()
-    if proc.returncode != 0:
-        raise SystemExit(f"{what} failed:\n{err[-3000:]}")
+    if proc.wait() != 0:
+        with open(path + ".log") as log:
+            raise SystemExit(f"{what} failed:\n{log.read()[-3000:]}")
     return json.load(open(path))
 
 
