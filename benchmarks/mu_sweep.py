@@ -97,7 +97,7 @@ def main() -> int:
     ap.add_argument("--rotate", action="store_true", help="add structure-only RotatE with the same budget")
     args = ap.parse_args()
     name, recipe, data = sweep_data(args)
-    mus = [float(m) for m in args.mus.split(",")]
+    mus = [float(m) for m in args.mus.split(",") if m.strip()]   # "": the baselines only
     keys = (["rotate"] if args.rotate else []) + ["off", *map(repr, mus)]
     seeds = [int(s) for s in args.seeds.split(",")]
     out = args.out or results_dir("mu_sweep")
@@ -131,8 +131,14 @@ def main() -> int:
         "command": " ".join(["python", "benchmarks/mu_sweep.py", *sys.argv[1:]]), "runs": runs, "summary": summary})
     with open(os.path.join(out, "mu_sweep.md"), "w") as fh:
         fh.write(table + "\n")
-    fig, ax = new_plot()
     shown = [m for m in mus if m > 0]          # a log axis: μ = 0 is in the table only
+    if shown:
+        plot_sweep(summary, shown, name, os.path.join(out, "mu_sweep.png"))
+    return 0
+
+
+def plot_sweep(summary: dict, shown: list[float], name: str, path: str) -> None:
+    fig, ax = new_plot()
     for ties, style in (("realistic", "o-"), ("optimistic", "s--")):
         ax.errorbar(shown, [summary[ties][repr(m)]["mean"] for m in shown],
                     yerr=[summary[ties][repr(m)]["std"] for m in shown], fmt=style, label=f"AdaMF-MAT ({ties})")
@@ -141,9 +147,7 @@ def main() -> int:
                 ax.axhline(summary[ties][key]["mean"], linestyle=":" if ties == "realistic" else "-.", color=color,
                            label=f"{label(key)} ({ties})")
     ax.set_xscale("log")
-    save_plot(fig, ax, os.path.join(out, "mu_sweep.png"), "μ (weight of the adversarial term)",
-              "test MRR (filtered)", f"μ sweep, {name}")
-    return 0
+    save_plot(fig, ax, path, "μ (weight of the adversarial term)", "test MRR (filtered)", f"μ sweep, {name}")
 
 
 if __name__ == "__main__":

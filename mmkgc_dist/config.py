@@ -162,9 +162,10 @@ class ParallelConfig:
     sharding: dict = _f({}, "per-table sharding type ({table: type}; tables: entity, relation, visual, text; "
                         "types: auto (planner), row_wise, table_wise, column_wise, data_parallel); "
                         "unset entity-indexed tables are row_wise, the relation table goes to the planner")
-    frozen_dtype: str = _f("fp32", "storage precision of frozen feature tables (any world size; fp16 halves their "
-                           "memory and lookup bytes, rows are widened to fp32 when looked up)",
-                           choices=("fp32", "fp16"))
+    frozen_dtype: str = _f("fp32", "storage precision of frozen feature tables (any world size; fp16 and bf16 halve "
+                           "their memory and lookup bytes, rows are widened to fp32 when looked up; bf16 keeps fp32's "
+                           "range, fp16 more mantissa)",
+                           choices=("fp32", "fp16", "bf16"))
     zero_stage: int = _f(0, "DeepSpeed ZeRO stage of the MAT generator engine (0, 1 or 2)")
     dense_bucket_mb: int = _f(25, "bucket size (MiB) of the all-reduces that sum the dense gradients over ranks")
 

@@ -26,6 +26,10 @@ def pad_rows(table: Tensor) -> Tensor:
     return torch.nn.functional.pad(table, (0, extra)) if extra else table
 
 
+# parallel.frozen_dtype -> storage dtype of frozen feature tables
+FROZEN_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 class LocalTables(nn.Module):
     def __init__(self, num_entities: int, num_relations: int, dim: int, entity_bound: float,
                  relation_bound: float, features: dict[str, Features], trainable_features: bool, seed: int,

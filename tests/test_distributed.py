@@ -17,11 +17,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 
 
-def torchrun(nproc: int, out, *args, timeout=300):
+def launch(nproc: int, out, *args, timeout=300) -> subprocess.CompletedProcess:
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run([TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", os.path.join(HERE, "dist_worker.py"),
-                          str(out), *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", os.path.join(HERE, "dist_worker.py"),
+                           str(out), *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def torchrun(nproc: int, out, *args, timeout=300):
+    res = launch(nproc, out, *args, timeout=timeout)
     assert res.returncode == 0, res.stderr[-4000:]
     return [json.load(open(os.path.join(out, f"rank-{r}.json"))) for r in range(nproc)]
 
@@ -107,6 +111,15 @@ def test_frozen_fp16_feature_tables(tmp_path):
     assert all(drift < 1e-2 for drift in result["feature_drift"].values()), result["feature_drift"]
     trainable = torchrun(1, tmp_path / "trainable", "--train.max_steps=5")[0]
     assert any(drift > 1e-3 for drift in trainable["feature_drift"].values())
+
+
+def test_frozen_bf16_sharded_tables_need_cuda(tmp_path):
+    """FBGEMM's CPU lookup has no bf16 kernel: on CPU ranks the run stops before training with an error naming
+    the setting and the alternatives (bf16 in one process is tested in test_training.py)."""
+    proc = launch(2, tmp_path / "bf16", "--train.max_steps=3", "--model.raw_features=frozen",
+                  "--parallel.frozen_dtype=bf16")
+    assert proc.returncode != 0
+    assert "parallel.frozen_dtype: bf16 sharded tables need CUDA" in proc.stderr + proc.stdout
 
 
 def test_widths_not_multiple_of_four(tmp_path):

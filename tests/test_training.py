@@ -1,9 +1,11 @@
 """Training behaviour on small generated graphs: learning, MAT wiring, frozen features, resume."""
+import numpy as np
 import pytest
 import torch
 
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.synthetic import generate
+from mmkgc_dist.train.prefetch import to_device_ahead
 from mmkgc_dist.trainers import local_trainer
 
 SMALL = [("data.synthetic.num_entities", "600"), ("data.synthetic.num_triples", "6000"), ("model.dim", "16"),
@@ -40,15 +42,16 @@ def test_frozen_features_stay_fixed_trainable_move():
                    for p in g["params"])
 
 
-def test_frozen_features_in_half_precision():
-    """parallel.frozen_dtype=fp16 stores frozen feature tables in half precision in one process too; lookups
-    give fp32 rows equal to the fp32 run's up to fp16 rounding, and training runs."""
+@pytest.mark.parametrize("name, dtype, tolerance", [("fp16", torch.float16, 1e-3), ("bf16", torch.bfloat16, 8e-3)])
+def test_frozen_features_in_half_precision(name, dtype, tolerance):
+    """parallel.frozen_dtype=fp16/bf16 stores frozen feature tables in half precision in one process too; lookups
+    give fp32 rows equal to the fp32 run's up to the half type's rounding, and training runs."""
     full = make(None, ("train.max_steps", "2"), ("model.raw_features", "frozen"))
-    half = make(None, ("train.max_steps", "2"), ("model.raw_features", "frozen"), ("parallel.frozen_dtype", "fp16"))
-    assert half.tables.features["visual"].weight.dtype == torch.float16
+    half = make(None, ("train.max_steps", "2"), ("model.raw_features", "frozen"), ("parallel.frozen_dtype", name))
+    assert half.tables.features["visual"].weight.dtype == dtype
     ids = torch.arange(50)
     a, b = full.tables.entities(ids).features["visual"], half.tables.entities(ids).features["visual"]
-    assert b.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-3, atol=1e-3) and not torch.equal(a, b)
+    assert b.dtype == torch.float32 and torch.allclose(a, b, rtol=tolerance, atol=tolerance) and not torch.equal(a, b)
     assert torch.isfinite(torch.tensor(half.fit()["loss"]))
 
 
@@ -98,3 +101,15 @@ def test_features_beat_structure_only_and_untrained():
     struct_mrr = structure.evaluate("test")["mrr"]
     assert trained >= 5 * untrained, (trained, untrained)
     assert trained >= 2 * struct_mrr and trained - struct_mrr > 0.05, (trained, struct_mrr)
+
+
+def test_batches_reach_the_device_in_order_and_unchanged():
+    """prefetch.to_device_ahead: the same keys and rows in the same order; on the CPU the very same arrays (nothing
+    to overlap), on CUDA device tensors copied one step ahead (checked where a GPU is present)."""
+    batches = [(i, np.arange(6 * i, 6 * i + 6, dtype=np.int64).reshape(2, 3)) for i in range(4)]
+    passed = list(to_device_ahead(iter(batches), torch.device("cpu")))
+    assert [k for k, _ in passed] == [0, 1, 2, 3] and all(a is b for (_, a), (_, b) in zip(passed, batches))
+    if torch.cuda.is_available():
+        moved = list(to_device_ahead(iter(batches), torch.device("cuda")))
+        assert [k for k, _ in moved] == [0, 1, 2, 3]
+        assert all(t.is_cuda and (t.cpu().numpy() == a).all() for (_, t), (_, a) in zip(moved, batches))

@@ -101,6 +101,9 @@ class DistributedRuntime(CheckpointIO):
         local = cfg.train.batch_size // self.env.world_size
         if cfg.train.negatives == "chunk_shared" and local % cfg.train.chunk_size:
             raise ConfigError(f"train.chunk_size ({cfg.train.chunk_size}) must divide the per-rank batch ({local})")
+        if cfg.parallel.frozen_dtype == "bf16" and cfg.model.raw_features == "frozen" and self.env.device.type == "cpu":
+            raise ConfigError("parallel.frozen_dtype: bf16 sharded tables need CUDA (FBGEMM's CPU lookup has no "
+                              "bf16 kernel); on CPU use fp16, or bf16 in one process")
         self.rank, self.world_size, self.is_main = self.env.rank, self.env.world_size, self.env.is_main
         self.device = self.env.device            # one device per rank, from LOCAL_RANK (see env.py)
         self.loss_scale = 1.0 / self.env.world_size

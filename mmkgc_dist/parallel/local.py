@@ -18,7 +18,7 @@ from ..model import MATGenerators
 from ..model.kgc import EmbeddedEntities, MultiModalKGC
 from ..optim import OptimizerGroup, load_table_state, table_optimizer, table_state
 from ..rng import torch_seed
-from ..tables import LocalTables, pad_rows
+from ..tables import FROZEN_DTYPES, LocalTables, pad_rows
 from .checkpoint import CheckpointIO
 
 log = logging.getLogger("mmkgc_dist")
@@ -76,8 +76,7 @@ class LocalRuntime(CheckpointIO):
         self.num_entities = data.num_entities
         self.tables = LocalTables(data.num_entities, data.num_relations, cfg.model.dim, rotate.entity_init_bound,
                                   rotate.relation_init_bound, features, cfg.model.raw_features == "trainable",
-                                  cfg.train.seed, torch.float16 if cfg.parallel.frozen_dtype == "fp16"
-                                  else torch.float32).to(self.device)
+                                  cfg.train.seed, FROZEN_DTYPES[cfg.parallel.frozen_dtype]).to(self.device)
         torch_seed(cfg.train.seed, "dense_init")
         self.core = self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()}).to(self.device)
         self.embedder = LocalEmbedder(self.tables, self.model)

@@ -91,7 +91,7 @@ class ShardedTables(nn.Module):
                  cfg: ParallelConfig, seed: int, table_optimizer: str, lr: float, adagrad_lr: float):
         super().__init__()
         self.env, self.modalities = env, list(features)
-        frozen_dtype = DataType.FP16 if cfg.frozen_dtype == "fp16" else DataType.FP32
+        frozen_dtype = {"fp32": DataType.FP32, "fp16": DataType.FP16, "bf16": DataType.BF16}[cfg.frozen_dtype]
         specs = {"entity": (num_entities, 2 * dim, True, DataType.FP32),
                  "relation": (num_relations, dim, True, DataType.FP32)}
         for m, f in features.items():

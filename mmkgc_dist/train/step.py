@@ -77,9 +77,9 @@ class TrainStep:
         self.batch_softmax = batch_softmax or (lambda logits: torch.softmax(logits, dim=0))
         self.sync_gradients = sync_gradients
 
-    def __call__(self, batch: np.ndarray, negatives: NegativeBatch) -> dict:
+    def __call__(self, batch: np.ndarray | Tensor, negatives: NegativeBatch) -> dict:
         timer = self.timer
-        triples = torch.from_numpy(batch).to(self.device)
+        triples = torch.as_tensor(batch, device=self.device)    # already there when prefetched (prefetch.py)
         cand = negatives.entities.to(self.device)
         ids, inverse = unique_ids(torch.cat([triples[:, 0], triples[:, 2], cand.reshape(-1)]), self.num_entities)
         positives = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)

@@ -26,6 +26,7 @@ from ..eval.ranking import eval_subset, protocol_label
 from ..model import DistanceKernels, RotatE
 from ..rng import numpy_rng
 from .metrics import make_trackers
+from .prefetch import to_device_ahead
 from .selection import ModelSelection, in_train
 from .step import TrainStep
 
@@ -131,8 +132,9 @@ class Trainer:
         """This rank's batches from the streaming loader, from the cursor on, with their negatives."""
         rank, _ = self.rank_and_world()
         self.stream.load_state_dict({"epoch": self.epoch, "batch": self.batch_in_epoch})
-        for batch in self.stream:
-            yield batch, self.sampler.sample(batch, (self.epoch, self.stream.batch - 1, rank))
+        numbered = ((self.stream.batch - 1, batch) for batch in self.stream)
+        for index, batch in to_device_ahead(numbered, self.runtime.device):
+            yield batch, self.sampler.sample(batch, (self.epoch, index, rank))
 
     # ------------------------------------------------------------------------------------ training
     # The data stream is random-access: the epoch's order and each batch's negatives come from seeds
@@ -156,7 +158,7 @@ class Trainer:
         if self.stream is not None:
             yield from self.streamed_batches()
             return
-        for index, batch in self.global_batches():
+        for index, batch in to_device_ahead(self.global_batches(), self.runtime.device):
             yield self.runtime.split(batch, self.sampler, (self.epoch, index))
 
     def fit(self) -> dict:
