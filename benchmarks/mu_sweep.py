@@ -76,11 +76,11 @@ def summarise(runs: list[dict], keys: list[str]) -> dict:
         return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
     out = {}
     for ties in TIES:
-        off = stats("off", ties)
+        off = stats("off", ties) if "off" in keys else None
         rows = {}
         for key in keys:
             rows[key] = stats(key, ties)
-            if key not in BASELINES:
+            if key not in BASELINES and off is not None:
                 gain = rows[key]["mean"] - off["mean"]
                 rows[key].update(gain=gain, helps=rows[key]["n"] > 1 and off["n"] > 1   # one seed has no spread
                                 and gain > 2 * max(rows[key]["std"], off["std"]))
@@ -95,10 +95,12 @@ def main() -> int:
     ap.add_argument("--select-every", type=int, default=0,
                     help="validate every K epochs and test the best checkpoint (0: test the last model)")
     ap.add_argument("--rotate", action="store_true", help="add structure-only RotatE with the same budget")
+    ap.add_argument("--no-off", action="store_true",
+                    help="leave out AdaMF with MAT off (run in another invocation; no gains are computed)")
     args = ap.parse_args()
     name, recipe, data = sweep_data(args)
     mus = [float(m) for m in args.mus.split(",") if m.strip()]   # "": the baselines only
-    keys = (["rotate"] if args.rotate else []) + ["off", *map(repr, mus)]
+    keys = (["rotate"] if args.rotate else []) + ([] if args.no_off else ["off"]) + list(map(repr, mus))
     seeds = [int(s) for s in args.seeds.split(",")]
     out = args.out or results_dir("mu_sweep")
     os.makedirs(out, exist_ok=True)
