@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -73,7 +75,15 @@ class CollectiveClock:
         return timed
 
 
-def worker(out: str, steps: int, mode: str, extra: list[str], warmup: int) -> None:
+def wait_at_gate(gate: str, parties: int) -> None:
+    """A file rendezvous between independent jobs: sign in, then wait until ``parties`` have signed in, so the
+    concurrent 1-rank jobs of the contention ceiling time the same stretch of wall time."""
+    open(os.path.join(gate, f"{os.getpid()}"), "w").close()
+    while len(os.listdir(gate)) < parties:
+        time.sleep(0.005)
+
+
+def worker(out: str, steps: int, mode: str, extra: list[str], warmup: int, gate: str | None = None) -> None:
     import numpy as np
     import torch
     from throughput import db15k_shaped
@@ -92,6 +102,8 @@ def worker(out: str, steps: int, mode: str, extra: list[str], warmup: int) -> No
         if i == warmup:                             # after warm-up (compilation, the heap reaching its peak)
             timer.enabled = True
             timer.seconds.clear()
+            if gate:
+                wait_at_gate(gate, 2)
         torch.distributed.barrier()
         clock.enabled = i >= warmup
         start = time.perf_counter()
@@ -119,7 +131,7 @@ def worker(out: str, steps: int, mode: str, extra: list[str], warmup: int) -> No
                       fh)
 
 
-def launch(world: int, path: str, args) -> subprocess.Popen:
+def launch(world: int, path: str, args, gate: str | None = None) -> subprocess.Popen:
     """Start one torchrun job; its output goes to ``path``.log (a file, not a pipe: while two jobs run at once,
     the one not being waited on must never block on a full pipe)."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -127,7 +139,7 @@ def launch(world: int, path: str, args) -> subprocess.Popen:
     with open(path + ".log", "w") as log:
         return subprocess.Popen([torchrun, "--standalone", f"--nproc_per_node={world}", __file__, "--worker", path,
                                  "--steps", str(args.steps), "--warmup", str(args.warmup), "--mode", args.mode,
-                                 *[f"--set={o}" for o in args.set]],
+                                 *[f"--set={o}" for o in args.set], *(["--gate", gate] if gate else [])],
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -143,8 +155,10 @@ def contention_ceiling(one: dict, out: str, args) -> dict:
     other down by sharing the machine's cores, caches and memory bandwidth. Twice the alone step time over
     the together step time is the most any 2-rank run can reach here."""
     paths = [os.path.join(out, f"alone_together{i}.json") for i in (0, 1)]
-    procs = [launch(1, path, args) for path in paths]
+    gate = tempfile.mkdtemp(prefix="scaling_gate_")        # both start timing together (wait_at_gate)
+    procs = [launch(1, path, args, gate) for path in paths]
     together = [finish(p, "concurrent 1-rank run", path)["step_s"] for p, path in zip(procs, paths)]
+    shutil.rmtree(gate)
     ceiling = 2 * one["step_s"] / max(together)
     print(f"two 1-rank runs at once: steps {together[0]:.2f}s / {together[1]:.2f}s vs {one['step_s']:.2f}s alone "
           f"-> ceiling {ceiling:.2f}x", flush=True)
@@ -172,9 +186,10 @@ def main() -> int:
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                     help="skip the contention ceiling (two 1-rank runs at once after each pair)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--gate", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.steps, args.mode, args.set, args.warmup)
+        worker(args.worker, args.steps, args.mode, args.set, args.warmup, args.gate)
         return 0
     out = results_dir("scaling")
     pairs = []
