@@ -13,6 +13,8 @@ the rows the owners of sharded tables looked up — one implementation of each r
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -125,10 +127,15 @@ class RowwiseAdagrad(_TableOptimizer):
 
 class OptimizerGroup:
     """Several optimizers stepped as one (tables and dense parameters follow different rules). Their state is
-    saved by each runtime under world-size-independent names (parallel/checkpoint.py), not from here."""
+    saved by each runtime under world-size-independent names (parallel/checkpoint.py), not from here.
+    ``local``: optimizers whose gradients are final on this process (the owners' table rows); they step first,
+    while the dense gradients' sum over ranks is in flight, and ``gradients_ready`` then waits for that sum.
+    The parameters are disjoint, so the order changes no number."""
 
-    def __init__(self, *optimizers):
-        self.optimizers = [o for o in optimizers if o is not None]
+    def __init__(self, *optimizers, local: tuple = (), gradients_ready: Callable[[], None] | None = None):
+        self.local = [o for o in local if o is not None]
+        self.gradients_ready = gradients_ready
+        self.optimizers = self.local + [o for o in optimizers if o is not None]
 
     @property
     def param_groups(self) -> list[dict]:
@@ -139,7 +146,11 @@ class OptimizerGroup:
             opt.zero_grad(set_to_none=set_to_none)
 
     def step(self) -> None:
-        for opt in self.optimizers:
+        for opt in self.local:
+            opt.step()
+        if self.gradients_ready is not None:
+            self.gradients_ready()
+        for opt in self.optimizers[len(self.local):]:
             opt.step()
 
 

@@ -25,7 +25,9 @@ def _rank(rank: int, init_file: str, out: str) -> None:
               "e": torch.zeros(1)}
     for name, grad in GRADS[rank].items():
         params[name].grad = None if grad is None else torch.tensor(grad)
-    DenseGradients(list(params.values()), bucket_mb=0)()       # bucket_mb=0: one parameter per bucket
+    dense = DenseGradients(list(params.values()), bucket_mb=0)   # bucket_mb=0: one parameter per bucket
+    dense()                                                      # starts the all-reduces
+    dense.wait()                                                 # writes the sums
     rows = LOGITS[:2] if rank == 0 else LOGITS[2:]
     weights = global_softmax(torch.tensor(rows))
     with open(os.path.join(out, f"rank-{rank}.json"), "w") as fh:

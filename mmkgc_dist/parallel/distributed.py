@@ -61,7 +61,9 @@ def _broadcast(params: list[torch.Tensor]) -> None:
 class DenseGradients:
     """Sums the gradients of replicated parameters over ranks: flat buckets of at most ``bucket_mb`` MiB, one
     all-reduce each. A parameter without a gradient on this rank sends zeros; one flag per parameter travels
-    along, so a parameter gets a gradient on every rank exactly when some rank used it (as one process would)."""
+    along, so a parameter gets a gradient on every rank exactly when some rank used it (as one process would).
+    Calling it starts the all-reduces; ``wait()`` writes the sums into ``.grad`` — in between the owners' row
+    updates run, which need no dense gradient (OptimizerGroup's ``local``)."""
 
     def __init__(self, params: list[torch.Tensor], bucket_mb: int):
         self.buckets, current, size = [], [], 0
@@ -74,13 +76,21 @@ class DenseGradients:
         if current:
             self.buckets.append(current)
 
+        self.pending: list = []
+
     @torch.no_grad()
     def __call__(self) -> None:
         for bucket in self.buckets:
             used = torch.tensor([float(p.grad is not None) for p in bucket])
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket]
                              + [used.to(bucket[0].device, bucket[0].dtype)])
-            dist.all_reduce(flat)
+            self.pending.append((bucket, used, flat, dist.all_reduce(flat, async_op=True)))
+
+    @torch.no_grad()
+    def wait(self) -> None:
+        pending, self.pending = self.pending, []
+        for bucket, used, flat, work in pending:
+            work.wait()
             parts = torch.split(flat, [p.numel() for p in bucket] + [len(bucket)])
             # the flags are read (a host sync) only when this rank left a parameter unused
             anywhere = parts[-1].tolist() if not bool(used.all()) else [1.0] * len(bucket)
@@ -132,7 +142,8 @@ class DistributedRuntime(CheckpointIO):
         self.dense_optimizer = torch.optim.Adam(dense, lr=cfg.train.lr, fused=True) if dense else None
         self.replicated_optimizer = table_optimizer(cfg.train.table_optimizer, list(self.replicated.values()),
                                                     cfg.train.lr, cfg.train.adagrad_lr)
-        self.opt_model = OptimizerGroup(self.dense_optimizer, self.replicated_optimizer, self.tables.row_optimizer)
+        self.opt_model = OptimizerGroup(self.dense_optimizer, self.replicated_optimizer,
+                                        local=(self.tables.row_optimizer,), gradients_ready=self.sync_gradients.wait)
         self.generators = self.engine = self.opt_generator = self.update_generator = None
         if use_mat:
             torch_seed(cfg.train.seed, "generator_init")

@@ -66,7 +66,8 @@ class TrainStep:
         local (``LocalEmbedder``) or computed by the rows' owners (``parallel.embedder``); ``embed.positives``
         gives the marked (positive) ids' rows again for the generator step. ``batch_softmax``: softmax of this
         process's scores over the *global* batch, column by column (one process: torch.softmax).
-        ``sync_gradients``: sums the dense gradients over ranks after backward (one process: None)."""
+        ``sync_gradients``: starts summing the dense gradients over ranks after backward (one process: None);
+        ``opt_model.step`` waits for the sums where it needs them (optim.OptimizerGroup)."""
         self.cfg, self.embed, self.num_entities, self.core, self.generators = cfg, embed, num_entities, core, generators
         self.rotate, self.kernels, self.opt_model = rotate, kernels, opt_model
         self.update_generator = update_generator
