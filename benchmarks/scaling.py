@@ -190,7 +190,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, args.steps, args.mode, args.set, args.warmup, args.gate)
-        return 0
+        from mmkgc_dist.parallel.env import exit_distributed
+        exit_distributed(0)           # a finished rank's teardown must not abort (see env.exit_distributed)
     out = results_dir("scaling")
     pairs = []
     ceilings = []
