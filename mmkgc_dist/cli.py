@@ -11,6 +11,7 @@ import sys
 
 from .config import ConfigError, describe, load_config, parse_overrides
 from .data.errors import DataError
+from .divergence import NonFiniteModel, TrainingDiverged
 
 log = logging.getLogger("mmkgc_dist")
 
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     try:
         code = args.fn(args, parse_overrides(rest))
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, TrainingDiverged, NonFiniteModel) as exc:
         _fail(_one_line(str(exc)))
     except OSError as exc:       # disk full, permissions, a file where a folder belongs: name the path
         where = f"{exc.filename}: " if exc.filename else ""

@@ -1,10 +1,12 @@
 """Filtered ranking on a tiny graph with known answers, both tie policies."""
+import pytest
 import numpy as np
 import torch
 
 from mmkgc_dist.eval.metrics import link_prediction_metrics
 from mmkgc_dist.eval.ranking import FilterIndex, filtered_ranks, ranks_from_distances
-from mmkgc_dist.model import DistanceKernels, RotatE
+from mmkgc_dist.divergence import NonFiniteModel
+from mmkgc_dist.model import DistanceKernels, RotatE, complex_l1_distance
 
 
 def test_ranks_from_distances_ties_and_filter():
@@ -89,3 +91,28 @@ def test_relation_categories_and_breakdowns():
     assert set(m) >= {"mrr", "mr", "hits@1", "hits@3", "amri", "tail", "head"} and "hits@10" not in m
     report = markdown_report({"test": {**m, "protocol": "filtered", "ties": "realistic"}})
     assert "| N-N tail |" in report and "| r3 | N-N |" in report
+
+
+def test_a_model_with_nan_parameters_is_refused_not_ranked_first():
+    """NaN distances compare false with everything, so a diverged model would rank every answer first (MRR 1.0,
+    seen on a DB15K run whose training had diverged); ranking refuses it with an error that says why. One NaN
+    candidate row is enough, as is a NaN answer."""
+    rot, kern = RotatE(dim=1, gamma=1.0), DistanceKernels(compile=False)
+    relations, test, known = torch.zeros(1, 1), np.array([[0, 0, 2]]), np.array([[0, 0, 2]])
+    for poisoned in (4, 2):                      # a candidate; the answer itself
+        joint = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+        joint[poisoned, 0] = float("nan")
+        with pytest.raises(NonFiniteModel, match="training diverged"):
+            filtered_ranks(joint, relations, rot, test, known, kern)
+
+
+def test_distance_gradient_is_finite_where_query_meets_target():
+    """d|z|/dz at z = 0 is undefined (autograd: inf·0 = NaN); the distances used in training give 0 there."""
+    a = torch.tensor([[1.0, 2.0, 0.5, -1.0]], requires_grad=True)
+    b = a.detach().clone()
+    complex_l1_distance(a, b).sum().backward()
+    assert torch.isfinite(a.grad).all()
+    rows = torch.tensor([[1.0, 2.0, 0.5, -1.0], [0.0, 1.0, 0.0, 1.0]], requires_grad=True)
+    query = rows.detach()[:1].clone().requires_grad_(True)
+    DistanceKernels(compile=False).chunk_shared(query, rows, torch.tensor([[0, 1]]), 1).sum().backward()
+    assert torch.isfinite(query.grad).all() and torch.isfinite(rows.grad).all()

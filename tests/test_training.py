@@ -5,6 +5,7 @@ import torch
 
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.synthetic import generate
+from mmkgc_dist.divergence import TrainingDiverged
 from mmkgc_dist.train.prefetch import to_device_ahead
 from mmkgc_dist.trainers import local_trainer
 
@@ -113,3 +114,12 @@ def test_batches_reach_the_device_in_order_and_unchanged():
         moved = list(to_device_ahead(iter(batches), torch.device("cuda")))
         assert [k for k, _ in moved] == [0, 1, 2, 3]
         assert all(t.is_cuda and (t.cpu().numpy() == a).all() for (_, t), (_, a) in zip(moved, batches))
+
+
+def test_training_stops_with_a_clear_error_when_the_loss_goes_non_finite():
+    """A NaN loss is caught at the next logging step (where the losses are read anyway), not trained on."""
+    trainer = make(None, ("train.max_steps", "3"), ("train.log_every", "1"))
+    with torch.no_grad():
+        trainer.tables.entity.weight[:] = float("nan")
+    with pytest.raises(TrainingDiverged, match="training diverged at epoch 0, step 1"):
+        trainer.fit()

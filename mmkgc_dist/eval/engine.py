@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..divergence import NonFiniteModel
 from ..model import DistanceKernels, RotatE
 from .ranking import FilterIndex, count_better_equal, ranks_from_counts, sampled_chunks
 
@@ -38,6 +39,11 @@ class CandidateShard:
         return cls(0, joint.shape[0], joint, lambda ids: joint[ids.to(joint.device)], joint.shape[0])
 
 
+def _count_or_nan(better: Tensor, distances: Tensor) -> Tensor:
+    """``better``, or NaN in the rows whose distances (candidates or answer) are not finite."""
+    return better.masked_fill(~torch.isfinite(distances).all(1), float("nan"))
+
+
 @torch.no_grad()
 def rank_queries(shard: CandidateShard, relations: Tensor, rotate: RotatE, kernels: DistanceKernels,
                  triples: np.ndarray, known: np.ndarray, ties: str, batch_size: int, sampled=None,
@@ -49,7 +55,11 @@ def rank_queries(shard: CandidateShard, relations: Tensor, rotate: RotatE, kerne
         _exact(shard, relations, rotate, kernels, triples, known, batch_size)
     ranks = {"tail": [], "head": [], "tail_candidates": [], "head_candidates": []}
     for direction, chunk, better, equal, candidates in chunks:
-        counts = shard.all_reduce(torch.stack([better, equal]))
+        counts = shard.all_reduce(torch.stack([better, equal]))      # NaN anywhere reaches every rank
+        if bool(torch.isnan(counts[0]).any()):
+            raise NonFiniteModel(f"evaluation: the model's distances are not finite ({direction} queries of "
+                                 f"{len(chunk)} triples starting with {chunk[0].tolist()}); its parameters hold "
+                                 f"NaN/inf — training diverged (lower train.lr, or evaluate an earlier checkpoint)")
         ranks[direction].append(ranks_from_counts(counts[0], counts[1], ties).cpu().numpy())
         ranks[f"{direction}_candidates"].append(candidates)
         if progress is not None:
@@ -92,7 +102,7 @@ def _exact(shard, relations, rotate, kernels, triples, known, batch_size):
             keep = (cols >= shard.lo) & (cols < shard.hi)
             better, equal = count_better_equal(local, true, torch.from_numpy(rows[keep]).to(device),
                                                torch.from_numpy(cols[keep] - shard.lo).to(device))
-            yield direction, chunk, better, equal, candidates
+            yield direction, chunk, _count_or_nan(better, torch.cat([local, true], 1)), equal, candidates
 
 
 def _filtered_count(rows: np.ndarray, cols: np.ndarray, answers: np.ndarray, num_entities: int) -> np.ndarray:
@@ -113,8 +123,10 @@ def _sampled(shard, relations, rotate, kernels, triples, known, cfg, degree, num
         owned = torch.from_numpy((cand >= shard.lo) & (cand < shard.hi) & ~excluded).to(device)
         if shard.hi > shard.lo:
             local = torch.from_numpy(cand - shard.lo).clamp(0, shard.hi - shard.lo - 1).to(device)
-            d = kernels.gathered(query, shard.embeddings, local).masked_fill(~owned, float("inf"))
-            better, equal = (d < true).sum(1).double(), (d == true).sum(1).double()
+            scored = kernels.gathered(query, shard.embeddings, local)
+            d = scored.masked_fill(~owned, float("inf"))
+            better = _count_or_nan((d < true).sum(1).double(), torch.cat([scored, true], 1))
+            equal = (d == true).sum(1).double()
         else:
             better = equal = torch.zeros(len(chunk), dtype=torch.float64, device=device)
         yield direction, chunk, better, equal, (~excluded).sum(1) + 1

@@ -97,7 +97,7 @@ def chunk_shared_distance(query: Tensor, rows: Tensor, index: Tensor) -> Tensor:
     cand = rows[index].unsqueeze(1)                              # [C, 1, K, 2d]
     q = query.view(chunks, -1, 1, query.shape[-1])               # [C, S, 1, 2d]
     diff = (q - cand).unflatten(-1, (2, -1))                     # [C, S, K, 2, d]
-    return diff.pow(2).sum(3).sqrt().sum(-1).view(-1, k)
+    return diff.pow(2).sum(3).clamp_min(1e-30).sqrt().sum(-1).view(-1, k)   # autograd: no inf·0 at 0
 
 
 def all_pairs_distance(query: Tensor, candidates: Tensor) -> Tensor:

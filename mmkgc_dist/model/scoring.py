@@ -7,11 +7,15 @@ import torch
 from torch import Tensor
 
 
+MODULUS_FLOOR = 1e-30       # squared modulus below which the gradient is taken as 0 (value changes by < 1e-15)
+
+
 def complex_l1_distance(a: Tensor, b: Tensor) -> Tensor:
     """Σ_k |a_k − b_k| over the d complex coordinates (complex modulus, then sum); broadcasts."""
     d = a.shape[-1] // 2
     diff = a - b
-    return torch.sqrt(diff[..., :d] ** 2 + diff[..., d:] ** 2).sum(-1)
+    # clamped: d√x/dx at x = 0 is inf, and inf·0 = NaN would poison every parameter through backward
+    return torch.sqrt((diff[..., :d] ** 2 + diff[..., d:] ** 2).clamp_min(MODULUS_FLOOR)).sum(-1)
 
 
 class RotatE:

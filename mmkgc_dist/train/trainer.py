@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 
@@ -19,6 +20,7 @@ from ..data.format import KGData, read_training_statistics
 from ..data.sampling import DegreeDistribution, NegativeSampler
 from ..data.statistics import exact_relation_table, head_probability
 from ..data.stream import StreamingTriples, rows_answering
+from ..divergence import TrainingDiverged
 from ..eval.engine import rank_queries
 from ..eval.metrics import link_prediction_metrics, relation_categories
 from ..host import tune_training_process
@@ -182,6 +184,7 @@ class Trainer:
                     if self.step % cfg.log_every == 0 or self.step == 1:
                         # global metrics (a collective) only on logging steps; the bar shows the last of them
                         last, reduced = self.reduce_metrics(last), True
+                        self._check_finite(last)
                         self.logger.log("train", epoch=self.epoch, step=self.step, positives_per_s=round(rate, 1),
                                         **last)
                         bar.set_postfix(epoch=self.epoch, loss=f"{last['loss']:.4f}", pos_per_s=f"{rate:,.0f}")
@@ -198,6 +201,14 @@ class Trainer:
         if not reduced:
             last = self.reduce_metrics(last)
         return {"steps": self.step, "epochs": self.epoch, "seconds": time.time() - t0, **last}
+
+    def _check_finite(self, metrics: dict) -> None:
+        """Checked where the losses are read anyway (logging steps: no extra host sync). The global loss is the
+        same number on every rank, so every rank stops together."""
+        if not all(math.isfinite(metrics[k]) for k in ("loss", "adv_loss", "gen_loss") if k in metrics):
+            losses = {k: metrics[k] for k in ("loss", "adv_loss", "gen_loss") if k in metrics}
+            raise TrainingDiverged(f"training diverged at epoch {self.epoch}, step {self.step}: losses {losses} "
+                                   f"(lower train.lr; checkpoints saved before this step are unaffected)")
 
     def _done(self) -> bool:
         return bool(self.cfg.train.max_steps) and self.step >= self.cfg.train.max_steps
