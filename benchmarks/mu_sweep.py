@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -130,7 +131,7 @@ def main() -> int:
     print(table)
     write_json(os.path.join(out, "mu_sweep.json"), {
         "machine": machine(), "dataset": name, "mus": mus, "seeds": seeds, "rate": args.rate, "overrides": args.set,
-        "command": " ".join(["python", "benchmarks/mu_sweep.py", *sys.argv[1:]]), "runs": runs, "summary": summary})
+        "command": shlex.join(["python", "benchmarks/mu_sweep.py", *sys.argv[1:]]), "runs": runs, "summary": summary})
     with open(os.path.join(out, "mu_sweep.md"), "w") as fh:
         fh.write(table + "\n")
     shown = [m for m in mus if m > 0]          # a log axis: μ = 0 is in the table only
