@@ -4,13 +4,14 @@ import os
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mmkgc_dist")
 ALLOWED = {
-    "config": set(), "rng": set(), "optim": set(), "data.errors": set(), "host": set(),
+    "config": set(), "rng": set(), "optim": set(), "data.errors": set(), "host": set(), "divergence": set(),
     "model": {"model"},
     "outputs": {"data.errors"}, "integrity": {"data.errors"},
     "data": {"config", "rng", "outputs", "data"},
-    "eval": {"model", "rng", "data", "config", "eval"},
+    "eval": {"model", "rng", "data", "config", "eval", "divergence"},
     "tables": {"model", "data", "rng"},
-    "train": {"config", "rng", "optim", "outputs", "integrity", "data", "eval", "model", "tables", "train", "host"},
+    "train": {"config", "rng", "optim", "outputs", "integrity", "data", "eval", "model", "tables", "train", "host",
+              "divergence"},
     "parallel": {"config", "rng", "optim", "outputs", "integrity", "data", "eval", "model", "tables", "parallel"},
 }
 EXCEPTIONS: set = set()      # none: the trainer is handed its runtime (trainers.py assembles them)
