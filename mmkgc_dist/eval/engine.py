@@ -39,9 +39,12 @@ class CandidateShard:
         return cls(0, joint.shape[0], joint, lambda ids: joint[ids.to(joint.device)], joint.shape[0])
 
 
-def _count_or_nan(better: Tensor, distances: Tensor) -> Tensor:
-    """``better``, or NaN in the rows whose distances (candidates or answer) are not finite."""
-    return better.masked_fill(~torch.isfinite(distances).all(1), float("nan"))
+def _count_or_nan(better: Tensor, *distances: Tensor) -> Tensor:
+    """``better``, or NaN in the rows whose distances (candidates [b, n], answer [b, 1]) are not finite."""
+    finite = torch.ones_like(better, dtype=torch.bool)
+    for d in distances:
+        finite &= torch.isfinite(d).all(1)
+    return better.masked_fill(~finite, float("nan"))
 
 
 @torch.no_grad()
@@ -102,7 +105,7 @@ def _exact(shard, relations, rotate, kernels, triples, known, batch_size):
             keep = (cols >= shard.lo) & (cols < shard.hi)
             better, equal = count_better_equal(local, true, torch.from_numpy(rows[keep]).to(device),
                                                torch.from_numpy(cols[keep] - shard.lo).to(device))
-            yield direction, chunk, _count_or_nan(better, torch.cat([local, true], 1)), equal, candidates
+            yield direction, chunk, _count_or_nan(better, local, true), equal, candidates
 
 
 def _filtered_count(rows: np.ndarray, cols: np.ndarray, answers: np.ndarray, num_entities: int) -> np.ndarray:
@@ -125,7 +128,7 @@ def _sampled(shard, relations, rotate, kernels, triples, known, cfg, degree, num
             local = torch.from_numpy(cand - shard.lo).clamp(0, shard.hi - shard.lo - 1).to(device)
             scored = kernels.gathered(query, shard.embeddings, local)
             d = scored.masked_fill(~owned, float("inf"))
-            better = _count_or_nan((d < true).sum(1).double(), torch.cat([scored, true], 1))
+            better = _count_or_nan((d < true).sum(1).double(), scored, true)
             equal = (d == true).sum(1).double()
         else:
             better = equal = torch.zeros(len(chunk), dtype=torch.float64, device=device)

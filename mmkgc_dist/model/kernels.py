@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .scoring import MODULUS_FLOOR
+
 
 def gathered_distance(query: Tensor, rows: Tensor, index: Tensor) -> Tensor:
     """dist[b, k] = Σ_c |query[b] − rows[index[b, k]]|  (per-positive candidates)."""
@@ -26,7 +28,7 @@ def gathered_distance_backward(grad: Tensor, query: Tensor, rows: Tensor, index:
 def _per_candidate(grad: Tensor, difference: Tensor) -> Tensor:
     """[B, K, 2d]: ∂(Σ grad·dist)/∂query for each candidate, from query − candidate [B, K, 2d]."""
     diff = difference.unflatten(-1, (2, -1))                         # [B, K, 2, d]
-    modulus = diff.pow(2).sum(2, keepdim=True).sqrt().clamp_min(1e-30)
+    modulus = diff.pow(2).sum(2, keepdim=True).sqrt().clamp_min(MODULUS_FLOOR)
     return (grad[:, :, None, None] * diff / modulus).flatten(-2)
 
 
@@ -97,7 +99,7 @@ def chunk_shared_distance(query: Tensor, rows: Tensor, index: Tensor) -> Tensor:
     cand = rows[index].unsqueeze(1)                              # [C, 1, K, 2d]
     q = query.view(chunks, -1, 1, query.shape[-1])               # [C, S, 1, 2d]
     diff = (q - cand).unflatten(-1, (2, -1))                     # [C, S, K, 2, d]
-    return diff.pow(2).sum(3).clamp_min(1e-30).sqrt().sum(-1).view(-1, k)   # autograd: no inf·0 at 0
+    return diff.pow(2).sum(3).clamp_min(MODULUS_FLOOR).sqrt().sum(-1).view(-1, k)   # autograd: no inf·0 at 0
 
 
 def all_pairs_distance(query: Tensor, candidates: Tensor) -> Tensor:
