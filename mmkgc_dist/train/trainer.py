@@ -208,7 +208,7 @@ class Trainer:
         if not all(math.isfinite(metrics[k]) for k in ("loss", "adv_loss", "gen_loss") if k in metrics):
             losses = {k: metrics[k] for k in ("loss", "adv_loss", "gen_loss") if k in metrics}
             raise TrainingDiverged(f"training diverged at epoch {self.epoch}, step {self.step}: losses {losses} "
-                                   f"(lower train.lr; checkpoints saved before this step are unaffected)")
+                                   f"(lower train.lr, or resume from a checkpoint saved before the loss went non-finite)")
 
     def _done(self) -> bool:
         return bool(self.cfg.train.max_steps) and self.step >= self.cfg.train.max_steps
