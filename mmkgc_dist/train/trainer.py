@@ -205,8 +205,8 @@ class Trainer:
     def _check_finite(self, metrics: dict) -> None:
         """Checked where the losses are read anyway (logging steps: no extra host sync). The global loss is the
         same number on every rank, so every rank stops together."""
-        if not all(math.isfinite(metrics[k]) for k in ("loss", "adv_loss", "gen_loss") if k in metrics):
-            losses = {k: metrics[k] for k in ("loss", "adv_loss", "gen_loss") if k in metrics}
+        losses = {k: metrics[k] for k in ("loss", "adv_loss", "gen_loss") if k in metrics}
+        if not all(map(math.isfinite, losses.values())):
             raise TrainingDiverged(f"training diverged at epoch {self.epoch}, step {self.step}: losses {losses} "
                                    f"(lower train.lr, or resume from a checkpoint saved before the loss went non-finite)")
 
