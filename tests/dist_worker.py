@@ -8,6 +8,7 @@ import torch
 
 from mmkgc_dist.config import load_config, parse_overrides
 from mmkgc_dist.data.synthetic import generate
+from mmkgc_dist.divergence import TrainingDiverged
 from mmkgc_dist.eval.metrics import link_prediction_metrics
 from mmkgc_dist.eval.ranking import filtered_ranks
 from mmkgc_dist.parallel.env import exit_distributed
@@ -27,7 +28,7 @@ def main() -> None:
     cursor), optionally save a checkpoint / resume from the newest one first."""
     out, args = sys.argv[1], sys.argv[2:]
     run_dir = args[args.index("--run-dir") + 1] if "--run-dir" in args else None
-    flags = {a for a in args if a in ("--save", "--resume", "--eval-only")}
+    flags = {a for a in args if a in ("--save", "--resume", "--eval-only", "--poison-rank-1")}
     extra = [a for i, a in enumerate(args) if a not in flags and a != "--run-dir" and
              (i == 0 or args[i - 1] != "--run-dir")]
     torch.set_num_threads(1)
@@ -43,6 +44,16 @@ def main() -> None:
         trainer.batch_in_epoch += 1
         if len(losses) == cfg.train.max_steps:
             break
+    if "--poison-rank-1" in flags:        # one NaN in rank 1's shard only: every rank must refuse the save
+        if rank == 1:
+            with torch.no_grad():
+                trainer.tables._weight("entity").local_shards()[0].tensor[0, 0] = float("nan")
+        try:
+            trainer.save()
+        except TrainingDiverged as exc:
+            with open(os.path.join(out, f"rank-{rank}.json"), "w") as fh:
+                json.dump({"rank": rank, "refused": str(exc)}, fh)
+            exit_distributed()
     if "--save" in flags:
         trainer.save()
     metrics = trainer.evaluate("test")

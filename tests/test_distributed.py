@@ -103,6 +103,16 @@ def test_latest_ignores_half_written_checkpoints(tmp_path):
     assert latest(str(tmp_path)).endswith("step-000000005")
 
 
+def test_no_rank_saves_a_model_with_a_nan_in_any_shard(tmp_path):
+    """One NaN in rank 1's shard of the entity table: the weights are checked over all ranks before anything is
+    written, so both ranks refuse the checkpoint together and nothing is left under checkpoints/."""
+    run_dir = tmp_path / "run"
+    results = torchrun(2, tmp_path / "poisoned", "--run-dir", run_dir, "--poison-rank-1", "--train.max_steps=2",
+                       ROW_WISE)
+    assert all("not written: the model holds 1 NaN/inf weights at epoch 0, step 2" in r["refused"] for r in results)
+    assert not (run_dir / "checkpoints").exists() or not os.listdir(run_dir / "checkpoints")
+
+
 def test_frozen_fp16_feature_tables(tmp_path):
     result = torchrun(2, tmp_path / "frozen", "--train.max_steps=5", "--model.raw_features=frozen",
                       "--parallel.frozen_dtype=fp16")[0]

@@ -1,4 +1,6 @@
 """Training behaviour on small generated graphs: learning, MAT wiring, frozen features, resume."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -123,3 +125,42 @@ def test_training_stops_with_a_clear_error_when_the_loss_goes_non_finite():
         trainer.tables.entity.weight[:] = float("nan")
     with pytest.raises(TrainingDiverged, match="training diverged at epoch 0, step 1"):
         trainer.fit()
+
+
+def nan_after_first_step(trainer):
+    """Make the weights NaN right after step 1 (a logging step that saw a finite loss)."""
+    step = trainer.step_fn
+
+    def poisoned(*args):
+        out = step(*args)
+        with torch.no_grad():
+            trainer.tables.entity.weight[:] = float("nan")
+        return out
+    trainer.step_fn = poisoned
+
+
+def test_a_divergence_between_logging_steps_is_caught_at_the_end_of_training():
+    trainer = make(None, ("train.max_steps", "3"), ("train.log_every", "100"))
+    nan_after_first_step(trainer)
+    with pytest.raises(TrainingDiverged, match="training diverged at epoch 0, step 3"):
+        trainer.fit()
+
+
+def test_no_checkpoint_of_a_diverged_model(tmp_path):
+    """The step checkpoint after the weights went NaN (before any logging step saw it) is refused, not written;
+    the earlier one stays the newest."""
+    trainer = make(tmp_path, ("train.max_steps", "4"), ("train.log_every", "100"), ("train.checkpoint_every_steps", "1"))
+    step = trainer.step_fn
+    calls = []
+
+    def nan_at_step_2(*args):
+        out = step(*args)
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                trainer.tables.entity.weight[0, 0] = float("nan")
+        return out
+    trainer.step_fn = nan_at_step_2
+    with pytest.raises(TrainingDiverged, match="not written: the model holds 1 NaN/inf weights at epoch 0, step 2"):
+        trainer.fit()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-000000001"]

@@ -32,6 +32,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from ..data.errors import DataError
+from ..divergence import TrainingDiverged
 from ..integrity import Checkpoint, checkpoint_at, dcp_reader_and_planner, digests, latest, prune, safe_torch_load
 from ..optim import load_optimizer_state
 
@@ -65,10 +66,43 @@ def _rng_state(runtime) -> dict:
     return state
 
 
+def _local_pieces(value):
+    """The plain tensors of a state as this rank holds them (a sharded table: its local shards)."""
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _local_pieces(v)
+    elif hasattr(value, "local_shards"):
+        yield from (shard.tensor for shard in value.local_shards())
+    elif hasattr(value, "to_local"):
+        yield value.to_local()
+    elif isinstance(value, torch.Tensor):
+        yield value
+
+
+@torch.no_grad()
+def non_finite_values(runtime, block: int = 1 << 16) -> int:
+    """NaN/inf values in the model's weights (tables, fusion, generators) over all ranks; a collective.
+    Read ``block`` rows at a time, so the check allocates nothing table-sized."""
+    state = {"model": runtime.checkpoint_state(optimizer=False),
+             "generators": runtime.generators.state_dict() if runtime.generators is not None else {}}
+    count = 0
+    for tensor in _local_pieces(state):
+        if tensor.is_floating_point():
+            rows = tensor.reshape(tensor.shape[0], -1) if tensor.dim() else tensor.reshape(1, 1)
+            count += sum(int((~torch.isfinite(rows[i:i + block])).sum()) for i in range(0, rows.shape[0], block))
+    return runtime.total(count)
+
+
 def save(runtime, directory: str, cursor: dict) -> str:
-    """Write one checkpoint collectively (every rank calls this); returns its folder."""
+    """Write one checkpoint collectively (every rank calls this); returns its folder. A model with non-finite
+    weights is refused (TrainingDiverged): its ranking would be meaningless, and resuming would go nowhere."""
     name = f"step-{cursor['step']:09d}"
     final, tmp = os.path.join(directory, name), os.path.join(directory, ".tmp-" + name)
+    bad = non_finite_values(runtime)
+    if bad:
+        raise TrainingDiverged(f"{final}: not written: the model holds {bad} NaN/inf weights at epoch "
+                               f"{cursor['epoch']}, step {cursor['step']} (lower train.lr, or resume from an earlier "
+                               f"checkpoint)")
     if runtime.is_main:
         os.makedirs(directory, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)

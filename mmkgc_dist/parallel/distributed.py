@@ -195,6 +195,12 @@ class DistributedRuntime(CheckpointIO):
         dist.all_reduce(values)
         return {k: (v if k == "false_negatives" else v / self.env.world_size) for k, v in zip(keys, values.tolist())}
 
+    def total(self, count: int) -> int:
+        """The sum of ``count`` over ranks (every rank gets it)."""
+        value = torch.tensor([count], dtype=torch.int64)
+        dist.all_reduce(value)
+        return int(value.item())
+
     # ------------------------------------------------------------------------------------ evaluation
     def candidate_range(self) -> tuple[int, int]:
         """This rank's candidates are the entities it owns, so their lookups and fusion stay local."""

@@ -103,6 +103,11 @@ class LocalRuntime(CheckpointIO):
         return {k: float(v) for k, v in metrics.items()}
 
     @staticmethod
+    def total(count: int) -> int:
+        """The sum of ``count`` over ranks (one process: itself)."""
+        return count
+
+    @staticmethod
     def batch_softmax(logits: Tensor) -> Tensor:
         """Softmax over the batch (one process holds all of it)."""
         return torch.softmax(logits, dim=0)

@@ -183,8 +183,7 @@ class Trainer:
                     bar.update(1)
                     if self.step % cfg.log_every == 0 or self.step == 1:
                         # global metrics (a collective) only on logging steps; the bar shows the last of them
-                        last, reduced = self.reduce_metrics(last), True
-                        self._check_finite(last)
+                        last, reduced = self._finite_global(last), True
                         self.logger.log("train", epoch=self.epoch, step=self.step, positives_per_s=round(rate, 1),
                                         **last)
                         bar.set_postfix(epoch=self.epoch, loss=f"{last['loss']:.4f}", pos_per_s=f"{rate:,.0f}")
@@ -199,16 +198,19 @@ class Trainer:
         finally:
             bar.close()          # an error line then starts a line of its own
         if not reduced:
-            last = self.reduce_metrics(last)
+            last = self._finite_global(last)
         return {"steps": self.step, "epochs": self.epoch, "seconds": time.time() - t0, **last}
 
-    def _check_finite(self, metrics: dict) -> None:
-        """Checked where the losses are read anyway (logging steps: no extra host sync). The global loss is the
-        same number on every rank, so every rank stops together."""
+    def _finite_global(self, metrics: dict) -> dict:
+        """The step's metrics reduced over ranks, checked finite. Called where they are read anyway (logging
+        steps) and at the run's end — not on other steps, where it would add a host sync (checkpoints check
+        the parameters themselves). The global loss is the same number on every rank, so every rank stops together."""
+        metrics = self.reduce_metrics(metrics)
         losses = {k: metrics[k] for k in ("loss", "adv_loss", "gen_loss") if k in metrics}
         if not all(map(math.isfinite, losses.values())):
             raise TrainingDiverged(f"training diverged at epoch {self.epoch}, step {self.step}: losses {losses} "
                                    f"(lower train.lr, or resume from a checkpoint saved before the loss went non-finite)")
+        return metrics
 
     def _done(self) -> bool:
         return bool(self.cfg.train.max_steps) and self.step >= self.cfg.train.max_steps
