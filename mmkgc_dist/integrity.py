@@ -219,6 +219,21 @@ def delete(ckpt: Checkpoint) -> None:
 
 
 TEMPORARY_RE = re.compile(r"^(step-\d{9}\.(pt|json)\.tmp|\.tmp-step-\d{9})$")
+SWAPPED_OUT_RE = re.compile(r"^\.old-(step-\d{9})$")
+
+
+def replace_folder(new: str, final: str) -> None:
+    """Put the complete folder ``new`` at ``final``. A folder cannot replace a non-empty one in one rename, so
+    an existing ``final`` (the same step saved again after a resume) is first renamed to ``.old-<name>`` and
+    deleted only once ``new`` is in place: a crash in between leaves both complete, and ``clean_temporaries``
+    puts the old one back."""
+    if not os.path.exists(final):
+        os.replace(new, final)
+        return
+    old = os.path.join(os.path.dirname(final), ".old-" + os.path.basename(final))
+    os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old)
 
 
 def clean_temporaries(directory: str) -> list[str]:
@@ -227,11 +242,14 @@ def clean_temporaries(directory: str) -> list[str]:
     if not os.path.isdir(directory):
         return removed
     for name in sorted(os.listdir(directory)):
-        if TEMPORARY_RE.match(name):
+        if (swapped := SWAPPED_OUT_RE.match(name)) and not os.path.exists(os.path.join(directory, swapped[1])):
+            os.replace(os.path.join(directory, name), os.path.join(directory, swapped[1]))   # crash mid-swap
+            log.warning("restored %s (a save of the same step was interrupted)", swapped[1])
+        elif swapped or TEMPORARY_RE.match(name):
             path = os.path.join(directory, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
             removed.append(path)
-            log.warning("removed %s, a partial checkpoint of an interrupted run", path)
+            log.warning("removed %s, left by an interrupted checkpoint write", path)
     return removed
 
 

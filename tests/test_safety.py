@@ -344,3 +344,42 @@ def test_pruning_keeps_the_checkpoint_just_written_and_the_newest_verified(tmp_p
     written = save(2)
     prune(str(tmp_path), keep=1, just_written=written)
     assert os.path.exists(written)
+
+
+def test_saving_a_step_again_swaps_the_folder_crash_safely(tmp_path):
+    """The same step saved again (after a resume) replaces the old folder only once the new one is in place;
+    a crash between the two renames leaves both complete, and the next run puts the old one back."""
+    from mmkgc_dist.integrity import clean_temporaries, replace_folder
+
+    def folder(name: str, content: bytes) -> str:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta.json").write_bytes(content)
+        return str(tmp_path / name)
+    final = folder("step-000000002", b"old")
+    replace_folder(folder(".tmp-step-000000002", b"new"), final)
+    assert sorted(os.listdir(tmp_path)) == ["step-000000002"] and (tmp_path / final / "meta.json").read_bytes() == b"new"
+    # crashed after the old folder moved aside, before the new one moved in:
+    os.replace(final, tmp_path / ".old-step-000000002")
+    folder(".tmp-step-000000002", b"newer")
+    clean_temporaries(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["step-000000002"] and (tmp_path / final / "meta.json").read_bytes() == b"new"
+    # crashed after the new one moved in, before the old one was deleted:
+    folder(".old-step-000000002", b"older")
+    clean_temporaries(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["step-000000002"] and (tmp_path / final / "meta.json").read_bytes() == b"new"
+
+
+def test_a_checkpoint_never_replaces_a_folder_the_tool_did_not_write(tmp_path):
+    from mmkgc_dist.data.errors import DataError
+    from mmkgc_dist.config import load_config
+    from mmkgc_dist.data.synthetic import generate
+    from mmkgc_dist.trainers import local_trainer
+    cfg = load_config(None, [("data.synthetic.num_entities", "100"), ("data.synthetic.num_triples", "600"),
+                             ("model.dim", "8"), ("train.compile", "false"), ("train.threads", "1")])
+    trainer = local_trainer(cfg, generate(cfg.data.synthetic), str(tmp_path / "run"), show_progress=False)
+    mine = tmp_path / "run" / "checkpoints" / "step-000000000"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("a user's file")
+    with pytest.raises(DataError, match="step-000000000: exists and is not a checkpoint written by mmkgc-dist"):
+        trainer.save()
+    assert os.listdir(mine) == ["notes.txt"] and sorted(os.listdir(mine.parent)) == ["step-000000000"]

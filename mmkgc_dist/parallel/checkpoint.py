@@ -15,7 +15,9 @@ Layout of one checkpoint (``checkpoints/step-NNNNNNNNN/``):
 Frozen feature tables are not saved: they are the dataset's features.
 
 Everything is written under ``.tmp-step-N`` and renamed by rank 0 after a barrier, so a crash at any point
-leaves a complete checkpoint or a temporary folder the lookup never returns. Loading verifies the digests
+leaves a complete checkpoint or a temporary folder the lookup never returns (a folder of the same step already
+there is moved aside first and deleted last: integrity.replace_folder). A folder of that name that holds no
+``meta.json`` was not written here and is never replaced; a model with NaN/inf weights is never saved. Loading verifies the digests
 first and never unpickles arbitrary objects (integrity.py). A runtime provides ``checkpoint_state`` (the
 tensors above, which a load fills in place) and ``restore_state``; the rest is here, once.
 """
@@ -33,7 +35,8 @@ import torch.distributed.checkpoint as dcp
 
 from ..data.errors import DataError
 from ..divergence import TrainingDiverged
-from ..integrity import Checkpoint, checkpoint_at, dcp_reader_and_planner, digests, latest, prune, safe_torch_load
+from ..integrity import (Checkpoint, checkpoint_at, dcp_reader_and_planner, digests, latest, prune, replace_folder,
+                         safe_torch_load)
 from ..optim import load_optimizer_state
 
 log = logging.getLogger("mmkgc_dist")
@@ -98,6 +101,8 @@ def save(runtime, directory: str, cursor: dict) -> str:
     weights is refused (TrainingDiverged): its ranking would be meaningless, and resuming would go nowhere."""
     name = f"step-{cursor['step']:09d}"
     final, tmp = os.path.join(directory, name), os.path.join(directory, ".tmp-" + name)
+    if os.path.exists(final) and not os.path.isfile(os.path.join(final, "meta.json")):
+        raise DataError(f"{final}: exists and is not a checkpoint written by mmkgc-dist; not touched (move it away)")
     bad = non_finite_values(runtime)
     if bad:
         raise TrainingDiverged(f"{final}: not written: the model holds {bad} NaN/inf weights at epoch "
@@ -130,9 +135,7 @@ def save(runtime, directory: str, cursor: dict) -> str:
                 json.dump(meta, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            replace_folder(tmp, final)
     except (OSError, RuntimeError, dcp.api.CheckpointException) as exc:
         if runtime.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
