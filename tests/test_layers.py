@@ -12,7 +12,8 @@ ALLOWED = {
     "tables": {"model", "data", "rng"},
     "train": {"config", "rng", "optim", "outputs", "integrity", "data", "eval", "model", "tables", "train", "host",
               "divergence"},
-    "parallel": {"config", "rng", "optim", "outputs", "integrity", "data", "eval", "model", "tables", "parallel"},
+    "parallel": {"config", "rng", "optim", "outputs", "integrity", "data", "eval", "model", "tables", "parallel",
+                 "divergence"},
 }
 EXCEPTIONS: set = set()      # none: the trainer is handed its runtime (trainers.py assembles them)
 

@@ -28,7 +28,7 @@ def gathered_distance_backward(grad: Tensor, query: Tensor, rows: Tensor, index:
 def _per_candidate(grad: Tensor, difference: Tensor) -> Tensor:
     """[B, K, 2d]: ∂(Σ grad·dist)/∂query for each candidate, from query − candidate [B, K, 2d]."""
     diff = difference.unflatten(-1, (2, -1))                         # [B, K, 2, d]
-    modulus = diff.pow(2).sum(2, keepdim=True).sqrt().clamp_min(MODULUS_FLOOR)
+    modulus = diff.pow(2).sum(2, keepdim=True).clamp_min(MODULUS_FLOOR).sqrt()       # the floor of scoring.py
     return (grad[:, :, None, None] * diff / modulus).flatten(-2)
 
 

@@ -25,7 +25,7 @@ from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.types import ShardingType
-from torchrec.modules.embedding_configs import DataType
+from torchrec.modules.embedding_configs import DataType, dtype_to_data_type
 
 from ..config import ParallelConfig
 from ..data.format import Features
@@ -33,7 +33,7 @@ from ..model.kgc import EntityRows
 from ..config import ConfigError
 from ..optim import adagrad_rows_, adam_rows_, every_row
 from ..rng import uniform_rows
-from ..tables import row_width
+from ..tables import FROZEN_DTYPES, row_width
 from .env import DistEnv, allreduce_sum_hook
 
 
@@ -91,7 +91,7 @@ class ShardedTables(nn.Module):
                  cfg: ParallelConfig, seed: int, table_optimizer: str, lr: float, adagrad_lr: float):
         super().__init__()
         self.env, self.modalities = env, list(features)
-        frozen_dtype = {"fp32": DataType.FP32, "fp16": DataType.FP16, "bf16": DataType.BF16}[cfg.frozen_dtype]
+        frozen_dtype = dtype_to_data_type(FROZEN_DTYPES[cfg.frozen_dtype])     # one table of the choices
         specs = {"entity": (num_entities, 2 * dim, True, DataType.FP32),
                  "relation": (num_relations, dim, True, DataType.FP32)}
         for m, f in features.items():
