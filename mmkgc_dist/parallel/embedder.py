@@ -4,8 +4,8 @@ fused embedding travels.
 Data parallelism over positives does not shrink the fusion work: with 128 negatives per positive, every
 rank's half of a DB15K batch still touches nearly all 12.8k entities, so each rank would project all of
 their 4096-d features and pull them through TorchRec's all-to-all. Fusing at the owner splits the
-projection work by world size and ships 2d-wide joint rows (plus 2d structural rows for MAT) instead of
-the raw features. The exchange is an autograd-aware all-to-all, so gradients return to the owners, flow
+projection work by world size and ships 2d-wide joint rows (plus the positives' 2d structural rows for
+MAT) instead of the raw features. The exchange is an autograd-aware all-to-all, so gradients return to the owners, flow
 through the fusion (DDP keeps its parameters in sync) and into the sharded tables.
 
 Owners are contiguous id blocks of ceil(N / world) rows — the layout of TorchRec's row-wise sharding, so
@@ -36,8 +36,10 @@ class OwnerEmbedder:
     def __call__(self, entity_ids: Tensor, relation_ids: Tensor,
                  positives: Tensor | None = None) -> tuple[EmbeddedEntities, Tensor]:
         """entity_ids must be sorted (``unique_ids`` returns them so): requests are then grouped by owner.
-        ``positives`` (bool per id) marks the ids the generator step will ask for again: they travel as
-        2·id + 1 so each owner knows them, and ``positives`` then needs no id exchange of its own."""
+        ``positives`` (bool per id) marks the ids whose structural rows MAT needs and that the generator step
+        will ask for again: they travel as 2·id + 1 so each owner knows them, and ``positives`` then needs no
+        id exchange of its own. Every id's joint row travels; a structural row only for a marked id (MAT
+        reads no other — about half the bytes of shipping both for every id)."""
         flags = positives.long() if positives is not None else torch.zeros_like(entity_ids)
         send_counts = torch.bincount(entity_ids // self.block, minlength=self.world)
         recv_counts = torch.empty_like(send_counts)
@@ -46,15 +48,29 @@ class OwnerEmbedder:
         requested = torch.empty(sum(recv), dtype=torch.long, device=entity_ids.device)
         dist.all_to_all_single(requested, (2 * entity_ids + flags).contiguous(), recv, send)
         requested, marked = requested >> 1, (requested & 1).bool()
+        marked_mine = self._split_counts(positives, send) if positives is not None else [0] * self.world
+        marked_theirs = self._split_counts(marked, recv)
         if positives is not None:
-            self._positives = (entity_ids[positives], requested[marked], self._split_counts(positives, send),
-                               self._split_counts(marked, recv))
+            self._positives = (entity_ids[positives], requested[marked], marked_mine, marked_theirs)
 
         owned, position = unique_ids(requested, self.num_entities)   # requests from several ranks coincide
-        answers, width, fused = self._fuse_owned(owned, relation_ids)
-        received = differentiable_all_to_all(answers.new_empty(len(entity_ids), answers.shape[1]), answers[position],
-                                             send, recv)
-        return self._entities(entity_ids, received, width, fused), self._relations
+        rows, self._relations = self.tables.lookup_owned(owned, relation_ids)
+        joint, _ = self.model(rows)
+        if joint is rows.structural:                  # structure-only: the joint row is the structural row
+            received = differentiable_all_to_all(joint.new_empty(len(entity_ids), joint.shape[1]), joint[position],
+                                                 send, recv)
+            return self._entities(entity_ids, received, received), self._relations
+        # per requesting rank: its ids' joint rows, then the structural rows of its marked ids
+        parts = zip(torch.split(joint[position], recv), torch.split(rows.structural[position[marked]], marked_theirs))
+        outgoing = torch.cat([piece for pair in parts for piece in pair])
+        incoming = [a + b for a, b in zip(send, marked_mine)]
+        received = differentiable_all_to_all(joint.new_empty(sum(incoming), joint.shape[1]), outgoing,
+                                             incoming, [a + b for a, b in zip(recv, marked_theirs)])
+        pieces = torch.split(received, [n for pair in zip(send, marked_mine) for n in pair])
+        structural = joint.new_full((len(entity_ids), joint.shape[1]), float("nan"))   # unread: NaN if ever read
+        if positives is not None:
+            structural = structural.index_copy(0, positives.nonzero().squeeze(1), torch.cat(pieces[1::2]))
+        return self._entities(entity_ids, torch.cat(pieces[0::2]), structural), self._relations
 
     @staticmethod
     def _split_counts(mask: Tensor, counts: list[int]) -> list[int]:
@@ -67,8 +83,7 @@ class OwnerEmbedder:
         fused = joint is not rows.structural          # structure-only: the joint row is the structural row
         return (torch.cat([joint, rows.structural], dim=1) if fused else joint), joint.shape[1], fused
 
-    def _entities(self, entity_ids: Tensor, received: Tensor, width: int, fused: bool) -> EmbeddedEntities:
-        joint, structural = (received[:, :width], received[:, width:]) if fused else (received, received)
+    def _entities(self, entity_ids: Tensor, joint: Tensor, structural: Tensor) -> EmbeddedEntities:
         masks = {m: getattr(self.tables, f"present_{m}")[entity_ids] for m in self.tables.modalities}
         return EmbeddedEntities(joint, structural, masks)
 
@@ -84,4 +99,5 @@ class OwnerEmbedder:
         answers, width, fused = self._fuse_owned(owned, relation_ids)
         received = answers.new_empty(len(entity_ids), answers.shape[1])
         dist.all_to_all_single(received, answers[position].contiguous(), receive_counts, send_counts)
-        return self._entities(entity_ids, received, width, fused), self._relations
+        joint, structural = (received[:, :width], received[:, width:]) if fused else (received, received)
+        return self._entities(entity_ids, joint, structural), self._relations

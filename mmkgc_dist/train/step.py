@@ -83,8 +83,10 @@ class TrainStep:
         triples = torch.as_tensor(batch, device=self.device)    # already there when prefetched (prefetch.py)
         cand = negatives.entities.to(self.device)
         ids, inverse = unique_ids(torch.cat([triples[:, 0], triples[:, 2], cand.reshape(-1)]), self.num_entities)
-        positives = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
-        positives[inverse[:2 * len(triples)]] = True
+        positives = None            # the ids MAT reads again (their structural rows, the generator step)
+        if self.generators is not None:
+            positives = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+            positives[inverse[:2 * len(triples)]] = True
         with timer("embed"):        # table lookup (incl. all-to-all) and fusion of each unique entity
             entities, relation_rows = self.embed(ids, triples[:, 1], positives)
         with timer("score"):
