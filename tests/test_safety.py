@@ -357,21 +357,24 @@ def test_saving_a_step_again_swaps_the_folder_crash_safely(tmp_path):
         return str(tmp_path / name)
     final = folder("step-000000002", b"old")
     replace_folder(folder(".tmp-step-000000002", b"new"), final)
-    assert sorted(os.listdir(tmp_path)) == ["step-000000002"] and (tmp_path / final / "meta.json").read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["step-000000002"]
+    assert open(os.path.join(final, "meta.json"), "rb").read() == b"new"
     # crashed after the old folder moved aside, before the new one moved in:
     os.replace(final, tmp_path / ".old-step-000000002")
     folder(".tmp-step-000000002", b"newer")
     clean_temporaries(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ["step-000000002"] and (tmp_path / final / "meta.json").read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["step-000000002"]
+    assert open(os.path.join(final, "meta.json"), "rb").read() == b"new"
     # crashed after the new one moved in, before the old one was deleted:
     folder(".old-step-000000002", b"older")
     clean_temporaries(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ["step-000000002"] and (tmp_path / final / "meta.json").read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["step-000000002"]
+    assert open(os.path.join(final, "meta.json"), "rb").read() == b"new"
 
 
 def test_a_checkpoint_never_replaces_a_folder_the_tool_did_not_write(tmp_path):
-    from mmkgc_dist.data.errors import DataError
     from mmkgc_dist.config import load_config
+    from mmkgc_dist.data.errors import DataError
     from mmkgc_dist.data.synthetic import generate
     from mmkgc_dist.trainers import local_trainer
     cfg = load_config(None, [("data.synthetic.num_entities", "100"), ("data.synthetic.num_triples", "600"),

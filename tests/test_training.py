@@ -149,7 +149,8 @@ def test_a_divergence_between_logging_steps_is_caught_at_the_end_of_training():
 def test_no_checkpoint_of_a_diverged_model(tmp_path):
     """The step checkpoint after the weights went NaN (before any logging step saw it) is refused, not written;
     the earlier one stays the newest."""
-    trainer = make(tmp_path, ("train.max_steps", "4"), ("train.log_every", "100"), ("train.checkpoint_every_steps", "1"))
+    trainer = make(tmp_path, ("train.max_steps", "4"), ("train.log_every", "100"),
+                   ("train.checkpoint_every_steps", "1"))
     step = trainer.step_fn
     calls = []
 

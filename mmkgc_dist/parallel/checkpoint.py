@@ -17,9 +17,9 @@ Frozen feature tables are not saved: they are the dataset's features.
 Everything is written under ``.tmp-step-N`` and renamed by rank 0 after a barrier, so a crash at any point
 leaves a complete checkpoint or a temporary folder the lookup never returns (a folder of the same step already
 there is moved aside first and deleted last: integrity.replace_folder). A folder of that name that holds no
-``meta.json`` was not written here and is never replaced; a model with NaN/inf weights is never saved. Loading verifies the digests
-first and never unpickles arbitrary objects (integrity.py). A runtime provides ``checkpoint_state`` (the
-tensors above, which a load fills in place) and ``restore_state``; the rest is here, once.
+``meta.json`` was not written here and is never replaced; a model with NaN/inf weights is never saved. Loading
+verifies the digests first and never unpickles arbitrary objects (integrity.py). A runtime provides
+``checkpoint_state`` (the tensors above, which a load fills in place) and ``restore_state``; the rest is here.
 """
 from __future__ import annotations
 
@@ -83,16 +83,16 @@ def _local_pieces(value):
 
 
 @torch.no_grad()
-def non_finite_values(runtime, block: int = 1 << 16) -> int:
+def non_finite_values(runtime, block: int = 1 << 22) -> int:
     """NaN/inf values in the model's weights (tables, fusion, generators) over all ranks; a collective.
-    Read ``block`` rows at a time, so the check allocates nothing table-sized."""
+    Read ``block`` values at a time, so the check allocates nothing table-sized."""
     state = {"model": runtime.checkpoint_state(optimizer=False),
              "generators": runtime.generators.state_dict() if runtime.generators is not None else {}}
     count = 0
     for tensor in _local_pieces(state):
         if tensor.is_floating_point():
-            rows = tensor.reshape(tensor.shape[0], -1) if tensor.dim() else tensor.reshape(1, 1)
-            count += sum(int((~torch.isfinite(rows[i:i + block])).sum()) for i in range(0, rows.shape[0], block))
+            flat = tensor.reshape(-1)
+            count += sum(int((~torch.isfinite(flat[i:i + block])).sum()) for i in range(0, flat.numel(), block))
     return runtime.total(count)
 
 
