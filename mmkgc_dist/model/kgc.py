@@ -19,13 +19,15 @@ class EntityRows:
 
 @dataclass
 class EmbeddedEntities:
-    """What scoring needs of a set of entities: joint embeddings, structural rows, presence masks."""
+    """What scoring needs of a set of entities: joint embeddings, structural rows (None where nothing reads
+    them: the owners' exchange without MAT), presence masks."""
     joint: Tensor
-    structural: Tensor
+    structural: Tensor | None
     masks: dict[str, Tensor]
 
     def select(self, index: Tensor) -> "EmbeddedEntities":
-        return EmbeddedEntities(self.joint[index], self.structural[index], {m: k[index] for m, k in self.masks.items()})
+        structural = self.structural[index] if self.structural is not None else None
+        return EmbeddedEntities(self.joint[index], structural, {m: k[index] for m, k in self.masks.items()})
 
 
 class MultiModalKGC(nn.Module):

@@ -48,42 +48,40 @@ class OwnerEmbedder:
         requested = torch.empty(sum(recv), dtype=torch.long, device=entity_ids.device)
         dist.all_to_all_single(requested, (2 * entity_ids + flags).contiguous(), recv, send)
         requested, marked = requested >> 1, (requested & 1).bool()
-        marked_mine = self._split_counts(positives, send) if positives is not None else [0] * self.world
-        marked_theirs = self._split_counts(marked, recv)
         if positives is not None:
-            self._positives = (entity_ids[positives], requested[marked], marked_mine, marked_theirs)
+            self._positives = (entity_ids[positives], requested[marked], self._split_counts(positives, send),
+                               self._split_counts(marked, recv))
 
         owned, position = unique_ids(requested, self.num_entities)   # requests from several ranks coincide
-        rows, self._relations = self.tables.lookup_owned(owned, relation_ids)
-        joint, _ = self.model(rows)
-        if joint is rows.structural:                  # structure-only: the joint row is the structural row
+        joint, structural = self._fuse_owned(owned, relation_ids)
+        if positives is None or structural is None:   # no MAT: the joint rows alone travel
             received = differentiable_all_to_all(joint.new_empty(len(entity_ids), joint.shape[1]), joint[position],
                                                  send, recv)
-            return self._entities(entity_ids, received, received), self._relations
+            return self._entities(entity_ids, received, received if structural is None else None), self._relations
+        _, _, marked_mine, marked_theirs = self._positives
         # per requesting rank: its ids' joint rows, then the structural rows of its marked ids
-        parts = zip(torch.split(joint[position], recv), torch.split(rows.structural[position[marked]], marked_theirs))
+        parts = zip(torch.split(joint[position], recv), torch.split(structural[position[marked]], marked_theirs))
         outgoing = torch.cat([piece for pair in parts for piece in pair])
         incoming = [a + b for a, b in zip(send, marked_mine)]
         received = differentiable_all_to_all(joint.new_empty(sum(incoming), joint.shape[1]), outgoing,
                                              incoming, [a + b for a, b in zip(recv, marked_theirs)])
         pieces = torch.split(received, [n for pair in zip(send, marked_mine) for n in pair])
-        structural = joint.new_full((len(entity_ids), joint.shape[1]), float("nan"))   # unread: NaN if ever read
-        if positives is not None:
-            structural = structural.index_copy(0, positives.nonzero().squeeze(1), torch.cat(pieces[1::2]))
-        return self._entities(entity_ids, torch.cat(pieces[0::2]), structural), self._relations
+        unmarked_nan = joint.new_full((len(entity_ids), joint.shape[1]), float("nan"))   # never read: NaN if it were
+        marked_rows = unmarked_nan.index_copy(0, positives.nonzero().squeeze(1), torch.cat(pieces[1::2]))
+        return self._entities(entity_ids, torch.cat(pieces[0::2]), marked_rows), self._relations
 
     @staticmethod
     def _split_counts(mask: Tensor, counts: list[int]) -> list[int]:
         return [int(part.sum()) for part in torch.split(mask, counts)]
 
-    def _fuse_owned(self, owned: Tensor, relation_ids: Tensor) -> tuple[Tensor, int, bool]:
-        """[joint | structural] rows of owned ids (the joint row alone for structure-only models)."""
+    def _fuse_owned(self, owned: Tensor, relation_ids: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Joint and structural rows of owned ids; structural is None for structure-only models (the joint row
+        is the structural row)."""
         rows, self._relations = self.tables.lookup_owned(owned, relation_ids)
         joint, _ = self.model(rows)
-        fused = joint is not rows.structural          # structure-only: the joint row is the structural row
-        return (torch.cat([joint, rows.structural], dim=1) if fused else joint), joint.shape[1], fused
+        return joint, (None if joint is rows.structural else rows.structural)
 
-    def _entities(self, entity_ids: Tensor, joint: Tensor, structural: Tensor) -> EmbeddedEntities:
+    def _entities(self, entity_ids: Tensor, joint: Tensor, structural: Tensor | None) -> EmbeddedEntities:
         masks = {m: getattr(self.tables, f"present_{m}")[entity_ids] for m in self.tables.modalities}
         return EmbeddedEntities(joint, structural, masks)
 
@@ -96,8 +94,10 @@ class OwnerEmbedder:
         if not torch.equal(entity_ids, mine):
             raise ValueError("positives() must ask for the ids marked in the last exchange")
         owned, position = unique_ids(requested, self.num_entities)
-        answers, width, fused = self._fuse_owned(owned, relation_ids)
+        joint, structural = self._fuse_owned(owned, relation_ids)
+        answers = joint if structural is None else torch.cat([joint, structural], dim=1)
         received = answers.new_empty(len(entity_ids), answers.shape[1])
         dist.all_to_all_single(received, answers[position].contiguous(), receive_counts, send_counts)
-        joint, structural = (received[:, :width], received[:, width:]) if fused else (received, received)
-        return self._entities(entity_ids, joint, structural), self._relations
+        width = joint.shape[1]
+        return self._entities(entity_ids, received[:, :width], received[:, width:] if structural is not None
+                              else received), self._relations
