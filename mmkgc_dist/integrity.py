@@ -219,25 +219,12 @@ def delete(ckpt: Checkpoint) -> None:
 
 
 TEMPORARY_RE = re.compile(r"^(step-\d{9}\.(pt|json)\.tmp|\.tmp-step-\d{9})$")
-SWAPPED_OUT_RE = re.compile(r"^\.old-(step-\d{9})$")
-
-
-def replace_folder(new: str, final: str) -> None:
-    """Put the complete folder ``new`` at ``final``. A folder cannot replace a non-empty one in one rename, so
-    an existing ``final`` (the same step saved again after a resume) is first renamed to ``.old-<name>`` and
-    deleted only once ``new`` is in place: a crash in between leaves both complete, and ``clean_temporaries``
-    puts the old one back."""
-    if not os.path.exists(final):
-        os.replace(new, final)
-        return
-    old = os.path.join(os.path.dirname(final), ".old-" + os.path.basename(final))
-    os.replace(final, old)
-    os.replace(new, final)
-    shutil.rmtree(old)
+SWAPPED_OUT_RE = re.compile(r"^\.(step-\d{9})\.previous$")     # outputs.swap_in's old version, set aside
 
 
 def clean_temporaries(directory: str) -> list[str]:
-    """Remove partial checkpoint writes of a crashed run (the caller holds the run's lock)."""
+    """Remove partial checkpoint writes of a crashed run (the caller holds the run's lock); a checkpoint set
+    aside by a same-step save (``outputs.swap_in``) is put back when the new one never moved in."""
     removed = []
     if not os.path.isdir(directory):
         return removed

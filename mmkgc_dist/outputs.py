@@ -191,6 +191,20 @@ def default_mode(path: str) -> None:
     os.chmod(path, 0o777 & ~umask)
 
 
+def swap_in(new: str, out: str) -> None:
+    """Put the complete folder ``new`` at ``out``: an old ``out`` is moved aside to ``previous_path(out)`` first
+    and deleted only once ``new`` is in place (a folder cannot replace a non-empty one in one rename)."""
+    previous = previous_path(out)
+    had_old = os.path.lexists(out)
+    if had_old:
+        os.replace(out, previous)
+        fault_point("aside")
+    os.replace(new, out)
+    fault_point("swapped")
+    if had_old:
+        shutil.rmtree(previous)
+
+
 class OutputBuilder:
     """Build an output in a temporary sibling and swap it in crash-safely.
 
@@ -215,15 +229,7 @@ class OutputBuilder:
 
     def commit(self) -> None:
         fault_point("built")
-        previous = previous_path(self.out)
-        had_old = os.path.lexists(self.out)
-        if had_old:
-            os.replace(self.out, previous)
-            fault_point("aside")
-        os.replace(self.tmp, self.out)
-        fault_point("swapped")
-        if had_old:
-            shutil.rmtree(previous)
+        swap_in(self.tmp, self.out)
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)

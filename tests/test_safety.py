@@ -349,24 +349,25 @@ def test_pruning_keeps_the_checkpoint_just_written_and_the_newest_verified(tmp_p
 def test_saving_a_step_again_swaps_the_folder_crash_safely(tmp_path):
     """The same step saved again (after a resume) replaces the old folder only once the new one is in place;
     a crash between the two renames leaves both complete, and the next run puts the old one back."""
-    from mmkgc_dist.integrity import clean_temporaries, replace_folder
+    from mmkgc_dist.integrity import clean_temporaries
+    from mmkgc_dist.outputs import swap_in
 
     def folder(name: str, content: bytes) -> str:
         (tmp_path / name).mkdir()
         (tmp_path / name / "meta.json").write_bytes(content)
         return str(tmp_path / name)
     final = folder("step-000000002", b"old")
-    replace_folder(folder(".tmp-step-000000002", b"new"), final)
+    swap_in(folder(".tmp-step-000000002", b"new"), final)
     assert sorted(os.listdir(tmp_path)) == ["step-000000002"]
     assert open(os.path.join(final, "meta.json"), "rb").read() == b"new"
     # crashed after the old folder moved aside, before the new one moved in:
-    os.replace(final, tmp_path / ".old-step-000000002")
+    os.replace(final, tmp_path / ".step-000000002.previous")
     folder(".tmp-step-000000002", b"newer")
     clean_temporaries(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["step-000000002"]
     assert open(os.path.join(final, "meta.json"), "rb").read() == b"new"
     # crashed after the new one moved in, before the old one was deleted:
-    folder(".old-step-000000002", b"older")
+    folder(".step-000000002.previous", b"older")
     clean_temporaries(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["step-000000002"]
     assert open(os.path.join(final, "meta.json"), "rb").read() == b"new"

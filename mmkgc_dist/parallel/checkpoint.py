@@ -16,7 +16,7 @@ Frozen feature tables are not saved: they are the dataset's features.
 
 Everything is written under ``.tmp-step-N`` and renamed by rank 0 after a barrier, so a crash at any point
 leaves a complete checkpoint or a temporary folder the lookup never returns (a folder of the same step already
-there is moved aside first and deleted last: integrity.replace_folder). A folder of that name that holds no
+there is moved aside first and deleted last: outputs.swap_in). A folder of that name that holds no
 ``meta.json`` was not written here and is never replaced; a model with NaN/inf weights is never saved. Loading
 verifies the digests first and never unpickles arbitrary objects (integrity.py). A runtime provides
 ``checkpoint_state`` (the tensors above, which a load fills in place) and ``restore_state``; the rest is here.
@@ -35,9 +35,9 @@ import torch.distributed.checkpoint as dcp
 
 from ..data.errors import DataError
 from ..divergence import TrainingDiverged
-from ..integrity import (Checkpoint, checkpoint_at, dcp_reader_and_planner, digests, latest, prune, replace_folder,
-                         safe_torch_load)
+from ..integrity import Checkpoint, checkpoint_at, dcp_reader_and_planner, digests, latest, prune, safe_torch_load
 from ..optim import load_optimizer_state
+from ..outputs import swap_in
 
 log = logging.getLogger("mmkgc_dist")
 FORMAT = 2
@@ -135,7 +135,7 @@ def save(runtime, directory: str, cursor: dict) -> str:
                 json.dump(meta, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            replace_folder(tmp, final)
+            swap_in(tmp, final)
     except (OSError, RuntimeError, dcp.api.CheckpointException) as exc:
         if runtime.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
