@@ -98,6 +98,21 @@ def test_fakes_fill_missing_modalities():
     assert torch.allclose(same[1], filled[1])                              # an entity with both: no change
 
 
+def test_entities_holding_only_marked_structural_rows_select_the_right_ones():
+    """The owners' exchange ships structural rows only for the marked (positive) entities; selecting a subset of
+    them must return the same rows as selecting from a full table."""
+    from mmkgc_dist.model.kgc import EmbeddedEntities
+    torch.manual_seed(0)
+    joint, structural = torch.randn(7, 4), torch.randn(7, 4)
+    marked = torch.tensor([False, True, True, False, True, False, True])
+    masks = {"text": torch.ones(7, dtype=torch.bool)}
+    full = EmbeddedEntities(joint, structural, masks)
+    partial = EmbeddedEntities(joint, structural[marked], masks, structural_of=marked)
+    for index in (torch.tensor([1, 2, 4, 6]), torch.tensor([6, 1]), torch.tensor([4, 4, 2])):
+        a, b = full.select(index), partial.select(index)
+        assert torch.equal(a.structural, b.structural) and torch.equal(a.joint, b.joint)
+
+
 def test_generators_shapes():
     gens = MATGenerators(["visual", "text"], width=8, noise_dim=4, hidden=16)
     out = gens(torch.randn(3, 8))

@@ -19,14 +19,22 @@ class EntityRows:
 
 @dataclass
 class EmbeddedEntities:
-    """What scoring needs of a set of entities: joint embeddings, structural rows (None where nothing reads
-    them: the owners' exchange without MAT), presence masks."""
+    """What scoring needs of a set of entities: joint embeddings, structural rows, presence masks.
+
+    ``structural`` is None where nothing reads it (the owners' exchange without MAT). ``structural_of``, a bool
+    mask over the entities, says which of them ``structural`` holds rows for, in order (the owners' exchange
+    ships only the positives' rows, the ones MAT reads); None: one row per entity."""
     joint: Tensor
     structural: Tensor | None
     masks: dict[str, Tensor]
+    structural_of: Tensor | None = None
 
     def select(self, index: Tensor) -> "EmbeddedEntities":
-        structural = self.structural[index] if self.structural is not None else None
+        """The entities at ``index``; with ``structural_of`` set, they must be among the entities it marks."""
+        structural = self.structural
+        if structural is not None:
+            # the row of entity p is the number of marked entities before it (a cumsum: no host sync on a GPU)
+            structural = structural[index if self.structural_of is None else self.structural_of.cumsum(0)[index] - 1]
         return EmbeddedEntities(self.joint[index], structural, {m: k[index] for m, k in self.masks.items()})
 
 

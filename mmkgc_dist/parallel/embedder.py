@@ -41,16 +41,19 @@ class OwnerEmbedder:
         id exchange of its own. Every id's joint row travels; a structural row only for a marked id (MAT
         reads no other — about half the bytes of shipping both for every id)."""
         flags = positives.long() if positives is not None else torch.zeros_like(entity_ids)
-        send_counts = torch.bincount(entity_ids // self.block, minlength=self.world)
+        owners = entity_ids // self.block
+        # per peer rank: how many ids I ask of it and how many of them are marked; the one exchange of sizes
+        # and the step's one wait for the host (split sizes must be Python ints)
+        send_counts = torch.stack([torch.bincount(owners, minlength=self.world),
+                                   torch.bincount(owners, weights=flags, minlength=self.world).long()], dim=1)
         recv_counts = torch.empty_like(send_counts)
-        dist.all_to_all_single(recv_counts, send_counts)     # the step's one host-blocking exchange (sizes)
-        send, recv = send_counts.tolist(), recv_counts.tolist()
+        dist.all_to_all_single(recv_counts, send_counts)
+        (send, marked_mine), (recv, marked_theirs) = send_counts.T.tolist(), recv_counts.T.tolist()
         requested = torch.empty(sum(recv), dtype=torch.long, device=entity_ids.device)
         dist.all_to_all_single(requested, (2 * entity_ids + flags).contiguous(), recv, send)
         requested, marked = requested >> 1, (requested & 1).bool()
         if positives is not None:
-            self._positives = (entity_ids[positives], requested[marked], self._split_counts(positives, send),
-                               self._split_counts(marked, recv))
+            self._positives = (entity_ids[positives], requested[marked], marked_mine, marked_theirs)
 
         owned, position = unique_ids(requested, self.num_entities)   # requests from several ranks coincide
         joint, structural = self._fuse_owned(owned, relation_ids)
@@ -58,7 +61,6 @@ class OwnerEmbedder:
             received = differentiable_all_to_all(joint.new_empty(len(entity_ids), joint.shape[1]), joint[position],
                                                  send, recv)
             return self._entities(entity_ids, received, received if structural is None else None), self._relations
-        _, _, marked_mine, marked_theirs = self._positives
         # per requesting rank: its ids' joint rows, then the structural rows of its marked ids
         parts = zip(torch.split(joint[position], recv), torch.split(structural[position[marked]], marked_theirs))
         outgoing = torch.cat([piece for pair in parts for piece in pair])
@@ -66,13 +68,9 @@ class OwnerEmbedder:
         received = differentiable_all_to_all(joint.new_empty(sum(incoming), joint.shape[1]), outgoing,
                                              incoming, [a + b for a, b in zip(recv, marked_theirs)])
         pieces = torch.split(received, [n for pair in zip(send, marked_mine) for n in pair])
-        unmarked_nan = joint.new_full((len(entity_ids), joint.shape[1]), float("nan"))   # never read: NaN if it were
-        marked_rows = unmarked_nan.index_copy(0, positives.nonzero().squeeze(1), torch.cat(pieces[1::2]))
-        return self._entities(entity_ids, torch.cat(pieces[0::2]), marked_rows), self._relations
-
-    @staticmethod
-    def _split_counts(mask: Tensor, counts: list[int]) -> list[int]:
-        return [int(part.sum()) for part in torch.split(mask, counts)]
+        # the marked rows arrive in id order (owners hold contiguous id blocks), as structural_of expects
+        return self._entities(entity_ids, torch.cat(pieces[0::2]), torch.cat(pieces[1::2]), positives), \
+            self._relations
 
     def _fuse_owned(self, owned: Tensor, relation_ids: Tensor) -> tuple[Tensor, Tensor | None]:
         """Joint and structural rows of owned ids; structural is None for structure-only models (the joint row
@@ -81,9 +79,10 @@ class OwnerEmbedder:
         joint, _ = self.model(rows)
         return joint, (None if joint is rows.structural else rows.structural)
 
-    def _entities(self, entity_ids: Tensor, joint: Tensor, structural: Tensor | None) -> EmbeddedEntities:
+    def _entities(self, entity_ids: Tensor, joint: Tensor, structural: Tensor | None,
+                  structural_of: Tensor | None = None) -> EmbeddedEntities:
         masks = {m: getattr(self.tables, f"present_{m}")[entity_ids] for m in self.tables.modalities}
-        return EmbeddedEntities(joint, structural, masks)
+        return EmbeddedEntities(joint, structural, masks, structural_of)
 
     @torch.no_grad()
     def positives(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EmbeddedEntities, Tensor]:
