@@ -33,7 +33,7 @@ def adam_rows_(weight: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
     back. Both ways do the same arithmetic element by element."""
     beta1, beta2 = betas
     step_size, bias2 = lr / (1 - beta1 ** step), 1 - beta2 ** step
-    runs = row_runs(rows, max_runs)
+    runs = [(0, 0, len(rows))] if every_row(rows, len(weight)) else row_runs(rows, max_runs)
     if runs is not None:
         for first, offset, length in runs:
             g = grad[offset:offset + length]
@@ -57,16 +57,21 @@ def row_runs(rows: Tensor, max_runs: int) -> list[tuple[int, int, int]] | None:
     None when there are more than ``max_runs`` runs."""
     if len(rows) == 0:
         return []
-    starts = (torch.nonzero(rows[1:] - rows[:-1] != 1).squeeze(1) + 1).tolist()
-    if len(starts) + 1 > max_runs:
+    offsets = torch.nonzero(rows[1:] - rows[:-1] != 1).squeeze(1) + 1
+    if len(offsets) + 1 > max_runs:
         return None
-    offsets, ends = [0] + starts, starts + [len(rows)]
-    return [(int(rows[o]), o, e - o) for o, e in zip(offsets, ends)]
+    offsets = torch.cat([offsets.new_zeros(1), offsets])
+    # one read of the host for every run's offset and first row (a GPU waits once, not once per run)
+    offsets, firsts = torch.stack([offsets, rows[offsets]]).tolist()
+    ends = offsets[1:] + [len(rows)]
+    return [(first, o, e - o) for first, o, e in zip(firsts, offsets, ends)]
 
 
 def every_row(rows: Tensor, count: int) -> bool:
-    """True when the unique, sorted ``rows`` are 0 .. count - 1, i.e. the whole table."""
-    return len(rows) == count and (count == 0 or (int(rows[0]) == 0 and int(rows[-1]) == count - 1))
+    """True when the unique, sorted ``rows`` of a table of ``count`` rows are 0 .. count - 1, i.e. the whole
+    table: ``count`` distinct ids in [0, count) can be no others, so the length decides (no read of the ids,
+    which on a GPU would wait for them)."""
+    return len(rows) == count
 
 
 @torch.no_grad()
@@ -189,7 +194,7 @@ def load_table_state(opt, params: dict[str, Tensor], values: dict[str, Tensor]) 
     for name, p in params.items():
         state = opt.state[p]
         if isinstance(opt, LazyAdam):
-            state["step"] = values[f"{name}.step"].clone().to(torch.int64)
+            state["step"] = values[f"{name}.step"].to("cpu", torch.int64, copy=True)   # a host counter
             for key in ("exp_avg", "exp_avg_sq"):
                 value = values[f"{name}.{key}"].to(p.device, torch.float32)
                 if state.get(key) is None or state[key].data_ptr() != value.data_ptr():

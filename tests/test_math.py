@@ -229,6 +229,14 @@ def test_adam_rows_whole_table_path_equals_the_gathered_path_bitwise():
     assert torch.equal(view[:, :6], whole[0]) and torch.equal(view[:, 6:], torch.zeros(8, 2))
 
 
+def test_row_runs_by_hand():
+    from mmkgc_dist.optim import row_runs
+    assert row_runs(torch.tensor([0, 2, 3, 7, 8, 9]), 64) == [(0, 0, 1), (2, 1, 2), (7, 3, 3)]
+    assert row_runs(torch.tensor([5]), 64) == [(5, 0, 1)]
+    assert row_runs(torch.tensor([], dtype=torch.long), 64) == []
+    assert row_runs(torch.tensor([0, 2, 4]), 2) is None                   # 3 runs > 2: gather instead
+
+
 def test_rowwise_adagrad_by_hand():
     from mmkgc_dist.optim import RowwiseAdagrad
     p = torch.nn.Parameter(torch.zeros(2, 3))

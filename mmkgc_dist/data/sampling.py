@@ -64,10 +64,11 @@ class KnownTriples:
 
     def contains(self, keys: Tensor, maybe: Tensor) -> Tensor:
         hit = torch.zeros_like(maybe)
-        suspects = keys[maybe]
+        where = maybe.nonzero(as_tuple=True)     # integer positions: the host waits once, not for each mask use
+        suspects = keys[where]
         if len(suspects):
             pos = torch.searchsorted(self.sorted, suspects).clamp_(max=len(self.sorted) - 1)
-            hit[maybe] = self.sorted[pos] == suspects
+            hit[where] = self.sorted[pos] == suspects
         return hit
 
 
@@ -193,5 +194,6 @@ class NegativeSampler:
             fresh, _ = self._draw(self._key(counters, round_, "entities"), slots[rows, cols])
             cand[rows, cols] = fresh
             still = self._is_known(batch[rows], head[rows, cols].unsqueeze(1), fresh.unsqueeze(1)).squeeze(1)
-            rows, cols = rows[still], cols[still]
+            keep = still.nonzero().squeeze(1)
+            rows, cols = rows[keep], cols[keep]
         return len(rows)
