@@ -7,7 +7,7 @@ structure-only step in 17 ms, its memory roofline is under 1 ms), so these count
 are won or lost in, and they can be watched here without a GPU. Counted eagerly (``train.compile=false``:
 compiled regions would fuse some elementwise calls, not remove syncs).
 
-    python benchmarks/step_overhead.py [--modes structure,scalable,exact] [--steps 3]
+    python benchmarks/step_overhead.py [--modes structure,scalable,exact] [--steps 3] [--graph db15k|small]
 
 A sync is: reading a tensor's value on the host (``.item()``/``int()``/``bool()``, ``.tolist()``), an output
 whose size depends on the values (``nonzero``, boolean-mask indexing, ``unique``, ``masked_select``), or
@@ -95,13 +95,18 @@ class OverheadCounter(TorchDispatchMode):
         return super().__exit__(*exc)
 
 
-def count_mode(data, mode: str, steps: int) -> dict:
+# The DB15K config, and a small one for the test suite (same code paths, seconds instead of a minute).
+GRAPHS = {"db15k": (dict(), [("model.dim", "250"), ("train.batch_size", "1024"), ("train.num_negatives", "128")]),
+          "small": (dict(n=2000, r=50, triples=20000, visual=64, text=32),
+                    [("model.dim", "16"), ("train.batch_size", "256"), ("train.num_negatives", "32")])}
+
+
+def count_mode(data, size: list, mode: str, steps: int) -> dict:
     from mmkgc_dist.config import load_config
     from mmkgc_dist.trainers import local_trainer
 
-    cfg = load_config(None, [("model.dim", "250"), ("train.batch_size", "1024"), ("train.num_negatives", "128"),
-                             ("train.filter_negatives", "true"), ("train.epochs", "1"), ("train.compile", "false")]
-                      + MODES[mode])
+    cfg = load_config(None, size + [("train.filter_negatives", "true"), ("train.epochs", "1"),
+                                    ("train.compile", "false")] + MODES[mode])
     trainer = local_trainer(cfg, data, None, show_progress=False)
     batches = trainer.batches()
     batch, negatives = next(batches)
@@ -122,13 +127,15 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--modes", default="structure,scalable,exact")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--graph", choices=sorted(GRAPHS), default="db15k")
     ap.add_argument("--out", default=None, help="folder for step_overhead.json (default results/step_overhead)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    data = db15k_shaped(np.random.default_rng(0))
+    shape, size = GRAPHS[args.graph]
+    data = db15k_shaped(np.random.default_rng(0), **shape)
     rows = []
     for mode in args.modes.split(","):
-        row = count_mode(data, mode, args.steps)
+        row = count_mode(data, size, mode, args.steps)
         rows.append(row)
         s, t = row["sampling"], row["step"]
         print(f"{mode:>10}: sampling {s['ops']:6.0f} ops {s['syncs']:4.1f} syncs | step {t['ops']:6.0f} ops "
@@ -137,11 +144,13 @@ def main() -> int:
             print(f"{'':>12}{n:5.1f}  {site}")
     out = args.out or results_dir("step_overhead")
     os.makedirs(out, exist_ok=True)
-    command = "python benchmarks/step_overhead.py" + (f" --modes {args.modes}" if args.modes != "structure,scalable,exact"
-                                                      else "") + (f" --steps {args.steps}" if args.steps != 3 else "")
+    command = "python benchmarks/step_overhead.py" + "".join(
+        f" --{flag} {value}" for flag, value, default in [("modes", args.modes, "structure,scalable,exact"),
+                                                          ("steps", args.steps, 3), ("graph", args.graph, "db15k")]
+        if value != default)
     write_json(os.path.join(out, "step_overhead.json"),
-               {"machine": machine(), "command": command, "config": "DB15K-shaped, d=250, batch 1024, 128 negatives, "
-                "filtering on, eager (train.compile=false), single process", "rows": rows})
+               {"machine": machine(), "command": command, "graph": args.graph, "shape": shape, "config": size,
+                "note": "filtering on, eager (train.compile=false), single process", "rows": rows})
     print(f"wrote {out}/step_overhead.json")
     return 0
 

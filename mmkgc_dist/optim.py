@@ -19,18 +19,23 @@ import torch
 from torch import Tensor
 
 BETAS, EPS = (0.9, 0.999), 1e-8
+# Most runs of consecutive rows updated in place before gathering instead: on a CPU gathering wide rows is the
+# slow part; on a GPU gathers are cheap and every run costs its own handful of kernel launches.
+MAX_RUNS = {"cpu": 64, "cuda": 4}
 
 
 @torch.no_grad()
 def adam_rows_(weight: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, grad: Tensor, step: int,
-               lr: float, betas: tuple[float, float] = BETAS, eps: float = EPS, max_runs: int = 64) -> None:
+               lr: float, betas: tuple[float, float] = BETAS, eps: float = EPS, max_runs: int | None = None) -> None:
     """Adam on ``weight[rows]`` with gradient ``grad`` ([len(rows), width]); ``rows`` unique and sorted;
     ``step`` counts from 1.
 
     Rows that fall in at most ``max_runs`` runs of consecutive ids (small graphs: nearly every row of a shard has
     a gradient every step) are updated in place run by run — no gathers, no scatters, and the same cost whether
     or not a few rows are missing, so ranks stay in step. Otherwise the rows are gathered, updated and written
-    back. Both ways do the same arithmetic element by element."""
+    back. Both ways do the same arithmetic element by element. ``max_runs`` defaults by device (MAX_RUNS)."""
+    if max_runs is None:
+        max_runs = MAX_RUNS.get(weight.device.type, MAX_RUNS["cuda"])
     beta1, beta2 = betas
     step_size, bias2 = lr / (1 - beta1 ** step), 1 - beta2 ** step
     runs = [(0, 0, len(rows))] if every_row(rows, len(weight)) else row_runs(rows, max_runs)

@@ -32,6 +32,21 @@ def test_sampling_benchmark_smoke(tmp_path):
     assert report["slices_equal_global_draw"] is True and 0 < report["sampling_share_at_step_size"] < 1
 
 
+def test_a_training_step_waits_for_the_device_a_bounded_number_of_times(tmp_path):
+    """benchmarks/step_overhead.py counts host syncs per single-process step (on a GPU each is a wait for the
+    device). The step's syncs are bounded by its structure, not by the data: one ``unique_ids`` per id set (4 with
+    MAT) and per trainable table at most 3 (its touched rows, their runs' offsets and first rows)."""
+    res = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "step_overhead.py"), "--graph", "small",
+                          "--modes", "structure,exact", "--steps", "2", "--out", str(tmp_path)],
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = {r["mode"]: r for r in json.load(open(tmp_path / "step_overhead.json"))["rows"]}
+    structure, exact = rows["structure"]["step"], rows["exact"]["step"]
+    assert 1 <= structure["syncs"] <= 1 + 2 * 3, structure["sync_sites"]        # entity + relation tables
+    assert 4 <= exact["syncs"] <= 4 + 4 * 3, exact["sync_sites"]                # + visual and text feature tables
+    assert exact["ops"] > structure["ops"] > 50
+
+
 def test_scaling_model_reads_the_saved_measurements(tmp_path):
     res = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "scaling_model.py"), "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
