@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.optim.adam import adam
 
 BETAS, EPS = (0.9, 0.999), 1e-8
 # Most runs of consecutive rows updated in place before gathering instead: on a CPU gathering wide rows is the
@@ -33,28 +34,35 @@ def adam_rows_(weight: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
     Rows that fall in at most ``max_runs`` runs of consecutive ids (small graphs: nearly every row of a shard has
     a gradient every step) are updated in place run by run — no gathers, no scatters, and the same cost whether
     or not a few rows are missing, so ranks stay in step. Otherwise the rows are gathered, updated and written
-    back. Both ways do the same arithmetic element by element. ``max_runs`` defaults by device (MAX_RUNS)."""
+    back. Both ways run the same kernel (``adam_block_``). ``max_runs`` defaults by device (MAX_RUNS)."""
     if max_runs is None:
         max_runs = MAX_RUNS.get(weight.device.type, MAX_RUNS["cuda"])
-    beta1, beta2 = betas
-    step_size, bias2 = lr / (1 - beta1 ** step), 1 - beta2 ** step
     runs = [(0, 0, len(rows))] if every_row(rows, len(weight)) else row_runs(rows, max_runs)
     if runs is not None:
         for first, offset, length in runs:
-            g = grad[offset:offset + length]
-            m, v = exp_avg[first:first + length], exp_avg_sq[first:first + length]
-            m.mul_(beta1).add_(g, alpha=1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            denom = torch.div(v, bias2).sqrt_().add_(eps)
-            weight[first:first + length].sub_(torch.mul(m, step_size).div_(denom))
+            adam_block_(weight[first:first + length], exp_avg[first:first + length],
+                        exp_avg_sq[first:first + length], grad[offset:offset + length], step, lr, betas, eps)
         return
-    # Two row-sized temporaries, updated in place (at 12.8k x 4096 rows each extra one is 200 MB per step).
-    m = exp_avg[rows].mul_(beta1).add_(grad, alpha=1 - beta1)
-    v = exp_avg_sq[rows].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    exp_avg.index_copy_(0, rows, m)
-    exp_avg_sq.index_copy_(0, rows, v)
-    denom = v.div_(bias2).sqrt_().add_(eps)
-    weight.index_add_(0, rows, m.mul_(step_size).div_(denom), alpha=-1)
+    blocks = [t[rows] for t in (weight, exp_avg, exp_avg_sq)]
+    adam_block_(*blocks, grad, step, lr, betas, eps)
+    for table, block in zip((weight, exp_avg, exp_avg_sq), blocks):
+        table.index_copy_(0, rows, block)
+
+
+def adam_block_(weight: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, grad: Tensor, step: int, lr: float,
+                betas: tuple[float, float], eps: float) -> None:
+    """torch's fused Adam kernel (the rule of ``torch.optim.Adam``) on one block of rows: one pass over them,
+    where the same update in separate tensor operations reads and writes each row-sized array about a dozen
+    times (this is most of the table optimizer's time). The kernel needs contiguous blocks — on a strided view
+    it would write outside the view — so a column view of a padded table goes through a contiguous copy."""
+    tensors = (weight, exp_avg, exp_avg_sq)
+    blocks = [t if t.is_contiguous() else t.contiguous() for t in tensors]
+    done = torch.full((), step - 1, dtype=torch.float32, device=weight.device)     # the kernel counts it up
+    adam(blocks[:1], [grad.contiguous()], blocks[1:2], blocks[2:], [], [done], fused=True, amsgrad=False,
+         beta1=betas[0], beta2=betas[1], lr=lr, weight_decay=0.0, eps=eps, maximize=False)
+    for table, block in zip(tensors, blocks):
+        if block is not table:
+            table.copy_(block)
 
 
 def row_runs(rows: Tensor, max_runs: int) -> list[tuple[int, int, int]] | None:
