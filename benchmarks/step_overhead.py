@@ -10,8 +10,9 @@ compiled regions would fuse some elementwise calls, not remove syncs).
     python benchmarks/step_overhead.py [--modes structure,scalable,exact] [--steps 3] [--graph db15k|small]
 
 A sync is: reading a tensor's value on the host (``.item()``/``int()``/``bool()``, ``.tolist()``), an output
-whose size depends on the values (``nonzero``, boolean-mask indexing, ``unique``, ``masked_select``), or
-``torch.equal``. The optimizers' step counters live on the host and are not counted. Writes results/step_overhead/step_overhead.json.
+whose size depends on the values (``nonzero``, boolean-mask indexing, ``unique``, ``masked_select``, a sparse
+gradient's ``coalesce``), or ``torch.equal``. The optimizers' step counters live on the host and are not
+counted. Writes results/step_overhead/step_overhead.json.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from _common import machine, results_dir, write_json  # noqa: E402
 from throughput import MODES, db15k_shaped  # noqa: E402
 
 VALUE_SIZED = {"nonzero", "unique", "_unique", "_unique2", "unique_consecutive", "unique_dim", "masked_select",
-               "_local_scalar_dense", "equal"}
+               "_coalesce", "_local_scalar_dense", "equal"}
 
 
 def _caller() -> str:

@@ -8,8 +8,9 @@ embeddings (a dense Adam would touch every row of every shard every step). ``row
 FBGEMM's EXACT_ROWWISE_ADAGRAD. The dense fusion weights always use torch's Adam.
 
 ``adam_rows_`` and ``adagrad_rows_`` are the update rules; ``LazyAdam`` and ``RowwiseAdagrad`` apply them to
-parameters with dense gradients (one process, replicated tables), ``parallel.tables.ShardedRowOptimizer`` to
-the rows the owners of sharded tables looked up — one implementation of each rule at every world size.
+table parameters (one process: sparse gradients of the looked-up rows; replicated tables: dense gradients),
+``parallel.tables.ShardedRowOptimizer`` to the rows the owners of sharded tables looked up — one implementation
+of each rule at every world size.
 """
 from __future__ import annotations
 
@@ -97,8 +98,24 @@ def adagrad_rows_(weight: Tensor, acc: Tensor, rows: Tensor, grad: Tensor, lr: f
     weight[rows] -= lr * grad / (a.sqrt() + eps).unsqueeze(1)
 
 
+def touched_rows(grad: Tensor) -> tuple[Tensor, Tensor]:
+    """(sorted rows, their gradient) of a table's gradient. A sparse gradient (the single-process tables'
+    lookups) holds exactly the looked-up rows — the rows the sharded owners update too; a dense one (a
+    replicated table whose gradient was summed over ranks) gives the rows whose gradient is not zero."""
+    if grad.is_sparse:
+        rows = grad._indices()[0]
+        # looked up as sorted unique ids (entities: one read of the host to be sure; more lookups than rows, as
+        # for relations, cannot be unique)
+        if len(rows) <= len(grad) and (len(rows) < 2 or bool((rows[1:] > rows[:-1]).all())):
+            return rows, grad._values()
+        grad = grad.coalesce()          # sorts; a row looked up twice (relations) gets the sum
+        return grad.indices()[0], grad.values()
+    rows = grad.ne(0).any(dim=1).nonzero().squeeze(1)
+    return rows, grad if every_row(rows, len(grad)) else grad[rows]
+
+
 class _TableOptimizer(torch.optim.Optimizer):
-    """Steps every 2-d table parameter that has a gradient through ``update``."""
+    """Steps every 2-d table parameter that has a gradient (dense or sparse) through ``update``."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -112,7 +129,7 @@ class _TableOptimizer(torch.optim.Optimizer):
 
 
 class LazyAdam(_TableOptimizer):
-    """Lazy Adam over table parameters with dense gradients: rows whose gradient is zero are skipped."""
+    """Lazy Adam over table parameters: rows without a gradient (``touched_rows``) are skipped."""
 
     def __init__(self, params, lr: float, betas: tuple[float, float] = BETAS, eps: float = EPS):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
@@ -122,8 +139,7 @@ class LazyAdam(_TableOptimizer):
             state["step"] = torch.zeros((), dtype=torch.int64)
             state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
         state["step"] += 1
-        rows = p.grad.ne(0).any(dim=1).nonzero().squeeze(1)
-        grad = p.grad if every_row(rows, len(p)) else p.grad[rows]
+        rows, grad = touched_rows(p.grad)
         adam_rows_(p, state["exp_avg"], state["exp_avg_sq"], rows, grad, int(state["step"]),
                    group["lr"], group["betas"], group["eps"])
 
@@ -139,8 +155,8 @@ class RowwiseAdagrad(_TableOptimizer):
     def update(self, p: Tensor, state: dict, group: dict) -> None:
         if not state:
             state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
-        rows = p.grad.ne(0).any(dim=1).nonzero().squeeze(1)
-        adagrad_rows_(p, state["sum"], rows, p.grad[rows], group["lr"], group["eps"])
+        rows, grad = touched_rows(p.grad)
+        adagrad_rows_(p, state["sum"], rows, grad, group["lr"], group["eps"])
 
 
 class OptimizerGroup:

@@ -35,10 +35,12 @@ class LocalTables(nn.Module):
                  relation_bound: float, features: dict[str, Features], trainable_features: bool, seed: int,
                  frozen_dtype: torch.dtype = torch.float32):
         super().__init__()
+        # Sparse gradients: the backward hands the table optimizer the looked-up rows only (optim.touched_rows),
+        # not a dense table-sized gradient to zero, scatter into and scan for the rows that moved.
         self.entity = nn.Embedding.from_pretrained(
-            uniform_rows(seed, "entity_init", 0, num_entities, 2 * dim, entity_bound), freeze=False)
+            uniform_rows(seed, "entity_init", 0, num_entities, 2 * dim, entity_bound), freeze=False, sparse=True)
         self.relation = nn.Embedding.from_pretrained(
-            uniform_rows(seed, "relation_init", 0, num_relations, dim, relation_bound), freeze=False)
+            uniform_rows(seed, "relation_init", 0, num_relations, dim, relation_bound), freeze=False, sparse=True)
         # Trainable features get their own copy: training must never write into the caller's dataset (a second
         # trainer built from the same data would start from the first one's trained features).
         # Frozen features may be stored in half precision (parallel.frozen_dtype): half the memory and the
@@ -48,7 +50,7 @@ class LocalTables(nn.Module):
                 return torch.tensor(values)
             return torch.from_numpy(values).to(frozen_dtype)
         self.features = nn.ModuleDict({
-            m: nn.Embedding.from_pretrained(table(f.values), freeze=not trainable_features)
+            m: nn.Embedding.from_pretrained(table(f.values), freeze=not trainable_features, sparse=True)
             for m, f in features.items()})
         for m, f in features.items():
             self.register_buffer(f"present_{m}", torch.from_numpy(f.present.copy()))

@@ -208,6 +208,28 @@ def test_lazy_adam_is_torch_adam_when_every_row_has_a_gradient_and_skips_rows_wi
     assert not torch.equal(a.detach()[0], b.detach()[0])
 
 
+def test_table_optimizers_take_sparse_gradients_of_the_looked_up_rows():
+    """Single-process tables hand their optimizer sparse gradients (the looked-up rows); the update must be the
+    one of the same table with a dense gradient, rows looked up twice summed, rows not looked up left alone."""
+    from mmkgc_dist.optim import LazyAdam, RowwiseAdagrad
+    torch.manual_seed(0)
+    init = torch.randn(10, 4)
+    for rule in (lambda p: LazyAdam(p, lr=0.01), lambda p: RowwiseAdagrad(p, lr=0.05)):
+        sparse = torch.nn.Embedding.from_pretrained(init.clone(), freeze=False, sparse=True)
+        dense = torch.nn.Embedding.from_pretrained(init.clone(), freeze=False)
+        opts = [rule(list(sparse.parameters())), rule(list(dense.parameters()))]
+        for ids in (torch.tensor([1, 2, 5, 7]), torch.tensor([3, 1, 3, 8, 1])):   # sorted unique, then repeats
+            target = torch.randn(len(ids), 4)
+            for table, opt in zip((sparse, dense), opts):
+                opt.zero_grad()
+                ((table(ids) - target) ** 2).sum().backward()
+                opt.step()
+        assert sparse.weight.grad.is_sparse
+        torch.testing.assert_close(sparse.weight, dense.weight, rtol=1e-6, atol=1e-7)
+        untouched = [0, 4, 6, 9]
+        assert torch.equal(sparse.weight.detach()[untouched], init[untouched])
+
+
 def test_adam_rows_whole_table_run_and_gathered_paths_agree():
     """The whole-table shortcut (every row has a gradient), the runs and the gather/scatter path run the same
     kernel per element: a shard that misses a row and one that does not agree up to the last bit (the fused
