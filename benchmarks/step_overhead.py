@@ -8,6 +8,7 @@ are won or lost in, and they can be watched here without a GPU. Counted eagerly 
 compiled regions would fuse some elementwise calls, not remove syncs).
 
     python benchmarks/step_overhead.py [--modes structure,scalable,exact] [--steps 3] [--graph db15k|small]
+        [--set KEY=VALUE ...]
 
 A sync is: reading a tensor's value on the host (``.item()``/``int()``/``bool()``, ``.tolist()``), an output
 whose size depends on the values (``nonzero``, boolean-mask indexing, ``unique``, ``masked_select``, a sparse
@@ -102,12 +103,12 @@ GRAPHS = {"db15k": (dict(), [("model.dim", "250"), ("train.batch_size", "1024"),
                     [("model.dim", "16"), ("train.batch_size", "256"), ("train.num_negatives", "32")])}
 
 
-def count_mode(data, size: list, mode: str, steps: int) -> dict:
+def count_mode(data, size: list, mode: str, steps: int, extra: list | None = None) -> dict:
     from mmkgc_dist.config import load_config
     from mmkgc_dist.trainers import local_trainer
 
     cfg = load_config(None, size + [("train.filter_negatives", "true"), ("train.epochs", "1"),
-                                    ("train.compile", "false")] + MODES[mode])
+                                    ("train.compile", "false")] + MODES[mode] + (extra or []))
     trainer = local_trainer(cfg, data, None, show_progress=False)
     batches = trainer.batches()
     batch, negatives = next(batches)
@@ -129,6 +130,8 @@ def main() -> int:
     ap.add_argument("--modes", default="structure,scalable,exact")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--graph", choices=sorted(GRAPHS), default="db15k")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra config override for every mode, e.g. --set mat.enabled=false")
     ap.add_argument("--out", default=None, help="folder for step_overhead.json (default results/step_overhead)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -136,7 +139,7 @@ def main() -> int:
     data = db15k_shaped(np.random.default_rng(0), **shape)
     rows = []
     for mode in args.modes.split(","):
-        row = count_mode(data, size, mode, args.steps)
+        row = count_mode(data, size, mode, args.steps, [tuple(o.split("=", 1)) for o in args.set])
         rows.append(row)
         s, t = row["sampling"], row["step"]
         print(f"{mode:>10}: sampling {s['ops']:6.0f} ops {s['syncs']:4.1f} syncs | step {t['ops']:6.0f} ops "
@@ -148,9 +151,10 @@ def main() -> int:
     command = "python benchmarks/step_overhead.py" + "".join(
         f" --{flag} {value}" for flag, value, default in [("modes", args.modes, "structure,scalable,exact"),
                                                           ("steps", args.steps, 3), ("graph", args.graph, "db15k")]
-        if value != default)
+        if value != default) + "".join(f" --set {o}" for o in args.set)
     write_json(os.path.join(out, "step_overhead.json"),
-               {"machine": machine(), "command": command, "graph": args.graph, "shape": shape, "config": size,
+               {"machine": machine(), "command": command, "graph": args.graph, "shape": shape,
+                "config": size + [tuple(o.split("=", 1)) for o in args.set],
                 "note": "filtering on, eager (train.compile=false), single process", "rows": rows})
     print(f"wrote {out}/step_overhead.json")
     return 0
