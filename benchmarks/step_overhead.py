@@ -76,9 +76,9 @@ class OverheadCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops += 1
         name = func.__name__.split(".")[0]
-        if name == "_local_scalar_dense" and args[0].data_ptr() in self.host:
-            pass
-        elif name in VALUE_SIZED or (name in ("index", "index_put", "index_put_") and _bool_index(args)):
+        host_read = name == "_local_scalar_dense" and args[0].data_ptr() in self.host
+        if not host_read and (name in VALUE_SIZED or (name in ("index", "index_put", "index_put_")
+                                                      and _bool_index(args))):
             self.syncs[f"{name} @ {_caller()}"] += 1
         return func(*args, **(kwargs or {}))
 
