@@ -11,7 +11,7 @@ import sys
 
 from .config import ConfigError, describe, load_config, parse_overrides
 from .data.errors import DataError
-from .divergence import NonFiniteModel, TrainingDiverged
+from .divergence import NonFiniteModel, RunInterrupted, TrainingDiverged
 
 log = logging.getLogger("mmkgc_dist")
 
@@ -28,10 +28,28 @@ def cmd_train(args, overrides) -> int:
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite: choose one (continue the run, or replace its results)")
+    resume = "explicit" if args.resume else ("restart" if restarted else None)
+    if resume:
+        cfg = _config_to_resume(cfg, args, overrides)
     # Bad data fails before the run folder is touched. Distributed ranks read their feature rows later.
     data = build_dataset(cfg, feature_values=not distributed)
-    train_run(cfg, data, make_runtime(cfg, distributed), args.run_dir, args.resume or restarted, args.overwrite)
+    train_run(cfg, data, make_runtime(cfg, distributed), args.run_dir, resume, args.overwrite)
     return 0
+
+
+def _config_to_resume(cfg, args, overrides):
+    """A resumed run trains with the config it was created with (its config.yaml) plus the overrides given now,
+    which may change only what does not shape the model or its data (``config.resumed_config``). With
+    ``--config`` the file given is compared instead. A folder without a run of ours: ``cfg`` as it is."""
+    from .config import resumed_config
+    from .train.run_folder import created_config
+
+    path = args.run_dir or (os.path.join(cfg.run.out_dir, cfg.run.name) if cfg.run.name else None)
+    created = created_config(path) if path else None
+    if created is None:
+        return cfg
+    asked = cfg if args.config else load_config(os.path.join(path, "config.yaml"), overrides)
+    return resumed_config(created, asked)
 
 
 def _load_trained(run_dir: str, checkpoint: str | None, overrides, distributed: bool):
@@ -45,7 +63,7 @@ def _load_trained(run_dir: str, checkpoint: str | None, overrides, distributed: 
     cfg, ckpt = trained_checkpoint(run_dir, checkpoint, overrides)
     distributed = distributed or world_size_from_environment() > 1
     data = build_dataset(cfg, feature_values=not distributed)
-    trainer = load_trained(cfg, data, make_runtime(cfg, distributed), ckpt)
+    trainer = load_trained(cfg, data, make_runtime(cfg, distributed), ckpt, run_dir)
     return trainer, trainer.runtime.is_main
 
 
@@ -338,9 +356,14 @@ def main(argv: list[str] | None = None) -> int:
         code = args.fn(args, parse_overrides(rest))
     except (ConfigError, DataError, TrainingDiverged, NonFiniteModel) as exc:
         _fail(_one_line(str(exc)))
+    except BrokenPipeError:      # `mmkgc-dist config | head`: the reader left; stop quietly, as a C tool would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os._exit(141)
     except OSError as exc:       # disk full, permissions, a file where a folder belongs: name the path
         where = f"{exc.filename}: " if exc.filename else ""
         _fail(f"{where}{_one_line(exc.strerror or str(exc))}")
+    except RunInterrupted as exc:
+        _fail(_one_line(str(exc)), code=143, prefix="")
     if "torch.distributed" in sys.modules:      # data commands never start a process group
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():
@@ -349,14 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2, prefix: str = "error: ") -> None:
     """One error line, exit 2 — at once: nothing is left to write, and an interpreter shutdown after an error
     can abort (SIGABRT, "terminate called without an active exception") on a library's still-joinable
     native thread, which would turn the documented exit code 2 into -6."""
-    print(f"error: {message}", file=sys.stderr)
+    print(f"{prefix}{message}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(2)
+    os._exit(code)
 
 
 def _one_line(text: str) -> str:

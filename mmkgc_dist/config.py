@@ -2,7 +2,7 @@
 
 Every field carries its help text in ``metadata["help"]``; ``validate()`` checks types, ranges and
 cross-field rules and names the offending key. ``load_config(path, overrides)`` is the only entry point
-the launchers use; ``dump_config`` writes the resolved tree into the run folder.
+the launchers use; ``config_yaml`` is the resolved tree written into the run folder.
 """
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {"train.max_steps", "train.keep_checkpoints", "train.checkpoint_every_steps", "train.threads", "train.checkpoint_every",
                  "eval.every_epochs", "train.early_stopping.patience", "train.early_stopping.min_delta", "mat.mu", "data.synthetic.feature_noise", "model.epsilon", "eval.sampled_uniform",
-                 "eval.sampled_degree", "eval.max_queries"}
+                 "eval.sampled_degree", "eval.max_queries", "train.seed", "data.synthetic.seed"}
 _FRACTIONS = {"data.synthetic.visual_missing", "data.synthetic.text_missing",
               "data.synthetic.valid_fraction", "data.synthetic.test_fraction"}
 
@@ -275,6 +275,11 @@ def _cross_checks(cfg: Config) -> None:
             raise ConfigError(f"model.modalities: unknown modality {m!r}; known: {list(KNOWN_MODALITIES)}")
     if len(set(cfg.model.modalities)) != len(cfg.model.modalities):
         raise ConfigError(f"model.modalities: duplicates in {cfg.model.modalities}")
+    if cfg.data.synthetic.num_entities < 2:
+        raise ConfigError(f"data.synthetic.num_entities: a generated graph needs at least 2 entities (no self-loops), "
+                          f"got {cfg.data.synthetic.num_entities}")
+    if cfg.data.synthetic.valid_fraction + cfg.data.synthetic.test_fraction >= 1:
+        raise ConfigError("data.synthetic.valid_fraction + test_fraction: must leave triples for training (< 1)")
     if cfg.data.source == "parquet" and not cfg.data.path:
         raise ConfigError("data.path: required when data.source=parquet")
     if cfg.data.loader == "stream" and cfg.data.source != "parquet":
@@ -390,6 +395,20 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (plain YAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | None = None, overrides: list[tuple[str, str]] | None = None) -> Config:
     tree: dict = {}
     if path:
@@ -399,7 +418,7 @@ def load_config(path: str | None = None, overrides: list[tuple[str, str]] | None
             raise ConfigError(f"config file {path}: not a file")
         try:
             with open(path, encoding="utf-8") as fh:
-                tree = yaml.safe_load(fh)
+                tree = yaml.load(fh, Loader=_UniqueKeyLoader)
         except UnicodeDecodeError as exc:
             raise ConfigError(f"config file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         except yaml.YAMLError as exc:
@@ -418,11 +437,41 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-def dump_config(cfg: Config, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
-    os.replace(tmp, path)
+def config_yaml(cfg: Config) -> str:
+    """The resolved tree as YAML (the run folder's config.yaml)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# What a resumed run may change: how long and how it trains, logs, checkpoints and evaluates, and where the
+# run and its dataset are (the dataset's identity is checked separately). Everything else shapes the model or
+# the data it sees, and stays as the run was created.
+RESUMABLE = ("train.epochs", "train.max_steps", "train.log_every", "train.checkpoint_every",
+             "train.checkpoint_every_steps", "train.keep_checkpoints", "train.threads", "train.compile",
+             "train.device", "train.early_stopping.", "eval.", "run.", "data.path", "data.loader_workers",
+             "data.prefetch_windows")
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and k != "sharding":
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def resumed_config(created: Config, asked: Config) -> Config:
+    """``asked`` for a run created with ``created``: refused (ConfigError naming every key) when it changes
+    anything outside ``RESUMABLE``."""
+    before, after = _leaves(to_dict(created)), _leaves(to_dict(asked))
+    changed = [k for k in before if before[k] != after[k] and not k.startswith(RESUMABLE)]
+    if changed:
+        listed = "; ".join(f"{k}: {before[k]!r} -> {after[k]!r}" for k in changed[:4])
+        raise ConfigError(f"--resume continues the run as it was created, but this command changes "
+                          f"{len(changed)} key(s) that shape the model or its data ({listed}); drop them (the "
+                          f"run's own config.yaml is used), or start a new run")
+    return asked
 
 
 def describe(cls=Config, prefix: str = "") -> list[str]:

@@ -20,13 +20,14 @@ import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import pickle
 import re
-import shutil
 from dataclasses import dataclass
 
 from .data.errors import DataError
+from .outputs import remove_owned
 
 log = logging.getLogger("mmkgc_dist")
 FILE_RE = re.compile(r"step-(\d{9})\.pt$")
@@ -66,8 +67,12 @@ def _check_digests(folder: str, recorded: dict) -> str | None:
         return "no digests recorded"
     for rel, want in recorded.items():
         path = os.path.join(folder, rel)
-        if ".." in rel.split("/") or os.path.isabs(rel):
+        if not isinstance(rel, str) or ".." in rel.split("/") or os.path.isabs(rel):
             return f"recorded path {rel!r} leaves the checkpoint"
+        if not isinstance(want, dict):
+            return f"the record of {rel} is not an object with 'bytes' and 'sha256'"
+        if os.path.islink(path):
+            return f"{rel} is a symbolic link (a checkpoint is the files inside its folder)"
         if not os.path.isfile(path):
             return f"{rel} is missing"
         if os.path.getsize(path) != want.get("bytes"):
@@ -75,6 +80,15 @@ def _check_digests(folder: str, recorded: dict) -> str | None:
         if sha256(path) != want.get("sha256"):
             return f"{rel} does not match the digest recorded at save time"
     return None
+
+
+def _files_inside(folder: str) -> list[str]:
+    """Relative paths of every file and link under ``folder`` (links are listed, not followed)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        found += [os.path.relpath(os.path.join(root, f), folder) for f in files]
+        found += [os.path.relpath(os.path.join(root, d), folder) for d in dirs if os.path.islink(os.path.join(root, d))]
+    return found
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,9 @@ def list_checkpoints(directory: str) -> list[Checkpoint]:
     found = []
     for path in glob.glob(os.path.join(directory, "step-*")):
         name = os.path.basename(path)
+        if os.path.islink(path):          # not ours: never loaded, pruned or deleted
+            log.warning("ignoring %s: a symbolic link, not a checkpoint this run wrote", path)
+            continue
         if (m := FILE_RE.fullmatch(name)) and os.path.isfile(path):
             found.append(Checkpoint(path, int(m[1])))
         elif (m := FOLDER_RE.fullmatch(name)) and os.path.isfile(os.path.join(path, "meta.json")):
@@ -121,9 +138,12 @@ def verify(ckpt: Checkpoint) -> str | None:
     except (OSError, ValueError) as exc:
         return f"{os.path.basename(ckpt.record)} unreadable ({exc})"
     if ckpt.is_folder:
-        if "files" not in record:          # written before digests were recorded: nothing to compare
-            return None
-        return _check_digests(ckpt.path, record.get("files"))
+        if not isinstance(record.get("files"), dict):    # a checkpoint is its files, all verified, or nothing
+            return "meta.json records no file digests ('files'), so nothing in it can be verified"
+        unrecorded = sorted(set(_files_inside(ckpt.path)) - set(record["files"]) - {"meta.json"})
+        if unrecorded:
+            return f"{unrecorded[0]} is in the folder but not among the files recorded at save time"
+        return _check_digests(ckpt.path, record["files"])
     return _check_digests(os.path.dirname(ckpt.path), {os.path.basename(ckpt.path): record})
 
 
@@ -198,24 +218,50 @@ def prune(directory: str, keep: int, just_written: str | None = None) -> list[st
     return [c.path for c in removed]
 
 
-def selected_checkpoint(directory: str) -> str | None:
-    """The checkpoint model selection named best (``best.json``, train/selection.py): never pruned."""
-    try:
-        with open(os.path.join(directory, "best.json")) as fh:
-            best = json.load(fh).get("best") or {}
-        return best.get("checkpoint")
-    except (OSError, ValueError, AttributeError):
+def read_selection(directory: str) -> dict | None:
+    """Model selection's record (``checkpoints/best.json``, train/selection.py), checked: None when there is
+    none; DataError naming the file when it is malformed or names anything but one of the run's own
+    ``step-N`` checkpoints (never a path outside the run)."""
+    path = os.path.join(directory, "best.json")
+    if not os.path.lexists(path):
         return None
+    try:
+        if os.path.islink(path):
+            raise ValueError("a symbolic link, not the record this run wrote")
+        with open(path) as fh:
+            record = json.load(fh)
+        if not isinstance(record, dict) or not isinstance(record.get("history", []), list):
+            raise ValueError("expected an object with 'metric', 'best', 'history'")
+        best = record.get("best")
+        if best is not None and not (isinstance(best, dict) and isinstance(best.get("step"), int)
+                                     and isinstance(best.get("value"), (int, float))):
+            raise ValueError("'best' must be null or an object with an integer 'step' and a numeric 'value'")
+        name = (best or {}).get("checkpoint")
+        if name is not None and not (isinstance(name, str) and FOLDER_RE.fullmatch(name)):
+            raise ValueError(f"'best.checkpoint' is {name!r}; expected the name of one of the run's own "
+                             f"checkpoints (step-NNNNNNNNN)")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: not a model-selection record this tool wrote ({exc}); move it away to start "
+                        f"selection afresh")
+    return record
+
+
+def selected_checkpoint(directory: str) -> str | None:
+    """The checkpoint model selection named best: never pruned. A damaged record names none (so pruning may
+    remove the old best, and loading falls back to the newest verified checkpoint, with a warning)."""
+    try:
+        record = read_selection(directory)
+    except DataError as exc:
+        log.warning("%s", exc)
+        return None
+    return ((record or {}).get("best") or {}).get("checkpoint")
 
 
 def delete(ckpt: Checkpoint) -> None:
-    """Remove one of our checkpoints with its digest record."""
-    if ckpt.is_folder:
-        shutil.rmtree(ckpt.path)
-    else:
-        os.remove(ckpt.path)
-        if os.path.exists(ckpt.record):
-            os.remove(ckpt.record)
+    """Remove one of our checkpoints with its digest record (never through a link: outputs.remove_owned)."""
+    remove_owned(ckpt.path)
+    if not ckpt.is_folder:
+        remove_owned(ckpt.record)
 
 
 TEMPORARY_RE = re.compile(r"^(step-\d{9}\.(pt|json)\.tmp|\.tmp-step-\d{9})$")
@@ -234,7 +280,7 @@ def clean_temporaries(directory: str) -> list[str]:
             log.warning("restored %s (a save of the same step was interrupted)", swapped[1])
         elif swapped or TEMPORARY_RE.match(name):
             path = os.path.join(directory, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            remove_owned(path)
             removed.append(path)
             log.warning("removed %s, left by an interrupted checkpoint write", path)
     return removed
@@ -266,16 +312,17 @@ class MetadataUnpickler(pickle.Unpickler):
     enums, torch.Size, dtypes, layouts (by name), memory formats and pathlib paths. Anything else (functions,
     os.system, ...) is refused."""
 
-    MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem",
-               "torch.distributed.checkpoint.planner", "torch.distributed.checkpoint._extension")
+    # by name: a module re-exports more (planners, readers, writers) than its metadata records
+    CLASSES = {"torch.distributed.checkpoint.metadata": ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata",
+                                                         "ChunkStorageMetadata", "TensorProperties", "MetadataIndex",
+                                                         "StorageMeta", "_MEM_FORMAT_ENCODING"),
+               "torch.distributed.checkpoint.filesystem": ("_StorageInfo",)}
 
     def find_class(self, module: str, name: str):
         import torch
 
-        if module in self.MODULES and not name.startswith("__"):
-            obj = getattr(__import__(module, fromlist=[name]), name, None)
-            if isinstance(obj, type):
-                return obj
+        if name in self.CLASSES.get(module, ()):
+            return getattr(__import__(module, fromlist=[name]), name)
         if module == "torch" and name == "Size":
             return torch.Size
         if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
@@ -290,6 +337,28 @@ class MetadataUnpickler(pickle.Unpickler):
             import pathlib
             return getattr(pathlib, name)                              # the storage file names
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in checkpoint metadata")
+
+
+def check_metadata_bounds(meta_path: str, metadata) -> None:
+    """A checkpoint is the files inside its folder: every storage item must name a plain file name there, and
+    no tensor may declare more bytes than the folder's data files hold (a planted size would otherwise make the
+    load allocate it)."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    folder = os.path.dirname(meta_path)
+    storage = getattr(metadata, "storage_data", None) or {}
+    for index, info in storage.items():
+        rel = str(getattr(info, "relative_path", ""))
+        if not rel or os.path.basename(rel) != rel or rel in (".", ".."):
+            raise DataError(f"{meta_path}: refused: item {getattr(index, 'fqn', index)} names the file {rel!r}, "
+                            f"which is not a file inside the checkpoint folder")
+    held = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f != ".metadata")
+    for fqn, item in (getattr(metadata, "state_dict_metadata", None) or {}).items():
+        if isinstance(item, TensorStorageMetadata):
+            declared = math.prod(item.size) * item.properties.dtype.itemsize
+            if declared > held:
+                raise DataError(f"{meta_path}: refused: {fqn} declares {declared} bytes, the checkpoint's data "
+                                f"files hold {held}")
 
 
 def dcp_reader_and_planner(path: str):
@@ -307,6 +376,7 @@ def dcp_reader_and_planner(path: str):
                     metadata = MetadataUnpickler(fh).load()
                 except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as exc:
                     raise DataError(f"{meta_path}: refused: {exc}")
+            check_metadata_bounds(meta_path, metadata)
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id

@@ -44,11 +44,11 @@ def local_path(url: str) -> str | None:
     return None if "://" in url else url
 
 
-def _real(path: str) -> str:
+def real_path(path: str) -> str:
     return os.path.realpath(os.path.abspath(path))
 
 
-def _within(path: str, folder: str) -> bool:
+def within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
@@ -73,16 +73,16 @@ def check_output(out: str, kind: str, inputs: tuple[str, ...] = (), overwrite: b
     """Raise DataError unless writing a ``kind`` at ``out`` keeps the ownership rule (module docstring)."""
     if local_path(out) != out:
         raise DataError(f"{what} {out}: outputs are written to local folders; give a path")
-    real = _real(out)
-    if _within(_real(os.getcwd()), real):
+    real = real_path(out)
+    if within(real_path(os.getcwd()), real):
         raise DataError(f"{what} {out}: is the current directory or one of its parents; give a new folder "
                         f"for the {kind}")
     for source in inputs:
         src = local_path(source) if source else None
         if src is None:
             continue
-        src_real = _real(src)
-        if _within(src_real, real) or _within(real, src_real):
+        src_real = real_path(src)
+        if within(src_real, real) or within(real, src_real):
             raise DataError(f"{what} {out}: overlaps the input {source}; write the {kind} to a separate folder")
     if os.path.islink(out):
         raise DataError(f"{what} {out}: is a symbolic link; give the folder itself")
@@ -102,6 +102,44 @@ def check_output(out: str, kind: str, inputs: tuple[str, ...] = (), overwrite: b
     if not overwrite:
         article = "an" if kind[0] in "aeiou" else "a"
         raise DataError(f"{what} {out}: {article} {kind} already exists there; pass --overwrite to replace it")
+
+
+def write_atomic(path: str, text: str | bytes) -> None:
+    """The one way the tool writes a small file: under a temporary name private to this writer (host, pid and
+    a random suffix, so concurrent writers never share one), flushed, then renamed over ``path`` — a reader
+    sees the old file or the new one, never a part."""
+    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb" if isinstance(text, bytes) else "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def remove_owned(path: str) -> None:
+    """Delete one thing the tool wrote (a file or a folder). The one deletion rule: a symbolic link is never
+    followed nor removed — where the tool expects its own file or folder, a link is a user's, and refused."""
+    if os.path.islink(path):
+        raise DataError(f"{path}: is a symbolic link where mmkgc-dist keeps its own files; it never deletes "
+                        f"through links — remove or replace the link yourself")
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def refuse_links(folder: str, names) -> None:
+    """Raise DataError if any of ``folder``'s entries ``names`` is a symbolic link (see ``remove_owned``)."""
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.islink(path):
+            raise DataError(f"{path}: is a symbolic link where mmkgc-dist keeps its own files; refusing to write "
+                            f"or delete through it — remove or replace the link yourself")
 
 
 # ------------------------------------------------------------------------------ stale temporaries

@@ -190,5 +190,5 @@ def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", 
     from .config import parse_overrides
 
     cfg, ckpt = trained_checkpoint(run_dir, checkpoint, parse_overrides([f"--train.device={device}", *overrides]))
-    trainer = load_trained(cfg, build_dataset(cfg), make_runtime(cfg, False), ckpt)
+    trainer = load_trained(cfg, build_dataset(cfg), make_runtime(cfg, False), ckpt, run_dir)
     return Predictor(trainer, trainer.step)

@@ -4,7 +4,7 @@ import os
 import pytest
 import yaml
 
-from mmkgc_dist.config import Config, ConfigError, dump_config, load_config, parse_overrides, to_dict
+from mmkgc_dist.config import Config, ConfigError, config_yaml, load_config, parse_overrides, resumed_config, to_dict
 
 
 def test_defaults_equal_default_recipe(repo):
@@ -54,6 +54,20 @@ def test_structure_only_with_mat_is_rejected():
 
 def test_dump_roundtrip(tmp_path):
     cfg = load_config(None, [("train.lr", "0.01")])
-    dump_config(cfg, str(tmp_path / "c.yaml"))
+    (tmp_path / "c.yaml").write_text(config_yaml(cfg))
     assert load_config(str(tmp_path / "c.yaml")) == cfg
     assert yaml.safe_load((tmp_path / "c.yaml").read_text())["train"]["lr"] == 0.01
+
+
+def test_resume_changes_only_what_does_not_shape_the_model():
+    created = load_config(None, [("model.dim", "16")])
+    longer = load_config(None, [("model.dim", "16"), ("train.epochs", "40"), ("eval.every_epochs", "2")])
+    assert resumed_config(created, longer) == longer
+    with pytest.raises(ConfigError, match=r"model.dim: 16 -> 64.*train.lr"):
+        resumed_config(created, load_config(None, [("train.lr", "0.5")]))
+
+
+def test_duplicate_keys_in_a_config_file_are_refused(tmp_path):
+    (tmp_path / "c.yaml").write_text("train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"c.yaml.*'lr' given twice \(first on line 2\).*line 4"):
+        load_config(str(tmp_path / "c.yaml"))

@@ -6,7 +6,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ALLOWED = {
     "config": set(), "rng": set(), "optim": set(), "data.errors": set(), "host": set(), "divergence": set(),
     "model": {"model"},
-    "outputs": {"data.errors"}, "integrity": {"data.errors"},
+    "outputs": {"data.errors"}, "integrity": {"data.errors", "outputs"},
     "data": {"config", "rng", "outputs", "data"},
     "eval": {"model", "rng", "data", "config", "eval", "divergence"},
     "tables": {"model", "data", "rng"},

@@ -208,6 +208,25 @@ def test_every_edge_exactly_once_per_epoch_across_ranks(converted, world):
     assert not np.array_equal(first[0][:100], seen[0][:100])        # reshuffled each epoch
 
 
+@pytest.mark.parametrize("rows, world", [(1, 2), (3, 4), (5, 2)])
+def test_fewer_rows_than_ranks_still_give_every_rank_every_step(tmp_path, rows, world):
+    """A split smaller than the world: every rank takes the same number of steps (empty batches where it holds
+    no rows; the collectives line up) and the ranks' shares of each step sum to one."""
+    triples = np.stack([np.arange(rows), np.zeros(rows, np.int64), (np.arange(rows) + 1) % (rows + 1)], 1)
+    data = generate(load_config(None, parse_overrides(["--data.synthetic.num_entities=10"])).data.synthetic)
+    data.splits = {"train": triples}
+    data.features = {}
+    write_dataset(data, str(tmp_path / "tiny"))
+    streams = [loader(str(tmp_path / "tiny"), rank, world, batch_size=1) for rank in range(world)]
+    batches = [list(s) for s in streams]
+    assert len({len(b) for b in batches}) == 1
+    assert as_set(np.concatenate([np.concatenate(b) for b in batches])) == as_set(triples)
+    for index in range(len(batches[0])):
+        assert sum(s.batch_share(index) for s in streams) == pytest.approx(1.0)
+        for s, b in zip(streams, batches):
+            assert (s.batch_share(index) == 0) == (len(b[index]) == 0)
+
+
 def test_resumed_loader_yields_exactly_the_remaining_edges(converted):
     root = str(converted[0] / "ds")
     full = list(loader(root, 1, 2))

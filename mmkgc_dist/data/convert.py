@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .checks import SplitChecks, check_splits
 from .errors import DataError
-from .format import FORMAT_NAME, FORMAT_VERSION, ROW_GROUP_ROWS, TripleWriter, relation_stats_table
+from .format import FORMAT_NAME, FORMAT_VERSION, ROW_GROUP_ROWS, TripleWriter, relation_stats_table, write_manifest
 from .statistics import SKETCH_SIZE, TripleStatistics, exact_relation_table
 
 BLOCK_BYTES = 32 << 20      # input bytes parsed at once (~1.4M short-label rows): bounds memory; larger blocks
@@ -294,8 +294,7 @@ def convert_triples(out_dir: str, sources: dict[str, str], layout: TextLayout | 
     try:
         manifest = _convert_into(builder.tmp, sources, layout, name or os.path.basename(os.path.abspath(out_dir)),
                                  progress, row_group_rows)
-        with open(os.path.join(builder.tmp, "manifest.json"), "w") as fh:
-            json.dump(manifest, fh, indent=2)
+        write_manifest(builder.tmp, manifest)
     except BaseException:
         builder.abort()
         raise

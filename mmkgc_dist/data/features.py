@@ -14,7 +14,6 @@ Accepted layouts:
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -27,7 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import DataError
-from .format import FORMAT_VERSION, FeatureChecks, Features, _join, read_manifest
+from ..outputs import local_path, real_path, within
+from .format import FORMAT_VERSION, FeatureChecks, Features, _join, manifest_files, read_manifest, write_manifest
 
 CHUNK_ROWS = 1 << 16
 log = logging.getLogger("mmkgc_dist")
@@ -198,6 +198,10 @@ def _parquet_chunks(path: str, names: pa.Array | None, skip_unknown: bool, repor
 def add_features(root: str, modality: str, path: str, mask_path: str | None = None,
                  skip_unknown: bool = False) -> dict:
     """Stream a feature file into a prepared (local) dataset as ``modality``; triples are not touched."""
+    for given, what in ((path, "FILE"), (mask_path, "--mask")):
+        if given and local_path(given) is not None and within(real_path(local_path(given)), real_path(root)):
+            raise DataError(f"{what} {given}: is inside the dataset {root}; give a file outside it (the dataset's "
+                            f"own files are replaced by the import)")
     with DatasetEdit(root) as manifest:
         entities = pq.read_table(_join(root, manifest["entities"]))
         report: dict = {}
@@ -223,6 +227,7 @@ def add_dense_features(root: str, modality: str, features: Features, origin: str
 
 
 FEATURE_FILE = re.compile(r"^features/(visual|text)(-[0-9a-f]{8})?\.parquet$")
+ENTITY_FILE = re.compile(r"^entities(-[0-9a-f]{8})?\.parquet$")
 
 
 class DatasetEdit:
@@ -238,9 +243,9 @@ class DatasetEdit:
         self.lock = FolderLock(root, "dataset")
 
     def __enter__(self) -> dict:
-        manifest = read_manifest(self.root)
-        self.lock.acquire()
+        self.lock.acquire()                  # before reading: a concurrent edit's manifest is never stale here
         try:
+            manifest = read_manifest(self.root)
             self._clean(manifest)
         except BaseException:
             self.lock.release()
@@ -251,10 +256,12 @@ class DatasetEdit:
         self.lock.release()
 
     def _clean(self, manifest: dict) -> None:
-        referenced = {info.get("file") for info in manifest["modalities"].values()}
+        referenced = set(manifest_files(manifest))
         folder = os.path.join(self.root, "features")
         leftovers = [f"features/{f}" for f in sorted(os.listdir(folder))] if os.path.isdir(folder) else []
-        leftovers = [rel for rel in leftovers if FEATURE_FILE.match(rel) and rel not in referenced]
+        leftovers += sorted(os.listdir(self.root))
+        leftovers = [rel for rel in leftovers if (FEATURE_FILE.match(rel) or ENTITY_FILE.match(rel))
+                     and rel not in referenced]
         leftovers += [f for f in ("entities.parquet.tmp", "manifest.json.tmp") if os.path.exists(_join(self.root, f))]
         for rel in leftovers:
             os.remove(os.path.join(self.root, rel))
@@ -294,25 +301,23 @@ def write_feature_chunks(root: str, modality: str, chunks, origin: str, manifest
     column = f"has_{modality}"
     entities = entities.drop_columns([column]) if column in entities.column_names else entities
     entities = entities.append_column(column, pa.array(present))
-    _replace(os.path.join(root, manifest["entities"]), lambda tmp: pq.write_table(entities, tmp))
-    old = manifest["modalities"].get(modality, {}).get("file")
+    # The entity table goes to a new name too: until the manifest names both new files, a reader (or a crash)
+    # sees the old pair, complete.
+    entity_rel = f"entities-{uuid.uuid4().hex[:8]}.parquet"
+    pq.write_table(entities, os.path.join(root, entity_rel))
+    replaced = [manifest["modalities"].get(modality, {}).get("file"), manifest.get("entities", "entities.parquet")]
     entry = {"dim": dim, "file": rel, "present": int(present.sum())}
     manifest["modalities"][modality] = entry
+    manifest["entities"] = entity_rel
     manifest["format_version"] = FORMAT_VERSION
-    _replace(os.path.join(root, "manifest.json"), lambda tmp: _write_json(tmp, manifest))
-    if isinstance(old, str) and old != rel and FEATURE_FILE.match(old) and os.path.isfile(os.path.join(root, old)):
-        os.remove(os.path.join(root, old))
-    elif old and old != rel:
-        log.warning("left %s in place: the manifest named it, but it is not a feature file this tool writes", old)
+    write_manifest(root, manifest, known=manifest.get("files"))      # the commit point
+    for old in replaced:
+        if isinstance(old, str) and (FEATURE_FILE.match(old) or ENTITY_FILE.match(old)) and \
+                os.path.isfile(os.path.join(root, old)):
+            os.remove(os.path.join(root, old))
+        elif old:
+            log.warning("left %s in place: the manifest named it, but it is not a file this tool writes", old)
     return entry
 
 
-def _write_json(path: str, obj) -> None:
-    with open(path, "w") as fh:
-        json.dump(obj, fh, indent=2)
 
-
-def _replace(path: str, write) -> None:
-    tmp = path + ".tmp"
-    write(tmp)
-    os.replace(tmp, path)

@@ -11,6 +11,7 @@ ranks; features store only present rows, so a missing modality costs nothing on 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class KGData:
     relation_names: list[str]
     features: dict[str, Features] = field(default_factory=dict)
     name: str = "dataset"
+    identity: str = ""        # the dataset version's digest (``dataset_identity``); runs record it
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -81,8 +83,7 @@ def write_dataset(data: KGData, out_dir: str, source: str = "", row_group_rows: 
             manifest["checks"] = checks
         if recipe:
             manifest["recipe"] = recipe
-        with open(os.path.join(builder.tmp, "manifest.json"), "w") as fh:
-            json.dump(manifest, fh, indent=2)
+        write_manifest(builder.tmp, manifest)
     except BaseException:
         builder.abort()
         raise
@@ -174,6 +175,49 @@ class TripleWriter:
             self._flush(self.pending_rows)
         self.writer.close()
         return self.files
+
+
+# ----------------------------------------------------------------------------------------- identity
+def manifest_files(manifest: dict) -> list[str]:
+    """Every file a manifest names, relative to the dataset folder."""
+    files = [manifest.get("entities", "entities.parquet"), manifest.get("relations", "relations.parquet")]
+    for info in manifest["splits"].values():
+        files += info["files"]
+    files += [info["file"] for info in manifest["modalities"].values()]
+    return files
+
+
+def write_manifest(root: str, manifest: dict, known: dict | None = None) -> None:
+    """Record the bytes and SHA-256 of every file the manifest names (``known``: entries of files that did not
+    change, not hashed again), then write ``root/manifest.json`` atomically — the dataset's one commit point."""
+    from ..outputs import write_atomic
+
+    known = known or {}
+    files = {}
+    for rel in manifest_files(manifest):
+        path = os.path.join(root, rel)
+        size = os.path.getsize(path)
+        entry = known.get(rel)
+        if not (isinstance(entry, dict) and entry.get("bytes") == size and entry.get("sha256")):
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    digest.update(chunk)
+            entry = {"bytes": size, "sha256": digest.hexdigest()}
+        files[rel] = entry
+    manifest["files"] = files
+    write_atomic(os.path.join(root, "manifest.json"), json.dumps(manifest, indent=2))
+
+
+def dataset_identity(manifest: dict) -> str:
+    """A dataset version's identity: the SHA-256 of its manifest, which records every file's digest (datasets
+    written before file digests: the manifest alone). Any rewrite of the content changes it."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def synthetic_identity(synthetic_config: dict) -> str:
+    """The generated graph is a pure function of its config."""
+    return hashlib.sha256(json.dumps({"synthetic": synthetic_config}, sort_keys=True).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -388,7 +432,7 @@ def load_dataset(root: str, modalities: list[str] | None = None, skip_splits: tu
             continue  # a modality absent from the data is missing for every entity (handled by the model)
         features[m] = read_features(root, manifest, m) if feature_values else lazy_features(root, manifest, m, ents)
     data = KGData(n, r, splits, ents.column("name").to_pylist(), rels.column("name").to_pylist(),
-                  features, manifest.get("name", "dataset"))
+                  features, manifest.get("name", "dataset"), dataset_identity(manifest))
     validate(data, origin=root)
     return data
 
@@ -405,6 +449,16 @@ def validate(data: KGData, origin: str) -> None:
                                 f"out of range [0, {limit}) ({len(bad)} such rows)")
     if len(data.entity_names) != data.num_entities:
         raise DataError(f"{origin}: {len(data.entity_names)} entity names for {data.num_entities} entities")
+    for kind, names in (("entity", data.entity_names), ("relation", data.relation_names)):
+        if len(set(names)) != len(names):          # a query by name must name one id
+            seen, first = {}, None
+            for i, name in enumerate(names):
+                if name in seen:
+                    first = (seen[name], i, name)
+                    break
+                seen[name] = i
+            raise DataError(f"{origin}: {kind} name {first[2]!r} is given to ids {first[0]} and {first[1]}; "
+                            f"{kind} names must be unique")
     for m, f in data.features.items():
         rows = f.values.shape[0] if f.values is not None else len(f.present)
         if rows != data.num_entities or f.present.shape != (data.num_entities,):

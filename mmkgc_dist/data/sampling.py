@@ -85,6 +85,7 @@ class NegativeBatch:
     false_negatives: int      # candidates that are known triples and survived resampling
     layout: str = "per_positive"     # or "chunk_shared": each row of ``entities`` serves chunk_size positives
     chunk_size: int = 1
+    share: float = 1.0        # this process's fraction of the global batch's positives (weights its loss)
 
 
 class DegreeDistribution:

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from ..rng import numpy_rng
 from .errors import DataError
-from .format import TRIPLE_SCHEMA, _join, read_manifest
+from .format import TRIPLE_SCHEMA, _join, dataset_identity, read_manifest
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ class StreamingTriples:
         self.batch_size, self.seed, self.window_rows = batch_size, seed, window_rows
         self.workers, self.prefetch, self.shuffle = max(1, workers), prefetch, shuffle
         self.manifest = manifest or read_manifest(root)
+        self.identity = dataset_identity(self.manifest)
         self.groups = row_groups(root, self.manifest, split)
         self.total_rows = sum(g.rows for g in self.groups)
         self.epoch, self.batch = 0, 0
@@ -131,12 +132,27 @@ class StreamingTriples:
             out.append(current)
         return out
 
+    def batch_share(self, index: int) -> float:
+        """This rank's fraction of the rows all ranks take at batch ``index`` (0 when it holds none)."""
+        b = self.batches_per_epoch
+        sizes = [(index + 1) * n // b - index * n // b for n in map(self.rank_rows, range(self.world))]
+        return sizes[self.rank] / sum(sizes) if sum(sizes) else 0.0
+
     def batch_bounds(self) -> np.ndarray:
         """Row offsets of this rank's batches within its range (B + 1 values)."""
         n, b = self.rank_rows(self.rank), self.batches_per_epoch
         return np.arange(b + 1) * n // max(b, 1)
 
     # ----------------------------------------------------------------------------- reading
+    def check_unchanged(self) -> None:
+        """Before each window: the dataset is still the version the stream started on (a ``prepare --overwrite``
+        mid-run would otherwise switch the run to other part files)."""
+        now = dataset_identity(read_manifest(self.root))
+        if now != self.identity:
+            raise DataError(f"{self.root}: the dataset changed while it was being streamed (identity "
+                            f"{self.identity[:12]} at the start, {now[:12]} now); the run stops here — resume it "
+                            f"with the version it trained on, or start a new run")
+
     @staticmethod
     def _read_group(path: str, index: int):
         """One row group. The file is opened per read, not cached: a cached reader keeps its last row
@@ -217,6 +233,9 @@ class StreamingTriples:
             carry = np.concatenate([carry[max(lo - carry_start, 0):] if lo < window_start else carry[:0],
                                     rows[max(lo - window_start, 0):]])
             carry_start = lo
+        while self.batch < self.batches_per_epoch:     # a rank with fewer rows than batches: empty ones at the end
+            self.batch += 1
+            yield np.zeros((0, 3), np.int64)
         if self.batch >= self.batches_per_epoch:
             self.epoch, self.batch = epoch + 1, 0
 
@@ -240,6 +259,7 @@ class StreamingTriples:
                     if stop.is_set():
                         return
                     try:
+                        self.check_unchanged()
                         rows = self._load_window(pool, epoch, i, windows[i], buffers, buffers.slots[slot])
                         out.put((i, rows, int(starts[i]), slot))
                     except BaseException as exc:      # hand errors to the consumer

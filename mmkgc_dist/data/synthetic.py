@@ -9,10 +9,12 @@ Deterministic from ``seed``.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..config import SyntheticConfig
-from .format import Features, KGData
+from .format import Features, KGData, synthetic_identity
 
 
 def _nearest_tails(target: np.ndarray, latent: np.ndarray, rng: np.random.Generator, top: int = 3) -> np.ndarray:
@@ -22,6 +24,7 @@ def _nearest_tails(target: np.ndarray, latent: np.ndarray, rng: np.random.Genera
     so the search is one matrix product per block instead of a per-pair loop.
     """
     lat = np.concatenate([np.cos(latent), np.sin(latent)], axis=1).astype(np.float32)
+    top = min(top, len(latent) - 1)            # a tiny graph has fewer candidates
     out = np.empty(len(target), np.int64)
     for start in range(0, len(target), 4096):
         tgt = target[start:start + 4096]
@@ -67,4 +70,4 @@ def generate(cfg: SyntheticConfig) -> KGData:
         features[name] = Features(values, present)
     return KGData(n, cfg.num_relations, {s: t.astype(np.int64) for s, t in splits.items()},
                   [f"entity_{i:06d}" for i in range(n)], [f"relation_{i:04d}" for i in range(cfg.num_relations)],
-                  features, name=f"synthetic-seed{cfg.seed}")
+                  features, name=f"synthetic-seed{cfg.seed}", identity=synthetic_identity(dataclasses.asdict(cfg)))

@@ -6,11 +6,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def mean(x: Tensor) -> Tensor:
+    """The mean, and 0 (still in the graph) for no elements: a rank may hold none of a small global batch."""
+    return x.mean() if x.numel() else x.sum()
+
+
 def self_adversarial_loss(positive: Tensor, negative: Tensor, temperature: float) -> Tensor:
     """L = −½ [mean log σ(f⁺) + mean_i Σ_j softmax_j(α f⁻_ij)·log σ(−f⁻_ij)], weights detached."""
     weights = torch.softmax(temperature * negative.detach(), dim=-1)
-    negative_term = (weights * F.logsigmoid(-negative)).sum(-1).mean()
-    return -0.5 * (F.logsigmoid(positive).mean() + negative_term)
+    negative_term = mean((weights * F.logsigmoid(-negative)).sum(-1))
+    return -0.5 * (mean(F.logsigmoid(positive)) + negative_term)
 
 
 def batch_adversarial_loss(better: Tensor, worse: Tensor, worse_weights: Tensor) -> Tensor:
@@ -21,7 +26,7 @@ def batch_adversarial_loss(better: Tensor, worse: Tensor, worse_weights: Tensor)
     weights negatives runs over the *batch of fakes*: the most plausible fakes weigh most. ``worse_weights``
     comes from the caller, normalised over the global batch (the same at any world size).
     """
-    return -0.5 * (F.logsigmoid(better).mean() + (worse_weights * F.logsigmoid(-worse)).sum())
+    return -0.5 * (mean(F.logsigmoid(better)) + (worse_weights * F.logsigmoid(-worse)).sum())
 
 
 def pairwise_sigmoid_loss(better: Tensor, worse: Tensor) -> Tensor:
@@ -31,4 +36,4 @@ def pairwise_sigmoid_loss(better: Tensor, worse: Tensor) -> Tensor:
     positive scores have shape [batch, 1] and its softmax over one element weighs each by 1. Discriminator with
     ``mat.adversarial_loss=mean``: L(f⁺, f_fake) (real triples should outscore fakes).
     """
-    return -0.5 * (F.logsigmoid(better).mean() + F.logsigmoid(-worse).mean())
+    return -0.5 * (mean(F.logsigmoid(better)) + mean(F.logsigmoid(-worse)))

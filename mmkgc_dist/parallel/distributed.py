@@ -3,8 +3,8 @@ each rank's part of every global batch, candidate-sharded evaluation; checkpoint
 world size (checkpoint.py). ``train.Trainer`` runs the same loop, step and evaluation over it as over
 ``local.LocalRuntime``.
 
-Gradient scaling: every rank's loss is the mean over its own positives, multiplied by 1/world before
-backward. The owners' table rows receive the gradients of every rank that used them (the fused-row all-to-all's
+Gradient scaling: every rank's loss is the mean over its own positives, multiplied by its share of the global
+batch (b / B; a rank may hold fewer positives than another, or none) before backward. The owners' table rows receive the gradients of every rank that used them (the fused-row all-to-all's
 backward), and the dense gradients (fusion weights, replicated tables) are summed over ranks in flat buckets
 (``DenseGradients``), so both are the gradient of the global-batch mean, exactly as one process with the whole
 batch.
@@ -30,7 +30,7 @@ from ..data.format import KGData
 from ..eval.engine import CandidateShard
 from ..integrity import safe_deepspeed_engine
 from ..model import MATGenerators
-from ..model.kgc import MultiModalKGC
+from ..model.kgc import MultiModalKGC, unique_ids
 from ..optim import OptimizerGroup, load_table_state, table_optimizer, table_state
 from ..rng import torch_seed
 from .checkpoint import CheckpointIO
@@ -101,6 +101,12 @@ class DenseGradients:
                     p.grad = part.view_as(p).clone()
 
 
+def slice_bounds(rows: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous rows [lo, hi) of a global batch of ``rows``: sizes differ by at most one, and
+    a rank gets none when the batch has fewer rows than ranks (it still takes part in every collective)."""
+    return rank * rows // world, (rank + 1) * rows // world
+
+
 class DistributedRuntime(CheckpointIO):
     def __init__(self, cfg: Config, env: DistEnv | None = None):
         self.cfg = cfg
@@ -116,7 +122,6 @@ class DistributedRuntime(CheckpointIO):
                               "bf16 kernel); on CPU use fp16, or bf16 in one process")
         self.rank, self.world_size, self.is_main = self.env.rank, self.env.world_size, self.env.is_main
         self.device = self.env.device            # one device per rank, from LOCAL_RANK (see env.py)
-        self.loss_scale = 1.0 / self.env.world_size
 
     def build(self, data: KGData, features: dict, modalities: list[str], rotate, use_mat: bool) -> None:
         cfg, env, width = self.cfg, self.env, 2 * self.cfg.model.dim
@@ -178,10 +183,10 @@ class DistributedRuntime(CheckpointIO):
         """This rank's disjoint slice of a global batch and its negatives, drawn here for the slice alone: the
         sampler's draws are keyed by global position, so any world size trains on identical data (chunk-shared
         chunks are keyed by their first position: identical whenever the slices split into whole chunks)."""
-        rank, world = self.env.rank, self.env.world_size
-        bounds = np.linspace(0, len(batch), world + 1).astype(int)
-        lo, hi = bounds[rank], bounds[rank + 1]
-        return batch[lo:hi], sampler.sample(batch[lo:hi], counters, offset=int(lo))
+        lo, hi = slice_bounds(len(batch), self.env.rank, self.env.world_size)
+        negatives = sampler.sample(batch[lo:hi], counters, offset=lo)
+        negatives.share = (hi - lo) / len(batch)
+        return batch[lo:hi], negatives
 
     @staticmethod
     def batch_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -189,11 +194,12 @@ class DistributedRuntime(CheckpointIO):
         return global_softmax(logits)
 
     def reduce_metrics(self, metrics: dict) -> dict:
-        """Global means (losses) and sums (false negatives) over ranks."""
+        """The global values: each rank holds its share of every loss (weighted by its part of the batch) and
+        its own count of false negatives, so all are sums over ranks."""
         keys = sorted(metrics)
         values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
         dist.all_reduce(values)
-        return {k: (v if k == "false_negatives" else v / self.env.world_size) for k, v in zip(keys, values.tolist())}
+        return dict(zip(keys, values.tolist()))
 
     def total(self, count: int) -> int:
         """The sum of ``count`` over ranks (every rank gets it)."""
@@ -210,8 +216,20 @@ class DistributedRuntime(CheckpointIO):
 
     @torch.no_grad()
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Joint rows of any ids (a collective). In the owners' layout the owners fuse them, as in training —
+        a rank that owns no rows (fewer entities than ranks) never calls a lookup on an empty shard."""
+        if self.tables.local_rows:
+            unique, inverse = unique_ids(ids, self.num_entities)
+            entities, _ = self.embedder(unique, torch.zeros(0, dtype=torch.long))
+            return entities.joint[inverse]
         rows, _ = self.tables.lookup(ids, torch.zeros(0, dtype=torch.long))
         return self.core.embed(rows)[0]
+
+    def _owned_rows(self, ids: torch.Tensor):
+        """Rows of ids this rank owns: read from its own shards in the owners' layout (no collective), through
+        TorchRec's lookup (a collective every rank makes) otherwise."""
+        lookup = self.tables.lookup_owned if self.tables.local_rows else self.tables.lookup
+        return lookup(ids, torch.zeros(0, dtype=torch.long))[0]
 
     @torch.no_grad()
     def embedding_chunks(self, chunk: int = 4096):
@@ -221,7 +239,7 @@ class DistributedRuntime(CheckpointIO):
         for start in range(0, max(owner_block(self.num_entities, self.env.world_size), 1), chunk):
             ids = torch.arange(lo + start, min(lo + start + chunk, hi)) if lo + start < hi \
                 else torch.zeros(0, dtype=torch.long)
-            rows, _ = self.tables.lookup(ids, torch.zeros(0, dtype=torch.long))
+            rows = self._owned_rows(ids)
             joint, weights = self.core.embed(rows)
             if len(ids):
                 yield ids, rows.structural, joint, weights
@@ -235,6 +253,8 @@ class DistributedRuntime(CheckpointIO):
 
     @torch.no_grad()
     def relation_table(self) -> torch.Tensor:
+        if self.tables.local_rows:               # the replica, read locally
+            return self.tables.relation_rows(torch.arange(self.num_relations))
         _, rel = self.tables.lookup(torch.zeros(0, dtype=torch.long), torch.arange(self.num_relations))
         return rel
 

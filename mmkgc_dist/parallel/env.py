@@ -1,6 +1,7 @@
 """Process-group setup from torchrun's environment (or Slurm's, under srun), device and backend choice."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 from dataclasses import dataclass
@@ -122,7 +123,8 @@ def _free_port() -> int:
 
 
 def allreduce_sum_hook(_state, bucket):
-    """DDP comm hook: sum gradients instead of averaging (losses are pre-scaled by 1/world, see step.py)."""
+    """DDP comm hook: sum gradients instead of averaging (each loss is pre-weighted by its rank's share of the batch,
+    see step.py)."""
     return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
 
 
@@ -132,7 +134,7 @@ def global_softmax(logits: torch.Tensor) -> torch.Tensor:
     column on its own. One collective: every rank shares (its maximum, its sum of exp(x − maximum)) per column,
     and each combines them into the global maximum and normaliser."""
     columns = logits.shape[1:]
-    flat = logits.reshape(len(logits), -1).double()
+    flat = logits.reshape(len(logits), math.prod(columns)).double()     # no -1: a rank may hold 0 rows
     top = flat.max(dim=0).values if len(flat) else flat.new_full((flat.shape[1],), float("-inf"))
     total = torch.exp(flat - top).sum(dim=0)
     mine = torch.stack([top, total])

@@ -61,7 +61,6 @@ def local_generator_update(generators: nn.Module, optimizer: torch.optim.Optimiz
 
 class LocalRuntime(CheckpointIO):
     rank, world_size, is_main = 0, 1, True
-    loss_scale = 1.0
     sync_gradients = None          # one process: its gradients are the global batch's
 
     def __init__(self, cfg: Config):

@@ -12,24 +12,16 @@ from ..config import Config, load_config
 from ..data.errors import DataError
 from ..data.format import KGData
 from ..eval.metrics import markdown_report, metric_keys
-from ..integrity import checkpoint_at, newest_verified, selected_checkpoint
-from ..outputs import local_path, resolve_output
-from .run_folder import open_for_reading, open_for_training
+from ..integrity import checkpoint_at, list_checkpoints, newest_verified, selected_checkpoint
+from ..outputs import local_path, resolve_output, write_atomic
+from .run_folder import check_dataset, holds_run, open_for_reading, open_for_training, record_dataset
 from .trainer import Trainer
 
 log = logging.getLogger("mmkgc_dist")
 
 
-def write_text(path: str, text: str) -> None:
-    """Written under a temporary name, then renamed: readers see the old file or the new one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: str, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2))
+    write_atomic(path, json.dumps(obj, indent=2))
 
 
 def format_metrics(split: str, m: dict) -> str:
@@ -61,22 +53,36 @@ def open_run_folder(cfg: Config, runtime, run_dir: str | None, resume: bool, ove
     return outcome[1], lock
 
 
-def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: bool, overwrite: bool) -> dict:
-    """The whole training run; returns results (also written to RUN/results.json by rank 0)."""
-    run_dir, lock = open_run_folder(cfg, runtime, run_dir, resume, overwrite)
+def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: str | None, overwrite: bool) -> dict:
+    """The whole training run; returns results (also written to RUN/results.json by rank 0). ``resume``: None,
+    "explicit" (--resume) or "restart" (an elastic restart)."""
+    run_dir, lock = open_run_folder(cfg, runtime, run_dir, bool(resume), overwrite)
     try:
+        # decided before anything is written into the run (rank 0 reads the folder; every rank gets the verdict)
+        verdict = runtime.share(nothing_to_resume(run_dir, explicit=resume == "explicit")
+                                if resume and runtime.is_main else None)
+        if verdict is not None and verdict[0] == "refuse":
+            raise DataError(verdict[1])
+        if runtime.is_main:
+            check_dataset(run_dir, data, dataset_location(cfg))
+            record_dataset(run_dir, data, dataset_location(cfg))
         trainer = Trainer(cfg, data, runtime, run_dir)
+        if trainer.batches_per_epoch() == 0:      # an untrained model's metrics are not a result
+            raise DataError(f"{dataset_location(cfg)}: the training split is empty; nothing to train")
         say = print if runtime.is_main else (lambda *a, **k: None)
         plan = runtime.plan_report()
         if plan and runtime.is_main:
             say(plan[0])
-            write_text(os.path.join(run_dir, "sharding_plan.json"), plan[1])
+            write_atomic(os.path.join(run_dir, "sharding_plan.json"), plan[1])
         say(describe(data))
         if trainer.stream is not None:
             say(f"train: streamed from {cfg.data.path}: {trainer.stream.total_rows} triples in "
                 f"{len(trainer.stream.groups)} row groups, {trainer.batches_per_epoch()} steps per epoch")
-        if resume and trainer.resume():
+        if resume and verdict is None:
+            trainer.resume()
             say(f"resumed at epoch {trainer.epoch}, batch {trainer.batch_in_epoch}, step {trainer.step}")
+        elif resume:
+            say(verdict[1])
         summary = trainer.fit()
         trainer.save()
         say(f"trained {summary['steps']} steps in {summary['seconds']:.1f}s; run folder {run_dir}")
@@ -91,12 +97,30 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: b
             say(format_metrics(split, metrics))
         if runtime.is_main:
             write_json(os.path.join(run_dir, "results.json"), results)
-            write_text(os.path.join(run_dir, "results.md"), markdown_report(results))
+            write_atomic(os.path.join(run_dir, "results.md"), markdown_report(results))
         trainer.logger.close()
         return results
     finally:
         if lock is not None:
             lock.release()
+
+
+def nothing_to_resume(run_dir: str, explicit: bool) -> tuple[str, str] | None:
+    """None when the run has a verified checkpoint to resume from; else ("start", notice) when starting at step
+    0 loses nothing, or ("refuse", reason). Resume resumes or stops: a run whose checkpoints are all damaged,
+    or (asked for explicitly) one that trained and kept none, is never silently trained over from step 0."""
+    directory = os.path.join(run_dir, "checkpoints")
+    if newest_verified(directory) is not None:
+        return None
+    damaged = [c.path for c in list_checkpoints(directory)]
+    if damaged:
+        return ("refuse", f"--resume: no checkpoint of {run_dir} verifies ({len(damaged)} damaged, newest "
+                          f"{os.path.basename(damaged[-1])}; see the warnings above); refusing to train over the run "
+                          f"from step 0 — restore a checkpoint, or pass --overwrite to start the run again")
+    if explicit and holds_run(run_dir):
+        return ("refuse", f"--resume: {run_dir} holds an earlier run's metrics but no checkpoint to resume from; "
+                          f"pass --overwrite to start the run again")
+    return ("start", f"--resume: {run_dir} has no checkpoint yet; starting the run at step 0")
 
 
 def select_best(trainer: Trainer, run_dir: str, say) -> dict:
@@ -142,9 +166,15 @@ def trained_checkpoint(run_dir: str, checkpoint: str | None, overrides):
     return cfg, ckpt
 
 
-def load_trained(cfg: Config, data: KGData, runtime, ckpt) -> Trainer:
+def dataset_location(cfg: Config) -> str:
+    return cfg.data.path if cfg.data.source == "parquet" else "the generated graph (data.synthetic)"
+
+
+def load_trained(cfg: Config, data: KGData, runtime, ckpt, run_dir: str) -> Trainer:
     """A trainer holding the checkpoint's model (tables, fusion, generators; no optimizer state), for
-    evaluation and export; the checkpoint may come from any world size."""
+    evaluation and export; the checkpoint may come from any world size. The dataset must be the version the
+    run trained on."""
+    check_dataset(run_dir, data, dataset_location(cfg))
     trainer = Trainer(cfg, data, runtime, run_dir=None)
     trainer.resume(ckpt.path, optimizer=False)
     return trainer

@@ -79,12 +79,12 @@ class MLflowTracker:
             self._mlflow.log_metrics({_name(f"{kind}/{k}"): float(v) for k, v in numbers.items()},
                                      step=int(fields.get("step", 0)))
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         for name in ("results.json", "results.md"):
             path = os.path.join(self.run_dir, name)
-            if os.path.isfile(path):
+            if os.path.isfile(path) and status == "FINISHED":
                 self._mlflow.log_artifact(path)
-        self._mlflow.end_run()
+        self._mlflow.end_run(status=status)
 
 
 def _name(key: str) -> str:
@@ -102,9 +102,10 @@ class Trackers:
         for tracker in self.trackers:
             tracker.log(kind, **fields)
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
+        """``status``: FINISHED, or KILLED (stopped by a signal) / FAILED — MLflow shows the run as such."""
         for tracker in self.trackers:
-            tracker.close()
+            tracker.close(status) if isinstance(tracker, MLflowTracker) else tracker.close()
         self.trackers = []
 
 

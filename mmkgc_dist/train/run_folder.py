@@ -13,17 +13,20 @@ the first holds the lock. Partial checkpoints of a crashed run are removed when 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
-import shutil
 import time
 
 from ..data.errors import DataError
 from ..integrity import clean_temporaries, delete, list_checkpoints
-from ..outputs import FolderLock, default_mode, marker_kind, write_marker
+from ..config import config_yaml, load_config
+from ..outputs import FolderLock, default_mode, marker_kind, refuse_links, remove_owned, write_atomic, write_marker
 
 log = logging.getLogger("mmkgc_dist")
-RUN_FILES = ("results.json", "results.md", "metrics.jsonl", "config.yaml", "sharding_plan.json", "mlflow_run_id")
+RUN_FILES = ("results.json", "results.md", "metrics.jsonl", "config.yaml", "sharding_plan.json", "mlflow_run_id",
+             "dataset.json")
+CHECKPOINT_FILES = ("best.json",)          # besides the step-N checkpoints: model selection's record
 RUN_FOLDERS = ("tensorboard",)
 
 
@@ -57,12 +60,6 @@ def holds_run(path: str) -> bool:
         os.path.exists(os.path.join(path, f)) for f in ("metrics.jsonl", "results.json"))
 
 
-def _legacy_run(path: str) -> bool:
-    """A run folder written before the marker existed: our config plus our metrics or checkpoints."""
-    return os.path.isfile(os.path.join(path, "config.yaml")) and (
-        os.path.isfile(os.path.join(path, "metrics.jsonl")) or os.path.isdir(os.path.join(path, "checkpoints")))
-
-
 def open_for_training(run_dir: str | None, out_dir: str, name: str, resume: bool,
                       overwrite: bool) -> tuple[str, FolderLock]:
     """The run folder to train in, created or checked, with its lock held."""
@@ -74,10 +71,8 @@ def open_for_training(run_dir: str | None, out_dir: str, name: str, resume: bool
     if os.path.lexists(path) and not os.path.isdir(path):
         raise DataError(f"{what} {path}: exists and is not a folder; expected a run folder")
     if os.path.isdir(path) and os.listdir(path):
-        kind = marker_kind(path)
-        if kind is None and _legacy_run(path):
-            write_marker(path, "run")
-        elif kind is None:
+        kind = marker_kind(path)          # the marker or nothing: no guessing from the files inside
+        if kind is None:
             raise DataError(f"{what} {path}: folder is not empty and was not made by mmkgc-dist; refusing to "
                             f"write a run into it — give a new folder")
         elif kind != "run":
@@ -87,6 +82,7 @@ def open_for_training(run_dir: str | None, out_dir: str, name: str, resume: bool
         write_marker(path, "run")
     lock = FolderLock(path, "run folder").acquire()
     try:
+        refuse_links(path, RUN_FILES + RUN_FOLDERS + ("checkpoints",))
         if holds_run(path) and not (resume or overwrite):
             steps = [c.step for c in list_checkpoints(os.path.join(path, "checkpoints"))]
             held = f"checkpoints up to step {max(steps)}" if steps else "metrics of an earlier run"
@@ -102,21 +98,71 @@ def open_for_training(run_dir: str | None, out_dir: str, name: str, resume: bool
 
 
 def remove_run_results(path: str) -> None:
-    """What a run writes, and nothing else (a user's files in the folder stay)."""
+    """Everything of the earlier run that can influence a result — its checkpoints, the selection record
+    (best.json), its config, metrics and results — and nothing else (a user's files in the folder stay)."""
     removed = []
-    for ckpt in list_checkpoints(os.path.join(path, "checkpoints")):
+    checkpoints = os.path.join(path, "checkpoints")
+    for ckpt in list_checkpoints(checkpoints):
         delete(ckpt)
         removed.append(ckpt.path)
-    for f in RUN_FILES:
-        if os.path.isfile(os.path.join(path, f)):
-            os.remove(os.path.join(path, f))
+    clean_temporaries(checkpoints)
+    for f in CHECKPOINT_FILES:
+        if os.path.lexists(os.path.join(checkpoints, f)):
+            remove_owned(os.path.join(checkpoints, f))
+            removed.append(f"checkpoints/{f}")
+    for f in RUN_FILES + RUN_FOLDERS:
+        if os.path.lexists(os.path.join(path, f)):
+            remove_owned(os.path.join(path, f))
             removed.append(f)
-    for d in RUN_FOLDERS:
-        if os.path.isdir(os.path.join(path, d)):
-            shutil.rmtree(os.path.join(path, d))
-            removed.append(d)
     if removed:
         log.warning("--overwrite: removed the earlier run's results in %s (%d items)", path, len(removed))
+
+
+def record_config(run_dir: str, cfg) -> None:
+    """config.yaml is written once, when the run is created: a resumed run keeps the config it was created with
+    (``config.resumed_config`` refuses changes to the model or data), so evaluate/predict/export of the run
+    always rebuild the model it trained."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.lexists(path):
+        write_atomic(path, config_yaml(cfg))
+
+
+DATASET_RECORD = "dataset.json"
+
+
+def record_dataset(run_dir: str, data, path: str) -> None:
+    """The identity of the dataset version a run trains on (``data.format.dataset_identity``), recorded once,
+    when the run is created."""
+    record = os.path.join(run_dir, DATASET_RECORD)
+    if not os.path.lexists(record):
+        write_atomic(record, json.dumps({"name": data.name, "path": path, "identity": data.identity}, indent=2))
+
+
+def check_dataset(run_dir: str, data, path: str) -> None:
+    """Refuse (DataError, one line) a dataset other than the version the run trained on: resuming, evaluating,
+    exporting or predicting with another graph under the same name would silently give another model's
+    numbers. Runs from before the record: nothing to compare."""
+    record = os.path.join(run_dir, DATASET_RECORD)
+    if not os.path.lexists(record):
+        return
+    try:
+        with open(record) as fh:
+            recorded = json.load(fh)
+        want = recorded["identity"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{record}: unreadable dataset record ({exc}); expected the JSON this tool writes")
+    if want != data.identity:
+        raise DataError(f"{path}: is not the dataset version {run_dir} trained on (identity {want[:12]} recorded "
+                        f"in {DATASET_RECORD}, {data.identity[:12]} now — it was re-prepared or changed since); "
+                        f"give that version with --data.path=..., or train a new run")
+
+
+def created_config(path: str):
+    """The config a run folder was created with, or None when ``path`` holds no run of ours."""
+    config = os.path.join(path, "config.yaml")
+    if marker_kind(path) != "run" or not os.path.isfile(config):
+        return None
+    return load_config(config)
 
 
 def open_for_reading(run_dir: str) -> str:

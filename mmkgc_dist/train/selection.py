@@ -19,7 +19,8 @@ import os
 import numpy as np
 
 from ..data.checks import triple_keys
-from ..integrity import prune
+from ..integrity import prune, read_selection
+from ..outputs import write_atomic
 
 log = logging.getLogger("mmkgc_dist")
 BEST = "best.json"
@@ -56,11 +57,10 @@ class ModelSelection:
         return self.state["stopped_early"]
 
     def _read(self) -> bool:
-        path = os.path.join(self.checkpoints, BEST) if self.checkpoints else None
-        if not path or not os.path.isfile(path):
+        saved = read_selection(self.checkpoints) if self.checkpoints else None
+        if saved is None:
             return False
-        with open(path) as fh:
-            saved = json.load(fh)
+        path = os.path.join(self.checkpoints, BEST)
         if saved.get("metric") == self.metric:
             self.state.update(saved)
             return True
@@ -72,10 +72,7 @@ class ModelSelection:
         if not (self.is_main and self.checkpoints):
             return
         os.makedirs(self.checkpoints, exist_ok=True)
-        path = os.path.join(self.checkpoints, BEST)
-        with open(path + ".tmp", "w") as fh:
-            json.dump(self.state, fh, indent=2)
-        os.replace(path + ".tmp", path)
+        write_atomic(os.path.join(self.checkpoints, BEST), json.dumps(self.state, indent=2))
 
     def rewind(self, step: int) -> None:
         """Training resumes at ``step``: forget validation runs after it (a run interrupted after validating

@@ -6,7 +6,9 @@ reference code slow (it projects 4096-d features for every one of B·(K+1)·2 sl
 
 The step is the same for one process and for many: the caller passes the table lookup (local or
 TorchRec), the dense model (plain or DDP-wrapped), how the generator is updated (local Adam or a
-DeepSpeed engine), and ``loss_scale`` (1 / world size when table gradients are summed across ranks).
+DeepSpeed engine) and the world size. Each process's loss is the mean over its own positives weighted by its
+share of the global batch (``NegativeBatch.share``, b / B): summed over ranks that is the global-batch mean
+for any split of the batch — ragged, or with no positive at all on some rank.
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ class PositiveView:
 class TrainStep:
     def __init__(self, cfg: Config, embed: Callable, num_entities: int, core: MultiModalKGC,
                  generators: nn.Module | None, rotate: RotatE, kernels: DistanceKernels, opt_model,
-                 update_generator: Callable | None, loss_scale: float = 1.0,
+                 update_generator: Callable | None, world_size: int = 1,
                  device: torch.device = torch.device("cpu"), batch_softmax: Callable[[Tensor], Tensor] | None = None,
                  sync_gradients: Callable[[], None] | None = None):
         """``embed(entity_ids, relation_ids, positives) -> (EmbeddedEntities, relation rows)``: lookup + fusion,
@@ -71,7 +73,7 @@ class TrainStep:
         self.cfg, self.embed, self.num_entities, self.core, self.generators = cfg, embed, num_entities, core, generators
         self.rotate, self.kernels, self.opt_model = rotate, kernels, opt_model
         self.update_generator = update_generator
-        self.loss_scale = loss_scale
+        self.world_size = world_size
         self.mu = cfg.mat.mu if generators is not None else 0.0
         self.timer = PhaseTimer()
         self.device = device
@@ -79,6 +81,8 @@ class TrainStep:
         self.sync_gradients = sync_gradients
 
     def __call__(self, batch: np.ndarray | Tensor, negatives: NegativeBatch) -> dict:
+        """One step on this process's part of a global batch; returns its metrics as device tensors, each this
+        process's share of the global value (summed over ranks when read)."""
         timer = self.timer
         triples = torch.as_tensor(batch, device=self.device)    # already there when prefetched (prefetch.py)
         cand = negatives.entities.to(self.device)
@@ -95,7 +99,7 @@ class TrainStep:
         if self.opt_model is not None:
             self.opt_model.zero_grad(set_to_none=True)
         with timer("backward"):     # includes the fused-row all-to-all backward and the dense gradients' sum
-            (loss * self.loss_scale).backward()
+            (loss * negatives.share).backward()
             if self.sync_gradients is not None:
                 self.sync_gradients()
         with timer("optimizer"):
@@ -103,8 +107,8 @@ class TrainStep:
                 self.opt_model.step()
         with timer("generator"):
             if self.generators is not None:
-                metrics["gen_loss"] = self._generator_step(ids, view)
-        return metrics
+                metrics["gen_loss"] = self._generator_step(ids, view, negatives.share)
+        return {k: v * negatives.share if k != "false_negatives" else v for k, v in metrics.items()}
 
     def _discriminator_forward(self, entities: EmbeddedEntities, relation_rows, inverse, cand, triples, negatives):
         """The discriminator's loss (KGC + μ·adversarial), the positives' view and the step's metrics."""
@@ -130,20 +134,20 @@ class TrainStep:
         metrics = {"loss": kgc_loss.detach(), "false_negatives": negatives.false_negatives}   # read on logging steps
         if self.mu > 0:
             fakes = self._fake_scores(entities, view, self._generate_as_data, detach_attention=False)
-            adv = self._adversarial_loss(positive, torch.stack(fakes, dim=1))
+            adv = self._adversarial_loss(positive, torch.stack(fakes, dim=1), negatives.share)
             loss = loss + self.mu * adv
             metrics["adv_loss"] = adv.detach()
         return loss, view, metrics
 
-    def _adversarial_loss(self, positive: Tensor, fakes: Tensor) -> Tensor:
+    def _adversarial_loss(self, positive: Tensor, fakes: Tensor, share: float) -> Tensor:
         """Σ over the three kinds of fake (columns of ``fakes``) of L(f⁺, f_fake) of the discriminator
         (mat.adversarial_loss). The reference form weights the fakes by a softmax over the global batch, one
-        column at a time (one collective for the three); each process holds a slice, so its share of that sum
-        is scaled up by the world size to cancel ``loss_scale`` (which turns the slices' means into the global
-        mean)."""
+        column at a time (one collective for the three); each process holds a slice of that weighted sum, so it
+        is divided by the process's ``share`` to cancel the weighting that turns the slices' means into the
+        global mean."""
         if self.cfg.mat.adversarial_loss == "mean":
             return sum(pairwise_sigmoid_loss(positive, fake) for fake in fakes.unbind(1))
-        weights = self.batch_softmax(self.cfg.train.adversarial_temperature * fakes.detach()) / self.loss_scale
+        weights = self.batch_softmax(self.cfg.train.adversarial_temperature * fakes.detach()) / (share or 1.0)
         return sum(batch_adversarial_loss(positive, fake, w) for fake, w in zip(fakes.unbind(1), weights.unbind(1)))
 
     def _queries(self, joint: Tensor, view: PositiveView) -> tuple[Tensor, Tensor]:
@@ -170,8 +174,9 @@ class TrainStep:
         score = lambda h, t: self.rotate.gamma - complex_l1_distance(self.rotate.rotate(h, view.phase), t)
         return [score(fake[hi], real[ti]), score(real[hi], fake[ti]), score(fake[hi], fake[ti])]
 
-    def _generator_step(self, ids: Tensor, view: PositiveView) -> Tensor:
-        """Recompute real and fake scores with the updated model; only the generators get gradients."""
+    def _generator_step(self, ids: Tensor, view: PositiveView, share: float) -> Tensor:
+        """Recompute real and fake scores with the updated model; only the generators get gradients. The update
+        averages the ranks' gradients (DeepSpeed's rule), so each rank's loss is weighted by share × world."""
         b = len(view.head_local)
         pos_ids, pos_inv = unique_ids(torch.cat([ids[view.head_local], ids[view.tail_local]]), self.num_entities)
         entities, relation_rows = self.embed.positives(pos_ids, view.relation)
@@ -181,5 +186,5 @@ class TrainStep:
             positive = self.rotate.gamma - complex_l1_distance(*self._queries(entities.joint, local))
         fakes = self._fake_scores(entities, local, self.generators, detach_attention=True)
         gen_loss = sum(pairwise_sigmoid_loss(f, positive) for f in fakes)
-        self.update_generator(gen_loss)
+        self.update_generator(gen_loss * (share * self.world_size))
         return gen_loss.detach()

@@ -9,18 +9,20 @@ import dataclasses
 import logging
 import math
 import os
+import signal
+import threading
 import time
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import Config, dump_config, to_dict
+from ..config import Config, to_dict
 from ..data.format import KGData, read_training_statistics
 from ..data.sampling import DegreeDistribution, NegativeSampler
 from ..data.statistics import exact_relation_table, head_probability
 from ..data.stream import StreamingTriples, rows_answering
-from ..divergence import TrainingDiverged
+from ..divergence import RunInterrupted, TrainingDiverged
 from ..eval.engine import rank_queries
 from ..eval.metrics import link_prediction_metrics, relation_categories
 from ..host import tune_training_process
@@ -29,6 +31,7 @@ from ..model import DistanceKernels, RotatE
 from ..rng import numpy_rng
 from .metrics import make_trackers
 from .prefetch import to_device_ahead
+from .run_folder import record_config
 from .selection import ModelSelection, in_train
 from .step import TrainStep
 
@@ -63,14 +66,13 @@ class Trainer:
         self.sampler = self._make_sampler()
         self.step_fn = TrainStep(cfg, runtime.embedder, data.num_entities, runtime.core, runtime.generators,
                                  self.rotate, self.kernels, runtime.opt_model, runtime.update_generator,
-                                 runtime.loss_scale, runtime.device, runtime.batch_softmax,
+                                 runtime.world_size, runtime.device, runtime.batch_softmax,
                                  runtime.sync_gradients)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         writes = run_dir if runtime.is_main else None
         if writes:
             os.makedirs(writes, exist_ok=True)
-        if writes:
-            dump_config(cfg, os.path.join(writes, "config.yaml"))
+            record_config(writes, cfg)
         self.logger = make_trackers(writes, cfg.run, _flat(to_dict(cfg)))
         self.selection = ModelSelection(cfg, os.path.join(run_dir, "checkpoints") if run_dir else None,
                                         runtime.is_main)
@@ -136,7 +138,9 @@ class Trainer:
         self.stream.load_state_dict({"epoch": self.epoch, "batch": self.batch_in_epoch})
         numbered = ((self.stream.batch - 1, batch) for batch in self.stream)
         for index, batch in to_device_ahead(numbered, self.runtime.device):
-            yield batch, self.sampler.sample(batch, (self.epoch, index, rank))
+            negatives = self.sampler.sample(batch, (self.epoch, index, rank))
+            negatives.share = self.stream.batch_share(index)
+            yield batch, negatives
 
     # ------------------------------------------------------------------------------------ training
     # The data stream is random-access: the epoch's order and each batch's negatives come from seeds
@@ -164,6 +168,13 @@ class Trainer:
             yield self.runtime.split(batch, self.sampler, (self.epoch, index))
 
     def fit(self) -> dict:
+        """Train to the configured end. On SIGTERM the run stops at a step boundary all ranks agree on (the next
+        step alone in one process, the next logging step on N ranks — the flag rides on the metrics' all-reduce
+        there, so no step pays a collective of its own), saves a checkpoint and raises RunInterrupted."""
+        with TerminationRequest() as stop:
+            return self._fit(stop)
+
+    def _fit(self, stop: "TerminationRequest") -> dict:
         cfg = self.cfg.train
         steps_per_epoch = self.batches_per_epoch()
         total = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
@@ -181,14 +192,18 @@ class Trainer:
                     positives += len(batch) * self.world_size
                     rate = positives / max(time.time() - t0, 1e-9)
                     bar.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == 1:
+                    logging_step = self.step % cfg.log_every == 0 or self.step == 1
+                    if logging_step:
                         # global metrics (a collective) only on logging steps; the bar shows the last of them
-                        last, reduced = self._finite_global(last), True
+                        last, reduced = self._finite_global({**last, STOP_FLAG: float(stop.requested)}), True
+                        stopping = last.pop(STOP_FLAG) > 0
                         self.logger.log("train", epoch=self.epoch, step=self.step, positives_per_s=round(rate, 1),
                                         **last)
                         bar.set_postfix(epoch=self.epoch, loss=f"{last['loss']:.4f}", pos_per_s=f"{rate:,.0f}")
                     if self.run_dir and cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
                         self.save()
+                    if (logging_step and stopping) or (self.world_size == 1 and stop.requested):
+                        self._stop_on_signal(stop.requested)
                     if self._done():
                         break
                 else:
@@ -200,6 +215,14 @@ class Trainer:
         if not reduced:
             last = self._finite_global(last)
         return {"steps": self.step, "epochs": self.epoch, "seconds": time.time() - t0, **last}
+
+    def _stop_on_signal(self, signum: int) -> None:
+        where = "no run folder: nothing saved"
+        if self.run_dir:
+            where = f"checkpoint {self.save()}; continue with --resume"
+        self.logger.log("interrupted", epoch=self.epoch, step=self.step, signal="SIGTERM")
+        self.logger.close(status="KILLED")
+        raise RunInterrupted(f"stopped by SIGTERM at epoch {self.epoch}, step {self.step}: {where}")
 
     def _finite_global(self, metrics: dict) -> dict:
         """The step's metrics reduced over ranks, checked finite. Called where they are read anyway (logging
@@ -314,6 +337,32 @@ class Trainer:
             self.selection.rewind(self.step)
         log.info("%s %s (epoch %d, step %d)", "resumed from" if optimizer else "loaded", path, self.epoch, self.step)
         return True
+
+
+STOP_FLAG = "_stop_requested"          # travels with a logging step's metrics: summed, > 0 on any rank stops all
+
+
+class TerminationRequest:
+    """Catches SIGTERM while training (main thread only) and remembers it; the previous handler comes back on
+    exit. A second SIGTERM is not caught again: the default action ends the process."""
+
+    def __init__(self):
+        self.requested, self._previous = 0, None
+
+    def _handler(self, signum, frame) -> None:
+        self.requested = signum
+        signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+        log.warning("SIGTERM: stopping at the next step boundary with a checkpoint (send it again to stop now)")
+
+    def __enter__(self) -> "TerminationRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 def _flat(metrics: dict, prefix: str = "") -> dict:
