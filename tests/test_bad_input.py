@@ -83,6 +83,7 @@ def world(tmp_path_factory):
     # A user's own folder and file, which nothing may ever touch.
     _write(j("userdir", "notes.txt"), "my notes\n")
     _write(j("afile.txt"), "just a file\n")
+    _write(j("dup_keys.yaml"), "train:\n  lr: 0.1\n  lr: 0.2\n")
     os.symlink(j("userdir"), j("link_to_dir"))
     _write(j("victim.txt"), "must survive\n")
     # Good inputs.
@@ -147,6 +148,13 @@ def world(tmp_path_factory):
     heads = table.column("head").to_numpy().copy()
     heads[7] = 10 ** 6
     pq.write_table(table.set_column(0, "head", pa.array(heads)), part)
+    # A manifest whose entity count is a string (it would print "120 rows, manifest says 120").
+    shutil.copytree(j("good"), j("str_count_ds"))
+    manifest = json.load(open(j("str_count_ds", "manifest.json")))
+    manifest["num_entities"] = str(manifest["num_entities"])
+    _write(j("str_count_ds", "manifest.json"), json.dumps(manifest))
+    pq.write_table(pa.table({"id": pa.array([0, None], pa.int64()), "feature": pa.array([[1.0, 2.0]] * 2)}),
+                   j("null_id.parquet"))
     # Configs.
     _write(j("list.yaml"), "- a\n- b\n")
     os.makedirs(j("config_dir.yaml"))
@@ -272,7 +280,16 @@ CASES = [
     ("predict-unknown-entity", ["predict", "run", "--head", "entity_00001", "--relation", "relation_0001"], "unknown entity 'entity_00001' (120 known; closest known: 'entity_000010'"),
     ("predict-unknown-relation", ["predict", "run", "--head", "entity_000001", "--relation", "rel_1"], "unknown relation 'rel_1'"),
     ("predict-both-sides", ["predict", "run", "--head", "entity_000001", "--tail", "entity_000002", "--relation", "relation_0001"], "exactly one of head"),
-    ("predict-top-zero", ["predict", "run", "--head", "entity_000001", "--relation", "relation_0001", "--top", "0"], "k must be >= 1"),
+    ("predict-top-zero", ["predict", "run", "--head", "entity_000001", "--relation", "relation_0001", "--top", "0"], "argument --top: expected a whole number >= 1, got 0"),
+    ("features-batch-size-zero", ["features", "text", "good", "--batch-size", "0"], "argument --batch-size: expected a whole number >= 1"),
+    ("config-duplicate-key", ["train", "--config", "dup_keys.yaml"], "'lr' given twice (first on line 2)"),
+    ("negative-seed", ["train", "--train.seed=-3"], "train.seed: must be >= 0"),
+    ("synthetic-one-entity", ["train", "--data.synthetic.num_entities=1"], "data.synthetic.num_entities: a generated graph needs at least 2"),
+    ("absurd-dim", ["train", "--run-dir", "new_run", *TINY, "--model.dim=1000000000"], "x model.dim=128 x 4 x 1000000000: the model needs at least", "new_run"),
+    ("absurd-generator", ["train", "--run-dir", "new_run", *TINY, "--mat.hidden=100000000000"], "mat.hidden=100000000000: the model needs at least", "new_run"),
+    ("feature-null-id", ["prepare", "features", "good", "--modality", "visual", "null_id.parquet"], "null_id.parquet: row 1: field 'id' is null"),
+    ("manifest-entities-not-int", ["evaluate", "run", "--data.path=str_count_ds"], "field 'num_entities' is '120' (str); expected a whole number"),
+    ("evaluate-output-into-dataset", ["evaluate", "run", "--output", "good/manifest.json"], "is inside the mmkgc-dist dataset"),
     ("predict-not-a-run", ["predict", "userdir", "--head", "a", "--relation", "r"], "userdir: no config.yaml"),
 ]
 

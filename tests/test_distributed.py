@@ -5,6 +5,7 @@ Stated tolerance for "2 ranks vs 1 rank": the per-step global loss agrees to 2e-
 floating-point summation order). Distributed evaluation must equal a one-process ranking of the same
 model state to 1e-6.
 """
+import hashlib
 import json
 import os
 import subprocess
@@ -96,7 +97,9 @@ def test_zero_stage_2_generator(tmp_path, runs):
 def test_latest_ignores_half_written_checkpoints(tmp_path):
     from mmkgc_dist.integrity import latest
     (tmp_path / "step-000000005").mkdir()
-    (tmp_path / "step-000000005" / "meta.json").write_text("{}")
+    (tmp_path / "step-000000005" / "a.pt").write_bytes(b"tables")
+    (tmp_path / "step-000000005" / "meta.json").write_text(json.dumps(
+        {"files": {"a.pt": {"bytes": 6, "sha256": hashlib.sha256(b"tables").hexdigest()}}}))
     (tmp_path / ".tmp-step-000000010").mkdir()                 # crashed while writing
     (tmp_path / ".tmp-step-000000010" / "meta.json").write_text("{}")
     (tmp_path / "step-000000015").mkdir()                      # no commit marker

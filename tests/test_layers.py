@@ -5,13 +5,14 @@ import os
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mmkgc_dist")
 ALLOWED = {
     "config": set(), "rng": set(), "optim": set(), "data.errors": set(), "host": set(), "divergence": set(),
+    "footprint": set(),
     "model": {"model"},
     "outputs": {"data.errors"}, "integrity": {"data.errors", "outputs"},
     "data": {"config", "rng", "outputs", "data"},
     "eval": {"model", "rng", "data", "config", "eval", "divergence"},
     "tables": {"model", "data", "rng"},
     "train": {"config", "rng", "optim", "outputs", "integrity", "data", "eval", "model", "tables", "train", "host",
-              "divergence"},
+              "divergence", "footprint"},
     "parallel": {"config", "rng", "optim", "outputs", "integrity", "data", "eval", "model", "tables", "parallel",
                  "divergence"},
 }

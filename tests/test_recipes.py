@@ -37,12 +37,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def prepare(tmp_path, *args):
-    env_home = tmp_path / "home"
-    os.environ["MMKGC_DIST_HOME"] = str(env_home)       # inherited by the CLI below
-    try:
-        return cli("prepare", "dataset", *args, cwd=tmp_path)
-    finally:
-        del os.environ["MMKGC_DIST_HOME"]
+    return cli("prepare", "dataset", *args, cwd=tmp_path)
 
 
 def test_db15k_recipe_converts_and_counts_known_duplicates(served, tmp_path):
@@ -54,25 +49,32 @@ def test_db15k_recipe_converts_and_counts_known_duplicates(served, tmp_path):
     assert {s: v["rows"] for s, v in manifest["splits"].items()} == {"train": 79222, "valid": 9904, "test": 9902}
     assert manifest["recipe"]["name"] == "DB15K" and manifest["recipe"]["url"] == f"{base}/DB15K"
     assert len(manifest["recipe"]["sha256"]) == 5 and manifest["checks"]["duplicates"]["valid"] == 2423
-    assert "recorded the SHA-256" in res.stdout
 
 
-def test_recipe_digest_recorded_first_then_enforced(served, tmp_path):
+def test_recipe_digests_are_pinned_whatever_the_url(served, tmp_path):
+    """The published commit's digests ship with the package: a changed file is refused at any URL — also one
+    never fetched before, and also under another name for the same server."""
     base, root = served
-    first = prepare(tmp_path, "mkg-w", "a", "--base-url", base)
-    assert first.returncode == 0, first.stderr[-3000:]
-    again = prepare(tmp_path, "MKG-W", "b", "--base-url", base)
-    assert again.returncode == 0 and "recorded" not in again.stdout, again.stderr[-3000:]
+    assert prepare(tmp_path, "mkg-w", "a", "--base-url", base).returncode == 0
     train = root / "MKG-W" / "train2id.txt"
     lines = train.read_text().splitlines()
     h, t, r = lines[1].split()
     lines[1] = f"{t} {h} {r}"                                # same counts, one triple reversed
     train.write_text("\n".join(lines) + "\n")
-    changed = prepare(tmp_path, "MKG-W", "c", "--base-url", base)
-    errors = [l for l in changed.stderr.splitlines() if l.startswith("error:")]
-    assert changed.returncode == 2 and len(errors) == 1, changed.stderr[-3000:]
-    assert "MKG-W/train2id.txt: SHA-256" in errors[0] and "recorded at the first fetch" in errors[0]
-    assert not (tmp_path / "c").exists()
+    for url in (base, base.replace("127.0.0.1", "localhost"), f"file://{root}"):
+        changed = prepare(tmp_path, "MKG-W", "c", "--base-url", url)
+        errors = [l for l in changed.stderr.splitlines() if l.startswith("error:")]
+        assert changed.returncode == 2 and len(errors) == 1, changed.stderr[-3000:]
+        assert "MKG-W/train2id.txt: SHA-256" in errors[0] and "pinned in mmkgc-dist" in errors[0], errors
+        assert not (tmp_path / "c").exists()
+
+
+def test_an_oversized_recipe_file_is_not_read_whole(served, tmp_path):
+    base, root = served
+    with open(root / "MKG-W" / "entity2id.txt", "ab") as fh:
+        fh.write(b"x" * (8 << 20))
+    res = prepare(tmp_path, "MKG-W", "big", "--base-url", base)
+    assert res.returncode == 2 and "larger than the published file (672264 bytes)" in res.stderr, res.stderr[-2000:]
 
 
 def test_recipe_counts_and_unknown_names(served, tmp_path):

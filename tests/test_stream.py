@@ -419,11 +419,13 @@ def test_features_by_name_stream_into_the_dataset(tmp_path, converted):
     data = load_dataset(root)
     assert np.allclose(data.features["visual"].values[chosen], vectors)
     assert data.features["visual"].present.sum() == 300
-    assert pq.read_table(os.path.join(root, "entities.parquet")).column("has_visual").to_numpy().sum() == 300
+    entities = read_manifest(root)["entities"]                       # a new file: the manifest switches to it
+    assert pq.read_table(os.path.join(root, entities)).column("has_visual").to_numpy().sum() == 300
     assert np.array_equal(read_ids(root), triples_before)            # the triples were not rewritten
-    # replacing the modality leaves exactly one feature file behind
+    # replacing the modality leaves exactly one feature file and one entity table behind
     add_features(root, "visual", str(tmp_path / "f.parquet"))
     assert len(os.listdir(os.path.join(root, "features"))) == 1
+    assert [f for f in os.listdir(root) if f.startswith("entities")] == [read_manifest(root)["entities"]]
 
 
 def test_feature_errors_name_rows_and_leave_the_dataset_unchanged(tmp_path, converted):

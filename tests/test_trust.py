@@ -228,3 +228,78 @@ def test_a_feature_import_refuses_an_input_inside_the_dataset(trained, tmp_path)
     res = cli("prepare", "features", "ds", "--modality", "text", inside, cwd=tmp_path)
     fails(res, "is inside the dataset")
     assert inside.exists()
+
+
+def test_dataset_overwrite_refuses_a_folder_holding_a_users_files(tmp_path):
+    assert cli("prepare", "synthetic", "ds", "--num_entities=50", "--num_triples=200", cwd=tmp_path).returncode == 0
+    (tmp_path / "ds" / "notes.txt").write_text("mine")
+    res = cli("prepare", "synthetic", "ds", "--overwrite", "--num_entities=50", "--num_triples=200", cwd=tmp_path)
+    fails(res, "notes.txt", "did not write")
+    assert (tmp_path / "ds" / "notes.txt").read_text() == "mine"
+
+
+def test_outputs_never_land_inside_a_dataset(trained, tmp_path):
+    import shutil
+    shutil.copytree(trained / "ds", tmp_path / "ds")
+    manifest = (tmp_path / "ds" / "manifest.json").read_text()
+    fails(cli("train", "--run-dir", "ds/run", "--data.source=parquet", "--data.path=ds", cwd=tmp_path),
+          "overlaps the dataset")
+    copy_run(trained, tmp_path)
+    fails(cli("evaluate", "r", "--data.path=ds", "--output", "ds/manifest.json", cwd=tmp_path),
+          "inside the mmkgc-dist dataset")
+    (tmp_path / "mine.json").write_text('{"not": "metrics"}')
+    fails(cli("evaluate", "r", "--output", "mine.json", cwd=tmp_path), "not an earlier output")
+    assert (tmp_path / "ds" / "manifest.json").read_text() == manifest
+    assert (tmp_path / "mine.json").read_text() == '{"not": "metrics"}'
+
+
+def test_local_urls_are_checked_like_paths(tmp_path):
+    from mmkgc_dist.outputs import check_output
+    (tmp_path / "src").mkdir()
+    with pytest.raises(DataError, match="overlaps the input"):
+        check_output(str(tmp_path / "src" / "out"), "dataset", (f"local://{tmp_path / 'src'}",))
+
+
+def test_a_folder_that_appears_before_the_swap_is_left_alone(tmp_path):
+    from mmkgc_dist.outputs import OutputBuilder
+    builder = OutputBuilder(str(tmp_path / "out"), "dataset").create()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "theirs.txt").write_text("keep")     # created after the command checked OUT
+    with pytest.raises(DataError, match="changed while"):
+        builder.commit()
+    assert (tmp_path / "out" / "theirs.txt").read_text() == "keep" and os.path.isdir(builder.tmp)
+
+
+def _take_lock(folder, queue):
+    from mmkgc_dist.outputs import FolderLock
+    try:
+        FolderLock(folder).acquire()
+        queue.put("won")
+        time.sleep(1.5)                  # hold it while the others try
+    except DataError as exc:
+        queue.put(str(exc))
+
+
+def test_a_stale_lock_is_broken_by_exactly_one_of_racing_writers(tmp_path):
+    import multiprocessing
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename,
+                                                "since": "then"}))
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_take_lock, args=(str(tmp_path), queue)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    outcomes = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert outcomes.count("won") == 1, outcomes
+    assert all("in use by pid" in o for o in outcomes if o != "won"), outcomes
+
+
+def test_an_unreadable_lock_names_the_file_not_a_pid_of_none(tmp_path):
+    from mmkgc_dist.outputs import FolderLock
+    (tmp_path / ".lock").write_text("")
+    with pytest.raises(DataError) as err:
+        FolderLock(str(tmp_path), "run folder").acquire()
+    assert "None" not in str(err.value) and str(tmp_path / ".lock") in str(err.value)

@@ -21,6 +21,13 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 RUN_FLAGS = ("--resume", "--overwrite")      # train's own flags, passed through after --
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
 def render(template: str, headers: dict[str, str], env: dict[str, str]) -> str:
     lines = [l for l in template.splitlines() if not l.startswith("#SBATCH")]
     insert = lines.index("set -euo pipefail")
@@ -34,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ours, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--config", help="YAML recipe passed to launch/train.py")
-    ap.add_argument("--nodes", type=int, default=1)
-    ap.add_argument("--nproc-per-node", type=int, default=1, help="ranks per node (GPUs per node)")
-    ap.add_argument("--cpus-per-task", type=int, default=2, help="CPU cores per node for the job")
+    ap.add_argument("--nodes", type=positive_int, default=1)
+    ap.add_argument("--nproc-per-node", type=positive_int, default=1, help="ranks per node (GPUs per node)")
+    ap.add_argument("--cpus-per-task", type=positive_int, default=2, help="CPU cores per node for the job")
     ap.add_argument("--time", default="01:00:00")
     ap.add_argument("--partition")
     ap.add_argument("--account")

@@ -15,7 +15,6 @@ skipped rows are counted, reported and written into the manifest.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import time

@@ -178,6 +178,10 @@ def _parquet_chunks(path: str, names: pa.Array | None, skip_unknown: bool, repor
                                 f"row 0 has {dim}")
             rows = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
             file_rows = np.arange(start, start + len(batch))
+            if batch.column(key).null_count:
+                row = int(np.flatnonzero(batch.column(key).is_null().to_numpy(zero_copy_only=False))[0])
+                raise DataError(f"{path}: row {start + row}: field '{key}' is null; every row needs its entity's "
+                                f"{key}")
             if key == "id":
                 ids = batch.column("id").to_numpy(zero_copy_only=False).astype(np.int64)
             else:

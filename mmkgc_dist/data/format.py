@@ -248,6 +248,11 @@ def read_manifest(root: str) -> dict:
     for key in ("num_entities", "num_relations", "splits", "modalities"):
         if key not in manifest:
             raise DataError(f"{path}: required field {key!r} missing")
+    for key in ("num_entities", "num_relations"):
+        value = manifest[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise DataError(f"{path}: field {key!r} is {value!r} ({type(value).__name__}); expected a whole number "
+                            f">= 1")
     _check_manifest_paths(path, manifest)
     return manifest
 
@@ -316,6 +321,10 @@ def read_triples(root: str, manifest: dict, split: str) -> np.ndarray:
         if not table.schema.equals(TRIPLE_SCHEMA):
             raise DataError(f"{path}: schema {table.schema.to_string()!r} differs from the expected "
                             f"head:int64, relation:int64, tail:int64")
+        for c in ("head", "relation", "tail"):
+            if table.column(c).null_count:
+                row = int(np.flatnonzero(table.column(c).is_null().to_numpy(zero_copy_only=False))[0])
+                raise DataError(f"{path}: row {row}: {c} is null; every triple needs three ids")
         parts.append(np.stack([table.column(c).to_numpy() for c in ("head", "relation", "tail")], axis=1))
     triples = np.concatenate(parts) if parts else np.zeros((0, 3), np.int64)
     if len(triples) != info["rows"]:

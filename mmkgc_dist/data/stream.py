@@ -176,6 +176,10 @@ class StreamingTriples:
             raise DataError(f"{g.file}: row group {g.index} holds {table.num_rows} rows, footer says {g.rows}")
         limits = (self.manifest["num_entities"], self.manifest["num_relations"], self.manifest["num_entities"])
         for c, name in enumerate(("head", "relation", "tail")):
+            if table.column(name).null_count:
+                row = int(np.flatnonzero(table.column(name).is_null().to_numpy(zero_copy_only=False))[0])
+                raise DataError(f"{g.file}: row group {g.index}, row {row}: {name} is null; every triple needs "
+                                f"three ids")
             column = table.column(name).to_numpy()[piece.start:piece.stop]
             bad = np.flatnonzero((column < 0) | (column >= limits[c]))
             if len(bad):

@@ -43,7 +43,8 @@ def open_run_folder(cfg: Config, runtime, run_dir: str | None, resume: bool, ove
     outcome, lock = None, None
     if runtime.is_main:
         try:
-            path, lock = open_for_training(run_dir, cfg.run.out_dir, cfg.run.name, resume, overwrite)
+            inputs = (cfg.data.path,) if cfg.data.source == "parquet" else ()
+            path, lock = open_for_training(run_dir, cfg.run.out_dir, cfg.run.name, resume, overwrite, inputs)
             outcome = ("ok", path)
         except DataError as exc:
             outcome = ("error", str(exc))

@@ -21,7 +21,8 @@ import time
 from ..data.errors import DataError
 from ..integrity import clean_temporaries, delete, list_checkpoints
 from ..config import config_yaml, load_config
-from ..outputs import FolderLock, default_mode, marker_kind, refuse_links, remove_owned, write_atomic, write_marker
+from ..outputs import (FolderLock, default_mode, local_path, marker_kind, real_path, refuse_links, remove_owned,
+                       within, write_atomic, write_marker)
 
 log = logging.getLogger("mmkgc_dist")
 RUN_FILES = ("results.json", "results.md", "metrics.jsonl", "config.yaml", "sharding_plan.json", "mlflow_run_id",
@@ -61,8 +62,15 @@ def holds_run(path: str) -> bool:
 
 
 def open_for_training(run_dir: str | None, out_dir: str, name: str, resume: bool,
-                      overwrite: bool) -> tuple[str, FolderLock]:
-    """The run folder to train in, created or checked, with its lock held."""
+                      overwrite: bool, inputs: tuple[str, ...] = ()) -> tuple[str, FolderLock]:
+    """The run folder to train in, created or checked, with its lock held. It may not overlap an input (the
+    dataset): a later ``prepare --overwrite`` would delete a run inside it."""
+    target = run_dir or (os.path.join(out_dir, name) if name else out_dir)
+    for source in inputs:
+        src = local_path(source) if source else None
+        if src is not None and (within(real_path(target), real_path(src)) or within(real_path(src), real_path(target))):
+            raise DataError(f"{'--run-dir' if run_dir else 'run.out_dir'} {target}: overlaps the dataset {source}; "
+                            f"keep runs outside the dataset folder")
     if not run_dir and not name:
         path = new_unique_folder(out_dir)
         return path, FolderLock(path, "run folder").acquire()

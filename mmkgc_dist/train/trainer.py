@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import Config, to_dict
+from ..config import Config, ConfigError, to_dict
 from ..data.format import KGData, read_training_statistics
 from ..data.sampling import DegreeDistribution, NegativeSampler
 from ..data.statistics import exact_relation_table, head_probability
 from ..data.stream import StreamingTriples, rows_answering
 from ..divergence import RunInterrupted, TrainingDiverged
 from ..eval.engine import rank_queries
+from ..footprint import check_fits
 from ..eval.metrics import link_prediction_metrics, relation_categories
 from ..host import tune_training_process
 from ..eval.ranking import eval_subset, protocol_label
@@ -60,6 +61,11 @@ class Trainer:
         self.features = {m: data.features[m] for m in self.modalities}
         self.use_mat = cfg.mat.enabled and bool(self.modalities)
         self.kernels = DistanceKernels(compile=cfg.train.compile)
+        try:
+            check_fits(cfg, data.num_entities, data.num_relations, {m: f.dim for m, f in self.features.items()},
+                       runtime.world_size, self.use_mat, runtime.device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         runtime.build(data, self.features, self.modalities, self.rotate, self.use_mat)
         self._statistics = self._known = self._relation_table = None
         self.stream = self._make_stream()

@@ -1,0 +1,141 @@
+"""Fault injection: kill -9 or SIGTERM at a random moment of train / resume / export / feature import / prepare,
+50 seeded trials. Afterwards every output is the old complete version or a new complete one, and every run
+resumes or refuses in one line.
+
+Each trial forks this (already imported) process to run the command's own entry point, so a trial costs the
+command's work, not an interpreter start; the moment of the signal is drawn uniformly over the command's
+measured duration, so trials land in reading, training, checkpointing, writing and swapping alike.
+"""
+import multiprocessing
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from mmkgc_dist.data.format import dataset_identity, manifest_files, read_manifest
+from mmkgc_dist.export import read_embeddings
+from mmkgc_dist.integrity import list_checkpoints, sha256, verify
+from mmkgc_dist.outputs import resolve_output
+
+TRIALS = int(os.environ.get("FAULT_TRIALS", 50))
+SMALL = ["--data.synthetic.num_entities=120", "--data.synthetic.num_triples=900", "--model.dim=8",
+         "--train.batch_size=64", "--train.num_negatives=4", "--mat.hidden=16", "--mat.noise_dim=4",
+         "--train.compile=false", "--train.threads=1", "--eval.max_queries=40", "--train.log_every=1"]
+
+
+def _child(argv, cwd, log):
+    os.chdir(cwd)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    from mmkgc_dist.cli import main
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    os._exit(code or 0)
+
+
+def run(argv, cwd, kill_after=None, sig=signal.SIGKILL):
+    """(exit code, output) of ``mmkgc-dist ARGV`` in a forked child; signalled after ``kill_after`` seconds."""
+    log = os.path.join(cwd, f".trial-{time.time_ns()}.log")
+    child = multiprocessing.get_context("fork").Process(target=_child, args=(argv, str(cwd), log))
+    child.start()
+    if kill_after is not None:
+        child.join(kill_after)
+        if child.is_alive():
+            os.kill(child.pid, sig)
+    child.join(300)
+    assert not child.is_alive(), f"{argv} hung"
+    with open(log) as fh:
+        out = fh.read()
+    os.remove(log)
+    return child.exitcode, out
+
+
+def complete_dataset(root) -> str:
+    """The dataset's identity, after checking every file its manifest names against the recorded digest."""
+    root = resolve_output(str(root))          # between the two moves of a swap: the complete old version
+    manifest = read_manifest(root)
+    for rel in manifest_files(manifest):
+        path = os.path.join(root, rel)
+        want = manifest["files"][rel]
+        assert os.path.isfile(path) and sha256(path) == want["sha256"], f"{root}: {rel} incomplete"
+    return dataset_identity(manifest)
+
+
+def complete_export(path) -> str:
+    path = resolve_output(str(path))
+    emb = read_embeddings(path)
+    assert len(emb.entity_names) == 120 and np.isfinite(emb.joint).all()
+    return open(os.path.join(path, "export.json")).read()
+
+
+def one_line_refusal_or_success(code, out):
+    if code == 0:
+        return
+    errors = [l for l in out.splitlines() if l.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in out, (code, out[-2000:])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = tmp_path_factory.mktemp("faults")
+    started = {}
+    for name, argv in (("prepare", ["prepare", "synthetic", "ds", "--num_entities=120", "--num_triples=900"]),
+                       ("train", ["train", "--run-dir", "r", *SMALL, "--train.epochs=2",
+                                  "--train.checkpoint_every_steps=4"]),
+                       ("export", ["export", "r", "emb"])):
+        t0 = time.time()
+        code, out = run(argv, w)
+        assert code == 0, out[-3000:]
+        started[name] = time.time() - t0
+    np.save(w / "text.npy", np.random.default_rng(0).normal(size=(120, 6)).astype(np.float32))
+    return w, started
+
+
+def test_kill_at_random_points_leaves_old_or_new_complete_versions(world):
+    w, seconds = world
+    rng = np.random.default_rng(2026)
+    identity, export, epochs = complete_dataset(w / "ds"), complete_export(w / "emb"), 2
+    outcomes = {"killed": 0, "finished": 0}
+    for trial in range(TRIALS):
+        op = ["train", "prepare", "features", "export", "new-run"][trial % 5]
+        sig = signal.SIGKILL if rng.random() < 0.5 else signal.SIGTERM
+        if op == "train":
+            epochs += 1
+            argv = ["train", "--run-dir", "r", "--resume", *SMALL, f"--train.epochs={epochs}",
+                    "--train.checkpoint_every_steps=4"]
+        elif op == "new-run":
+            argv = ["train", "--run-dir", f"n{trial}", *SMALL, "--train.epochs=1", "--train.checkpoint_every_steps=3"]
+        elif op == "prepare":
+            argv = ["prepare", "synthetic", "ds", "--overwrite", "--num_entities=120", "--num_triples=900",
+                    f"--seed={trial}"]
+        elif op == "features":
+            argv = ["prepare", "features", "ds", "--modality", "text", "text.npy"]
+        else:
+            argv = ["export", "r", "emb", "--overwrite"]
+        duration = seconds["prepare" if op in ("prepare", "features") else "export" if op == "export" else "train"]
+        code, out = run(argv, w, kill_after=rng.uniform(0, 1.2 * duration), sig=sig)
+        outcomes["finished" if code in (0, 2) else "killed"] += 1
+        assert "Traceback" not in out, (trial, op, out[-3000:])
+        # every output: the old complete version or a new complete one
+        now = complete_dataset(w / "ds")
+        if now != identity:
+            assert code == 0 or op in ("prepare", "features"), (trial, op)
+            identity = now
+        export_now = complete_export(w / "emb")
+        assert export_now == export or op == "export", trial
+        export = export_now
+        for run_dir in [w / "r"] + [w / f"n{t}" for t in range(trial + 1) if (w / f"n{t}").exists()]:
+            for ckpt in list_checkpoints(str(run_dir / "checkpoints")):
+                assert verify(ckpt) is None, (trial, op, ckpt.path, verify(ckpt))
+        # every run resumes, or refuses in one line
+        if op in ("train", "new-run"):
+            target = "r" if op == "train" else f"n{trial}"
+            code, out = run(["train", "--run-dir", target, "--resume", "--train.max_steps=1"], w)
+            one_line_refusal_or_success(code, out)
+    print(f"{TRIALS} trials: {outcomes}")
+    assert outcomes["killed"] >= TRIALS // 4          # the signals did land mid-command
