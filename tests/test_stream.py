@@ -16,7 +16,7 @@ import pytest
 from mmkgc_dist.config import load_config, parse_overrides
 from mmkgc_dist.data.convert import TextLayout, convert_triples
 from mmkgc_dist.data.errors import DataError
-from mmkgc_dist.data.format import load_dataset, read_manifest, read_training_statistics, write_dataset
+from mmkgc_dist.data.format import KGData, load_dataset, read_manifest, read_training_statistics, write_dataset
 from mmkgc_dist.data.sampling import DegreeDistribution, NegativeSampler
 from mmkgc_dist.data.statistics import TripleStatistics, exact_relation_table, head_probability
 from mmkgc_dist.data.stream import StreamingTriples, rows_answering
@@ -225,6 +225,22 @@ def test_fewer_rows_than_ranks_still_give_every_rank_every_step(tmp_path, rows, 
         assert sum(s.batch_share(index) for s in streams) == pytest.approx(1.0)
         for s, b in zip(streams, batches):
             assert (s.batch_share(index) == 0) == (len(b[index]) == 0)
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_row_groups_larger_than_the_window_are_read_in_window_sized_pieces(tmp_path, world):
+    """Memory follows data.shuffle_window_rows, not the file's row-group size: a 5,000-row group streamed with a
+    700-row window fills buffers of at most 700 rows, and every edge still comes exactly once per epoch."""
+    rng = np.random.default_rng(3)
+    triples = np.stack([rng.integers(0, 400, 5000), rng.integers(0, 7, 5000), rng.integers(0, 400, 5000)], 1)
+    data = KGData(400, 7, {"train": triples}, [f"e{i}" for i in range(400)], [f"r{i}" for i in range(7)])
+    write_dataset(data, str(tmp_path / "ds"), row_group_rows=5000)
+    seen = []
+    for rank in range(world):
+        stream = loader(str(tmp_path / "ds"), rank, world, window_rows=700, batch_size=128)
+        assert max(sum(p.stop - p.start for p in w) for w in stream.windows(0)) <= 700
+        seen += list(stream)
+    assert len(np.concatenate(seen)) == 5000 and as_set(np.concatenate(seen)) == as_set(triples)
 
 
 def test_resumed_loader_yields_exactly_the_remaining_edges(converted):

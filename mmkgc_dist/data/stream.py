@@ -110,16 +110,17 @@ class StreamingTriples:
         out, offset = [], 0
         for g in self.group_order(epoch):
             a, b = max(lo - offset, 0), min(hi - offset, g.rows)
-            if a < b:
-                out.append(Piece(g, int(a), int(b)))
+            # a row group larger than the window is read in window-sized pieces: memory follows
+            # shuffle_window_rows, never the file's row-group size
+            out += [Piece(g, int(s), int(min(s + self.window_rows, b))) for s in range(a, b, self.window_rows)]
             offset += g.rows
             if offset >= hi:
                 break
         return out
 
     def windows(self, epoch: int) -> list[list[Piece]]:
-        """Consecutive pieces packed into windows of at most max(window_rows, one row group) rows, so the
-        window buffers have one size for any edge count."""
+        """Consecutive pieces packed into windows of at most window_rows rows (no piece is larger), so the
+        window buffers have one size for any edge count and any row-group size."""
         out, current, rows = [], [], 0
         for p in self.pieces(epoch):
             size = p.stop - p.start
@@ -165,22 +166,48 @@ class StreamingTriples:
         with fs.open(local_path, "rb") as fh, pq.ParquetFile(fh) as reader:
             return reader.read_row_group(index)
 
+    @staticmethod
+    def _read_rows(path: str, index: int, start: int, stop: int, batch_rows: int = 1 << 16):
+        """Rows [start, stop) of one row group, streamed in record batches through a buffered reader: memory is
+        a batch and the piece, not the row group (for groups larger than the shuffle window)."""
+        import pyarrow as pa
+
+        fs, local_path = fsspec.core.url_to_fs(path)
+        local = isinstance(fs, fsspec.implementations.local.LocalFileSystem)
+        with (open(local_path, "rb") if local else fs.open(local_path, "rb")) as fh, \
+                pq.ParquetFile(fh, buffer_size=1 << 20, pre_buffer=False) as reader:    # pages, not the chunk
+            parts, seen = [], 0
+            for batch in reader.iter_batches(batch_size=batch_rows, row_groups=[index], use_threads=False):
+                lo, hi = max(start - seen, 0), min(stop - seen, len(batch))
+                if lo < hi:
+                    parts.append(batch.slice(lo, hi - lo))
+                seen += len(batch)
+                if seen >= stop:
+                    break
+            return pa.Table.from_batches(parts, schema=TRIPLE_SCHEMA) if parts else TRIPLE_SCHEMA.empty_table()
+
     def _read_piece(self, piece: Piece, out: np.ndarray) -> None:
         """Rows of one piece, written straight into its slice of the window (no intermediate copies)."""
         g = piece.group
+        whole = g.rows <= self.window_rows          # the usual case: one read of the group, sliced below
         try:
-            table = self._read_group(g.file, g.index)
+            table = self._read_group(g.file, g.index) if whole else \
+                self._read_rows(g.file, g.index, piece.start, piece.stop)
         except Exception as exc:
             raise DataError(f"{g.file}: row group {g.index} unreadable ({type(exc).__name__}: {exc})")
-        if table.num_rows != g.rows:
-            raise DataError(f"{g.file}: row group {g.index} holds {table.num_rows} rows, footer says {g.rows}")
+        expected = g.rows if whole else piece.stop - piece.start
+        if table.num_rows != expected:
+            raise DataError(f"{g.file}: row group {g.index} holds {table.num_rows if whole else 'fewer'} rows, "
+                            f"footer says {g.rows}")
+        first = piece.start if whole else 0         # the piece's first row within ``table``
         limits = (self.manifest["num_entities"], self.manifest["num_relations"], self.manifest["num_entities"])
         for c, name in enumerate(("head", "relation", "tail")):
             if table.column(name).null_count:
-                row = int(np.flatnonzero(table.column(name).is_null().to_numpy(zero_copy_only=False))[0])
+                row = int(np.flatnonzero(table.column(name).is_null().to_numpy(zero_copy_only=False))[0]) + \
+                    (0 if whole else piece.start)
                 raise DataError(f"{g.file}: row group {g.index}, row {row}: {name} is null; every triple needs "
                                 f"three ids")
-            column = table.column(name).to_numpy()[piece.start:piece.stop]
+            column = table.column(name).to_numpy()[first:first + piece.stop - piece.start]
             bad = np.flatnonzero((column < 0) | (column >= limits[c]))
             if len(bad):
                 row = piece.start + int(bad[0])
