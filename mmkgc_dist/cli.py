@@ -29,6 +29,9 @@ def cmd_train(args, overrides) -> int:
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite: choose one (continue the run, or replace its results)")
     resume = "explicit" if args.resume else ("restart" if restarted else None)
+    if args.resume and not (args.run_dir or cfg.run.name):
+        raise ConfigError("--resume: which run? give --run-dir RUN (or --run.name=NAME); without one a new "
+                          "timestamped run would start")
     if resume:
         cfg = _config_to_resume(cfg, args, overrides)
     # Bad data fails before the run folder is touched. Distributed ranks read their feature rows later.

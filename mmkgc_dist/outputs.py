@@ -64,9 +64,20 @@ def marker_kind(folder: str) -> str | None:
     return kind if kind in KINDS else None
 
 
-def write_marker(folder: str, kind: str) -> None:
+def write_marker(folder: str, kind: str, **extra) -> None:
+    """``extra``: facts about the folder's origin kept with its kind (a run's elastic job id)."""
     with open(os.path.join(folder, MARKER), "w") as fh:
-        json.dump({"tool": "mmkgc-dist", "kind": kind}, fh)
+        json.dump({"tool": "mmkgc-dist", "kind": kind, **extra}, fh)
+
+
+def marker_field(folder: str, key: str):
+    """A field of ``folder``'s marker (None when absent or not ours)."""
+    try:
+        with open(os.path.join(folder, MARKER)) as fh:
+            info = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return info.get(key) if isinstance(info, dict) and info.get("tool") == "mmkgc-dist" else None
 
 
 def check_output(out: str, kind: str, inputs: tuple[str, ...] = (), overwrite: bool = False,

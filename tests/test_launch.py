@@ -28,8 +28,9 @@ def free_port() -> int:
 
 
 def train_cmd(run_dir, *extra, torchrun_args=("--standalone", "--nproc_per_node=2")):
+    where = ["--run-dir", str(run_dir)] if run_dir else []
     return [os.path.join(BIN, "torchrun"), *torchrun_args, os.path.join(REPO, "launch", "train.py"),
-            "--run-dir", str(run_dir), *TINY, *extra]
+            *where, *TINY, *extra]
 
 
 def records(run_dir):
@@ -45,12 +46,17 @@ def test_kill_one_rank_restarts_and_resumes(tmp_path):
     res = subprocess.run(train_cmd(reference, *extra), env=env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
 
-    faulty = tmp_path / "faulty"
-    proc = subprocess.Popen(train_cmd(faulty, *extra, torchrun_args=("--standalone", "--nproc_per_node=2",
-                                                                    "--max-restarts=1")),
+    # No run named: the job's default (timestamped) run folder records torchrun's job id, so the restart
+    # continues that run instead of starting a new one from step 0.
+    parent = tmp_path / "runs"
+    proc = subprocess.Popen(train_cmd(None, *extra, f"--run.out_dir={parent}",
+                                      torchrun_args=("--standalone", "--nproc_per_node=2", "--max-restarts=1")),
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    killed = None
+    killed, faulty = None, None
+    while time.time() < deadline and faulty is None:
+        faulty = next((parent / d for d in os.listdir(parent)), None) if parent.exists() else None
+        time.sleep(0.05)
     while time.time() < deadline and killed is None:
         steps = [r["step"] for r in records(faulty) if r["kind"] == "train"]
         ckpts = [r for r in records(faulty) if r["kind"] == "checkpoint"]
@@ -63,7 +69,7 @@ def test_kill_one_rank_restarts_and_resumes(tmp_path):
     assert killed is not None, "training ended before a worker could be killed"
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, "\n".join(l for l in err.splitlines() if "Error" in l or "error" in l)[-3000:]
-    assert "resumed at epoch" in out
+    assert "resumed at epoch" in out and os.listdir(parent) == [faulty.name]
     final = json.load(open(faulty / "results.json"))["test"]
     expect = json.load(open(reference / "results.json"))["test"]
     # Stated tolerance: resume is exact (cursor + RNG + optimizer state), so metrics agree to 1e-6.

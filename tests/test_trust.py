@@ -303,3 +303,19 @@ def test_an_unreadable_lock_names_the_file_not_a_pid_of_none(tmp_path):
     with pytest.raises(DataError) as err:
         FolderLock(str(tmp_path), "run folder").acquire()
     assert "None" not in str(err.value) and str(tmp_path / ".lock") in str(err.value)
+
+
+def test_resume_without_naming_the_run_is_refused(tmp_path):
+    fails(cli("train", "--resume", *TINY, cwd=tmp_path), "--resume: which run?")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_feature_import_never_writes_through_a_link(trained, tmp_path):
+    import shutil
+    shutil.copytree(trained / "ds", tmp_path / "ds")
+    shutil.move(tmp_path / "ds" / "features", tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "ds" / "features")
+    np.save(tmp_path / "t.npy", np.ones((300, 3), np.float32))
+    before = sorted(os.listdir(tmp_path / "elsewhere"))
+    fails(cli("prepare", "features", "ds", "--modality", "text", "t.npy", cwd=tmp_path), "symbolic link")
+    assert sorted(os.listdir(tmp_path / "elsewhere")) == before

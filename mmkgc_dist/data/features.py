@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import DataError
-from ..outputs import local_path, real_path, within
+from ..outputs import local_path, real_path, refuse_links, within
 from .format import FORMAT_VERSION, FeatureChecks, Features, _join, manifest_files, read_manifest, write_manifest
 
 CHUNK_ROWS = 1 << 16
@@ -249,6 +249,8 @@ class DatasetEdit:
     def __enter__(self) -> dict:
         self.lock.acquire()                  # before reading: a concurrent edit's manifest is never stale here
         try:
+            refuse_links(self.root, ["features", "manifest.json"] +
+                         [e for e in os.listdir(self.root) if ENTITY_FILE.match(e)])
             manifest = read_manifest(self.root)
             self._clean(manifest)
         except BaseException:

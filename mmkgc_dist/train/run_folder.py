@@ -21,8 +21,8 @@ import time
 from ..data.errors import DataError
 from ..integrity import clean_temporaries, delete, list_checkpoints
 from ..config import config_yaml, load_config
-from ..outputs import (FolderLock, default_mode, local_path, marker_kind, real_path, refuse_links, remove_owned,
-                       within, write_atomic, write_marker)
+from ..outputs import (FolderLock, default_mode, local_path, marker_field, marker_kind, real_path, refuse_links,
+                       remove_owned, within, write_atomic, write_marker)
 
 log = logging.getLogger("mmkgc_dist")
 RUN_FILES = ("results.json", "results.md", "metrics.jsonl", "config.yaml", "sharding_plan.json", "mlflow_run_id",
@@ -40,8 +40,23 @@ def _make_folder(path: str, what: str) -> None:
         raise DataError(f"{what} {path}: permission denied")
 
 
-def new_unique_folder(parent: str) -> str:
-    """parent/<timestamp>[-k]: created atomically, so concurrent runs never share one."""
+def elastic_job() -> str | None:
+    """torchrun's id of this job (the same across its restarts), or None outside torchrun."""
+    return os.environ.get("TORCHELASTIC_RUN_ID") or None
+
+
+def folder_of_job(parent: str, job: str) -> str | None:
+    """The run folder under ``parent`` that the elastic job ``job`` created (its marker records the id)."""
+    if not os.path.isdir(parent):
+        return None
+    found = [os.path.join(parent, e) for e in sorted(os.listdir(parent))
+             if marker_kind(os.path.join(parent, e)) == "run" and marker_field(os.path.join(parent, e), "job") == job]
+    return found[-1] if found else None
+
+
+def new_unique_folder(parent: str, job: str | None = None) -> str:
+    """parent/<timestamp>[-k]: created atomically, so concurrent runs never share one. ``job``: the elastic job
+    id, kept in the marker so a restart of the job finds its run again."""
     _make_folder(parent, "run.out_dir")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for k in range(1, 10000):
@@ -51,7 +66,7 @@ def new_unique_folder(parent: str) -> str:
         except FileExistsError:
             continue
         default_mode(path)
-        write_marker(path, "run")
+        write_marker(path, "run", **({"job": job} if job else {}))
         return path
     raise DataError(f"run.out_dir {parent}: no free run name for {stamp}")
 
@@ -72,8 +87,12 @@ def open_for_training(run_dir: str | None, out_dir: str, name: str, resume: bool
             raise DataError(f"{'--run-dir' if run_dir else 'run.out_dir'} {target}: overlaps the dataset {source}; "
                             f"keep runs outside the dataset folder")
     if not run_dir and not name:
-        path = new_unique_folder(out_dir)
-        return path, FolderLock(path, "run folder").acquire()
+        # an elastic restart continues the run its job created (resume=True then), never a new timestamped one
+        earlier = folder_of_job(out_dir, elastic_job()) if resume and elastic_job() else None
+        path = earlier or new_unique_folder(out_dir, elastic_job())
+        lock = FolderLock(path, "run folder").acquire()
+        clean_temporaries(os.path.join(path, "checkpoints"))
+        return path, lock
     path = run_dir or os.path.join(out_dir, name)
     what = "--run-dir" if run_dir else "run.out_dir/run.name"
     if os.path.lexists(path) and not os.path.isdir(path):
