@@ -146,8 +146,8 @@ def check_output_file(path: str, what: str, replaceable) -> None:
 
 
 # What the tool writes at the top of each kind of output: anything else there is a user's.
-OWN_ENTRIES = {"dataset": re.compile(r"^(manifest\.json|entities(-[0-9a-f]{8})?\.parquet|relations\.parquet|"
-                                     r"triples|features|\.lock)$"),
+OWN_ENTRIES = {"dataset": re.compile(r"^(manifest\.json(\.tmp-.+)?|entities(-[0-9a-f]{8})?\.parquet|"
+                                     r"relations\.parquet|triples|features|\.lock(\..+)?)$"),
                "export": re.compile(r"^(export\.json|relations\.parquet|part-\d{5}\.parquet)$")}
 
 

@@ -89,3 +89,25 @@ def test_two_torchrun_agents_multinode(tmp_path):
         assert agent.returncode == 0, err[-3000:]
     results = json.load(open(run_dir / "results.json"))
     assert "over 2 ranks" in results["test"]["protocol"] and results["test"]["count"] > 0
+
+
+def test_sigterm_to_torchrun_checkpoints_on_every_rank_and_resumes(tmp_path):
+    """torchrun forwards SIGTERM to its workers: the ranks agree on the stop at the next logging step (the flag
+    rides on the metrics' all-reduce), write one checkpoint together and exit; --resume continues from it."""
+    run = tmp_path / "run"
+    extra = ["--train.epochs=50", "--train.log_every=2"]
+    proc = subprocess.Popen(train_cmd(run, *extra), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len([r for r in records(run) if r["kind"] == "train"]) < 3:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    stopped = [r for r in records(run) if r["kind"] == "interrupted"]
+    saved = [n for n in os.listdir(run / "checkpoints") if n.startswith("step-")]
+    assert len(stopped) == 1 and saved == [f"step-{stopped[0]['step']:09d}"], (stopped, saved, err[-2000:])
+    assert "stopped by SIGTERM" in err
+    res = subprocess.run(train_cmd(run, "--resume", f"--train.max_steps={stopped[0]['step'] + 2}"), env=env(),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and f"step {stopped[0]['step']}" in res.stdout, res.stderr[-3000:]

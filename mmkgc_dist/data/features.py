@@ -268,7 +268,8 @@ class DatasetEdit:
         leftovers += sorted(os.listdir(self.root))
         leftovers = [rel for rel in leftovers if (FEATURE_FILE.match(rel) or ENTITY_FILE.match(rel))
                      and rel not in referenced]
-        leftovers += [f for f in ("entities.parquet.tmp", "manifest.json.tmp") if os.path.exists(_join(self.root, f))]
+        # an interrupted manifest write (write_atomic's private name; we hold the lock, so its writer is gone)
+        leftovers += [f for f in sorted(os.listdir(self.root)) if f.startswith("manifest.json.tmp")]
         for rel in leftovers:
             os.remove(os.path.join(self.root, rel))
             log.warning("removed %s, left by an interrupted feature import", os.path.join(self.root, rel))

@@ -70,4 +70,5 @@ def generate(cfg: SyntheticConfig) -> KGData:
         features[name] = Features(values, present)
     return KGData(n, cfg.num_relations, {s: t.astype(np.int64) for s, t in splits.items()},
                   [f"entity_{i:06d}" for i in range(n)], [f"relation_{i:04d}" for i in range(cfg.num_relations)],
-                  features, name=f"synthetic-seed{cfg.seed}", identity=synthetic_identity(dataclasses.asdict(cfg)))
+                  features, name=f"synthetic-seed{cfg.seed}",
+                  identity=synthetic_identity(dataclasses.asdict(cfg)))

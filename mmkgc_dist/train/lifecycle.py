@@ -59,14 +59,21 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: s
     "explicit" (--resume) or "restart" (an elastic restart)."""
     run_dir, lock = open_run_folder(cfg, runtime, run_dir, bool(resume), overwrite)
     try:
-        # decided before anything is written into the run (rank 0 reads the folder; every rank gets the verdict)
-        verdict = runtime.share(nothing_to_resume(run_dir, explicit=resume == "explicit")
-                                if resume and runtime.is_main else None)
-        if verdict is not None and verdict[0] == "refuse":
-            raise DataError(verdict[1])
+        # decided before anything is written into the run: rank 0 reads the folder, every rank gets the outcome
+        # (a refusal on rank 0 alone would leave the others waiting in a collective)
+        verdict, problem = None, None
         if runtime.is_main:
-            check_dataset(run_dir, data, dataset_location(cfg))
-            record_dataset(run_dir, data, dataset_location(cfg))
+            try:
+                verdict = nothing_to_resume(run_dir, explicit=resume == "explicit") if resume else None
+                if verdict is not None and verdict[0] == "refuse":
+                    raise DataError(verdict[1])
+                check_dataset(run_dir, data, dataset_location(cfg))
+                record_dataset(run_dir, data, dataset_location(cfg))
+            except DataError as exc:
+                problem = str(exc)
+        verdict, problem = runtime.share((verdict, problem))
+        if problem:
+            raise DataError(problem)
         trainer = Trainer(cfg, data, runtime, run_dir)
         if trainer.batches_per_epoch() == 0:      # an untrained model's metrics are not a result
             raise DataError(f"{dataset_location(cfg)}: the training split is empty; nothing to train")
