@@ -41,6 +41,7 @@ def _child(argv, cwd, log):
 def run(argv, cwd, kill_after=None, sig=signal.SIGKILL):
     """(exit code, output) of ``mmkgc-dist ARGV`` in a forked child; signalled after ``kill_after`` seconds."""
     log = os.path.join(cwd, f".trial-{time.time_ns()}.log")
+    open(log, "w").close()                   # exists even when the child dies before it opens it
     child = multiprocessing.get_context("fork").Process(target=_child, args=(argv, str(cwd), log))
     child.start()
     if kill_after is not None:
