@@ -202,7 +202,8 @@ def test_best_json_names_one_of_the_runs_checkpoints_or_is_refused(trained, tmp_
 
 def test_sigterm_saves_a_checkpoint_at_a_step_boundary_and_the_run_resumes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE))
-    args = [sys.executable, "-m", "mmkgc_dist.cli", "train", *RUN, "--train.epochs=200", "--train.log_every=1"]
+    args = [sys.executable, "-m", "mmkgc_dist.cli", "train", *RUN, "--train.epochs=200", "--train.log_every=1",
+            "--run.mlflow_uri=file:./mlruns"]
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "r" / "metrics.jsonl"
     deadline = time.time() + 120
@@ -216,6 +217,11 @@ def test_sigterm_saves_a_checkpoint_at_a_step_boundary_and_the_run_resumes(tmp_p
     assert len(saved) == 1
     step = int(saved[0][5:])
     assert json.loads(metrics.read_text().splitlines()[-1])["kind"] == "interrupted"
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"file:{tmp_path / 'mlruns'}")
+    (tracked,) = client.search_runs([client.get_experiment_by_name("mmkgc-dist").experiment_id])
+    assert tracked.info.status == "KILLED"                  # not left RUNNING
     res = cli("train", "--run-dir", "r", "--resume", "--train.max_steps=" + str(step + 2), cwd=tmp_path)
     assert res.returncode == 0 and f"step {step}" in res.stdout, res.stderr[-2000:]
 

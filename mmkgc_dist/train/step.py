@@ -108,6 +108,8 @@ class TrainStep:
         with timer("generator"):
             if self.generators is not None:
                 metrics["gen_loss"] = self._generator_step(ids, view, negatives.share)
+        if negatives.share == 1.0:           # one process: nothing to weight (no extra operations)
+            return metrics
         return {k: v * negatives.share if k != "false_negatives" else v for k, v in metrics.items()}
 
     def _discriminator_forward(self, entities: EmbeddedEntities, relation_rows, inverse, cand, triples, negatives):
@@ -186,5 +188,6 @@ class TrainStep:
             positive = self.rotate.gamma - complex_l1_distance(*self._queries(entities.joint, local))
         fakes = self._fake_scores(entities, local, self.generators, detach_attention=True)
         gen_loss = sum(pairwise_sigmoid_loss(f, positive) for f in fakes)
-        self.update_generator(gen_loss * (share * self.world_size))
+        weight = share * self.world_size
+        self.update_generator(gen_loss if weight == 1.0 else gen_loss * weight)
         return gen_loss.detach()
