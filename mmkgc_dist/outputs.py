@@ -368,13 +368,15 @@ class FolderLock:
             json.dump({"pid": os.getpid(), "host": here, "since": time.strftime("%Y-%m-%d %H:%M:%S"),
                        "nonce": self.nonce}, fh)
         try:
-            for _ in range(3):
+            for _ in range(5):
                 try:
                     os.link(mine, self.path)
                     self.held = True
                     atexit.register(self.release)
                     return self
                 except FileExistsError:
+                    if not os.path.lexists(self.path):      # released or broken meanwhile: try again
+                        continue
                     info = self.holder()
                     pid, host = info.get("pid"), info.get("host")
                     if host == here and isinstance(pid, int) and not pid_alive(pid):

@@ -281,7 +281,7 @@ def _take_lock(folder, queue):
     try:
         FolderLock(folder).acquire()
         queue.put("won")
-        time.sleep(1.5)                  # hold it while the others try
+        time.sleep(5)                    # hold it while the others try
     except DataError as exc:
         queue.put(str(exc))
 
