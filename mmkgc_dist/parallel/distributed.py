@@ -4,7 +4,8 @@ world size (checkpoint.py). ``train.Trainer`` runs the same loop, step and evalu
 ``local.LocalRuntime``.
 
 Gradient scaling: every rank's loss is the mean over its own positives, multiplied by its share of the global
-batch (b / B; a rank may hold fewer positives than another, or none) before backward. The owners' table rows receive the gradients of every rank that used them (the fused-row all-to-all's
+batch (b / B; a rank may hold fewer positives than another, or none) before backward. The owners' table rows
+receive the gradients of every rank that used them (the fused-row all-to-all's
 backward), and the dense gradients (fusion weights, replicated tables) are summed over ranks in flat buckets
 (``DenseGradients``), so both are the gradient of the global-batch mean, exactly as one process with the whole
 batch.

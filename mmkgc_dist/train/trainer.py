@@ -24,10 +24,10 @@ from ..data.statistics import exact_relation_table, head_probability
 from ..data.stream import StreamingTriples, rows_answering
 from ..divergence import RunInterrupted, TrainingDiverged
 from ..eval.engine import rank_queries
-from ..footprint import check_fits
 from ..eval.metrics import link_prediction_metrics, relation_categories
 from ..host import tune_training_process
 from ..eval.ranking import eval_subset, protocol_label
+from ..footprint import check_fits
 from ..model import DistanceKernels, RotatE
 from ..rng import numpy_rng
 from .metrics import make_trackers
@@ -209,7 +209,7 @@ class Trainer:
                     if self.run_dir and cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
                         self.save()
                     if (logging_step and stopping) or (self.world_size == 1 and stop.requested):
-                        self._stop_on_signal(stop.requested)
+                        self._stop_on_signal()
                     if self._done():
                         break
                 else:
@@ -222,7 +222,7 @@ class Trainer:
             last = self._finite_global(last)
         return {"steps": self.step, "epochs": self.epoch, "seconds": time.time() - t0, **last}
 
-    def _stop_on_signal(self, signum: int) -> None:
+    def _stop_on_signal(self) -> None:
         where = "no run folder: nothing saved"
         if self.run_dir:
             where = f"checkpoint {self.save()}; continue with --resume"
