@@ -10,6 +10,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -289,7 +290,7 @@ def _take_lock(folder, queue):
 def test_a_stale_lock_is_broken_by_exactly_one_of_racing_writers(tmp_path):
     import multiprocessing
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename,
+    (tmp_path / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
                                                 "since": "then"}))
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
