@@ -26,10 +26,17 @@ SMALL = ["--data.synthetic.num_entities=120", "--data.synthetic.num_triples=900"
 
 
 def _child(argv, cwd, log):
+    import logging
+    import sys
     os.chdir(cwd)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
+    # pytest's capture replaced the Python-level streams and the root logger's handlers: the command's own
+    # output goes to the log, as in a terminal
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    logging.getLogger().handlers.clear()
     from mmkgc_dist.cli import main
     try:
         code = main(argv)
