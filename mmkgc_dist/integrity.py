@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import hashlib
 import json
 import logging
 import math
@@ -27,7 +26,7 @@ import re
 from dataclasses import dataclass
 
 from .data.errors import DataError
-from .outputs import remove_owned
+from .outputs import file_sha256, remove_owned
 
 log = logging.getLogger("mmkgc_dist")
 FILE_RE = re.compile(r"step-(\d{9})\.pt$")
@@ -42,12 +41,8 @@ def sha256(path: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _sha256(path: str, size: int, mtime_ns: int, inode: int, block: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            h.update(chunk)
-    return h.hexdigest()
+def _sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return file_sha256(path)
 
 
 def digests(folder: str, skip: tuple[str, ...] = ()) -> dict[str, dict]:

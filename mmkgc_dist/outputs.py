@@ -15,6 +15,7 @@ semantics) so tests can prove the claim above.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -55,12 +56,7 @@ def within(path: str, folder: str) -> bool:
 
 def marker_kind(folder: str) -> str | None:
     """The kind recorded in ``folder``'s marker, or None (no marker, unreadable, not ours)."""
-    try:
-        with open(os.path.join(folder, MARKER)) as fh:
-            info = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    kind = info.get("kind") if isinstance(info, dict) and info.get("tool") == "mmkgc-dist" else None
+    kind = marker_field(folder, "kind")
     return kind if kind in KINDS else None
 
 
@@ -71,7 +67,7 @@ def write_marker(folder: str, kind: str, **extra) -> None:
 
 
 def marker_field(folder: str, key: str):
-    """A field of ``folder``'s marker (None when absent or not ours)."""
+    """A field of ``folder``'s marker (None when absent, unreadable or not ours)."""
     try:
         with open(os.path.join(folder, MARKER)) as fh:
             info = json.load(fh)
@@ -158,6 +154,15 @@ def foreign_entries(out: str, kind: str) -> list[str]:
     if own is None or not os.path.isdir(out):
         return []
     return sorted(e for e in os.listdir(out) if e != MARKER and not own.match(e))
+
+
+def file_sha256(path: str, block: int = 1 << 22) -> str:
+    """SHA-256 of a file, read in blocks (the one hashing loop: dataset manifests and checkpoint digests)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_atomic(path: str, text: str | bytes) -> None:

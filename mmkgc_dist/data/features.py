@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 
 from .errors import DataError
 from ..outputs import local_path, real_path, refuse_links, within
-from .format import FORMAT_VERSION, FeatureChecks, Features, _join, manifest_files, read_manifest, write_manifest
+from .format import (FORMAT_VERSION, FeatureChecks, Features, _join, first_null, manifest_files, read_manifest,
+                     write_manifest)
 
 CHUNK_ROWS = 1 << 16
 log = logging.getLogger("mmkgc_dist")
@@ -178,8 +179,7 @@ def _parquet_chunks(path: str, names: pa.Array | None, skip_unknown: bool, repor
                                 f"row 0 has {dim}")
             rows = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
             file_rows = np.arange(start, start + len(batch))
-            if batch.column(key).null_count:
-                row = int(np.flatnonzero(batch.column(key).is_null().to_numpy(zero_copy_only=False))[0])
+            if (row := first_null(batch.column(key))) is not None:
                 raise DataError(f"{path}: row {start + row}: field '{key}' is null; every row needs its entity's "
                                 f"{key}")
             if key == "id":
@@ -265,11 +265,11 @@ class DatasetEdit:
         referenced = set(manifest_files(manifest))
         folder = os.path.join(self.root, "features")
         leftovers = [f"features/{f}" for f in sorted(os.listdir(folder))] if os.path.isdir(folder) else []
-        leftovers += sorted(os.listdir(self.root))
-        leftovers = [rel for rel in leftovers if (FEATURE_FILE.match(rel) or ENTITY_FILE.match(rel))
+        top = sorted(os.listdir(self.root))
+        leftovers = [rel for rel in leftovers + top if (FEATURE_FILE.match(rel) or ENTITY_FILE.match(rel))
                      and rel not in referenced]
         # an interrupted manifest write (write_atomic's private name; we hold the lock, so its writer is gone)
-        leftovers += [f for f in sorted(os.listdir(self.root)) if f.startswith("manifest.json.tmp")]
+        leftovers += [f for f in top if f.startswith("manifest.json.tmp")]
         for rel in leftovers:
             os.remove(os.path.join(self.root, rel))
             log.warning("removed %s, left by an interrupted feature import", os.path.join(self.root, rel))

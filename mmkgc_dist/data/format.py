@@ -177,6 +177,13 @@ class TripleWriter:
         return self.files
 
 
+def first_null(column) -> int | None:
+    """Index of the first null of an Arrow column, or None when it has none (no copy in that case)."""
+    if not column.null_count:
+        return None
+    return int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+
+
 # ----------------------------------------------------------------------------------------- identity
 def manifest_files(manifest: dict) -> list[str]:
     """Every file a manifest names, relative to the dataset folder."""
@@ -190,7 +197,7 @@ def manifest_files(manifest: dict) -> list[str]:
 def write_manifest(root: str, manifest: dict, known: dict | None = None) -> None:
     """Record the bytes and SHA-256 of every file the manifest names (``known``: entries of files that did not
     change, not hashed again), then write ``root/manifest.json`` atomically — the dataset's one commit point."""
-    from ..outputs import write_atomic
+    from ..outputs import file_sha256, write_atomic
 
     known = known or {}
     files = {}
@@ -199,11 +206,7 @@ def write_manifest(root: str, manifest: dict, known: dict | None = None) -> None
         size = os.path.getsize(path)
         entry = known.get(rel)
         if not (isinstance(entry, dict) and entry.get("bytes") == size and entry.get("sha256")):
-            digest = hashlib.sha256()
-            with open(path, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    digest.update(chunk)
-            entry = {"bytes": size, "sha256": digest.hexdigest()}
+            entry = {"bytes": size, "sha256": file_sha256(path)}
         files[rel] = entry
     manifest["files"] = files
     write_atomic(os.path.join(root, "manifest.json"), json.dumps(manifest, indent=2))
@@ -322,8 +325,7 @@ def read_triples(root: str, manifest: dict, split: str) -> np.ndarray:
             raise DataError(f"{path}: schema {table.schema.to_string()!r} differs from the expected "
                             f"head:int64, relation:int64, tail:int64")
         for c in ("head", "relation", "tail"):
-            if table.column(c).null_count:
-                row = int(np.flatnonzero(table.column(c).is_null().to_numpy(zero_copy_only=False))[0])
+            if (row := first_null(table.column(c))) is not None:
                 raise DataError(f"{path}: row {row}: {c} is null; every triple needs three ids")
         parts.append(np.stack([table.column(c).to_numpy() for c in ("head", "relation", "tail")], axis=1))
     triples = np.concatenate(parts) if parts else np.zeros((0, 3), np.int64)

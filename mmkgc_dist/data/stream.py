@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from ..rng import numpy_rng
 from .errors import DataError
-from .format import TRIPLE_SCHEMA, _join, dataset_identity, read_manifest
+from .format import TRIPLE_SCHEMA, _join, dataset_identity, first_null, read_manifest
 
 
 @dataclass(frozen=True)
@@ -202,11 +202,9 @@ class StreamingTriples:
         first = piece.start if whole else 0         # the piece's first row within ``table``
         limits = (self.manifest["num_entities"], self.manifest["num_relations"], self.manifest["num_entities"])
         for c, name in enumerate(("head", "relation", "tail")):
-            if table.column(name).null_count:
-                row = int(np.flatnonzero(table.column(name).is_null().to_numpy(zero_copy_only=False))[0]) + \
-                    (0 if whole else piece.start)
-                raise DataError(f"{g.file}: row group {g.index}, row {row}: {name} is null; every triple needs "
-                                f"three ids")
+            if (row := first_null(table.column(name))) is not None:
+                raise DataError(f"{g.file}: row group {g.index}, row {row + (0 if whole else piece.start)}: {name} "
+                                f"is null; every triple needs three ids")
             column = table.column(name).to_numpy()[first:first + piece.stop - piece.start]
             bad = np.flatnonzero((column < 0) | (column >= limits[c]))
             if len(bad):
