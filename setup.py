@@ -5,6 +5,7 @@ setup(
     version="0.1.0",
     description="Distributed multi-modal knowledge graph completion with AdaMF-MAT",
     packages=find_packages(include=["mmkgc_dist", "mmkgc_dist.*"]),
+    package_data={"mmkgc_dist.data": ["recipes.json"]},      # the recipes' pinned file digests
     python_requires=">=3.10",
     # torch/torchrec/fbgemm/deepspeed are installed by scripts/install.sh (CPU/CUDA variants differ).
     install_requires=["numpy", "pyarrow>=14", "fsspec>=2023.6", "PyYAML>=6", "tqdm>=4.60"],

@@ -46,3 +46,34 @@ def save_plot(fig, ax, path: str, xlabel: str, ylabel: str, title: str) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+VARIANTS = ("rotate", "adamf", "adamf-mat")          # configs/variants/<name>.yaml
+
+
+def variant_overrides(name: str) -> list[tuple[str, str]]:
+    """A model variant (configs/variants/NAME.yaml) as dotted config overrides, to lay over a recipe."""
+    import yaml
+
+    path = os.path.join(REPO, "configs", "variants", f"{name}.yaml")
+    if not os.path.isfile(path):
+        known = sorted(f[:-5] for f in os.listdir(os.path.dirname(path)) if f.endswith(".yaml"))
+        raise SystemExit(f"unknown variant {name!r}; configs/variants has {', '.join(known)}")
+    with open(path) as fh:
+        tree = yaml.safe_load(fh) or {}
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", json.dumps(value)
+    return list(leaves(tree))
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0 for a single value) — what every ± in BENCHMARKS.md means."""
+    import numpy as np
+
+    values = np.asarray(list(values), dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0

@@ -24,15 +24,12 @@ import time
 
 import numpy as np
 
-from _common import REPO, machine, new_plot, results_dir, save_plot, write_json
+from _common import REPO, machine, mean_std, new_plot, results_dir, save_plot, variant_overrides, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.build import build_dataset
 from mmkgc_dist.data.format import Features, load_dataset
 from mmkgc_dist.trainers import local_trainer
 
-VARIANTS = {"rotate": [("model.modalities", "[]"), ("mat.enabled", "false")],
-            "adamf": [("mat.enabled", "false")],
-            "adamf-mat": [("mat.enabled", "true")]}
 
 
 def drop_text(data, rate: float, seed: int):
@@ -73,7 +70,7 @@ def sweep_data(args):
 def modality_weights(trainer) -> dict[str, np.ndarray]:
     """AdaMF attention weight of each source for every entity (weights of missing modalities are 0)."""
     names = ["structure", *trainer.modalities]
-    parts = [w.detach().cpu().numpy() for _, _, _, w in trainer.embedding_chunks() if w is not None]
+    parts = [w.detach().cpu().numpy() for _, _, _, w in trainer.runtime.embedding_chunks() if w is not None]
     if not parts:
         return {}
     weights = np.concatenate(parts)
@@ -81,7 +78,7 @@ def modality_weights(trainer) -> dict[str, np.ndarray]:
 
 
 def run_one(args, data, variant: str, rate: float, seed: int, recipe: str | None):
-    overrides = VARIANTS[variant] + [("train.seed", str(seed)), ("train.device", args.device)] + \
+    overrides = variant_overrides(variant) + [("train.seed", str(seed)), ("train.device", args.device)] + \
         ([("train.epochs", str(args.epochs))] if args.epochs else []) + \
         ([("train.lr", str(args.lr))] if args.lr else []) + [tuple(s.split("=", 1)) for s in args.set]
     cfg = load_config(recipe, overrides)
@@ -161,10 +158,11 @@ def main() -> int:
     rotate = [r["mrr"] for r in runs if r["variant"] == "rotate"]
     base = f"{np.mean(rotate):.4f}" if rotate else "—"
     for rate in rates:
-        cell = lambda v: " ± ".join(f"{f(x):.4f}" for f in (np.mean, np.std) for x in [[
-            r["mrr"] for r in runs if r["variant"] == v and r["text_missing_rate"] == rate]])
+        cell = lambda v: " ± ".join(f"{x:.4f}" for x in mean_std(
+            r["mrr"] for r in runs if r["variant"] == v and r["text_missing_rate"] == rate))
         table.append(f"| {100 * rate:.0f}% | {cell('adamf')} | {cell('adamf-mat')} | {base} |")
-    md = f"{name}, seeds {seeds}, filtered test MRR (realistic ties), mean ± std\n\n" + "\n".join(table) + \
+    md = f"{name}, seeds {seeds}, filtered test MRR (realistic ties), mean ± sample std (ddof = 1)\n\n" + \
+        "\n".join(table) + \
         "\n\nAdaMF weights at 0% missing (mean, p10–p90 over entities with the modality):\n\n" + \
         "\n".join(f"- {v}: " + ", ".join(f"{m} {s['mean']:.3f} ({s['p10']:.2f}–{s['p90']:.2f})"
                                          for m, s in w.items()) for v, w in summary.items()) + "\n"

@@ -21,9 +21,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
-from _common import machine, new_plot, results_dir, save_plot, write_json
+from _common import machine, mean_std, new_plot, results_dir, save_plot, variant_overrides, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.train.lifecycle import select_best
 from mmkgc_dist.trainers import local_trainer
@@ -33,13 +32,11 @@ TIES = ("realistic", "optimistic")
 BASELINES = ("rotate", "off")      # the variants without MAT; every other key is a μ
 
 
-def variant_overrides(key: str) -> list[tuple[str, str]]:
-    """``key``: "rotate" (structure only), "off" (AdaMF, MAT off) or repr(μ) (AdaMF-MAT at μ)."""
-    if key == "rotate":
-        return [("model.modalities", "[]"), ("mat.enabled", "false")]
-    if key == "off":
-        return [("mat.enabled", "false")]
-    return [("mat.enabled", "true"), ("mat.mu", key)]
+def overrides_of(key: str) -> list[tuple[str, str]]:
+    """``key``: "rotate" (structure only), "off" (AdaMF, MAT off) or repr(μ) (AdaMF-MAT at μ); configs/variants."""
+    if key in ("rotate", "off"):
+        return variant_overrides("rotate" if key == "rotate" else "adamf")
+    return variant_overrides("adamf-mat") + [("mat.mu", key)]
 
 
 def label(key: str) -> str:
@@ -47,8 +44,8 @@ def label(key: str) -> str:
 
 
 def train_and_test(args, data, recipe: str | None, key: str, seed: int) -> dict:
-    """One run of variant ``key`` (variant_overrides); test metrics under both tie rules."""
-    overrides = variant_overrides(key) + [("train.seed", str(seed)), ("train.device", args.device)] + \
+    """One run of variant ``key`` (overrides_of); test metrics under both tie rules."""
+    overrides = overrides_of(key) + [("train.seed", str(seed)), ("train.device", args.device)] + \
         ([("train.epochs", str(args.epochs))] if args.epochs else []) + [tuple(s.split("=", 1)) for s in args.set]
     if args.select_every:
         overrides.append(("eval.every_epochs", str(args.select_every)))
@@ -71,10 +68,11 @@ def train_and_test(args, data, recipe: str | None, key: str, seed: int) -> dict:
 
 
 def summarise(runs: list[dict], keys: list[str]) -> dict:
-    """Mean ± std of test MRR per variant and tie rule; the gain of each AdaMF-MAT μ over MAT off."""
+    """Mean ± sample std (ddof = 1) of test MRR per variant and tie rule; the gain of each AdaMF-MAT μ over MAT off."""
     def stats(key, ties):
         values = [r[ties]["mrr"] for r in runs if r["variant"] == key]
-        return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+        mean, std = mean_std(values)
+        return {"mean": mean, "std": std, "n": len(values)}
     out = {}
     for ties in TIES:
         off = stats("off", ties) if "off" in keys else None

@@ -20,9 +20,8 @@ import os
 import sys
 import time
 
-import numpy as np
 
-from _common import SHARED_DATASETS, machine, results_dir, write_json
+from _common import SHARED_DATASETS, machine, mean_std, results_dir, variant_overrides, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.format import load_dataset
 from mmkgc_dist.data.openke import read_openke
@@ -33,11 +32,6 @@ PAPER = {  # filtered MRR / Hits@1 / Hits@10 from docs/method.md
     "mkgw": {"rotate": (0.3271, None, None), "adamf-mat": (0.3585, 0.2904, 0.4842)},
 }
 RECIPES = {"db15k": "db15k.yaml", "mkgw": "mkgw.yaml"}
-VARIANTS = {
-    "rotate": [("model.modalities", "[]"), ("mat.enabled", "false")],
-    "adamf": [("mat.enabled", "false")],
-    "adamf-mat": [("mat.enabled", "true")],
-}
 
 
 def load(path: str, name: str):
@@ -49,7 +43,7 @@ def load(path: str, name: str):
 def run_one(name: str, data, variant: str, seed: int, args) -> dict:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     recipe = os.path.join(repo, "configs", RECIPES.get(name, "db15k.yaml"))
-    overrides = VARIANTS[variant] + [("train.seed", str(seed)), ("train.epochs", str(args.epochs)),
+    overrides = variant_overrides(variant) + [("train.seed", str(seed)), ("train.epochs", str(args.epochs)),
                                      ("train.lr", str(args.lr)), ("train.device", args.device),
                                      ("train.max_steps", str(args.max_steps))]
     cfg = load_config(recipe, overrides)
@@ -70,14 +64,14 @@ def summarize(runs: list[dict]) -> list[dict]:
         group = [r for r in runs if r["dataset"] == name and r["variant"] == variant]
         row = {"dataset": name, "variant": variant, "seeds": len(group)}
         for k in ("mrr", "hits@1", "hits@3", "hits@10"):
-            vals = np.array([r[k] for r in group])
-            row[k], row[k + "_std"] = float(vals.mean()), float(vals.std())
+            row[k], row[k + "_std"] = mean_std(r[k] for r in group)
         rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict], args) -> str:
-    out = [f"Filtered test metrics, realistic ties, {args.epochs} epochs, lr {args.lr}, mean ± std over seeds.\n",
+    out = [f"Filtered test metrics, realistic ties, {args.epochs} epochs, lr {args.lr}, mean ± sample std "
+           f"(ddof = 1) over seeds.\n",
            "| dataset | variant | seeds | MRR | Hits@1 | Hits@3 | Hits@10 | paper MRR |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = PAPER.get(r["dataset"], {}).get(r["variant"], (None,))[0]

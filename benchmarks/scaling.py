@@ -116,12 +116,12 @@ def worker(out: str, steps: int, mode: str, extra: list[str], warmup: int, gate:
             totals.append(time.perf_counter() - start)
     phases = {k: v / steps for k, v in timer.seconds.items()}
     mine = {"phases_s": phases, "collective_s_per_step": clock.seconds / steps}
-    every_rank = [None] * trainer.env.world_size
+    every_rank = [None] * trainer.runtime.env.world_size
     torch.distributed.all_gather_object(every_rank, mine)     # outside the timed steps
-    if trainer.env.is_main:
+    if trainer.runtime.env.is_main:
         step = float(np.median(totals))
         with open(out, "w") as fh:
-            json.dump({"world_size": trainer.env.world_size, "step_s": step, "positives_per_s": 1024 / step,
+            json.dump({"world_size": trainer.runtime.env.world_size, "step_s": step, "positives_per_s": 1024 / step,
                        "phases_s": phases, "steps": totals, "per_rank": every_rank,
                        "collectives_per_step": {k: v / steps for k, v in clock.calls.items()},
                        "collective_s_per_step": clock.seconds / steps,

@@ -1,8 +1,10 @@
 """mmkgc-dist: distributed AdaMF-MAT training for multi-modal knowledge graph completion."""
-from .host import flush_denormals as _flush_denormals
+import sys as _sys
 
 __version__ = "0.1.0"
-_flush_denormals()          # before torch starts its worker threads (see host.py)
+if "torch" in _sys.modules:         # torch came first: flush before its worker threads start (see host.py)
+    from .host import flush_denormals as _flush_denormals
+    _flush_denormals()
 
 
 def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", overrides=()):

@@ -9,9 +9,8 @@ import logging
 import os
 import sys
 
-from .config import ConfigError, describe, load_config, parse_overrides
-from .data.errors import DataError
-from .divergence import NonFiniteModel, RunInterrupted, TrainingDiverged
+from .config import describe, load_config, parse_overrides
+from .errors import ConfigError, RunInterrupted, UserError
 
 log = logging.getLogger("mmkgc_dist")
 
@@ -20,7 +19,7 @@ def cmd_train(args, overrides) -> int:
     from .data.build import build_dataset
     from .parallel.env import world_size_from_environment
     from .train.lifecycle import train_run
-    from .trainers import make_runtime
+    from .parallel import make_runtime
 
     cfg = load_config(args.config, overrides)
     distributed = args.distributed or world_size_from_environment() > 1
@@ -56,18 +55,12 @@ def _config_to_resume(cfg, args, overrides):
 
 
 def _load_trained(run_dir: str, checkpoint: str | None, overrides, distributed: bool):
-    """The trainer of a run folder with its newest verified (or the given) checkpoint loaded; (trainer, is_main).
-    A checkpoint of any world size loads in one process or on the ranks this command was launched on."""
-    from .data.build import build_dataset
+    """The trained model of a run folder (``trained.TrainedModel``), in one process or on the ranks this command
+    was launched on; a checkpoint of any world size loads."""
     from .parallel.env import world_size_from_environment
-    from .train.lifecycle import load_trained, trained_checkpoint
-    from .trainers import make_runtime
+    from .trained import load_trained
 
-    cfg, ckpt = trained_checkpoint(run_dir, checkpoint, overrides)
-    distributed = distributed or world_size_from_environment() > 1
-    data = build_dataset(cfg, feature_values=not distributed)
-    trainer = load_trained(cfg, data, make_runtime(cfg, distributed), ckpt, run_dir)
-    return trainer, trainer.runtime.is_main
+    return load_trained(run_dir, checkpoint, overrides, distributed or world_size_from_environment() > 1)
 
 
 def _evaluation_output(path: str) -> bool:
@@ -88,10 +81,11 @@ def cmd_evaluate(args, overrides) -> int:
 
     if args.output:
         check_output_file(args.output, "--output", _evaluation_output)
-    trainer, main = _load_trained(args.run_dir, args.checkpoint, overrides, args.distributed)
+    model = _load_trained(args.run_dir, args.checkpoint, overrides, args.distributed)
+    main = model.runtime.is_main
     results = {}
-    for split in args.split or trainer.cfg.eval.splits:
-        results[split] = trainer.evaluate(split, ties=args.ties)
+    for split in args.split or model.cfg.eval.splits:
+        results[split] = model.evaluate(split, ties=args.ties)
         if main:
             print(format_metrics(split, results[split]))
     if args.output and main:
@@ -100,15 +94,13 @@ def cmd_evaluate(args, overrides) -> int:
 
 
 def cmd_export(args, overrides) -> int:
-    from .export import export_embeddings
     from .outputs import check_output
 
     inputs = (args.run_dir, args.checkpoint or "")
     check_output(args.out, "export", inputs, args.overwrite)
-    trainer, main = _load_trained(args.run_dir, args.checkpoint, overrides, args.distributed)
-    info = export_embeddings(trainer.runtime, trainer.data.entity_names, trainer.modalities, trainer.step, args.out,
-                             trainer.data.relation_names, trainer.rotate)
-    if main:
+    model = _load_trained(args.run_dir, args.checkpoint, overrides, args.distributed)
+    info = model.export(args.out)
+    if model.runtime.is_main:
         print(f"wrote {info['entities']} entity embeddings ({info['width']}-d) and {info['relations']['rows']} "
               f"relation vectors to {args.out} (scoring function: {args.out}/export.json)")
     return 0
@@ -365,7 +357,7 @@ def positive_int(text: str) -> int:
 
 def _distributed_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distributed", action="store_true",
-                   help="use the TorchRec/DDP/DeepSpeed runtime even with one process (automatic when WORLD_SIZE > 1)")
+                   help="use the distributed runtime (TorchRec tables, DeepSpeed generators) even with one process (automatic when WORLD_SIZE > 1)")
 
 
 def _dataset_output_options(p: argparse.ArgumentParser) -> None:
@@ -384,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     try:
         code = args.fn(args, parse_overrides(rest))
-    except (ConfigError, DataError, TrainingDiverged, NonFiniteModel) as exc:
+    except UserError as exc:
         _fail(_one_line(str(exc)))
     except BrokenPipeError:      # `mmkgc-dist config | head`: the reader left; stop quietly, as a C tool would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -16,9 +16,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config key is unknown, mistyped or out of range; the message names the dotted key."""
+from .errors import ConfigError
 
 
 def _f(default, help: str, **kw):
@@ -29,6 +27,9 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class SyntheticConfig:
+    """The generated graph (data.source=synthetic): the embedded default that needs no download."""
+    seed: int = _f(7, "seed of the generator: same seed, same graph (the graph is a pure function of this "
+                   "section, whose values are the dataset identity a run records)")
     num_entities: int = _f(4000, "entities of the generated graph")
     num_relations: int = _f(24, "relations of the generated graph")
     num_triples: int = _f(24000, "distinct triples generated before the split")
@@ -40,25 +41,26 @@ class SyntheticConfig:
     feature_noise: float = _f(0.1, "std of Gaussian noise added to features (relative to signal)")
     valid_fraction: float = _f(0.05, "fraction of triples held out for validation")
     test_fraction: float = _f(0.05, "fraction of triples held out for testing")
-    seed: int = _f(7, "seed of the generator: same seed, same graph")
 
 
 @dataclass
 class DataConfig:
+    """Where the triples and features come from and how the training split is read."""
     source: str = _f("synthetic", "'synthetic' (generate the embedded default) or 'parquet' (read data.path)",
                      choices=("synthetic", "parquet"))
     path: str = _f("", "prepared Parquet dataset folder or fsspec URL (data.source=parquet)")
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata={"help": "generated graph"})
     loader: str = _f("memory", "'memory' (training triples in RAM, random access) or 'stream' (row groups "
                      "streamed from data.path; memory independent of the edge count)", choices=("memory", "stream"))
     shuffle_window_rows: int = _f(1 << 20, "stream: rows permuted together (the bounded shuffle buffer; "
                                   "memory is about 24 B x rows x (prefetch_windows + 1) x 2)")
     loader_workers: int = _f(2, "stream: threads reading disjoint row groups of a window")
     prefetch_windows: int = _f(1, "stream: windows read ahead in the background")
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata={"help": "generated graph"})
 
 
 @dataclass
 class ModelConfig:
+    """The scoring function's width and constants, and the modalities AdaMF fuses."""
     dim: int = _f(64, "complex dimension d of RotatE (real width 2d)")
     gamma: float = _f(12.0, "RotatE margin")
     epsilon: float = _f(2.0, "RotatE embedding-range epsilon")
@@ -69,6 +71,7 @@ class ModelConfig:
 
 @dataclass
 class MATConfig:
+    """Modality-adversarial training: the generators and the discriminator's adversarial term."""
     enabled: bool = _f(True, "train the modality generators adversarially (MAT)")
     mu: float = _f(1e-4, "weight of the adversarial term in the discriminator loss (released scripts: 0)")
     noise_dim: int = _f(64, "Gaussian noise width fed to the generators")
@@ -83,12 +86,14 @@ class MATConfig:
 
 @dataclass
 class EarlyStoppingConfig:
+    """Stop when validation stops improving (needs eval.every_epochs)."""
     patience: int = _f(0, "stop after this many validation runs without a gain in eval.select_by (0 = off)")
     min_delta: float = _f(0.0, "smallest change of eval.select_by that counts as a gain")
 
 
 @dataclass
 class TrainConfig:
+    """The loop, the optimizers and the negatives."""
     epochs: int = _f(12, "passes over the training triples")
     max_steps: int = _f(0, "stop after this many steps (0 = no limit)")
     batch_size: int = _f(512, "positives per step (global)")
@@ -131,6 +136,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    """Ranking protocol, tie policy, splits and model selection."""
     splits: list = _f(["test"], "splits evaluated after training")
     every_epochs: int = _f(0, "epochs between validation runs that select the best checkpoint (0 = no "
                            "selection: the last model is tested)")
@@ -159,9 +165,11 @@ SHARDING_TYPES = ("auto", "row_wise", "table_wise", "column_wise", "data_paralle
 
 @dataclass
 class ParallelConfig:
+    """Table placement and precision on N ranks, and the generators' ZeRO stage."""
     sharding: dict = _f({}, "per-table sharding type ({table: type}; tables: entity, relation, visual, text; "
-                        "types: auto (planner), row_wise, table_wise, column_wise, data_parallel); "
-                        "unset entity-indexed tables are row_wise, the relation table goes to the planner")
+                        "types: auto (TorchRec's planner chooses), row_wise, table_wise, column_wise, data_parallel); "
+                        "unset entity-indexed tables are row_wise; the relation table is replicated (data_parallel) "
+                        "unless set")
     frozen_dtype: str = _f("fp32", "storage precision of frozen feature tables (any world size; fp16 and bf16 halve "
                            "their memory and lookup bytes, rows are widened to fp32 when looked up; bf16 keeps fp32's "
                            "range, fp16 more mantissa)",
@@ -172,6 +180,7 @@ class ParallelConfig:
 
 @dataclass
 class RunConfig:
+    """Where a run writes and which trackers it feeds."""
     out_dir: str = _f("runs", "parent folder of run folders")
     name: str = _f("", "run folder name, a plain name inside run.out_dir (empty: a unique timestamp)")
     tensorboard: bool = _f(False, "also write metrics as TensorBoard events into the run folder's tensorboard/")

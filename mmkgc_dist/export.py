@@ -146,7 +146,7 @@ def read_embeddings(path: str) -> Embeddings:
     """Read an export folder (a local path or any fsspec URL) back into arrays ordered by id."""
     import fsspec
 
-    from .data.errors import DataError
+    from .errors import DataError
 
     fs, root = fsspec.core.url_to_fs(path)
     try:

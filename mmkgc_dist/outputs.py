@@ -24,7 +24,7 @@ import shutil
 import socket
 import uuid
 
-from .data.errors import DataError
+from .errors import OutputError
 
 log = logging.getLogger("mmkgc_dist")
 MARKER = ".mmkgc-dist"
@@ -78,12 +78,12 @@ def marker_field(folder: str, key: str):
 
 def check_output(out: str, kind: str, inputs: tuple[str, ...] = (), overwrite: bool = False,
                  what: str = "OUT") -> None:
-    """Raise DataError unless writing a ``kind`` at ``out`` keeps the ownership rule (module docstring)."""
+    """Raise OutputError unless writing a ``kind`` at ``out`` keeps the ownership rule (module docstring)."""
     if local_path(out) != out:
-        raise DataError(f"{what} {out}: outputs are written to local folders; give a path")
+        raise OutputError(f"{what} {out}: outputs are written to local folders; give a path")
     real = real_path(out)
     if within(real_path(os.getcwd()), real):
-        raise DataError(f"{what} {out}: is the current directory or one of its parents; give a new folder "
+        raise OutputError(f"{what} {out}: is the current directory or one of its parents; give a new folder "
                         f"for the {kind}")
     for source in inputs:
         src = local_path(source) if source else None
@@ -91,28 +91,28 @@ def check_output(out: str, kind: str, inputs: tuple[str, ...] = (), overwrite: b
             continue
         src_real = real_path(src)
         if within(src_real, real) or within(real, src_real):
-            raise DataError(f"{what} {out}: overlaps the input {source}; write the {kind} to a separate folder")
+            raise OutputError(f"{what} {out}: overlaps the input {source}; write the {kind} to a separate folder")
     if os.path.islink(out):
-        raise DataError(f"{what} {out}: is a symbolic link; give the folder itself")
+        raise OutputError(f"{what} {out}: is a symbolic link; give the folder itself")
     if not os.path.lexists(out):
         return
     if not os.path.isdir(out):
-        raise DataError(f"{what} {out}: exists and is not a folder; expected a new or empty folder for the {kind}")
+        raise OutputError(f"{what} {out}: exists and is not a folder; expected a new or empty folder for the {kind}")
     if not os.listdir(out):
         return
     found = marker_kind(out)
     if found is None:
-        raise DataError(f"{what} {out}: folder is not empty and was not made by mmkgc-dist (no {MARKER} "
+        raise OutputError(f"{what} {out}: folder is not empty and was not made by mmkgc-dist (no {MARKER} "
                         f"marker); refusing to touch it — give a new folder")
     if found != kind:
         article = "an" if kind[0] in "aeiou" else "a"
-        raise DataError(f"{what} {out}: holds an mmkgc-dist {found}, not {article} {kind}; refusing to replace it")
+        raise OutputError(f"{what} {out}: holds an mmkgc-dist {found}, not {article} {kind}; refusing to replace it")
     if not overwrite:
         article = "an" if kind[0] in "aeiou" else "a"
-        raise DataError(f"{what} {out}: {article} {kind} already exists there; pass --overwrite to replace it")
+        raise OutputError(f"{what} {out}: {article} {kind} already exists there; pass --overwrite to replace it")
     foreign = foreign_entries(out, kind)
     if foreign:
-        raise DataError(f"{what} {out}: holds {len(foreign)} file(s) mmkgc-dist did not write ({foreign[0]}"
+        raise OutputError(f"{what} {out}: holds {len(foreign)} file(s) mmkgc-dist did not write ({foreign[0]}"
                         f"{', ...' if len(foreign) > 1 else ''}); --overwrite replaces the whole {kind}, so move "
                         f"them out first")
 
@@ -123,21 +123,21 @@ def check_output_file(path: str, what: str, replaceable) -> None:
     exists, a file ``replaceable(path)`` recognises as an earlier output of the same command."""
     local = local_path(path)
     if local != path:
-        raise DataError(f"{what} {path}: outputs are written to local files; give a path")
+        raise OutputError(f"{what} {path}: outputs are written to local files; give a path")
     if os.path.islink(path) or os.path.isdir(path):
-        raise DataError(f"{what} {path}: is a {'symbolic link' if os.path.islink(path) else 'folder'}; give a "
+        raise OutputError(f"{what} {path}: is a {'symbolic link' if os.path.islink(path) else 'folder'}; give a "
                         f"file name")
     folder = os.path.dirname(real_path(path))
     while True:
         kind = marker_kind(folder)
         if kind is not None:
-            raise DataError(f"{what} {path}: is inside the mmkgc-dist {kind} {folder}; write it elsewhere")
+            raise OutputError(f"{what} {path}: is inside the mmkgc-dist {kind} {folder}; write it elsewhere")
         parent = os.path.dirname(folder)
         if parent == folder:
             break
         folder = parent
     if os.path.exists(path) and not replaceable(path):
-        raise DataError(f"{what} {path}: exists and is not an earlier output of this command; refusing to "
+        raise OutputError(f"{what} {path}: exists and is not an earlier output of this command; refusing to "
                         f"replace it — give a new file name")
 
 
@@ -186,7 +186,7 @@ def remove_owned(path: str) -> None:
     """Delete one thing the tool wrote (a file or a folder). The one deletion rule: a symbolic link is never
     followed nor removed — where the tool expects its own file or folder, a link is a user's, and refused."""
     if os.path.islink(path):
-        raise DataError(f"{path}: is a symbolic link where mmkgc-dist keeps its own files; it never deletes "
+        raise OutputError(f"{path}: is a symbolic link where mmkgc-dist keeps its own files; it never deletes "
                         f"through links — remove or replace the link yourself")
     if os.path.isdir(path):
         shutil.rmtree(path)
@@ -195,11 +195,11 @@ def remove_owned(path: str) -> None:
 
 
 def refuse_links(folder: str, names) -> None:
-    """Raise DataError if any of ``folder``'s entries ``names`` is a symbolic link (see ``remove_owned``)."""
+    """Raise OutputError if any of ``folder``'s entries ``names`` is a symbolic link (see ``remove_owned``)."""
     for name in names:
         path = os.path.join(folder, name)
         if os.path.islink(path):
-            raise DataError(f"{path}: is a symbolic link where mmkgc-dist keeps its own files; refusing to write "
+            raise OutputError(f"{path}: is a symbolic link where mmkgc-dist keeps its own files; refusing to write "
                             f"or delete through it — remove or replace the link yourself")
 
 
@@ -290,7 +290,7 @@ def swap_in(new: str, out: str) -> None:
     had_old = os.path.lexists(out)
     if had_old:
         if os.path.islink(out) or not os.path.isdir(out) or (os.listdir(out) and marker_kind(out) != kind):
-            raise DataError(f"{out}: changed while the new {kind or 'version'} was being built (it is no longer "
+            raise OutputError(f"{out}: changed while the new {kind or 'version'} was being built (it is no longer "
                             f"an empty folder or {kind} of mmkgc-dist); left it alone — the new version is at {new}")
         os.replace(out, previous)
         fault_point("aside")
@@ -387,8 +387,8 @@ class FolderLock:
                     if host == here and isinstance(pid, int) and not pid_alive(pid):
                         self._break_stale(info)
                         continue
-                    raise DataError(self._in_use(info))
-            raise DataError(f"{self.folder}: could not take the lock {self.path}; another writer keeps taking it")
+                    raise OutputError(self._in_use(info))
+            raise OutputError(f"{self.folder}: could not take the lock {self.path}; another writer keeps taking it")
         finally:
             os.remove(mine)
 

@@ -1,5 +1,6 @@
 """Answers from a trained run, in one process: top-k tails or heads of queries, scores of triples, nearest
-neighbours. A checkpoint of any world size loads (one checkpoint format, parallel/checkpoint.py).
+neighbours. A checkpoint of any world size loads (one checkpoint format, checkpoint/format.py) into a
+``trained.TrainedModel`` — no trainer, no DeepSpeed.
 
     from mmkgc_dist import load_run
     model = load_run("runs/db15k")
@@ -21,9 +22,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data.errors import DataError
+from .config import parse_overrides
 from .data.stream import rows_answering
+from .errors import QueryError
 from .eval.ranking import FilterIndex
+from .trained import TrainedModel, load_trained
 
 KNOWN_POLICIES = ("mark", "filter", "keep")
 SPACES = ("joint", "structural")
@@ -51,13 +54,13 @@ class Vocabulary:
     def id(self, key) -> int:
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             if not 0 <= int(key) < len(self.names):
-                raise DataError(f"{self.kind} id {key}: out of range [0, {len(self.names)})")
+                raise QueryError(f"{self.kind} id {key}: out of range [0, {len(self.names)})")
             return int(key)
         if key in self.ids:
             return self.ids[key]
         close = self.closest(str(key))
         hint = f"; closest known: {', '.join(repr(c) for c in close)}" if close else ""
-        raise DataError(f"unknown {self.kind} {key!r} ({len(self.names)} known{hint})")
+        raise QueryError(f"unknown {self.kind} {key!r} ({len(self.names)} known{hint})")
 
     def closest(self, key: str, n: int = 5) -> list[str]:
         """Known names that differ only in case, then names holding ``key``, then difflib's closest."""
@@ -76,39 +79,39 @@ class Vocabulary:
 class Predictor:
     """A trained model held in one process: joint and structural entity embeddings, relation phases."""
 
-    def __init__(self, trainer, step: int):
-        self.cfg, self.step = trainer.cfg, step
-        self.rotate, self.kernels = trainer.rotate, trainer.kernels
-        self.entities = Vocabulary("entity", trainer.data.entity_names)
-        self.relations = Vocabulary("relation", trainer.data.relation_names)
-        chunks = list(trainer.runtime.embedding_chunks())
+    def __init__(self, model: TrainedModel):
+        self.model, self.cfg, self.step = model, model.cfg, model.step
+        self.rotate, self.kernels = model.rotate, model.kernels
+        self.entities = Vocabulary("entity", model.data.entity_names)
+        self.relations = Vocabulary("relation", model.data.relation_names)
+        chunks = list(model.runtime.embedding_chunks())
         self.structural = torch.cat([s for _, s, _, _ in chunks])
         self.joint = torch.cat([j for _, _, j, _ in chunks])
-        self.relation_rows = trainer.runtime.relation_table()
-        self._known_triples = trainer.known_triples
+        self.relation_rows = model.runtime.relation_table()
         self._filters: dict[str, FilterIndex] = {}
         # A streamed training split stays on disk: the training rows that answer a batch of queries are found
         # in one streaming pass per predict call (held splits are in memory).
-        self._stream = (trainer.cfg.data.path, trainer.stream.manifest) if trainer.stream is not None else None
-        self._held = [t for t in trainer.data.splits.values() if len(t)]
-        self.batch_size = trainer.cfg.eval.batch_size
+        stats = model.statistics
+        self._stream = (model.cfg.data.path, stats.manifest) if stats.streamed else None
+        self._held = [t for t in model.data.splits.values() if len(t)]
+        self.batch_size = model.cfg.eval.batch_size
 
     # ------------------------------------------------------------------------------------ queries
     def predict(self, head=None, relation=None, tail=None, k: int = 10, known: str = "mark"):
         """Top-``k`` tails of (head, relation, ?) or heads of (?, relation, tail). Names or ids; a list of
         them asks a batch of queries and returns one list of predictions per query."""
         if relation is None or (head is None) == (tail is None):
-            raise DataError("predict: give a relation and exactly one of head (→ tails) or tail (→ heads)")
+            raise QueryError("predict: give a relation and exactly one of head (→ tails) or tail (→ heads)")
         if known not in KNOWN_POLICIES:
-            raise DataError(f"predict: known={known!r}; expected one of {', '.join(KNOWN_POLICIES)}")
+            raise QueryError(f"predict: known={known!r}; expected one of {', '.join(KNOWN_POLICIES)}")
         batch = isinstance(head if head is not None else tail, (list, tuple, np.ndarray))
         anchors = head if head is not None else tail
         anchors = list(anchors) if batch else [anchors]
         relations = list(relation) if isinstance(relation, (list, tuple, np.ndarray)) else [relation] * len(anchors)
         if len(relations) != len(anchors):
-            raise DataError(f"predict: {len(anchors)} entities but {len(relations)} relations")
+            raise QueryError(f"predict: {len(anchors)} entities but {len(relations)} relations")
         if k < 1:
-            raise DataError(f"predict: k must be >= 1, got {k}")
+            raise QueryError(f"predict: k must be >= 1, got {k}")
         found = self._top(self.entities.ids_of(anchors), self.relations.ids_of(relations),
                           "tail" if head is not None else "head", min(k, len(self.entities.names)), known)
         return found if batch else found[0]
@@ -151,7 +154,7 @@ class Predictor:
             found = rows_answering(self._stream[0], "train", queries, num_relations, manifest=self._stream[1])
             return FilterIndex(np.concatenate(self._held + [found]), num_relations, anchor, answer)
         if direction not in self._filters:
-            self._filters[direction] = FilterIndex(self._known_triples(), num_relations, anchor, answer)
+            self._filters[direction] = FilterIndex(self.model.evaluator.known_triples(), num_relations, anchor, answer)
         return self._filters[direction]
 
     @torch.no_grad()
@@ -159,7 +162,7 @@ class Predictor:
         """f(h, r, t) of each (head, relation, tail) given by names or ids; higher is more plausible."""
         triples = list(triples)
         if not triples or any(len(t) != 3 for t in triples):
-            raise DataError("score: expected a non-empty list of (head, relation, tail) triples")
+            raise QueryError("score: expected a non-empty list of (head, relation, tail) triples")
         h = torch.from_numpy(self.entities.ids_of([t[0] for t in triples]))
         r = torch.from_numpy(self.relations.ids_of([t[1] for t in triples]))
         t = torch.from_numpy(self.entities.ids_of([t[2] for t in triples]))
@@ -170,7 +173,7 @@ class Predictor:
         """The ``k`` entities nearest to ``entity`` (itself excluded) by the complex L1 distance in the joint
         (fused) or structural space; ``score`` is the negated distance."""
         if space not in SPACES:
-            raise DataError(f"neighbours: space={space!r}; expected one of {', '.join(SPACES)}")
+            raise QueryError(f"neighbours: space={space!r}; expected one of {', '.join(SPACES)}")
         table = self.joint if space == "joint" else self.structural
         i = self.entities.id(entity)
         distance = self.kernels.all_pairs(table[i:i + 1], table).float().cpu()[0]
@@ -182,13 +185,6 @@ class Predictor:
 
 def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", overrides=()) -> Predictor:
     """The model of a run folder — at ``checkpoint``, else the one model selection chose (best.json), else the
-    newest verified — in this process, whatever world size trained it. ``overrides``: dotted config overrides (e.g. ``["--data.path=..."]`` when
-    the dataset has moved)."""
-    from .data.build import build_dataset
-    from .train.lifecycle import load_trained, trained_checkpoint
-    from .trainers import make_runtime
-    from .config import parse_overrides
-
-    cfg, ckpt = trained_checkpoint(run_dir, checkpoint, parse_overrides([f"--train.device={device}", *overrides]))
-    trainer = load_trained(cfg, build_dataset(cfg), make_runtime(cfg, False), ckpt, run_dir)
-    return Predictor(trainer, trainer.step)
+    newest verified — in this process, whatever world size trained it. ``overrides``: dotted config overrides
+    (e.g. ``["--data.path=..."]`` when the dataset has moved). Neither the trainer nor DeepSpeed is imported."""
+    return Predictor(load_trained(run_dir, checkpoint, parse_overrides([f"--train.device={device}", *overrides])))

@@ -1,4 +1,4 @@
-"""Local (single-process) embedding tables, their lookup and the table optimizers.
+"""Local (single-process) embedding tables and their lookup (the table optimizers are optim.py's).
 
 The model math only sees looked-up rows (``EntityRows``); the distributed runtime replaces this
 module with TorchRec sharded tables exposing the same lookup. Initial rows come from the counter-based

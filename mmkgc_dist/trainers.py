@@ -1,10 +1,10 @@
-"""Trainers, assembled: the one ``train.Trainer`` with the runtime a run needs — ``LocalRuntime`` for one process,
-``DistributedRuntime`` (TorchRec + DDP + DeepSpeed) under torchrun/srun or with ``--distributed``. The only place
-that knows both the loop and the runtimes."""
+"""Trainers, assembled: the one ``train.Trainer`` on the runtime a run needs — ``LocalRuntime`` for one process,
+``DistributedRuntime`` (TorchRec + DeepSpeed) under torchrun/srun or with ``--distributed``."""
 from __future__ import annotations
 
 from .config import Config
 from .data.format import KGData
+from .parallel import make_runtime
 from .train.trainer import Trainer
 
 
@@ -15,12 +15,3 @@ def local_trainer(cfg: Config, data: KGData, run_dir: str | None = None, show_pr
 def distributed_trainer(cfg: Config, data: KGData, run_dir: str | None = None, show_progress: bool = True,
                         env=None) -> Trainer:
     return Trainer(cfg, data, make_runtime(cfg, True, env), run_dir, show_progress)
-
-
-def make_runtime(cfg: Config, distributed: bool, env=None):
-    """One process: LocalRuntime. Several (torchrun/srun) or --distributed: DistributedRuntime."""
-    if not distributed:
-        from .parallel.local import LocalRuntime
-        return LocalRuntime(cfg)
-    from .parallel.distributed import DistributedRuntime
-    return DistributedRuntime(cfg, env)

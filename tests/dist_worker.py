@@ -8,10 +8,11 @@ import torch
 
 from mmkgc_dist.config import load_config, parse_overrides
 from mmkgc_dist.data.synthetic import generate
-from mmkgc_dist.divergence import TrainingDiverged
+from mmkgc_dist.errors import TrainingDiverged
 from mmkgc_dist.eval.metrics import link_prediction_metrics
-from mmkgc_dist.eval.ranking import filtered_ranks
+from mmkgc_dist.eval.engine import filtered_ranks
 from mmkgc_dist.parallel.env import exit_distributed
+from mmkgc_dist.runtime import Runtime
 from mmkgc_dist.trainers import distributed_trainer
 
 TINY = ["--data.synthetic.num_entities=300", "--data.synthetic.num_triples=2400", "--model.dim=8",
@@ -34,12 +35,13 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = load_config(None, parse_overrides(TINY + extra))
     trainer = distributed_trainer(cfg, generate(cfg.data.synthetic), run_dir=run_dir, show_progress=False)
-    rank = trainer.env.rank
+    rank = trainer.runtime.env.rank
+    assert isinstance(trainer.runtime, Runtime)      # the contract holds for the distributed runtime too
     if "--resume" in flags:
         assert trainer.resume(), "no checkpoint to resume from"
     losses = []
     for batch, negatives in ([] if "--eval-only" in flags else trainer.batches()):
-        losses.append(trainer.reduce_metrics(trainer.step_fn(batch, negatives))["loss"])
+        losses.append(trainer.runtime.reduce_metrics(trainer.step_fn(batch, negatives))["loss"])
         trainer.step += 1
         trainer.batch_in_epoch += 1
         if len(losses) == cfg.train.max_steps:
@@ -47,7 +49,7 @@ def main() -> None:
     if "--poison-rank-1" in flags:        # one NaN in rank 1's shard only: every rank must refuse the save
         if rank == 1:
             with torch.no_grad():
-                trainer.tables._weight("entity").local_shards()[0].tensor[0, 0] = float("nan")
+                trainer.runtime.tables._weight("entity").local_shards()[0].tensor[0, 0] = float("nan")
         try:
             trainer.save()
         except TrainingDiverged as exc:
@@ -58,14 +60,14 @@ def main() -> None:
         trainer.save()
     metrics = trainer.evaluate("test")
     # Reference: one process ranks with the gathered full tables and the same kernels.
-    tables = {name: trainer.tables.full_table(name) for name in ["entity", "relation"] + trainer.modalities}
+    tables = {name: trainer.runtime.tables.full_table(name) for name in ["entity", "relation"] + trainer.modalities}
     from mmkgc_dist.model.kgc import EntityRows
     masks = {m: torch.from_numpy(trainer.data.features[m].present) for m in trainer.modalities}
     rows = EntityRows(tables["entity"], {m: tables[m] for m in trainer.modalities}, masks)
     with torch.no_grad():
-        joint = trainer.core.embed(rows)[0]
+        joint = trainer.runtime.model.embed(rows)[0]
     reference = link_prediction_metrics(filtered_ranks(joint, tables["relation"], trainer.rotate,
-                                                       trainer.data.splits["test"], trainer.known_triples(),
+                                                       trainer.data.splits["test"], trainer.evaluator.known_triples(),
                                                        trainer.kernels, cfg.eval.batch_size, cfg.eval.ties))
     # Top-10 tails of the first test queries by the gathered tables (a one-process load must agree).
     queries = trainer.data.splits["test"][:8]
@@ -76,18 +78,18 @@ def main() -> None:
     result = {"rank": rank, "losses": losses, "metrics": metrics, "reference": reference,
               "queries": queries.tolist(), "top_ids": top.indices.tolist(),
               "top_scores": (trainer.rotate.gamma - top.values).tolist(),
-              "dense": digest(trainer.core),
-              "dense_exact": [p.detach().flatten().tolist() for p in trainer.core.parameters()],
-              "generator_exact": [p.detach().flatten().tolist() for p in trainer.generators.parameters()]
-              if trainer.generators is not None else [],
-              "entity_shards": trainer.tables.local_shard_sizes("entity"),
+              "dense": digest(trainer.runtime.model),
+              "dense_exact": [p.detach().flatten().tolist() for p in trainer.runtime.model.parameters()],
+              "generator_exact": [p.detach().flatten().tolist() for p in trainer.runtime.generators.parameters()]
+              if trainer.runtime.generators is not None else [],
+              "entity_shards": trainer.runtime.tables.local_shard_sizes("entity"),
               "relation_exact": tables["relation"].flatten().tolist(),
-              "plan": trainer.tables.plan_json(),
+              "plan": trainer.runtime.tables.plan_json(),
               "feature_drift": {m: (tables[m] - torch.from_numpy(trainer.data.features[m].values)).abs().max().item()
                                 for m in trainer.modalities},
-              "feature_dtype": {m: str(trainer.tables._weight(m).metadata().tensor_properties.dtype)
-                                if hasattr(trainer.tables._weight(m), "local_shards")
-                                else str(trainer.tables._weight(m).dtype) for m in trainer.modalities}}
+              "feature_dtype": {m: str(trainer.runtime.tables._weight(m).metadata().tensor_properties.dtype)
+                                if hasattr(trainer.runtime.tables._weight(m), "local_shards")
+                                else str(trainer.runtime.tables._weight(m).dtype) for m in trainer.modalities}}
     with open(os.path.join(out, f"rank-{rank}.json"), "w") as fh:
         json.dump(result, fh)
     exit_distributed()      # barrier + destroy + immediate exit: a rank's teardown can otherwise abort (SIGABRT)

@@ -32,21 +32,21 @@ def main() -> None:
         except ImportError:                       # a checkout from before the runtimes (benchmarks/semantics.py)
             from mmkgc_dist.train.trainer import Trainer as local_trainer
         trainer, rank = local_trainer(cfg, data, run_dir, show_progress=False), 0
-        tables = {"entity": trainer.tables.entity.weight, "relation": trainer.tables.relation.weight}
+        tables = {"entity": trainer.runtime.tables.entity.weight, "relation": trainer.runtime.tables.relation.weight}
     else:
         try:
             from mmkgc_dist.trainers import distributed_trainer
         except ImportError:
             from mmkgc_dist.parallel.trainer import DistributedTrainer as distributed_trainer
         trainer = distributed_trainer(cfg, data, run_dir, show_progress=False)
-        rank = trainer.env.rank
-        tables = {name: trainer.tables.full_table(name) for name in ("entity", "relation")}
+        rank = trainer.runtime.env.rank
+        tables = {name: trainer.runtime.tables.full_table(name) for name in ("entity", "relation")}
     initial = {name: digest(t) for name, t in tables.items()}
-    initial["dense"] = digest(torch.cat([p.detach().flatten() for p in trainer.core.parameters()] + [torch.zeros(0)]))
-    if trainer.generators is not None:
-        initial["generators"] = digest(torch.cat([p.detach().flatten() for p in trainer.generators.parameters()]))
+    initial["dense"] = digest(torch.cat([p.detach().flatten() for p in trainer.runtime.model.parameters()] + [torch.zeros(0)]))
+    if trainer.runtime.generators is not None:
+        initial["generators"] = digest(torch.cat([p.detach().flatten() for p in trainer.runtime.generators.parameters()]))
         # the generators' optimizer rule: class and hyperparameters (not the kernel flags)
-        opt = trainer.opt_generator
+        opt = trainer.runtime.opt_generator
         initial["generator_optimizer"] = [type(opt).__name__] + [
             {k: v for k, v in g.items() if k not in ("params", "fused", "foreach", "capturable", "differentiable")}
             for g in opt.param_groups]
@@ -54,7 +54,7 @@ def main() -> None:
         assert trainer.resume(), "no checkpoint to resume from"
     losses = []
     for batch, negatives in [] if eval_only else trainer.batches():
-        losses.append(trainer.reduce_metrics(trainer.step_fn(batch, negatives))["loss"])
+        losses.append(trainer.runtime.reduce_metrics(trainer.step_fn(batch, negatives))["loss"])
         trainer.step += 1
         trainer.batch_in_epoch += 1
         if len(losses) == cfg.train.max_steps:

@@ -1,6 +1,7 @@
 """The reference adversarial term at any world size: two real gloo ranks (file rendezvous, 1 thread each), each
 holding half of a batch of fakes, give the one-process loss and gradients — the softmax runs over the global
 batch, and each rank's share is scaled so that the step's 1/world loss scaling sums it back."""
+import pytest
 import json
 import os
 
@@ -39,6 +40,7 @@ def _rank(rank: int, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_reference_adversarial_term_is_the_same_on_two_ranks(tmp_path):
     run_gloo_ranks(_rank, WORLD, tmp_path)
     ranks = [json.load(open(tmp_path / f"rank-{r}.json")) for r in range(2)]

@@ -6,7 +6,6 @@ byte-identical (the whole world folder is hashed before and after each case). Pa
 loading would create a marker file; the marker must never appear.
 """
 import gzip
-import hashlib
 import json
 import os
 import pickle
@@ -21,43 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--data.synthetic.num_entities=120", "--data.synthetic.num_triples=900", "--model.dim=8",
-        "--train.epochs=1", "--train.batch_size=128", "--train.num_negatives=4", "--mat.hidden=16",
-        "--mat.noise_dim=4", "--train.compile=false", "--train.threads=1", "--eval.batch_size=64"]
-SMALL_GRAPH = ["--num_entities=120", "--num_triples=900", "--visual_dim=8", "--text_dim=8"]
-
-
-class Payload:
-    """Unpickling this runs ``touch MARKER``: the attack every loader must refuse."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def cli(*args, cwd, env=None, timeout=300):
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, TQDM_DISABLE="1", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "mmkgc_dist.cli", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def snapshot(root: str) -> dict:
-    out = {}
-    for base, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        for f in files:
-            path = os.path.join(base, f)
-            if os.path.islink(path):
-                out[os.path.relpath(path, root)] = "link:" + os.readlink(path)
-                continue
-            with open(path, "rb") as fh:
-                out[os.path.relpath(path, root)] = hashlib.sha256(fh.read()).hexdigest()
-        for d in dirs:
-            out[os.path.relpath(os.path.join(base, d), root) + "/"] = "dir"
-    return out
+from support import MINI as TINY, MINI_GRAPH as SMALL_GRAPH, REPO, Payload, cli, snapshot
 
 
 # ------------------------------------------------------------------------------------------ the world
@@ -309,7 +272,12 @@ def test_the_suite_is_large_enough():
     assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def _tiered(case):
+    """Data commands stay in the quick tier; a case that loads or trains a model is marked slow."""
+    return pytest.param(case, id=case[0], marks=() if case[1][0] in ("prepare", "features") else pytest.mark.slow)
+
+
+@pytest.mark.parametrize("case", [_tiered(c) for c in CASES])
 def test_bad_input(world, truncated_run, case):
     """case: (name, arguments, text the error line must hold[, a new folder the command may create])."""
     name, args, expected, may_create = (*case, None)[:4]

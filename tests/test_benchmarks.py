@@ -1,4 +1,5 @@
 """Smoke runs of benchmark scripts on real data (they are not timed here; they must just keep working)."""
+import pytest
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ def test_quality_script_smoke(tmp_path, db15k):
     assert all(r["fused_modalities"] == [] for r in report["runs"])
 
 
+@pytest.mark.slow
 def test_sampling_benchmark_smoke(tmp_path):
     """benchmarks/sampling.py at toy sizes: the ranks' slices must equal the global draw, and it reports a share."""
     res = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "sampling.py"), "--ranks", "2",
@@ -32,6 +34,7 @@ def test_sampling_benchmark_smoke(tmp_path):
     assert report["slices_equal_global_draw"] is True and 0 < report["sampling_share_at_step_size"] < 1
 
 
+@pytest.mark.slow
 def test_a_training_step_waits_for_the_device_a_bounded_number_of_times(tmp_path):
     """benchmarks/step_overhead.py counts host syncs per single-process step (on a GPU each is a wait for the
     device). The step's syncs are bounded by its structure, not by the data: one ``unique_ids`` per id set (4 with

@@ -23,6 +23,7 @@ def torchrun(repo, *args):
                 os.path.join(repo, "launch", "train.py"), *args], cwd=repo)
 
 
+@pytest.mark.slow
 def test_torchrun_train_then_evaluate(repo, tmp_path):
     run_dir = str(tmp_path / "run")
     res = torchrun(repo, "--run-dir", run_dir, *TINY, "--run.tensorboard=true")
@@ -44,6 +45,7 @@ def test_torchrun_train_then_evaluate(repo, tmp_path):
     assert opt.returncode == 0 and json.load(open(tmp_path / "opt.json"))["test"]["mrr"] >= again["test"]["mrr"]
 
 
+@pytest.mark.slow
 def test_default_job_learns(repo, tmp_path):
     """The README's main command with no arguments (run folder aside): MRR ≥ 5× an untrained model's."""
     run_dir = str(tmp_path / "default")
@@ -58,6 +60,7 @@ def test_default_job_learns(repo, tmp_path):
     assert trained >= 5 * untrained, (trained, untrained)
 
 
+@pytest.mark.slow
 def test_bad_config_key_exits_2(repo, tmp_path):
     res = torchrun(repo, "--run-dir", str(tmp_path / "x"), "--train.lrr=1")
     assert res.returncode != 0 and "train.lrr: unknown key" in res.stderr
@@ -105,6 +108,7 @@ def test_prepare_db15k_and_features(repo, tmp_path, db15k):
     assert json.load(open(os.path.join(out, "manifest.json")))["modalities"]["visual"]["present"] == 12742
 
 
+@pytest.mark.slow
 def test_text_features_from_names(tmp_path):
     pytest.importorskip("sentence_transformers")
     from mmkgc_dist.data.text import encode_names

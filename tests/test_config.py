@@ -4,7 +4,8 @@ import os
 import pytest
 import yaml
 
-from mmkgc_dist.config import Config, ConfigError, config_yaml, load_config, parse_overrides, resumed_config, to_dict
+from mmkgc_dist.errors import ConfigError
+from mmkgc_dist.config import Config, config_yaml, load_config, parse_overrides, resumed_config, to_dict
 
 
 def test_defaults_equal_default_recipe(repo):

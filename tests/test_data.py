@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from mmkgc_dist.config import SyntheticConfig
-from mmkgc_dist.data.errors import DataError
+from mmkgc_dist.errors import DataError
 from mmkgc_dist.data.features import load_features
 from mmkgc_dist.data.format import FORMAT_VERSION, load_dataset, read_manifest, write_dataset
 from mmkgc_dist.data.openke import read_openke, readable_name
-from mmkgc_dist.data.sampling import NegativeSampler, triple_keys
+from mmkgc_dist.data.sampling import NegativeSampler, triple_index
 from mmkgc_dist.data.statistics import exact_relation_table, head_probability
 from mmkgc_dist.data.synthetic import generate
 
@@ -141,12 +141,12 @@ def test_bernoulli_probabilities_and_filtering():
     sampler = NegativeSampler(train, 6, 2, num_negatives=50, filter_negatives=True)
     batch = train[:3]
     neg = sampler.sample(batch, (0, 0))
-    keys = set(triple_keys(train, 6, 2).tolist())
+    keys = set(triple_index(train, 6, 2).tolist())
     assert neg.head_mode.shape == neg.entities.shape                 # a side per negative (the default)
     for i, (h, r, t) in enumerate(batch):
         for j, e in enumerate(neg.entities[i]):
             cand = (e, r, t) if neg.head_mode[i, j] else (h, r, e)
-            assert triple_keys(np.array([cand]), 6, 2)[0] not in keys or neg.false_negatives > 0
+            assert triple_index(np.array([cand]), 6, 2)[0] not in keys or neg.false_negatives > 0
 
 
 def test_corruption_side_per_negative_follows_the_bernoulli_probabilities():

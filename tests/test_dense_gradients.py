@@ -2,6 +2,7 @@
 sum of every rank's gradient, bucket by bucket; a parameter one rank left unused gets the other rank's gradient
 there too (even an all-zero one), and a parameter no rank used keeps no gradient (one process would not step it
 either). Also the global softmax over columns (the MAT term's three kinds of fake in one collective)."""
+import pytest
 import json
 import os
 
@@ -37,6 +38,7 @@ def _rank(rank: int, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_dense_gradients_are_summed_and_present_wherever_any_rank_used_them(tmp_path):
     run_gloo_ranks(_rank, 2, tmp_path)
     ranks = [json.load(open(tmp_path / f"rank-{r}.json")) for r in range(2)]

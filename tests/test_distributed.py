@@ -42,6 +42,7 @@ def runs(tmp_path_factory):
     return base, one, two
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_rank(runs):
     _, (one,), two = runs
     a, b = np.array(one["losses"]), np.array(two[0]["losses"])
@@ -51,6 +52,7 @@ def test_two_ranks_match_one_rank(runs):
     assert two[0]["losses"] == two[1]["losses"]                  # every rank reports the global loss
 
 
+@pytest.mark.slow
 def test_distributed_evaluation_is_exact(runs):
     _, (one,), two = runs
     for result in (one, two[0], two[1]):
@@ -58,6 +60,7 @@ def test_distributed_evaluation_is_exact(runs):
             assert result["metrics"][key] == pytest.approx(result["reference"][key], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_replicas_identical_and_tables_sharded(runs):
     _, (one,), two = runs
     assert two[0]["dense_exact"] == two[1]["dense_exact"]        # bitwise, after 20 steps
@@ -67,6 +70,7 @@ def test_replicas_identical_and_tables_sharded(runs):
     assert json.loads(two[0]["plan"])["entity"]["sharding_type"] == "row_wise"
 
 
+@pytest.mark.slow
 def test_resume_continues_like_uninterrupted(runs):
     base, _, two = runs
     run_dir = base / "resume-run"
@@ -76,6 +80,7 @@ def test_resume_continues_like_uninterrupted(runs):
     assert resumed[0]["losses"] == two[0]["losses"][10:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("writers, readers", [(2, 1), (1, 2)])
 def test_reshard_checkpoint(tmp_path, writers, readers):
     run_dir = tmp_path / "run"
@@ -85,6 +90,7 @@ def test_reshard_checkpoint(tmp_path, writers, readers):
         assert loaded[0]["metrics"][key] == pytest.approx(saved[0]["metrics"][key], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_zero_stage_2_generator(tmp_path, runs):
     base, _, _ = runs
     zero0 = torchrun(2, tmp_path / "z0", "--train.max_steps=5")
@@ -95,7 +101,7 @@ def test_zero_stage_2_generator(tmp_path, runs):
 
 
 def test_latest_ignores_half_written_checkpoints(tmp_path):
-    from mmkgc_dist.integrity import latest
+    from mmkgc_dist.checkpoint import latest
     (tmp_path / "step-000000005").mkdir()
     (tmp_path / "step-000000005" / "a.pt").write_bytes(b"tables")
     (tmp_path / "step-000000005" / "meta.json").write_text(json.dumps(
@@ -106,6 +112,7 @@ def test_latest_ignores_half_written_checkpoints(tmp_path):
     assert latest(str(tmp_path)).endswith("step-000000005")
 
 
+@pytest.mark.slow
 def test_no_rank_saves_a_model_with_a_nan_in_any_shard(tmp_path):
     """One NaN in rank 1's shard of the entity table: the weights are checked over all ranks before anything is
     written, so both ranks refuse the checkpoint together and nothing is left under checkpoints/."""
@@ -116,6 +123,7 @@ def test_no_rank_saves_a_model_with_a_nan_in_any_shard(tmp_path):
     assert not (run_dir / "checkpoints").exists() or not os.listdir(run_dir / "checkpoints")
 
 
+@pytest.mark.slow
 def test_frozen_fp16_feature_tables(tmp_path):
     result = torchrun(2, tmp_path / "frozen", "--train.max_steps=5", "--model.raw_features=frozen",
                       "--parallel.frozen_dtype=fp16")[0]
@@ -126,6 +134,7 @@ def test_frozen_fp16_feature_tables(tmp_path):
     assert any(drift > 1e-3 for drift in trainable["feature_drift"].values())
 
 
+@pytest.mark.slow
 def test_frozen_bf16_sharded_tables_need_cuda(tmp_path):
     """FBGEMM's CPU lookup has no bf16 kernel: on CPU ranks the run stops before training with an error naming
     the setting and the alternatives (bf16 in one process is tested in test_training.py)."""
@@ -135,6 +144,7 @@ def test_frozen_bf16_sharded_tables_need_cuda(tmp_path):
     assert "parallel.frozen_dtype: bf16 sharded tables need CUDA" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_widths_not_multiple_of_four(tmp_path):
     """TorchRec kernels need widths divisible by 4; d=7 (as d=250 relations) is padded and sliced. An odd
     entity count also gives the ranks unequal candidate shards."""
@@ -143,6 +153,7 @@ def test_widths_not_multiple_of_four(tmp_path):
     assert result["metrics"]["mrr"] == pytest.approx(result["reference"]["mrr"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_forced_sharding_types_and_data_parallel_relations(tmp_path):
     """Forced sharding types (with row-wise Adagrad, which any layout takes): data_parallel relations are
     replicated, trained and kept identical across ranks."""

@@ -16,7 +16,8 @@ import pytest
 
 from mmkgc_dist.data.format import dataset_identity, manifest_files, read_manifest
 from mmkgc_dist.export import read_embeddings
-from mmkgc_dist.integrity import list_checkpoints, sha256, verify
+from mmkgc_dist.checkpoint import list_checkpoints, verify
+from mmkgc_dist.checkpoint.catalogue import sha256
 from mmkgc_dist.outputs import resolve_output
 
 TRIALS = int(os.environ.get("FAULT_TRIALS", 50))
@@ -104,6 +105,7 @@ def world(tmp_path_factory):
     return w, started
 
 
+@pytest.mark.slow
 def test_kill_at_random_points_leaves_old_or_new_complete_versions(world):
     w, seconds = world
     rng = np.random.default_rng(2026)

@@ -40,6 +40,7 @@ def records(run_dir):
     return [json.loads(line) for line in open(path) if line.strip()]
 
 
+@pytest.mark.slow
 def test_kill_one_rank_restarts_and_resumes(tmp_path):
     extra = ["--train.epochs=6", "--train.checkpoint_every_steps=5"]
     reference = tmp_path / "reference"
@@ -77,6 +78,7 @@ def test_kill_one_rank_restarts_and_resumes(tmp_path):
         assert final[key] == pytest.approx(expect[key], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_two_torchrun_agents_multinode(tmp_path):
     port = free_port()
     run_dir = tmp_path / "multi"
@@ -91,6 +93,7 @@ def test_two_torchrun_agents_multinode(tmp_path):
     assert "over 2 ranks" in results["test"]["protocol"] and results["test"]["count"] > 0
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_checkpoints_on_every_rank_and_resumes(tmp_path):
     """torchrun forwards SIGTERM to its workers: the ranks agree on the stop at the next logging step (the flag
     rides on the metrics' all-reduce), write one checkpoint together and exit; --resume continues from it."""

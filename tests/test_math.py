@@ -1,4 +1,5 @@
 """Model math against hand-computed values (plain tensors, no tables, no distribution)."""
+import pytest
 import ast
 import math
 import os
@@ -119,6 +120,7 @@ def test_generators_shapes():
     assert set(out) == {"visual", "text"} and out["text"].shape == (3, 8)
 
 
+@pytest.mark.slow
 def test_kernels_match_reference_and_compiled():
     torch.manual_seed(0)
     q, rows = torch.randn(6, 10, dtype=torch.float64), torch.randn(9, 10, dtype=torch.float64)
@@ -151,6 +153,7 @@ def test_model_math_has_no_distribution_imports():
                 assert not mod.startswith(banned), f"{name} imports {mod}"
 
 
+@pytest.mark.slow
 def test_gathered_distance_gradients_match_autograd():
     torch.manual_seed(0)
     q = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
@@ -165,6 +168,7 @@ def test_gathered_distance_gradients_match_autograd():
         assert torch.allclose(q.grad, expect[0]) and torch.allclose(rows.grad, expect[1])
 
 
+@pytest.mark.slow
 def test_two_sided_distance_values_and_gradients():
     """Per-negative corruption sides: each negative scored against h∘r (tail corrupted) or t∘r̄ (head corrupted);
     values and gradients (queries and rows) equal plain autograd, eager and compiled."""
@@ -272,15 +276,28 @@ def test_rowwise_adagrad_by_hand():
     assert torch.equal(p.detach()[1], torch.zeros(3))
 
 
-def test_importing_the_package_flushes_denormals_on_every_torch_thread():
+@pytest.mark.parametrize("imports", ["import torch, mmkgc_dist", "import mmkgc_dist, torch, mmkgc_dist.model"])
+def test_importing_the_package_flushes_denormals_on_every_torch_thread(imports):
     """Denormal inputs are read as zero by every OpenMP worker of a GEMM (without it they are ~15x slower and a
-    run slows down step after step); checked on values, not on time."""
+    run slows down step after step); checked on values, not on time. The package flushes when imported after
+    torch, the model package when the package came first (the data commands never import torch)."""
     import subprocess
     import sys
-    code = ("import numpy as np, torch, mmkgc_dist\n"
+    code = (f"import numpy as np\n{imports}\nimport torch\n"
             "torch.set_num_threads(2)\n"
             "tiny = torch.from_numpy(np.full((512, 256), 0x007FFFFF, dtype=np.int32).view(np.float32))\n"
             "print(int((tiny @ torch.ones(256, 512)).count_nonzero()))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "0"
+
+
+def test_the_data_commands_never_import_torch():
+    """`mmkgc-dist prepare` and `config` start in a fraction of a second: nothing on their path imports torch."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom mmkgc_dist import cli\nimport mmkgc_dist.data.convert, mmkgc_dist.data.features, "
+            "mmkgc_dist.data.recipes, mmkgc_dist.data.synthetic, mmkgc_dist.data.format\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]

@@ -10,18 +10,9 @@ import pytest
 import torch
 
 from mmkgc_dist import load_run
-from mmkgc_dist.data.errors import DataError
+from mmkgc_dist.errors import QueryError
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TINY = ["--data.synthetic.num_entities=300", "--data.synthetic.num_triples=2400", "--model.dim=8",
-        "--train.batch_size=64", "--train.num_negatives=8", "--mat.hidden=16", "--mat.noise_dim=4",
-        "--train.compile=false", "--train.threads=1", "--train.epochs=2"]
-
-
-def cli(*args, cwd):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE))
-    return subprocess.run([sys.executable, "-m", "mmkgc_dist.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+from support import HERE, TINY, cli
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +28,7 @@ def model(run):
     return load_run(str(run))
 
 
+@pytest.mark.slow
 def test_predict_tails_and_heads_rank_by_score(model):
     tails = model.predict(head="entity_000010", relation="relation_0003", k=7)
     assert [p.rank for p in tails] == list(range(1, 8))
@@ -55,7 +47,7 @@ def test_predict_tails_and_heads_rank_by_score(model):
 
 
 def test_known_answers_marked_or_filtered(model):
-    train = model._known_triples()
+    train = model.model.evaluator.known_triples()
     h, r, t = (int(x) for x in train[0])
     everything = model.predict(head=h, relation=r, k=300, known="mark")
     known = {p.id for p in everything if p.known}
@@ -79,18 +71,19 @@ def test_neighbours(model):
 
 
 def test_bad_queries_are_one_line_errors(model):
-    with pytest.raises(DataError, match=r"unknown entity 'entity_00001' .*closest known: 'entity_000010'"):
+    with pytest.raises(QueryError, match=r"unknown entity 'entity_00001' .*closest known: 'entity_000010'"):
         model.predict(head="entity_00001", relation="relation_0003")
-    with pytest.raises(DataError, match="unknown relation 'relation_3'"):
+    with pytest.raises(QueryError, match="unknown relation 'relation_3'"):
         model.predict(head="entity_000001", relation="relation_3")
-    with pytest.raises(DataError, match="exactly one of head"):
+    with pytest.raises(QueryError, match="exactly one of head"):
         model.predict(head="entity_000001", tail="entity_000002", relation="relation_0003")
-    with pytest.raises(DataError, match=r"entity id 300: out of range \[0, 300\)"):
+    with pytest.raises(QueryError, match=r"entity id 300: out of range \[0, 300\)"):
         model.predict(head=300, relation=0)
-    with pytest.raises(DataError, match="space="):
+    with pytest.raises(QueryError, match="space="):
         model.neighbours(0, space="visual")
 
 
+@pytest.mark.slow
 def test_predict_command(run):
     res = cli("predict", run, "--head", "entity_000010", "--relation", "relation_0003", "--top", "5",
               cwd=run.parent)
@@ -114,6 +107,7 @@ def test_predict_command(run):
     assert bad.returncode == 2 and len(errors) == 1 and "unknown entity 'entity_10'" in errors[0], bad.stderr
 
 
+@pytest.mark.slow
 def test_two_rank_checkpoint_answers_the_same_in_one_process(tmp_path):
     """The bar of the workflow issue: a checkpoint written by 2 gloo ranks, loaded in one process, gives the
     top-10 the 2-rank job computes from its own (gathered) tables."""
@@ -131,6 +125,7 @@ def test_two_rank_checkpoint_answers_the_same_in_one_process(tmp_path):
     assert np.allclose([[p.score for p in q] for q in found], written["top_scores"], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_holds_the_whole_model_and_reads_back(run, model):
     """Relations beside entities, export.json's scoring function: a user scoring outside the package with
     numpy gets the model's own scores."""
@@ -141,12 +136,13 @@ def test_export_holds_the_whole_model_and_reads_back(run, model):
     emb = read_embeddings(str(out))
     assert emb.entity_names == model.entities.names and emb.relation_names == model.relations.names
     assert emb.info["scoring"]["gamma"] == model.rotate.gamma and emb.phases.shape == (len(emb.relation_names), 8)
-    triples = model._known_triples()[:50]
+    triples = model.model.evaluator.known_triples()[:50]
     outside = emb.score(triples[:, 0], triples[:, 1], triples[:, 2])
     assert np.allclose(outside, model.score(triples.tolist()), atol=1e-4)
     assert np.allclose(emb.joint, model.joint.numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_streamed_run_marks_training_answers(tmp_path):
     """A run whose training split streamed from disk: predict finds the training answers of its queries on disk."""
     assert cli("prepare", "synthetic", "ds", "--num_entities=200", "--num_triples=1600", cwd=tmp_path).returncode == 0
@@ -162,3 +158,16 @@ def test_streamed_run_marks_training_answers(tmp_path):
     t = int(train[0, 2])
     marked = {p.id for p in model.predict(relation=r, tail=t, k=200) if p.known}
     assert {int(x) for x in train[(train[:, 2] == t) & (train[:, 1] == r), 0]} <= marked
+
+
+def test_load_run_predicts_without_the_trainer_or_deepspeed(run):
+    """A trained model is loaded and asked without building a trainer: neither train/trainer.py nor DeepSpeed
+    (nor TorchRec's distributed runtime) is imported in the process."""
+    code = ("import sys; from mmkgc_dist import load_run; m = load_run(sys.argv[1]); "
+            "p = m.predict(head='entity_000010', relation='relation_0003', k=3); assert len(p) == 3; "
+            "loaded = [n for n in ('deepspeed', 'mmkgc_dist.train.trainer', 'mmkgc_dist.parallel.distributed', "
+            "'mmkgc_dist.train.lifecycle') if n in sys.modules]; assert not loaded, loaded; print('ok')")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE))
+    res = subprocess.run([sys.executable, "-c", code, str(run)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]

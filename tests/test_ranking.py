@@ -4,8 +4,9 @@ import numpy as np
 import torch
 
 from mmkgc_dist.eval.metrics import link_prediction_metrics
-from mmkgc_dist.eval.ranking import FilterIndex, filtered_ranks, ranks_from_distances
-from mmkgc_dist.divergence import NonFiniteModel
+from mmkgc_dist.eval.engine import filtered_ranks
+from mmkgc_dist.eval.ranking import FilterIndex, ranks_from_distances
+from mmkgc_dist.errors import NonFiniteModel
 from mmkgc_dist.model import DistanceKernels, RotatE, complex_l1_distance
 
 

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from test_predict import cli
+from support import cli
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "datasets")
 pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, "MKG-W", "train2id.txt")),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmkgc_dist.data.sampling import NegativeSampler, triple_keys
+from mmkgc_dist.data.sampling import NegativeSampler, triple_index
 from mmkgc_dist.parallel.distributed import DistributedRuntime
 
 N, R = 500, 7
@@ -70,7 +70,7 @@ def test_filtering_leaves_only_counted_known_triples_and_draws_uniformly():
     h = np.where(head, neg.entities.numpy(), batch[:, :1])
     t = np.where(head, batch[:, 2:3], neg.entities.numpy())
     cand = np.stack([h.ravel(), np.repeat(batch[:, 1], 64), t.ravel()], 1)
-    known = np.isin(triple_keys(cand, N, R), triple_keys(train, N, R))
+    known = np.isin(triple_index(cand, N, R), triple_index(train, N, R))
     assert known.sum() == neg.false_negatives       # survivors after 10 rounds are counted, never hidden
     unfiltered = NegativeSampler(train, N, R, num_negatives=64, seed=2, filter_negatives=False).sample(batch, (0, 0))
     assert unfiltered.false_negatives == 0

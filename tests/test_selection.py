@@ -7,13 +7,14 @@ import os
 import numpy as np
 import pytest
 
-from test_predict import TINY, cli
+from support import TINY, cli
 
 
 def results(run):
     return json.load(open(run / "results.json"))
 
 
+@pytest.mark.slow
 def test_patience_stops_and_the_best_model_is_tested(tmp_path):
     # min_delta above any possible MRR change: every run after the first is "without gain"
     res = cli("train", "--run-dir", "r", *TINY, "--train.epochs=6", "--eval.every_epochs=1",
@@ -38,6 +39,7 @@ def test_patience_stops_and_the_best_model_is_tested(tmp_path):
     assert "### per relation category" in md and "| both |" in md
 
 
+@pytest.mark.slow
 def test_selection_state_survives_resume(tmp_path):
     args = ["--run-dir", "r", *TINY, "--eval.every_epochs=1", "--eval.select_by=hits@3"]
     first = cli("train", *args, "--train.epochs=2", cwd=tmp_path)
@@ -50,6 +52,7 @@ def test_selection_state_survives_resume(tmp_path):
     assert selection["selected"]["value"] == max(values)
 
 
+@pytest.mark.slow
 def test_valid_triples_in_train_are_counted_and_left_out(tmp_path):
     rng = np.random.default_rng(0)
     triples = np.unique(np.stack([rng.integers(0, 60, 900), rng.integers(0, 4, 900), rng.integers(0, 60, 900)], 1),
@@ -72,6 +75,7 @@ def test_valid_triples_in_train_are_counted_and_left_out(tmp_path):
     assert evals and all(e["count"] == 2 * 60 for e in evals if e.get("split") == "valid")
 
 
+@pytest.mark.slow
 def test_mlflow_tracker_offline_file_store(tmp_path):
     """The MLflow tracker for real, offline (file store): parameters, per-step metrics, results artifacts,
     and a resumed run continuing the same MLflow run."""
@@ -94,7 +98,12 @@ def test_mlflow_tracker_offline_file_store(tmp_path):
     train_records = [json.loads(l) for l in open(tmp_path / "r" / "metrics.jsonl") if '"kind": "train"' in l]
     assert [m.step for m in losses] == [r["step"] for r in train_records]
     assert [m.value for m in losses] == pytest.approx([r["loss"] for r in train_records])
-    assert client.get_metric_history(run_id, "eval/hits_at_10")
+    valid, test = (client.get_metric_history(run_id, f"eval/{split}/mrr") for split in ("valid", "test"))
+    assert len(valid) == 2 and len(test) == 2          # one validation per epoch; one test per invocation
+    evals = [json.loads(l) for l in open(tmp_path / "r" / "metrics.jsonl") if '"kind": "eval"' in l]
+    assert [m.value for m in test] == pytest.approx([e["mrr"] for e in evals if e["split"] == "test"])
+    assert client.get_metric_history(run_id, "eval/valid/hits_at_10") and not \
+        client.get_metric_history(run_id, "eval/mrr")      # validation and test never share a series
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"results.json", "results.md"} <= artifacts
 

@@ -37,6 +37,7 @@ def curves(tmp_path_factory):
             "2 ranks": launch(base / "two", 2)}
 
 
+@pytest.mark.slow
 def test_initial_tables_identical_at_any_world_size(curves):
     reference = curves["one process"]["initial"]
     assert set(reference) >= {"entity", "relation", "dense", "generators", "generator_optimizer"}
@@ -44,6 +45,7 @@ def test_initial_tables_identical_at_any_world_size(curves):
         assert run["initial"] == reference, name
 
 
+@pytest.mark.slow
 def test_same_loss_curve_at_any_world_size(curves):
     reference = curves["one process"]["losses"]
     assert len(reference) == STEPS and reference[-1] < 0.9 * reference[0]        # it learns
@@ -53,6 +55,7 @@ def test_same_loss_curve_at_any_world_size(curves):
         assert len(run["losses"]) == STEPS and worst <= 0.02, (name, worst)
 
 
+@pytest.mark.slow
 def test_rowwise_adagrad_is_the_same_at_any_world_size(tmp_path):
     """The optional table optimizer follows the same rule in one process (optim.RowwiseAdagrad) and on the
     sharded tables (FBGEMM's fused EXACT_ROWWISE_ADAGRAD)."""
@@ -63,6 +66,7 @@ def test_rowwise_adagrad_is_the_same_at_any_world_size(tmp_path):
     assert len(two["losses"]) == 15 and worst <= 0.02, worst
 
 
+@pytest.mark.slow
 def test_checkpoints_move_between_world_sizes(curves, tmp_path):
     """One checkpoint format for every world size: one process saves after 5 steps and 2 ranks continue, and
     back; both continuations follow the uninterrupted one-process curve (optimizer state included), and a
@@ -83,6 +87,7 @@ def test_checkpoints_move_between_world_sizes(curves, tmp_path):
         assert evaluated["metrics"][key] == pytest.approx(two_saved["metrics"][key], abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_mat_adversarial_term_same_at_any_world_size(tmp_path):
     """With a large μ the reference adversarial term (softmax over the global batch of fakes) moves the loss
     curve: two ranks follow one process closely, while the plain-mean form — a change of the term of the size
@@ -96,6 +101,7 @@ def test_mat_adversarial_term_same_at_any_world_size(tmp_path):
     assert across_ranks <= 0.01 and across_forms >= 5 * across_ranks, (across_ranks, across_forms)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant, extra", [("AdaMF, MAT off", ("--mat.enabled=false",)),
                                             ("structure-only", ("--mat.enabled=false", "--model.modalities=[]"))])
 def test_variants_without_mat_same_at_any_world_size(tmp_path, variant, extra):

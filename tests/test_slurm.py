@@ -23,6 +23,7 @@ def cluster(tmp_path_factory):
     c.stop()
 
 
+@pytest.mark.slow
 def test_sbatch_two_ranks(cluster, tmp_path):
     run_dir = tmp_path / "run"
     res = subprocess.run([sys.executable, os.path.join(REPO, "launch", "slurm", "submit.py"), "--nodes", "1",
@@ -44,6 +45,7 @@ def test_sbatch_two_ranks(cluster, tmp_path):
     assert "over 2 ranks" in results["test"]["protocol"]
 
 
+@pytest.mark.slow
 def test_submit_rejects_bad_config(cluster, tmp_path):
     res = subprocess.run([sys.executable, os.path.join(REPO, "launch", "slurm", "submit.py"), "--run-dir",
                           str(tmp_path / "x"), "--", "--train.lrr=1"], env=cluster.env, capture_output=True, text=True)

@@ -15,7 +15,7 @@ import pytest
 
 from mmkgc_dist.config import load_config, parse_overrides
 from mmkgc_dist.data.convert import TextLayout, convert_triples
-from mmkgc_dist.data.errors import DataError
+from mmkgc_dist.errors import DataError
 from mmkgc_dist.data.format import KGData, load_dataset, read_manifest, read_training_statistics, write_dataset
 from mmkgc_dist.data.sampling import DegreeDistribution, NegativeSampler
 from mmkgc_dist.data.statistics import TripleStatistics, exact_relation_table, head_probability
@@ -172,6 +172,7 @@ def test_truncated_gzip_and_unreadable_url_are_errors(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tsv.gz", "full.tsv.gz"]
 
 
+@pytest.mark.slow
 def test_prepare_triples_cli(tmp_path):
     write_lines(str(tmp_path / "t.tsv"), [("x", "r", "y"), ("x", "r", "z"), ("oops", "r")])
     cli = [sys.executable, "-m", "mmkgc_dist.cli", "prepare", "triples", str(tmp_path / "ds"),
@@ -369,6 +370,7 @@ def read_export(folder):
     return info, table.sort_by("id")
 
 
+@pytest.mark.slow
 def test_two_rank_streaming_run_and_sharded_export(small_dataset, tmp_path):
     bin_dir = os.path.dirname(sys.executable)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -491,7 +493,7 @@ def test_large_npy_features_are_memory_mapped_in_chunks(tmp_path, converted):
     (["--eval.protocol=sampled", "--eval.sampled_uniform=0", "--eval.sampled_degree=0"], "the sampled protocol needs"),
 ])
 def test_streaming_config_errors_name_the_key(extra, message):
-    from mmkgc_dist.config import ConfigError
+    from mmkgc_dist.errors import ConfigError
     with pytest.raises(ConfigError, match=message):
         load_config(None, parse_overrides(extra))
 
@@ -602,7 +604,7 @@ def test_streamed_training_resumes_exactly(small_dataset, tmp_path, stop):
     second.fit()
     assert second.step == straight.step == 2 * straight.batches_per_epoch()
     import torch
-    a, b = straight.tables.state_dict(), second.tables.state_dict()
+    a, b = straight.runtime.tables.state_dict(), second.runtime.tables.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

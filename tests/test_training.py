@@ -7,7 +7,7 @@ import torch
 
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.synthetic import generate
-from mmkgc_dist.divergence import TrainingDiverged
+from mmkgc_dist.errors import TrainingDiverged
 from mmkgc_dist.train.prefetch import to_device_ahead
 from mmkgc_dist.trainers import local_trainer
 
@@ -28,20 +28,20 @@ def params(module):
 def test_mu_feeds_the_model_and_generator_trains():
     base = make(None, ("train.max_steps", "1"), ("mat.mu", "0.0"))
     adv = make(None, ("train.max_steps", "1"), ("mat.mu", "0.5"))
-    g0 = params(adv.generators)
+    g0 = params(adv.runtime.generators)
     base.fit(), adv.fit()
-    assert not torch.equal(base.model.fusion.attention, adv.model.fusion.attention)   # μ>0 changes the model
-    assert any(not torch.equal(g0[k], v) for k, v in params(adv.generators).items())  # generator stepped
+    assert not torch.equal(base.runtime.model.fusion.attention, adv.runtime.model.fusion.attention)   # μ>0 changes the model
+    assert any(not torch.equal(g0[k], v) for k, v in params(adv.runtime.generators).items())  # generator stepped
 
 
 def test_frozen_features_stay_fixed_trainable_move():
     frozen = make(None, ("train.max_steps", "2"), ("model.raw_features", "frozen"))
     trainable = make(None, ("train.max_steps", "2"))
-    before = frozen.tables.features["visual"].weight.clone()
+    before = frozen.runtime.tables.features["visual"].weight.clone()
     frozen.fit(), trainable.fit()
-    assert torch.equal(frozen.tables.features["visual"].weight, before)
-    assert not torch.equal(trainable.tables.features["visual"].weight, before)
-    assert not any(p is frozen.tables.features["visual"].weight for g in frozen.opt_model.param_groups
+    assert torch.equal(frozen.runtime.tables.features["visual"].weight, before)
+    assert not torch.equal(trainable.runtime.tables.features["visual"].weight, before)
+    assert not any(p is frozen.runtime.tables.features["visual"].weight for g in frozen.runtime.opt_model.param_groups
                    for p in g["params"])
 
 
@@ -51,9 +51,9 @@ def test_frozen_features_in_half_precision(name, dtype, tolerance):
     give fp32 rows equal to the fp32 run's up to the half type's rounding, and training runs."""
     full = make(None, ("train.max_steps", "2"), ("model.raw_features", "frozen"))
     half = make(None, ("train.max_steps", "2"), ("model.raw_features", "frozen"), ("parallel.frozen_dtype", name))
-    assert half.tables.features["visual"].weight.dtype == dtype
+    assert half.runtime.tables.features["visual"].weight.dtype == dtype
     ids = torch.arange(50)
-    a, b = full.tables.entities(ids).features["visual"], half.tables.entities(ids).features["visual"]
+    a, b = full.runtime.tables.entities(ids).features["visual"], half.runtime.tables.entities(ids).features["visual"]
     assert b.dtype == torch.float32 and torch.allclose(a, b, rtol=tolerance, atol=tolerance) and not torch.equal(a, b)
     assert torch.isfinite(torch.tensor(half.fit()["loss"]))
 
@@ -69,10 +69,11 @@ def test_training_never_writes_into_the_callers_dataset():
     assert all((data.features[m].values == v).all() for m, v in before.items())
     second = local_trainer(cfg, data, None, show_progress=False)
     second.fit()
-    assert torch.equal(first.tables.features["visual"].weight, second.tables.features["visual"].weight)
-    assert torch.equal(first.tables.entity.weight, second.tables.entity.weight)
+    assert torch.equal(first.runtime.tables.features["visual"].weight, second.runtime.tables.features["visual"].weight)
+    assert torch.equal(first.runtime.tables.entity.weight, second.runtime.tables.entity.weight)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("negatives, stop", [("per_positive", "train.epochs=1"), ("chunk_shared", "train.epochs=1"),
                                              ("per_positive", "train.max_steps=7")])
 def test_resume_matches_uninterrupted(tmp_path, negatives, stop):
@@ -87,12 +88,13 @@ def test_resume_matches_uninterrupted(tmp_path, negatives, stop):
     assert second.resume() and second.step == first.step
     second.fit()
     assert second.step == straight.step
-    for key, value in params(straight.tables).items():
-        assert torch.equal(value, params(second.tables)[key]), key
-    for key, value in params(straight.generators).items():
-        assert torch.equal(value, params(second.generators)[key]), key
+    for key, value in params(straight.runtime.tables).items():
+        assert torch.equal(value, params(second.runtime.tables)[key]), key
+    for key, value in params(straight.runtime.generators).items():
+        assert torch.equal(value, params(second.runtime.generators)[key]), key
 
 
+@pytest.mark.slow
 def test_features_beat_structure_only_and_untrained():
     fused = make(None, ("train.epochs", "8"), ("train.lr", "0.01"))
     untrained = fused.evaluate("test")["mrr"]
@@ -122,7 +124,7 @@ def test_training_stops_with_a_clear_error_when_the_loss_goes_non_finite():
     """A NaN loss is caught at the next logging step (where the losses are read anyway), not trained on."""
     trainer = make(None, ("train.max_steps", "3"), ("train.log_every", "1"))
     with torch.no_grad():
-        trainer.tables.entity.weight[:] = float("nan")
+        trainer.runtime.tables.entity.weight[:] = float("nan")
     with pytest.raises(TrainingDiverged, match="training diverged at epoch 0, step 1"):
         trainer.fit()
 
@@ -134,7 +136,7 @@ def nan_after_first_step(trainer):
     def poisoned(*args):
         out = step(*args)
         with torch.no_grad():
-            trainer.tables.entity.weight[:] = float("nan")
+            trainer.runtime.tables.entity.weight[:] = float("nan")
         return out
     trainer.step_fn = poisoned
 
@@ -159,7 +161,7 @@ def test_no_checkpoint_of_a_diverged_model(tmp_path):
         calls.append(1)
         if len(calls) == 2:
             with torch.no_grad():
-                trainer.tables.entity.weight[0, 0] = float("nan")
+                trainer.runtime.tables.entity.weight[0, 0] = float("nan")
         return out
     trainer.step_fn = nan_at_step_2
     with pytest.raises(TrainingDiverged, match="not written: the model holds 1 NaN/inf weights at epoch 0, step 2"):

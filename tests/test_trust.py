@@ -18,10 +18,10 @@ import time
 import numpy as np
 import pytest
 
-from mmkgc_dist.data.errors import DataError
+from mmkgc_dist.errors import CheckpointError, DataError, OutputError
 from mmkgc_dist.data.format import KGData, load_dataset, write_dataset
-from mmkgc_dist.integrity import Checkpoint, read_selection, verify
-from test_predict import HERE, TINY, cli
+from mmkgc_dist.checkpoint import Checkpoint, read_selection, verify
+from support import HERE, TINY, cli
 
 RUN = ["--run-dir", "r", *TINY]
 
@@ -53,6 +53,7 @@ def copy_run(trained, tmp_path):
     return tmp_path / "r"
 
 
+@pytest.mark.slow
 def test_overwrite_removes_the_selection_record_of_the_old_run(trained, tmp_path):
     run = copy_run(trained, tmp_path)
     assert (run / "checkpoints" / "best.json").exists()
@@ -62,6 +63,7 @@ def test_overwrite_removes_the_selection_record_of_the_old_run(trained, tmp_path
     assert "selection" not in json.load(open(run / "results.json"))
 
 
+@pytest.mark.slow
 def test_resume_takes_the_runs_own_config_and_refuses_a_changed_model(trained, tmp_path):
     run = copy_run(trained, tmp_path)
     created = (run / "config.yaml").read_text()
@@ -74,6 +76,7 @@ def test_resume_takes_the_runs_own_config_and_refuses_a_changed_model(trained, t
     assert (run / "config.yaml").read_text() == created          # refused before anything was written
 
 
+@pytest.mark.slow
 def test_resume_with_only_damaged_checkpoints_stops(trained, tmp_path):
     run = copy_run(trained, tmp_path)
     for name in os.listdir(run / "checkpoints"):
@@ -85,6 +88,7 @@ def test_resume_with_only_damaged_checkpoints_stops(trained, tmp_path):
     assert (run / "metrics.jsonl").read_text() == metrics          # nothing trained over the run
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_without_checkpoints_stops(trained, tmp_path):
     run = copy_run(trained, tmp_path)
     import shutil
@@ -93,6 +97,7 @@ def test_resume_of_a_run_without_checkpoints_stops(trained, tmp_path):
     fails(cli("train", "--run-dir", "r", "--resume", cwd=tmp_path), "no checkpoint to resume from")
 
 
+@pytest.mark.slow
 def test_a_re_prepared_dataset_is_refused_by_the_runs_of_the_old_one(trained, tmp_path):
     import shutil
     shutil.copytree(trained / "ds", tmp_path / "ds")
@@ -143,6 +148,7 @@ def test_duplicate_entity_names_are_refused(tmp_path):
     assert not (tmp_path / "ds").exists()
 
 
+@pytest.mark.slow
 def test_an_empty_training_split_is_refused(tmp_path):
     data = KGData(3, 1, {"train": np.zeros((0, 3), np.int64), "test": np.array([[0, 0, 1]])}, ["a", "b", "c"],
                   ["r"])
@@ -153,6 +159,7 @@ def test_an_empty_training_split_is_refused(tmp_path):
     assert not (tmp_path / "r" / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_a_folder_without_the_marker_is_never_taken_for_a_run(tmp_path):
     mine = tmp_path / "r"
     (mine / "checkpoints").mkdir(parents=True)
@@ -162,6 +169,7 @@ def test_a_folder_without_the_marker_is_never_taken_for_a_run(tmp_path):
     assert (mine / "checkpoints" / "notes").read_text() == "keep" and not (mine / ".mmkgc-dist").exists()
 
 
+@pytest.mark.slow
 def test_overwrite_never_deletes_through_a_symbolic_link(trained, tmp_path):
     run = copy_run(trained, tmp_path)
     other = copy_run(trained, tmp_path / "other")
@@ -187,6 +195,7 @@ def test_a_checkpoint_is_its_own_files_all_verified(trained, tmp_path):
     assert "records no file digests" in verify(ckpt)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["/etc", "../../r2/checkpoints/step-000000001", "step-1"])
 def test_best_json_names_one_of_the_runs_checkpoints_or_is_refused(trained, tmp_path, name):
     run = copy_run(trained, tmp_path)
@@ -194,13 +203,14 @@ def test_best_json_names_one_of_the_runs_checkpoints_or_is_refused(trained, tmp_
     record = json.load(open(path))
     record["best"]["checkpoint"] = name
     path.write_text(json.dumps(record))
-    with pytest.raises(DataError, match="expected the name of one of the run's own checkpoints"):
+    with pytest.raises(CheckpointError, match="expected the name of one of the run's own checkpoints"):
         read_selection(str(run / "checkpoints"))
     fails(cli("train", "--run-dir", "r", "--resume", "--train.epochs=3", cwd=tmp_path), "best.json")
     path.write_text("{not json")
     fails(cli("train", "--run-dir", "r", "--resume", "--train.epochs=3", cwd=tmp_path), "best.json")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_at_a_step_boundary_and_the_run_resumes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE))
     args = [sys.executable, "-m", "mmkgc_dist.cli", "train", *RUN, "--train.epochs=200", "--train.log_every=1",
@@ -237,6 +247,7 @@ def test_a_feature_import_refuses_an_input_inside_the_dataset(trained, tmp_path)
     assert inside.exists()
 
 
+@pytest.mark.slow
 def test_dataset_overwrite_refuses_a_folder_holding_a_users_files(tmp_path):
     assert cli("prepare", "synthetic", "ds", "--num_entities=50", "--num_triples=200", cwd=tmp_path).returncode == 0
     (tmp_path / "ds" / "notes.txt").write_text("mine")
@@ -245,6 +256,7 @@ def test_dataset_overwrite_refuses_a_folder_holding_a_users_files(tmp_path):
     assert (tmp_path / "ds" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_outputs_never_land_inside_a_dataset(trained, tmp_path):
     import shutil
     shutil.copytree(trained / "ds", tmp_path / "ds")
@@ -263,7 +275,7 @@ def test_outputs_never_land_inside_a_dataset(trained, tmp_path):
 def test_local_urls_are_checked_like_paths(tmp_path):
     from mmkgc_dist.outputs import check_output
     (tmp_path / "src").mkdir()
-    with pytest.raises(DataError, match="overlaps the input"):
+    with pytest.raises(OutputError, match="overlaps the input"):
         check_output(str(tmp_path / "src" / "out"), "dataset", (f"local://{tmp_path / 'src'}",))
 
 
@@ -272,7 +284,7 @@ def test_a_folder_that_appears_before_the_swap_is_left_alone(tmp_path):
     builder = OutputBuilder(str(tmp_path / "out"), "dataset").create()
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "theirs.txt").write_text("keep")     # created after the command checked OUT
-    with pytest.raises(DataError, match="changed while"):
+    with pytest.raises(OutputError, match="changed while"):
         builder.commit()
     assert (tmp_path / "out" / "theirs.txt").read_text() == "keep" and os.path.isdir(builder.tmp)
 
@@ -283,10 +295,11 @@ def _take_lock(folder, queue):
         FolderLock(folder).acquire()
         queue.put("won")
         time.sleep(5)                    # hold it while the others try
-    except DataError as exc:
+    except OutputError as exc:
         queue.put(str(exc))
 
 
+@pytest.mark.slow
 def test_a_stale_lock_is_broken_by_exactly_one_of_racing_writers(tmp_path):
     import multiprocessing
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -307,7 +320,7 @@ def test_a_stale_lock_is_broken_by_exactly_one_of_racing_writers(tmp_path):
 def test_an_unreadable_lock_names_the_file_not_a_pid_of_none(tmp_path):
     from mmkgc_dist.outputs import FolderLock
     (tmp_path / ".lock").write_text("")
-    with pytest.raises(DataError) as err:
+    with pytest.raises(OutputError) as err:
         FolderLock(str(tmp_path), "run folder").acquire()
     assert "None" not in str(err.value) and str(tmp_path / ".lock") in str(err.value)
 

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     sys.path.insert(0, REPO)
-    from mmkgc_dist.config import ConfigError, load_config, parse_overrides
+    from mmkgc_dist.config import load_config, parse_overrides
+    from mmkgc_dist.errors import ConfigError
     try:
         load_config(args.config, parse_overrides([a for a in train_args if a not in RUN_FLAGS]))
     except ConfigError as exc:

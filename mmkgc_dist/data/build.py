@@ -1,11 +1,15 @@
-"""Config → in-memory dataset (generated or read from a prepared Parquet folder)."""
+"""Config → in-memory dataset (generated or read from a prepared Parquet folder), and the modalities it fuses."""
 from __future__ import annotations
+
+import logging
 
 from ..config import Config
 from ..outputs import resolve_output
-from .errors import DataError
+from ..errors import DataError
 from .format import KGData, load_dataset
 from .synthetic import generate
+
+log = logging.getLogger("mmkgc_dist")
 
 
 def build_dataset(cfg: Config, feature_values: bool = True) -> KGData:
@@ -20,3 +24,11 @@ def build_dataset(cfg: Config, feature_values: bool = True) -> KGData:
         raise DataError(f"eval.splits: the dataset {cfg.data.path} has no {', '.join(missing)} split (it has "
                         f"{', '.join(data.splits) or 'none'}); set --eval.splits to splits it has")
     return data
+
+
+def fused_modalities(cfg: Config, data: KGData) -> list[str]:
+    """Configured modalities the data has; a modality absent from the data is missing for every entity."""
+    missing = [m for m in cfg.model.modalities if m not in data.features]
+    for m in missing:
+        log.warning("modality %r: no features in the dataset (missing for all entities); fusing without it", m)
+    return [m for m in cfg.model.modalities if m in data.features]

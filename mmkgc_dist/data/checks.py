@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 log = logging.getLogger("mmkgc_dist")
 OVERLAPS = (("valid", "train"), ("test", "train"), ("test", "valid"))

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from .checks import SplitChecks, check_splits
-from .errors import DataError
+from ..errors import DataError
 from .format import FORMAT_NAME, FORMAT_VERSION, ROW_GROUP_ROWS, TripleWriter, relation_stats_table, write_manifest
 from .statistics import SKETCH_SIZE, TripleStatistics, exact_relation_table
 

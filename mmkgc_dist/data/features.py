@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import DataError
+from ..errors import DataError
 from ..outputs import local_path, real_path, refuse_links, within
 from .format import (FORMAT_VERSION, FeatureChecks, Features, _join, first_null, manifest_files, read_manifest,
                      write_manifest)

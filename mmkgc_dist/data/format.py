@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import DataError
+from ..errors import DataError
 from .statistics import TripleStatistics, exact_relation_table
 
 FORMAT_NAME = "mmkgc-dist"
@@ -230,17 +230,16 @@ def _join(root: str, rel: str) -> str:
 
 def read_manifest(root: str) -> dict:
     path = _join(root, "manifest.json")
-    try:
+
+    def load():
         with fsspec.open(path, "r") as fh:
-            manifest = json.load(fh)
-    except FileNotFoundError:
-        raise DataError(f"{path}: manifest not found; is {root} a dataset written by `mmkgc-dist prepare`?")
-    except NotADirectoryError:
-        raise DataError(f"{root}: is a file; expected a dataset folder written by `mmkgc-dist prepare`")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc})")
+            return json.load(fh)
+
+    manifest = _reading(load, {
+        FileNotFoundError: lambda e: f"{path}: manifest not found; is {root} a dataset written by `mmkgc-dist prepare`?",
+        NotADirectoryError: lambda e: f"{root}: is a file; expected a dataset folder written by `mmkgc-dist prepare`",
+        (json.JSONDecodeError, UnicodeDecodeError): lambda e: f"{path}: not valid JSON ({e})",
+        OSError: lambda e: f"{path}: cannot be read ({e})"})
     if not isinstance(manifest, dict):
         raise DataError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     if manifest.get("format") != FORMAT_NAME:
@@ -286,16 +285,25 @@ def _check_manifest_paths(path: str, manifest: dict) -> None:
             raise DataError(f"{path}: field {key} is {rel!r}; expected a relative path inside the dataset")
 
 
-def _read_table(path: str, columns=None) -> pa.Table:
+def _reading(read, reasons: dict):
+    """``read()``; an exception of a class ``reasons`` names (first match wins) becomes a DataError with the
+    message that class's function makes of it."""
+    caught = tuple(c for key in reasons for c in (key if isinstance(key, tuple) else (key,)))
     try:
+        return read()
+    except caught as exc:
+        message = next(say for cls, say in reasons.items() if isinstance(exc, cls))
+        raise DataError(message(exc)) from None
+
+
+def _read_table(path: str, columns=None) -> pa.Table:
+    def read():
         with fsspec.open(path, "rb") as fh:
             return pq.read_table(fh, columns=columns)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file listed in the manifest is missing")
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: not a readable Parquet file ({exc})")
-    except KeyError as exc:
-        raise DataError(f"{path}: column {exc} missing")
+
+    return _reading(read, {FileNotFoundError: lambda e: f"{path}: file listed in the manifest is missing",
+                           (pa.ArrowInvalid, OSError): lambda e: f"{path}: not a readable Parquet file ({e})",
+                           KeyError: lambda e: f"{path}: column {e} missing"})
 
 
 def read_training_statistics(root: str, manifest: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -10,7 +10,7 @@ import urllib.parse
 import fsspec
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 from .format import KGData
 
 SPLIT_FILES = {"train": "train2id.txt", "valid": "valid2id.txt", "test": "test2id.txt"}

@@ -16,12 +16,13 @@ entities by Wikidata ids, which carry no text).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 
 import fsspec
 
-from .errors import DataError
+from ..errors import DataError
 
 COMMIT = "50930e9b28aed57133bedfc281391185ac9b68a4"
 BASE_URL = f"https://raw.githubusercontent.com/zjukg/AdaMF-MAT/{COMMIT}/benchmarks"
@@ -38,29 +39,19 @@ class Recipe:
     files: dict = None      # file -> (bytes, SHA-256) at COMMIT
 
 
-RECIPES = {r.name: r for r in (
-    Recipe("DB15K", {"entity2id.txt": 12842, "relation2id.txt": 279, "train2id.txt": 79222, "valid2id.txt": 9904,
-                     "test2id.txt": 9902}, text_names=True, allow_duplicates=True, allow_overlap=True,
-           files={"entity2id.txt": (674491, "8f8d070f1bb24d07ed3050e4e4e780cb7f2245d0b14db3346e8db4fa55981728"),
-                  "relation2id.txt": (12591, "25e5a975ee079dbd5b8d22ffe23575a9e3135d263e0a3763224777bf526c1a74"),
-                  "train2id.txt": (1030308, "d41f9b9ab5c0e6eed393e0f93febb4258dc02e5e4a4e2a99c49410d167522804"),
-                  "valid2id.txt": (127702, "dc7ed39aa14e35a2f7ac09a0ff046067ee0e0d7953f8a204f04e7c09776095b1"),
-                  "test2id.txt": (128692, "15f28535d04f3711b739a49d824f2346167384283cde57123376392d418ad6de")}),
-    Recipe("MKG-W", {"entity2id.txt": 15000, "relation2id.txt": 169, "train2id.txt": 34196, "valid2id.txt": 4276,
-                     "test2id.txt": 4274}, text_names=False, allow_duplicates=True, allow_overlap=True,
-           files={"entity2id.txt": (672264, "d94b546efcb535d8253821626dd32f3ee876b2f263b727a4a446bc74697785df"),
-                  "relation2id.txt": (6656, "204203e03a92d4f973ee815449695bcfaae1b6917fcb08b65f3b0fb071a47f61"),
-                  "train2id.txt": (416832, "a9f316506a20a7b5bef7de3ceaaa1e82de554b8e92e6aa26e7cb54bcd8ada53d"),
-                  "valid2id.txt": (52959, "34dd556893b8e4832600298864dbd18012529a1f172793c21e45ad7bdee9d189"),
-                  "test2id.txt": (52754, "0e1294b1f95c8ef80ad422aeefafea321d16c1d127570e6bb566882b2e053989")}),
-    Recipe("MKG-Y", {"entity2id.txt": 15000, "relation2id.txt": 28, "train2id.txt": 21310, "valid2id.txt": 2665,
-                     "test2id.txt": 2663}, text_names=False, allow_duplicates=True, allow_overlap=True,
-           files={"entity2id.txt": (348207, "416f6f77c13d0cf0c5cae9625a62b9f7d26320c27ae408f5ce4e7eae3206b8d9"),
-                  "relation2id.txt": (391, "78d468edc02688f742c9b5a1030a071789ab24784dd2e48897643fe108ff4e4d"),
-                  "train2id.txt": (259293, "71310c2c274e5ba2ce550433ef5c8496920bd03f50fd6057e64fc9c34e1e1aac"),
-                  "valid2id.txt": (33252, "6c82db2d2b809aabf72f94bc19be3080b53ffba1caec12b81510354a7fe3470e"),
-                  "test2id.txt": (33300, "8602cbbe7e3aef2c857df66eec5f7e4a2d6b02b19f58feff085688fb28980158")}),
-)}
+def _read_pins() -> dict[str, Recipe]:
+    """The recipes and their pinned files, from recipes.json beside this module (data, not code)."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes.json")) as fh:
+        pinned = json.load(fh)
+    if pinned["commit"] != COMMIT:
+        raise RuntimeError("recipes.json pins another commit than recipes.COMMIT")
+    return {name: Recipe(name, {f: v["records"] for f, v in r["files"].items()}, r["text_names"],
+                         r["allow_duplicates"], r["allow_overlap"],
+                         {f: (v["bytes"], v["sha256"]) for f, v in r["files"].items()})
+            for name, r in pinned["recipes"].items()}
+
+
+RECIPES = _read_pins()
 
 
 def recipe(name: str) -> Recipe:

@@ -72,8 +72,9 @@ class KnownTriples:
         return hit
 
 
-def triple_keys(triples: np.ndarray, num_entities: int, num_relations: int) -> np.ndarray:
-    """One int64 per (h, r, t); exact for graphs up to ~2^63 / (N² R) (checked by the caller)."""
+def triple_index(triples: np.ndarray, num_entities: int, num_relations: int) -> np.ndarray:
+    """The position of each (h, r, t) in the N x R x N grid, one int64 (a plain integer the device can sort and
+    search, unlike checks.triple_keys' structured fallback); exact up to N² R < 2^63 (checked by the caller)."""
     return (triples[:, 0] * num_relations + triples[:, 1]) * num_entities + triples[:, 2]
 
 
@@ -134,7 +135,7 @@ class NegativeSampler:
         if self.filter:
             if float(num_entities) ** 2 * num_relations >= 2 ** 62:
                 raise ValueError("graph too large for exact negative filtering; set train.filter_negatives=false")
-            self.known = KnownTriples(triple_keys(train, num_entities, num_relations), self.device)
+            self.known = KnownTriples(triple_index(train, num_entities, num_relations), self.device)
         # The elementwise parts fuse into one loop each under torch.compile (5x on CPU; sizes vary by batch).
         wrap = (lambda fn: torch.compile(fn, dynamic=True)) if compile else (lambda fn: fn)
         self._uniform_draws, self._candidate_keys = wrap(uniform_draws), wrap(candidate_keys)

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..rng import numpy_rng
-from .errors import DataError
+from ..errors import DataError
 from .format import TRIPLE_SCHEMA, _join, dataset_identity, first_null, read_manifest
 
 

@@ -16,11 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..divergence import NonFiniteModel
+from ..errors import NonFiniteModel
 from ..model import DistanceKernels, RotatE
-from .ranking import FilterIndex, count_better_equal, ranks_from_counts, sampled_chunks
-
-DIRECTIONS = (("tail", 0, 2, 1.0), ("head", 2, 0, -1.0))   # (name, anchor column, answer column, sign)
+from .ranking import DIRECTIONS, FilterIndex, count_better_equal, ranks_from_counts, sampled_chunks
 
 
 @dataclass
@@ -133,3 +131,12 @@ def _sampled(shard, relations, rotate, kernels, triples, known, cfg, degree, num
         else:
             better = equal = torch.zeros(len(chunk), dtype=torch.float64, device=device)
         yield direction, chunk, better, equal, (~excluded).sum(1) + 1
+
+
+def filtered_ranks(joint: Tensor, relation_rows: Tensor, rotate: RotatE, triples: np.ndarray, known: np.ndarray,
+                   kernels: DistanceKernels, batch_size: int = 256, ties: str = "realistic",
+                   progress=None) -> dict[str, np.ndarray]:
+    """Ranks of the true tail (queries (h, r, ?)) and the true head ((?, r, t)) for every triple, against all
+    entities: the engine on one shard holding every entity. joint [N, 2d], relation_rows [R, d]."""
+    return rank_queries(CandidateShard.whole(joint), relation_rows, rotate, kernels, triples, known, ties,
+                        batch_size, progress=progress)

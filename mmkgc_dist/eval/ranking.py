@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..model import DistanceKernels, RotatE
 from ..rng import numpy_rng
 
 TIE_POLICIES = ("realistic", "optimistic", "pessimistic")
+DIRECTIONS = (("tail", 0, 2, 1.0), ("head", 2, 0, -1.0))   # (name, anchor column, answer column, sign)
 
 
 class FilterIndex:
@@ -61,16 +61,6 @@ def ranks_from_distances(dist: Tensor, target: Tensor, filter_rows: Tensor, filt
     rows = torch.cat([filter_rows, torch.arange(len(target), device=target.device)])
     cols = torch.cat([filter_cols, target])
     return ranks_from_counts(*count_better_equal(dist, true, rows, cols), ties)
-
-
-def filtered_ranks(joint: Tensor, relation_rows: Tensor, rotate: RotatE, triples: np.ndarray, known: np.ndarray,
-                   kernels: DistanceKernels, batch_size: int = 256, ties: str = "realistic",
-                   progress=None) -> dict[str, np.ndarray]:
-    """Ranks of the true tail (queries (h, r, ?)) and the true head ((?, r, t)) for every triple, against all
-    entities: the engine (engine.py) on one shard holding every entity. joint [N, 2d], relation_rows [R, d]."""
-    from .engine import CandidateShard, rank_queries
-    return rank_queries(CandidateShard.whole(joint), relation_rows, rotate, kernels, triples, known, ties,
-                        batch_size, progress=progress)
 
 
 # --------------------------------------------------------------------------------------- sampled protocol
@@ -121,8 +111,7 @@ def excluded_candidates(index: FilterIndex, anchors: np.ndarray, relations: np.n
 def sampled_chunks(triples: np.ndarray, num_relations: int, known: np.ndarray, num_entities: int, degree,
                    cfg, seed: int):
     """(direction, sign, chunk, anchor ids, answer ids, candidates [b, k], excluded [b, k]) per query chunk."""
-    for d, (direction, anchor_col, answer_col, sign) in enumerate(
-            (("tail", 0, 2, 1.0), ("head", 2, 0, -1.0))):
+    for d, (direction, anchor_col, answer_col, sign) in enumerate(DIRECTIONS):
         index = FilterIndex(known, num_relations, anchor_col, answer_col)
         for c, start in enumerate(range(0, len(triples), cfg.batch_size)):
             chunk = triples[start:start + cfg.batch_size]
@@ -130,12 +119,3 @@ def sampled_chunks(triples: np.ndarray, num_relations: int, known: np.ndarray, n
             cand = sampled_candidates(rng, len(chunk), num_entities, cfg.sampled_uniform, degree, cfg.sampled_degree)
             excluded = excluded_candidates(index, chunk[:, anchor_col], chunk[:, 1], chunk[:, answer_col], cand)
             yield direction, sign, chunk, chunk[:, anchor_col], chunk[:, answer_col], cand, excluded
-
-
-def sampled_ranks(joint: Tensor, relation_rows: Tensor, rotate: RotatE, triples: np.ndarray, known: np.ndarray,
-                  kernels: DistanceKernels, degree, cfg, seed: int, ties: str = "realistic",
-                  progress=None) -> dict[str, np.ndarray]:
-    """Ranks against sampled candidates (see above), on one shard holding every entity's embedding."""
-    from .engine import CandidateShard, rank_queries
-    return rank_queries(CandidateShard.whole(joint), relation_rows, rotate, kernels, triples, known, ties,
-                        cfg.batch_size, (cfg, degree, joint.shape[0], seed), progress=progress)

@@ -1,6 +1,6 @@
-"""The distributed runtime: TorchRec-sharded tables, DDP-synchronised AdaMF fusion, DeepSpeed generator engine,
-each rank's part of every global batch, candidate-sharded evaluation; checkpoints in the one format of every
-world size (checkpoint.py). ``train.Trainer`` runs the same loop, step and evaluation over it as over
+"""The distributed runtime: TorchRec-sharded tables, data-parallel AdaMF fusion (dense gradients summed in flat
+buckets), DeepSpeed generator engine, each rank's part of every global batch, candidate-sharded evaluation;
+checkpoints in the one format of every world size (checkpoint/format.py). ``train.Trainer`` runs the same loop, step and evaluation over it as over
 ``local.LocalRuntime``.
 
 Gradient scaling: every rank's loss is the mean over its own positives, multiplied by its share of the global
@@ -20,21 +20,20 @@ from __future__ import annotations
 
 import logging
 
-import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import Config, ConfigError
+from ..config import Config
+from ..errors import ConfigError
 from ..data.format import KGData
 from ..eval.engine import CandidateShard
-from ..integrity import safe_deepspeed_engine
+from ..checkpoint.safe_load import safe_deepspeed_engine
 from ..model import MATGenerators
 from ..model.kgc import MultiModalKGC, unique_ids
 from ..optim import OptimizerGroup, load_table_state, table_optimizer, table_state
 from ..rng import torch_seed
-from .checkpoint import CheckpointIO
 from .embedder import OwnerEmbedder, owner_block
 from .env import DistEnv, global_softmax, init_distributed
 from .tables import ShardedTables
@@ -108,7 +107,7 @@ def slice_bounds(rows: int, rank: int, world: int) -> tuple[int, int]:
     return rank * rows // world, (rank + 1) * rows // world
 
 
-class DistributedRuntime(CheckpointIO):
+class DistributedRuntime:
     def __init__(self, cfg: Config, env: DistEnv | None = None):
         self.cfg = cfg
         self.env = env or init_distributed()
@@ -133,8 +132,8 @@ class DistributedRuntime(CheckpointIO):
                                     cfg.model.raw_features == "trainable", cfg.parallel, cfg.train.seed,
                                     cfg.train.table_optimizer, cfg.train.lr, cfg.train.adagrad_lr)
         torch_seed(cfg.train.seed, "dense_init")   # the planner/DMP consume RNG by world size; dense init must not
-        self.core = self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()})
-        dense = list(self.core.parameters())
+        self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()})
+        dense = list(self.model.parameters())
         _broadcast(dense)                        # identical by seeding already; a cheap guarantee
         self.embedder = OwnerEmbedder(self.tables, self.model, data.num_entities, env.world_size)
         self.replicated = {name.split(".")[0]: p for name, p in self.tables.dmp.named_parameters()
@@ -154,6 +153,8 @@ class DistributedRuntime(CheckpointIO):
         if use_mat:
             torch_seed(cfg.train.seed, "generator_init")
             generators = MATGenerators(modalities, width, cfg.mat.noise_dim, cfg.mat.hidden)
+            import deepspeed          # only with MAT: a trained model's evaluation never starts it
+
             self.engine, self.opt_generator, _, _ = deepspeed.initialize(
                 model=generators, model_parameters=generators.parameters(),
                 config=deepspeed_config(cfg, cfg.train.batch_size // env.world_size), dist_init_required=False)
@@ -224,7 +225,7 @@ class DistributedRuntime(CheckpointIO):
             entities, _ = self.embedder(unique, torch.zeros(0, dtype=torch.long))
             return entities.joint[inverse]
         rows, _ = self.tables.lookup(ids, torch.zeros(0, dtype=torch.long))
-        return self.core.embed(rows)[0]
+        return self.model.embed(rows)[0]
 
     def _owned_rows(self, ids: torch.Tensor):
         """Rows of ids this rank owns: read from its own shards in the owners' layout (no collective), through
@@ -241,7 +242,7 @@ class DistributedRuntime(CheckpointIO):
             ids = torch.arange(lo + start, min(lo + start + chunk, hi)) if lo + start < hi \
                 else torch.zeros(0, dtype=torch.long)
             rows = self._owned_rows(ids)
-            joint, weights = self.core.embed(rows)
+            joint, weights = self.model.embed(rows)
             if len(ids):
                 yield ids, rows.structural, joint, weights
 
@@ -293,7 +294,7 @@ class DistributedRuntime(CheckpointIO):
         trainable tables and of their optimizer state, the replicated tables and the fusion weights."""
         tables = self.tables
         state = {"tables": {name: tables._weight(name) for name, trainable in tables.trainable.items() if trainable},
-                 "dense": self.core.state_dict()}
+                 "dense": self.model.state_dict()}
         if optimizer:
             named = tables.row_optimizer.sharded_state() if tables.row_optimizer is not None else {}
             if self.replicated_optimizer is not None:

@@ -6,7 +6,8 @@ rank's half of a DB15K batch still touches nearly all 12.8k entities, so each ra
 their 4096-d features and pull them through TorchRec's all-to-all. Fusing at the owner splits the
 projection work by world size and ships 2d-wide joint rows (plus the positives' 2d structural rows for
 MAT) instead of the raw features. The exchange is an autograd-aware all-to-all, so gradients return to the
-owners, flow through the fusion (DDP keeps its parameters in sync) and into the sharded tables.
+owners, flow through the fusion (its gradients are summed over ranks: distributed.DenseGradients) and into the
+sharded tables.
 
 Owners are contiguous id blocks of ceil(N / world) rows — the layout of TorchRec's row-wise sharding, so
 the owner's own table lookup stays on the rank.

@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config import Config, ConfigError
+from ..config import Config
+from ..errors import ConfigError
 from ..eval.engine import CandidateShard
 from ..model import MATGenerators
 from ..model.kgc import EmbeddedEntities, MultiModalKGC
 from ..optim import OptimizerGroup, load_table_state, table_optimizer, table_state
 from ..rng import torch_seed
 from ..tables import FROZEN_DTYPES, LocalTables, pad_rows
-from .checkpoint import CheckpointIO
 
 log = logging.getLogger("mmkgc_dist")
 
@@ -59,7 +59,7 @@ def local_generator_update(generators: nn.Module, optimizer: torch.optim.Optimiz
     return update
 
 
-class LocalRuntime(CheckpointIO):
+class LocalRuntime:
     rank, world_size, is_main = 0, 1, True
     sync_gradients = None          # one process: its gradients are the global batch's
 
@@ -77,7 +77,7 @@ class LocalRuntime(CheckpointIO):
                                   rotate.relation_init_bound, features, cfg.model.raw_features == "trainable",
                                   cfg.train.seed, FROZEN_DTYPES[cfg.parallel.frozen_dtype]).to(self.device)
         torch_seed(cfg.train.seed, "dense_init")
-        self.core = self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()}).to(self.device)
+        self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()}).to(self.device)
         self.embedder = LocalEmbedder(self.tables, self.model)
         torch_seed(cfg.train.seed, "generator_init")
         self.generators = MATGenerators(modalities, width, cfg.mat.noise_dim, cfg.mat.hidden).to(self.device) \

@@ -30,7 +30,7 @@ from torchrec.modules.embedding_configs import DataType, dtype_to_data_type
 from ..config import ParallelConfig
 from ..data.format import Features
 from ..model.kgc import EntityRows
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..optim import adagrad_rows_, adam_rows_, every_row
 from ..rng import uniform_rows
 from ..tables import FROZEN_DTYPES, row_width

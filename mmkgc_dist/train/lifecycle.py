@@ -1,20 +1,20 @@
 """The run lifecycle, for one process and N ranks alike: open the run folder (rank 0, lock held; the others
 learn its name or the error through the runtime), build the trainer on the runtime it is handed, resume, fit,
-save, evaluate, write ``results.json``; and, for ``evaluate``/``export``, a trained model from a run folder.
-``cli.py`` only parses arguments and picks the runtime (``trainers.py``)."""
+save, evaluate, write ``results.json``. ``cli.py`` only parses arguments and picks the runtime
+(``parallel.make_runtime``); a trained model for evaluate/export/predict is ``mmkgc_dist.trained``."""
 from __future__ import annotations
 
 import json
 import logging
 import os
 
-from ..config import Config, load_config
-from ..data.errors import DataError
+from ..config import Config
+from ..errors import CheckpointError, DataError, UserError
 from ..data.format import KGData
 from ..eval.metrics import markdown_report, metric_keys
-from ..integrity import checkpoint_at, list_checkpoints, newest_verified, selected_checkpoint
-from ..outputs import local_path, resolve_output, write_atomic
-from .run_folder import check_dataset, holds_run, open_for_reading, open_for_training, record_dataset
+from ..checkpoint import list_checkpoints, newest_verified
+from ..outputs import write_atomic
+from .run_folder import check_dataset, dataset_location, holds_run, open_for_training, record_dataset
 from .trainer import Trainer
 
 log = logging.getLogger("mmkgc_dist")
@@ -31,7 +31,7 @@ def format_metrics(split: str, m: dict) -> str:
             f"({m['count']} ranks)")
 
 
-def describe(data: KGData) -> str:
+def describe_dataset(data: KGData) -> str:
     mods = ", ".join(f"{m} {int(f.present.sum())}/{data.num_entities}" for m, f in data.features.items()) or "none"
     splits = ", ".join(f"{s} {len(t)}" for s, t in data.splits.items())
     return f"dataset {data.name}: {data.num_entities} entities, {data.num_relations} relations, {splits}; modalities {mods}"
@@ -46,11 +46,11 @@ def open_run_folder(cfg: Config, runtime, run_dir: str | None, resume: bool, ove
             inputs = (cfg.data.path,) if cfg.data.source == "parquet" else ()
             path, lock = open_for_training(run_dir, cfg.run.out_dir, cfg.run.name, resume, overwrite, inputs)
             outcome = ("ok", path)
-        except DataError as exc:
-            outcome = ("error", str(exc))
+        except UserError as exc:
+            outcome = ("error", exc)
     outcome = runtime.share(outcome)
     if outcome[0] == "error":
-        raise DataError(outcome[1])
+        raise outcome[1]
     return outcome[1], lock
 
 
@@ -66,14 +66,14 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: s
             try:
                 verdict = nothing_to_resume(run_dir, explicit=resume == "explicit") if resume else None
                 if verdict is not None and verdict[0] == "refuse":
-                    raise DataError(verdict[1])
+                    raise CheckpointError(verdict[1])
                 check_dataset(run_dir, data, dataset_location(cfg))
                 record_dataset(run_dir, data, dataset_location(cfg))
-            except DataError as exc:
-                problem = str(exc)
+            except UserError as exc:
+                problem = exc                  # shared as it is: every rank raises the same class
         verdict, problem = runtime.share((verdict, problem))
         if problem:
-            raise DataError(problem)
+            raise problem
         trainer = Trainer(cfg, data, runtime, run_dir)
         if trainer.batches_per_epoch() == 0:      # an untrained model's metrics are not a result
             raise DataError(f"{dataset_location(cfg)}: the training split is empty; nothing to train")
@@ -82,7 +82,7 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: s
         if plan and runtime.is_main:
             say(plan[0])
             write_atomic(os.path.join(run_dir, "sharding_plan.json"), plan[1])
-        say(describe(data))
+        say(describe_dataset(data))
         if trainer.stream is not None:
             say(f"train: streamed from {cfg.data.path}: {trainer.stream.total_rows} triples in "
                 f"{len(trainer.stream.groups)} row groups, {trainer.batches_per_epoch()} steps per epoch")
@@ -144,45 +144,3 @@ def select_best(trainer: Trainer, run_dir: str, say) -> dict:
     say(f"selected {best['checkpoint']} (epoch {best['epoch']}, valid {report['metric']} {best['value']:.4f}): "
         f"{report['why']}")
     return report
-
-
-def trained_checkpoint(run_dir: str, checkpoint: str | None, overrides):
-    """(config, verified checkpoint) of a run folder: the given checkpoint, else the one model selection chose
-    (best.json), else the newest verified one."""
-    open_for_reading(run_dir)
-    cfg = load_config(os.path.join(run_dir, "config.yaml"), overrides)
-    path = cfg.data.path
-    local = local_path(path)
-    if cfg.data.source == "parquet" and local is not None and not os.path.exists(local_path(resolve_output(path))):
-        raise DataError(f"{run_dir}: trained on data.path={path}, which is not found from here (a path relative "
-                        f"to where training ran?); give the dataset's location with --data.path=...")
-    if checkpoint is not None:
-        return cfg, checkpoint_at(checkpoint)
-    directory = os.path.join(run_dir, "checkpoints")
-    best = selected_checkpoint(directory)
-    if best is not None:                 # the model the run's selection chose, and tested
-        try:
-            ckpt = checkpoint_at(os.path.join(directory, best))
-            log.info("using %s, the checkpoint model selection chose (checkpoints/best.json; --checkpoint for "
-                     "another)", ckpt.path)
-            return cfg, ckpt
-        except DataError as exc:
-            log.warning("the selected checkpoint cannot be used (%s); using the newest verified one", exc)
-    ckpt = newest_verified(directory)
-    if ckpt is None:
-        raise DataError(f"{run_dir}/checkpoints: no complete, verified checkpoint found")
-    return cfg, ckpt
-
-
-def dataset_location(cfg: Config) -> str:
-    return cfg.data.path if cfg.data.source == "parquet" else "the generated graph (data.synthetic)"
-
-
-def load_trained(cfg: Config, data: KGData, runtime, ckpt, run_dir: str) -> Trainer:
-    """A trainer holding the checkpoint's model (tables, fusion, generators; no optimizer state), for
-    evaluation and export; the checkpoint may come from any world size. The dataset must be the version the
-    run trained on."""
-    check_dataset(run_dir, data, dataset_location(cfg))
-    trainer = Trainer(cfg, data, runtime, run_dir=None)
-    trainer.resume(ckpt.path, optimizer=False)
-    return trainer

@@ -18,8 +18,8 @@ import logging
 import os
 import time
 
-from ..data.errors import DataError
-from ..integrity import clean_temporaries, delete, list_checkpoints
+from ..errors import DataError, OutputError
+from ..checkpoint import BEST, clean_temporaries, delete, list_checkpoints
 from ..config import config_yaml, load_config
 from ..outputs import (FolderLock, default_mode, local_path, marker_field, marker_kind, real_path, refuse_links,
                        remove_owned, within, write_atomic, write_marker)
@@ -27,7 +27,7 @@ from ..outputs import (FolderLock, default_mode, local_path, marker_field, marke
 log = logging.getLogger("mmkgc_dist")
 RUN_FILES = ("results.json", "results.md", "metrics.jsonl", "config.yaml", "sharding_plan.json", "mlflow_run_id",
              "dataset.json")
-CHECKPOINT_FILES = ("best.json",)          # besides the step-N checkpoints: model selection's record
+CHECKPOINT_FILES = (BEST,)          # besides the step-N checkpoints: model selection's record
 RUN_FOLDERS = ("tensorboard",)
 
 
@@ -35,9 +35,9 @@ def _make_folder(path: str, what: str) -> None:
     try:
         os.makedirs(path, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise DataError(f"{what} {path}: a file is in the way; expected a folder")
+        raise OutputError(f"{what} {path}: a file is in the way; expected a folder")
     except PermissionError:
-        raise DataError(f"{what} {path}: permission denied")
+        raise OutputError(f"{what} {path}: permission denied")
 
 
 def elastic_job() -> str | None:
@@ -68,7 +68,7 @@ def new_unique_folder(parent: str, job: str | None = None) -> str:
         default_mode(path)
         write_marker(path, "run", **({"job": job} if job else {}))
         return path
-    raise DataError(f"run.out_dir {parent}: no free run name for {stamp}")
+    raise OutputError(f"run.out_dir {parent}: no free run name for {stamp}")
 
 
 def holds_run(path: str) -> bool:
@@ -84,7 +84,7 @@ def open_for_training(run_dir: str | None, out_dir: str, name: str, resume: bool
     for source in inputs:
         src = local_path(source) if source else None
         if src is not None and (within(real_path(target), real_path(src)) or within(real_path(src), real_path(target))):
-            raise DataError(f"{'--run-dir' if run_dir else 'run.out_dir'} {target}: overlaps the dataset {source}; "
+            raise OutputError(f"{'--run-dir' if run_dir else 'run.out_dir'} {target}: overlaps the dataset {source}; "
                             f"keep runs outside the dataset folder")
     if not run_dir and not name:
         # an elastic restart continues the run its job created (resume=True then), never a new timestamped one
@@ -96,14 +96,14 @@ def open_for_training(run_dir: str | None, out_dir: str, name: str, resume: bool
     path = run_dir or os.path.join(out_dir, name)
     what = "--run-dir" if run_dir else "run.out_dir/run.name"
     if os.path.lexists(path) and not os.path.isdir(path):
-        raise DataError(f"{what} {path}: exists and is not a folder; expected a run folder")
+        raise OutputError(f"{what} {path}: exists and is not a folder; expected a run folder")
     if os.path.isdir(path) and os.listdir(path):
         kind = marker_kind(path)          # the marker or nothing: no guessing from the files inside
         if kind is None:
-            raise DataError(f"{what} {path}: folder is not empty and was not made by mmkgc-dist; refusing to "
+            raise OutputError(f"{what} {path}: folder is not empty and was not made by mmkgc-dist; refusing to "
                             f"write a run into it — give a new folder")
         elif kind != "run":
-            raise DataError(f"{what} {path}: holds an mmkgc-dist {kind}, not a run")
+            raise OutputError(f"{what} {path}: holds an mmkgc-dist {kind}, not a run")
     else:
         _make_folder(path, what)
         write_marker(path, "run")
@@ -113,7 +113,7 @@ def open_for_training(run_dir: str | None, out_dir: str, name: str, resume: bool
         if holds_run(path) and not (resume or overwrite):
             steps = [c.step for c in list_checkpoints(os.path.join(path, "checkpoints"))]
             held = f"checkpoints up to step {max(steps)}" if steps else "metrics of an earlier run"
-            raise DataError(f"{what} {path}: holds another run ({held}); pass --resume to continue it or "
+            raise OutputError(f"{what} {path}: holds another run ({held}); pass --resume to continue it or "
                             f"--overwrite to replace its results")
         if overwrite and not resume:
             remove_run_results(path)
@@ -195,7 +195,12 @@ def created_config(path: str):
 def open_for_reading(run_dir: str) -> str:
     """A run folder to evaluate or export from: must exist and hold a run's config."""
     if not os.path.isdir(run_dir):
-        raise DataError(f"{run_dir}: not a run folder ({'a file' if os.path.exists(run_dir) else 'not found'})")
+        raise OutputError(f"{run_dir}: not a run folder ({'a file' if os.path.exists(run_dir) else 'not found'})")
     if not os.path.isfile(os.path.join(run_dir, "config.yaml")):
-        raise DataError(f"{run_dir}: no config.yaml; is this a run folder written by `mmkgc-dist train`?")
+        raise OutputError(f"{run_dir}: no config.yaml; is this a run folder written by `mmkgc-dist train`?")
     return run_dir
+
+
+def dataset_location(cfg) -> str:
+    """How a run's dataset is named in messages: its path, or the generated graph."""
+    return cfg.data.path if cfg.data.source == "parquet" else "the generated graph (data.synthetic)"

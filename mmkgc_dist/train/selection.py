@@ -12,18 +12,15 @@ The state (best, history, runs without gain) lives in ``best.json`` and survives
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 import numpy as np
 
 from ..data.checks import triple_keys
-from ..integrity import prune, read_selection
-from ..outputs import write_atomic
+from ..checkpoint import BEST, prune, read_selection, write_selection
 
 log = logging.getLogger("mmkgc_dist")
-BEST = "best.json"
 
 
 def in_train(valid: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
@@ -71,8 +68,7 @@ class ModelSelection:
     def _write(self) -> None:
         if not (self.is_main and self.checkpoints):
             return
-        os.makedirs(self.checkpoints, exist_ok=True)
-        write_atomic(os.path.join(self.checkpoints, BEST), json.dumps(self.state, indent=2))
+        write_selection(self.checkpoints, self.state)
 
     def rewind(self, step: int) -> None:
         """Training resumes at ``step``: forget validation runs after it (a run interrupted after validating

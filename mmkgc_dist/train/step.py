@@ -4,9 +4,9 @@ Every unique entity of the batch (heads, tails, negatives) is looked up and fuse
 scores index into that [U, 2d] block. Projecting per triple slot instead is what makes the
 reference code slow (it projects 4096-d features for every one of B·(K+1)·2 slots).
 
-The step is the same for one process and for many: the caller passes the table lookup (local or
-TorchRec), the dense model (plain or DDP-wrapped), how the generator is updated (local Adam or a
-DeepSpeed engine) and the world size. Each process's loss is the mean over its own positives weighted by its
+The step is the same for one process and for many: it is built on a runtime, which supplies the table lookup
+and fusion (local, or computed by the rows' owners), the dense model, how the generator is updated (local Adam or
+a DeepSpeed engine) and the world size. Each process's loss is the mean over its own positives weighted by its
 share of the global batch (``NegativeBatch.share``, b / B): summed over ranks that is the global-batch mean
 for any split of the batch — ragged, or with no positive at all on some rank.
 """
@@ -20,13 +20,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..config import Config
 from ..data.sampling import NegativeBatch
 from ..model import (DistanceKernels, RotatE, batch_adversarial_loss, complex_l1_distance, pairwise_sigmoid_loss,
                      self_adversarial_loss)
-from ..model.kgc import EmbeddedEntities, MultiModalKGC, unique_ids
+from ..model.kgc import EmbeddedEntities, unique_ids
 
 
 class PhaseTimer:
@@ -59,26 +59,20 @@ class PositiveView:
 
 
 class TrainStep:
-    def __init__(self, cfg: Config, embed: Callable, num_entities: int, core: MultiModalKGC,
-                 generators: nn.Module | None, rotate: RotatE, kernels: DistanceKernels, opt_model,
-                 update_generator: Callable | None, world_size: int = 1,
-                 device: torch.device = torch.device("cpu"), batch_softmax: Callable[[Tensor], Tensor] | None = None,
-                 sync_gradients: Callable[[], None] | None = None):
-        """``embed(entity_ids, relation_ids, positives) -> (EmbeddedEntities, relation rows)``: lookup + fusion,
-        local (``LocalEmbedder``) or computed by the rows' owners (``parallel.embedder``); ``embed.positives``
-        gives the marked (positive) ids' rows again for the generator step. ``batch_softmax``: softmax of this
-        process's scores over the *global* batch, column by column (one process: torch.softmax).
+    def __init__(self, cfg: Config, runtime, rotate: RotatE, kernels: DistanceKernels, num_entities: int):
+        """Built on a runtime (``runtime.Runtime``, built): ``runtime.embedder(entity_ids, relation_ids,
+        positives) -> (EmbeddedEntities, relation rows)`` is lookup + fusion, local or computed by the rows'
+        owners; ``embedder.positives`` gives the marked (positive) ids' rows again for the generator step.
+        ``batch_softmax``: softmax of this process's scores over the *global* batch, column by column.
         ``sync_gradients``: starts summing the dense gradients over ranks after backward (one process: None);
         ``opt_model.step`` waits for the sums where it needs them (optim.OptimizerGroup)."""
-        self.cfg, self.embed, self.num_entities, self.core, self.generators = cfg, embed, num_entities, core, generators
-        self.rotate, self.kernels, self.opt_model = rotate, kernels, opt_model
-        self.update_generator = update_generator
-        self.world_size = world_size
-        self.mu = cfg.mat.mu if generators is not None else 0.0
+        self.cfg, self.num_entities, self.rotate, self.kernels = cfg, num_entities, rotate, kernels
+        self.embed, self.model, self.generators = runtime.embedder, runtime.model, runtime.generators
+        self.opt_model, self.update_generator = runtime.opt_model, runtime.update_generator
+        self.world_size, self.device = runtime.world_size, runtime.device
+        self.batch_softmax, self.sync_gradients = runtime.batch_softmax, runtime.sync_gradients
+        self.mu = cfg.mat.mu if self.generators is not None else 0.0
         self.timer = PhaseTimer()
-        self.device = device
-        self.batch_softmax = batch_softmax or (lambda logits: torch.softmax(logits, dim=0))
-        self.sync_gradients = sync_gradients
 
     def __call__(self, batch: np.ndarray | Tensor, negatives: NegativeBatch) -> dict:
         """One step on this process's part of a global batch; returns its metrics as device tensors, each this
@@ -169,7 +163,7 @@ class TrainStep:
         b = len(view.head_local)
         pos_ids, pos_inv = unique_ids(torch.cat([view.head_local, view.tail_local]), len(entities.joint))
         pos = entities.select(pos_ids)
-        fake = self.core.embed_fake(pos.structural, pos.masks, generate(pos.structural), detach_attention,
+        fake = self.model.embed_fake(pos.structural, pos.masks, generate(pos.structural), detach_attention,
                                     self.cfg.mat.fakes_fill_missing)
         real = pos.joint
         hi, ti = pos_inv[:b], pos_inv[b:]

@@ -1,11 +1,9 @@
-"""The one trainer: the epoch loop with progress and JSONL metrics, batches and negatives, evaluation and the
-data cursor, for one process and for N ranks alike. It is handed a runtime built in ``parallel/`` —
-``LocalRuntime`` (one process) or ``DistributedRuntime`` (TorchRec + DDP + DeepSpeed) — which owns the tables and
-lookup, the model, the optimizers, the collectives, the candidate shard and checkpoint I/O. Attributes the
-trainer does not have (``tables``, ``core``, ``generators``, ``env``, ...) are the runtime's."""
+"""The one trainer: the epoch loop with progress and JSONL metrics, batches and negatives, the data cursor and
+its checkpoints, for one process and for N ranks alike. Its parts are components: a runtime (``runtime.Runtime``,
+built in ``parallel/``) owns the tables, the model, the optimizers and the collectives; ``TrainStep`` is one
+update; ``eval.Evaluator`` ranks; ``ModelSelection`` validates and stops early; ``checkpoint`` writes and reads."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -17,40 +15,33 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import Config, ConfigError, to_dict
-from ..data.format import KGData, read_training_statistics
-from ..data.sampling import DegreeDistribution, NegativeSampler
-from ..data.statistics import exact_relation_table, head_probability
+from .. import checkpoint
+from ..config import Config, to_dict
+from ..data.build import fused_modalities
+from ..data.format import KGData
+from ..data.sampling import NegativeSampler
+from ..data.statistics import TrainingStatistics
 from ..data.stream import StreamingTriples, rows_answering
-from ..divergence import RunInterrupted, TrainingDiverged
-from ..eval.engine import rank_queries
-from ..eval.metrics import link_prediction_metrics, relation_categories
-from ..host import tune_training_process
-from ..eval.ranking import eval_subset, protocol_label
+from ..errors import ConfigError, RunInterrupted, TrainingDiverged
+from ..eval.evaluator import Evaluator
 from ..footprint import check_fits
+from ..host import tune_training_process
 from ..model import DistanceKernels, RotatE
 from ..rng import numpy_rng
-from .metrics import make_trackers
+from ..runtime import Runtime
 from .prefetch import to_device_ahead
 from .run_folder import record_config
 from .selection import ModelSelection, in_train
 from .step import TrainStep
+from .trackers import make_trackers
 
 log = logging.getLogger("mmkgc_dist")
 
 
-def fused_modalities(cfg: Config, data: KGData) -> list[str]:
-    """Configured modalities the data has; a modality absent from the data is missing for every entity."""
-    missing = [m for m in cfg.model.modalities if m not in data.features]
-    for m in missing:
-        log.warning("modality %r: no features in the dataset (missing for all entities); fusing without it", m)
-    return [m for m in cfg.model.modalities if m in data.features]
-
-
 class Trainer:
-    def __init__(self, cfg: Config, data: KGData, runtime, run_dir: str | None = None, show_progress: bool = True):
-        self.runtime = runtime
-        self.cfg, self.data, self.run_dir = cfg, data, run_dir
+    def __init__(self, cfg: Config, data: KGData, runtime: Runtime, run_dir: str | None = None,
+                 show_progress: bool = True):
+        self.cfg, self.data, self.runtime, self.run_dir = cfg, data, runtime, run_dir
         self.show_progress = show_progress and runtime.is_main
         self.world_size = runtime.world_size
         if cfg.train.threads:
@@ -58,22 +49,20 @@ class Trainer:
         tune_training_process()
         self.rotate = RotatE(cfg.model.dim, cfg.model.gamma, cfg.model.epsilon)
         self.modalities = fused_modalities(cfg, data)
-        self.features = {m: data.features[m] for m in self.modalities}
+        features = {m: data.features[m] for m in self.modalities}
         self.use_mat = cfg.mat.enabled and bool(self.modalities)
         self.kernels = DistanceKernels(compile=cfg.train.compile)
         try:
-            check_fits(cfg, data.num_entities, data.num_relations, {m: f.dim for m, f in self.features.items()},
+            check_fits(cfg, data.num_entities, data.num_relations, {m: f.dim for m, f in features.items()},
                        runtime.world_size, self.use_mat, runtime.device)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        runtime.build(data, self.features, self.modalities, self.rotate, self.use_mat)
-        self._statistics = self._known = self._relation_table = None
+        runtime.build(data, features, self.modalities, self.rotate, self.use_mat)
         self.stream = self._make_stream()
+        self.statistics = TrainingStatistics(data, cfg.data.path, self.stream.manifest if self.stream else None)
         self.sampler = self._make_sampler()
-        self.step_fn = TrainStep(cfg, runtime.embedder, data.num_entities, runtime.core, runtime.generators,
-                                 self.rotate, self.kernels, runtime.opt_model, runtime.update_generator,
-                                 runtime.world_size, runtime.device, runtime.batch_softmax,
-                                 runtime.sync_gradients)
+        self.step_fn = TrainStep(cfg, runtime, self.rotate, self.kernels, data.num_entities)
+        self.evaluator = Evaluator(cfg, data, runtime, self.rotate, self.kernels, self.statistics, show_progress)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         writes = run_dir if runtime.is_main else None
         if writes:
@@ -82,54 +71,23 @@ class Trainer:
         self.logger = make_trackers(writes, cfg.run, _flat(to_dict(cfg)))
         self.selection = ModelSelection(cfg, os.path.join(run_dir, "checkpoints") if run_dir else None,
                                         runtime.is_main)
-        self._saved = None
-
-    def __getattr__(self, name: str):
-        runtime = self.__dict__.get("runtime")
-        if runtime is None or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(runtime, name)
+        self._valid_in_train: np.ndarray | None = None
+        self._saved: tuple[dict, str] | None = None
 
     # ------------------------------------------------------------------------------------ data
-    def rank_and_world(self) -> tuple[int, int]:
-        return self.runtime.rank, self.runtime.world_size
-
     def _make_stream(self) -> StreamingTriples | None:
         """data.loader=stream: this rank's share of the training row groups, read from data.path."""
-        d = self.cfg.data
+        d, runtime = self.cfg.data, self.runtime
         if d.loader != "stream":
             return None
-        rank, world = self.rank_and_world()
-        return StreamingTriples(d.path, "train", rank=rank, world_size=world,
-                                batch_size=self.cfg.train.batch_size // world, seed=self.cfg.train.seed,
+        return StreamingTriples(d.path, "train", rank=runtime.rank, world_size=runtime.world_size,
+                                batch_size=self.cfg.train.batch_size // runtime.world_size, seed=self.cfg.train.seed,
                                 window_rows=d.shuffle_window_rows, workers=d.loader_workers,
                                 prefetch=d.prefetch_windows)
 
-    def training_statistics(self) -> tuple[np.ndarray | None, np.ndarray]:
-        """(P(corrupt head | relation), entity degrees) of the training split: from the dataset's stored
-        statistics when streaming, from the triples in memory otherwise (head_prob None: the sampler's own)."""
-        if self._statistics is None:
-            if self.stream is not None:
-                relations, degree = read_training_statistics(self.cfg.data.path, self.stream.manifest)
-                self._statistics, self._relation_table = (head_probability(relations), degree), relations
-            else:
-                train = self.data.splits["train"]
-                self._statistics = None, np.bincount(train[:, [0, 2]].ravel(), minlength=self.data.num_entities)
-        return self._statistics
-
-    def relation_categories(self) -> np.ndarray:
-        """1-1 / 1-N / N-1 / N-N of every relation, from the training split's tails per head and heads per tail
-        (the dataset's stored table when streaming, counted exactly from the triples in memory otherwise)."""
-        if self._relation_table is None:
-            if self.stream is not None:
-                self.training_statistics()
-            else:
-                self._relation_table = exact_relation_table(self.data.splits["train"], self.data.num_relations)
-        return relation_categories(self._relation_table)
-
     def _make_sampler(self) -> NegativeSampler:
         cfg, data = self.cfg.train, self.data
-        head_prob, degree = self.training_statistics() if self.stream is not None or \
+        head_prob, degree = self.statistics.sampling() if self.stream is not None or \
             cfg.negative_entities == "degree" else (None, None)
         return NegativeSampler(None if self.stream is not None else data.splits["train"], data.num_entities,
                                data.num_relations, cfg.num_negatives, cfg.corruption, cfg.negatives,
@@ -140,11 +98,10 @@ class Trainer:
 
     def streamed_batches(self):
         """This rank's batches from the streaming loader, from the cursor on, with their negatives."""
-        rank, _ = self.rank_and_world()
         self.stream.load_state_dict({"epoch": self.epoch, "batch": self.batch_in_epoch})
         numbered = ((self.stream.batch - 1, batch) for batch in self.stream)
         for index, batch in to_device_ahead(numbered, self.runtime.device):
-            negatives = self.sampler.sample(batch, (self.epoch, index, rank))
+            negatives = self.sampler.sample(batch, (self.epoch, index, self.runtime.rank))
             negatives.share = self.stream.batch_share(index)
             yield batch, negatives
 
@@ -234,7 +191,7 @@ class Trainer:
         """The step's metrics reduced over ranks, checked finite. Called where they are read anyway (logging
         steps) and at the run's end — not on other steps, where it would add a host sync (checkpoints check
         the parameters themselves). The global loss is the same number on every rank, so every rank stops together."""
-        metrics = self.reduce_metrics(metrics)
+        metrics = self.runtime.reduce_metrics(metrics)
         losses = {k: metrics[k] for k in ("loss", "adv_loss", "gen_loss") if k in metrics}
         if not all(map(math.isfinite, losses.values())):
             raise TrainingDiverged(f"training diverged at epoch {self.epoch}, step {self.step}: losses {losses} "
@@ -258,7 +215,7 @@ class Trainer:
         in train when eval.exclude_train_overlap (counted once, in ``selection.overlap``)."""
         valid, cfg = self.data.splits["valid"], self.cfg.eval
         if self.selection.overlap is None:
-            train = self.data.splits["train"] if self.stream is None else self.gather_rows(
+            train = self.data.splits["train"] if self.stream is None else self.runtime.gather_rows(
                 rows_answering(self.cfg.data.path, "train", valid, self.data.num_relations,
                                rank=self.runtime.rank, world_size=self.world_size, manifest=self.stream.manifest))
             self._valid_in_train = in_train(valid, train)
@@ -274,46 +231,10 @@ class Trainer:
         return self.evaluate("valid", triples=triples, protocol=cfg.valid_protocol or cfg.protocol,
                              breakdown=False)
 
-    # ------------------------------------------------------------------------------------ evaluation
-    def known_triples(self) -> np.ndarray:
-        """Triples filtered out of rankings. A streamed training split stays on disk: only its rows that share
-        a query's (entity, relation) are collected, once, in one pass — the same filter, bounded memory."""
-        held = [t for t in self.data.splits.values() if len(t)]
-        if self.stream is None:
-            return np.concatenate(held)
-        if self._known is None:
-            rank, world = self.rank_and_world()
-            found = rows_answering(self.cfg.data.path, "train", np.concatenate(held), self.data.num_relations,
-                                   rank=rank, world_size=world, manifest=self.stream.manifest)
-            self._known = np.concatenate(held + [self.gather_rows(found)])
-        return self._known
-
-    def degree_distribution(self) -> DegreeDistribution:
-        return DegreeDistribution(self.training_statistics()[1])
-
-    @torch.no_grad()
     def evaluate(self, split: str, ties: str | None = None, triples: np.ndarray | None = None,
                  protocol: str | None = None, breakdown: bool = True) -> dict:
-        """Filtered ranking by the one engine (eval/engine.py) against this process's candidate shard, of the
-        split's triples (or ``triples``); ``breakdown`` adds per-relation and per-category metrics."""
-        cfg = self.cfg.eval
-        if protocol and protocol != cfg.protocol:
-            cfg = dataclasses.replace(cfg, protocol=protocol)
-        ties = ties or cfg.ties
-        pool = self.data.splits[split] if triples is None else triples
-        triples = eval_subset(pool, cfg.max_queries, self.cfg.train.seed)
-        bar = tqdm(total=2 * len(triples), desc=f"eval {split}", unit="query", disable=not self.show_progress,
-                   dynamic_ncols=True, leave=False)
-        sampled = (cfg, self.degree_distribution(), self.data.num_entities, self.cfg.train.seed) \
-            if cfg.protocol == "sampled" else None
-        ranks = rank_queries(self.candidate_shard(), self.relation_table(), self.rotate, self.kernels, triples,
-                             self.known_triples(), ties, cfg.batch_size, sampled, progress=bar)
-        bar.close()
-        label = protocol_label(cfg, self.cfg.train.seed, len(triples), len(self.data.splits[split]))
-        metrics = link_prediction_metrics(ranks, triples, cfg.hits_at, self.data.relation_names,
-                                          self.relation_categories()) if breakdown else \
-            link_prediction_metrics(ranks, hits_at=cfg.hits_at)
-        return {**metrics, "ties": ties, "split": split, "protocol": label + self.protocol_suffix()}
+        """The current model ranked on ``split`` (eval.Evaluator.evaluate)."""
+        return self.evaluator.evaluate(split, ties, triples, protocol, breakdown)
 
     # ------------------------------------------------------------------------------------ checkpoints
     def cursor(self) -> dict:
@@ -327,7 +248,7 @@ class Trainer:
         step at an epoch's end is a new cursor — epoch + 1, batch 0 — and is saved again)."""
         if self._saved is not None and self._saved[0] == self.cursor():
             return self._saved[1]
-        path = self.runtime.save(os.path.join(self.run_dir, "checkpoints"), self.cursor(), self.stream is not None)
+        path = checkpoint.save(self.runtime, os.path.join(self.run_dir, "checkpoints"), self.cursor())
         self.logger.log("checkpoint", path=os.path.basename(path), **self.cursor())
         self._saved = (self.cursor(), path)
         return path
@@ -335,10 +256,10 @@ class Trainer:
     def resume(self, path: str | None = None, optimizer: bool = True) -> bool:
         """Continue from ``path`` or the run's newest verified checkpoint; False when there is none.
         ``optimizer=False`` restores the model only (evaluation, export)."""
-        path = path or (self.runtime.latest(os.path.join(self.run_dir, "checkpoints")) if self.run_dir else None)
+        path = path or (checkpoint.latest(os.path.join(self.run_dir, "checkpoints")) if self.run_dir else None)
         if path is None:
             return False
-        self.set_cursor(self.runtime.load(path, self.stream is not None, optimizer))
+        self.set_cursor(checkpoint.load(self.runtime, path, self.stream is not None, optimizer))
         if optimizer:
             self.selection.rewind(self.step)
         log.info("%s %s (epoch %d, step %d)", "resumed from" if optimizer else "loaded", path, self.epoch, self.step)

@@ -1,4 +1,4 @@
-"""Checkpoints: one format and one reader for one process and for any number of ranks.
+"""The checkpoint format: one writer and one reader for one process and for any number of ranks.
 
 Layout of one checkpoint (``checkpoints/step-NNNNNNNNN/``):
     dcp/                 torch.distributed.checkpoint, reshardable (written by N ranks or one process, read by M):
@@ -18,8 +18,9 @@ Everything is written under ``.tmp-step-N`` and renamed by rank 0 after a barrie
 leaves a complete checkpoint or a temporary folder the lookup never returns (a folder of the same step already
 there is moved aside first and deleted last: outputs.swap_in). A folder of that name that holds no
 ``meta.json`` was not written here and is never replaced; a model with NaN/inf weights is never saved. Loading
-verifies the digests first and never unpickles arbitrary objects (integrity.py). A runtime provides
-``checkpoint_state`` (the tensors above, which a load fills in place) and ``restore_state``; the rest is here.
+verifies the digests first (catalogue.py) and never unpickles arbitrary objects (safe_load.py). A runtime
+provides ``checkpoint_state`` (the tensors above, which a load fills in place) and ``restore_state``
+(parallel/runtime.py); the rest is here.
 """
 from __future__ import annotations
 
@@ -33,11 +34,11 @@ import warnings
 import torch
 import torch.distributed.checkpoint as dcp
 
-from ..data.errors import DataError
-from ..divergence import TrainingDiverged
-from ..integrity import Checkpoint, checkpoint_at, dcp_reader_and_planner, digests, latest, prune, safe_torch_load
+from ..errors import CheckpointError, OutputError, TrainingDiverged
 from ..optim import load_optimizer_state
 from ..outputs import swap_in
+from .catalogue import checkpoint_at, digests, prune
+from .safe_load import dcp_reader_and_planner, safe_torch_load
 
 log = logging.getLogger("mmkgc_dist")
 FORMAT = 2
@@ -102,7 +103,7 @@ def save(runtime, directory: str, cursor: dict) -> str:
     name = f"step-{cursor['step']:09d}"
     final, tmp = os.path.join(directory, name), os.path.join(directory, ".tmp-" + name)
     if os.path.exists(final) and not os.path.isfile(os.path.join(final, "meta.json")):
-        raise DataError(f"{final}: exists and is not a checkpoint written by mmkgc-dist; not touched (move it away)")
+        raise OutputError(f"{final}: exists and is not a checkpoint written by mmkgc-dist; not touched (move it away)")
     bad = non_finite_values(runtime)
     if bad:
         raise TrainingDiverged(f"{final}: not written: the model holds {bad} NaN/inf weights at epoch "
@@ -139,7 +140,7 @@ def save(runtime, directory: str, cursor: dict) -> str:
     except (OSError, RuntimeError, dcp.api.CheckpointException) as exc:
         if runtime.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{final}: could not write the checkpoint ({_reason(exc)}); earlier checkpoints are "
+        raise OutputError(f"{final}: could not write the checkpoint ({_reason(exc)}); earlier checkpoints are "
                         f"intact") from exc
     runtime.barrier()
     if runtime.is_main:
@@ -149,16 +150,12 @@ def save(runtime, directory: str, cursor: dict) -> str:
     return final
 
 
-def read_meta(ckpt: Checkpoint) -> dict:
+def read_meta(ckpt) -> dict:
     """The checkpoint's meta.json, checked for this format (older layouts get a one-line error)."""
-    if not ckpt.is_folder:
-        raise DataError(f"{ckpt.path}: a single-file checkpoint of mmkgc-dist before checkpoint format {FORMAT}; "
-                        f"this version reads step-N/ folders only (use the version that wrote it to evaluate or "
-                        f"export it)")
     with open(ckpt.record) as fh:
         meta = json.load(fh)
     if meta.get("format") != FORMAT:
-        raise DataError(f"{ckpt.path}: checkpoint format {meta.get('format', 1)}; this version reads format "
+        raise CheckpointError(f"{ckpt.path}: checkpoint format {meta.get('format', 1)}; this version reads format "
                         f"{FORMAT} (use the version that wrote it to evaluate or export it)")
     return meta
 
@@ -168,13 +165,13 @@ def _check_fits(runtime, meta: dict, path: str, optimizer: bool) -> None:
         return
     cfg = runtime.cfg
     if meta["table_optimizer"] != cfg.train.table_optimizer:
-        raise DataError(f"{path}: trained with train.table_optimizer={meta['table_optimizer']}; this run has "
+        raise CheckpointError(f"{path}: trained with train.table_optimizer={meta['table_optimizer']}; this run has "
                         f"{cfg.train.table_optimizer} (set it back to resume)")
     if meta["table_state"] != runtime.table_state_kind:
-        raise DataError(f"{path}: its table-optimizer state is kept {meta['table_state']}; this run's layout keeps "
+        raise CheckpointError(f"{path}: its table-optimizer state is kept {meta['table_state']}; this run's layout keeps "
                         f"it {runtime.table_state_kind} (resume with the parallel.sharding it was written with)")
     if runtime.generators is not None and not meta["mat"]:
-        raise DataError(f"{path}: checkpoint has no MAT generators but mat.enabled=true")
+        raise CheckpointError(f"{path}: checkpoint has no MAT generators but mat.enabled=true")
 
 
 def load(runtime, path: str, streamed: bool, optimizer: bool = True) -> dict:
@@ -193,9 +190,9 @@ def load(runtime, path: str, streamed: bool, optimizer: bool = True) -> dict:
     except dcp.api.CheckpointException as exc:            # DCP gathers rank errors into one long report
         lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
         reason = next((l for l in lines if "refused" in l), lines[-1] if lines else type(exc).__name__)
-        raise DataError(f"{path}/dcp: cannot be loaded ({reason[:300]})") from exc
+        raise CheckpointError(f"{path}/dcp: cannot be loaded ({reason[:300]})") from exc
     except (RuntimeError, KeyError, ValueError) as exc:
-        raise DataError(f"{path}: checkpoint does not fit this run's config ({_reason(exc)})") from exc
+        raise CheckpointError(f"{path}: checkpoint does not fit this run's config ({_reason(exc)})") from exc
     runtime.restore_state(state, optimizer)
     _load_generator(runtime, ckpt.path, meta, optimizer)
     if optimizer:
@@ -237,16 +234,3 @@ def _restore_rng(runtime, path: str, meta: dict) -> None:
     torch.set_rng_state(state["torch"])
     if runtime.device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], runtime.device)
-
-
-class CheckpointIO:
-    """The checkpoint operations of a runtime (mixed into both runtimes)."""
-
-    def latest(self, directory: str) -> str | None:
-        return latest(directory)
-
-    def save(self, directory: str, cursor: dict, streamed: bool) -> str:
-        return save(self, directory, cursor)
-
-    def load(self, path: str, streamed: bool, optimizer: bool = True) -> dict:
-        return load(self, path, streamed, optimizer)

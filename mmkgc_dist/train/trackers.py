@@ -4,16 +4,23 @@
 - JSONL (always): one JSON object per line in RUN/metrics.jsonl, flushed as written (tail -f friendly);
 - TensorBoard (``run.tensorboard=true``; needs the ``tensorboard`` package): the numeric fields as scalars;
 - MLflow (``run.mlflow_uri``, e.g. ``file:./mlruns`` or a tracking server; needs ``mlflow-skinny``): the config
-  as parameters, numeric fields as metrics (``kind/name``), results.json/results.md as artifacts. A resumed run
-  continues the same MLflow run (its id is kept in RUN/mlflow_run_id).
+  as parameters, numeric fields as metrics, results.json/results.md as artifacts. A resumed run continues the
+  same MLflow run (its id is kept in RUN/mlflow_run_id). A ``file:`` URI uses MLflow's file store, which MLflow 3
+  keeps behind ``MLFLOW_ALLOW_FILE_STORE``: it is switched on for this process, and the log says so.
+
+TensorBoard and MLflow name a series ``kind/name``, or ``kind/split/name`` when the record names a split, so
+validation and test metrics are never one series (``eval/valid/mrr``, ``eval/test/mrr``).
 """
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import time
+
+log = logging.getLogger("mmkgc_dist")
 
 
 class JsonlTracker:
@@ -28,16 +35,19 @@ class JsonlTracker:
             self._fh.write(json.dumps(record) + "\n")
             self._fh.flush()
         except OSError as exc:
-            from ..data.errors import DataError
+            from ..errors import OutputError
             reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
-            raise DataError(f"{self.path}: could not write metrics ({reason})") from exc
+            raise OutputError(f"{self.path}: could not write metrics ({reason})") from exc
 
     def close(self) -> None:
         self._fh.close()
 
 
-def _numbers(fields: dict) -> dict:
-    return {k: v for k, v in fields.items()
+def _series(kind: str, fields: dict) -> dict:
+    """{series name: value} of a record's numeric fields; the split, when the record names one, is part of the
+    name (validation and test are different series)."""
+    prefix = f"{kind}/{fields['split']}" if isinstance(fields.get("split"), str) else kind
+    return {f"{prefix}/{k}": v for k, v in fields.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch")}
 
 
@@ -48,8 +58,8 @@ class TensorBoardTracker:
 
     def log(self, kind: str, **fields) -> None:
         if "step" in fields:
-            for key, value in _numbers(fields).items():
-                self._writer.add_scalar(f"{kind}/{key}", value, fields["step"])
+            for name, value in _series(kind, fields).items():
+                self._writer.add_scalar(name, value, fields["step"])
 
     def close(self) -> None:
         self._writer.close()
@@ -57,9 +67,11 @@ class TensorBoardTracker:
 
 class MLflowTracker:
     def __init__(self, uri: str, experiment: str, run_dir: str, params: dict):
-        if uri.startswith("file:") or "://" not in uri:
+        if (uri.startswith("file:") or "://" not in uri) and "MLFLOW_ALLOW_FILE_STORE" not in os.environ:
             # MLflow 3 keeps its file store in maintenance mode behind this switch; it is the offline option.
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+            log.info("run.mlflow_uri=%s: MLflow's file store (maintenance mode in MLflow 3) switched on for this "
+                     "process (MLFLOW_ALLOW_FILE_STORE=true); use a tracking server URI to avoid it", uri)
         import mlflow
 
         self._mlflow, self.run_dir = mlflow, run_dir
@@ -74,10 +86,9 @@ class MLflowTracker:
             mlflow.log_params({_name(k): str(v)[:500] for k, v in params.items()})
 
     def log(self, kind: str, **fields) -> None:
-        numbers = _numbers(fields)
-        if numbers:
-            self._mlflow.log_metrics({_name(f"{kind}/{k}"): float(v) for k, v in numbers.items()},
-                                     step=int(fields.get("step", 0)))
+        series = _series(kind, fields)
+        if series:
+            self._mlflow.log_metrics({_name(k): float(v) for k, v in series.items()}, step=int(fields.get("step", 0)))
 
     def close(self, status: str = "FINISHED") -> None:
         for name in ("results.json", "results.md"):

@@ -1,0 +1,45 @@
+"""Every error the tool raises on purpose, in one place (no imports: the command line catches them cheaply).
+
+A ``UserError`` is something the user can fix — bad input, a bad config, an output folder that is not ours, a
+checkpoint that cannot be used. Its message names the file, row, field or key and what was expected; the command
+line prints it as one line and exits 2. Subclasses exist where a caller branches on the kind.
+"""
+
+
+class UserError(ValueError):
+    """A problem the user can fix; the message alone says what and where (the CLI prints it, exit code 2)."""
+
+
+class ConfigError(UserError):
+    """A config key, value or command-line option that cannot be used."""
+
+
+class DataError(UserError):
+    """Bad input data: the message names the file and the row, field or count that is wrong."""
+
+
+class OutputError(UserError):
+    """Where the tool writes: a folder that is not ours, a link, a held lock, a full disk, a file that would be
+    overwritten."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used: missing, damaged, another format, or another model's."""
+
+
+class QueryError(UserError):
+    """A question to a trained model that cannot be answered: an unknown name, an id out of range, a bad option."""
+
+
+class TrainingDiverged(UserError):
+    """The training loss is NaN/inf: the model's parameters can no longer be trusted, so training stops."""
+
+
+class NonFiniteModel(UserError):
+    """The model's scores are NaN/inf. Every comparison with NaN is false, so ranking such a model would report
+    a perfect MRR of 1.0 — refused instead."""
+
+
+class RunInterrupted(Exception):
+    """SIGTERM (what Slurm and torchrun send first) stopped training at a step boundary; the message says which
+    checkpoint holds the run. Not an error of the user's: the command exits 143 (128 + SIGTERM)."""

@@ -1,0 +1,102 @@
+"""A trained run's model without a trainer: what ``evaluate``, ``export`` and ``predict`` (``load_run``) use.
+
+It holds a built runtime with the checkpoint's tables and fusion weights (no optimizer state, no MAT generators:
+nothing here trains), the scoring function, the dataset with its names and identity, and an ``eval.Evaluator``.
+Loading imports neither the trainer nor DeepSpeed, tunes no allocator and builds no sampler. A checkpoint of any
+world size loads, in one process or on the ranks the command was launched on (one checkpoint format).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from . import checkpoint
+from .config import Config, load_config
+from .data.build import build_dataset, fused_modalities
+from .data.format import KGData, read_manifest
+from .data.statistics import TrainingStatistics
+from .errors import CheckpointError, DataError
+from .eval.evaluator import Evaluator
+from .model import DistanceKernels, RotatE
+from .outputs import local_path, resolve_output
+from .parallel import make_runtime
+from .runtime import Runtime
+from .train.run_folder import check_dataset, dataset_location, open_for_reading
+
+log = logging.getLogger("mmkgc_dist")
+
+
+class TrainedModel:
+    def __init__(self, cfg: Config, data: KGData, runtime: Runtime, rotate: RotatE, kernels: DistanceKernels,
+                 modalities: list[str], step: int, source: str):
+        self.cfg, self.data, self.runtime = cfg, data, runtime
+        self.rotate, self.kernels, self.modalities = rotate, kernels, modalities
+        self.step, self.source = step, source           # the checkpoint's step and folder
+        manifest = read_manifest(cfg.data.path) if cfg.data.loader == "stream" else None
+        self.statistics = TrainingStatistics(data, cfg.data.path, manifest)
+        self.evaluator = Evaluator(cfg, data, runtime, rotate, kernels, self.statistics)
+
+    @property
+    def identity(self) -> str:
+        """The dataset version's identity (the SHA-256 of its manifest), recorded by the run."""
+        return self.data.identity
+
+    def evaluate(self, split: str, ties: str | None = None) -> dict:
+        """Filtered ranking of ``split`` (eval.protocol of the run's config)."""
+        return self.evaluator.evaluate(split, ties=ties)
+
+    def export(self, out_dir: str) -> dict:
+        """Every entity's and relation's vectors as Parquet with export.json (export.py)."""
+        from .export import export_embeddings
+        return export_embeddings(self.runtime, self.data.entity_names, self.modalities, self.step, out_dir,
+                                 self.data.relation_names, self.rotate)
+
+
+def load_trained(run_dir: str, checkpoint_path: str | None = None, overrides=(), distributed: bool = False,
+                 env=None) -> TrainedModel:
+    """The model of a run folder — at ``checkpoint_path``, else the one model selection chose (best.json), else
+    the newest verified — on a local or a distributed runtime. The dataset must be the version the run trained
+    on (``RUN/dataset.json``)."""
+    cfg, ckpt = trained_checkpoint(run_dir, checkpoint_path, overrides)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = build_dataset(cfg, feature_values=not distributed)      # ranks read their own feature rows
+    check_dataset(run_dir, data, dataset_location(cfg))
+    runtime = make_runtime(cfg, distributed, env)
+    rotate = RotatE(cfg.model.dim, cfg.model.gamma, cfg.model.epsilon)
+    modalities = fused_modalities(cfg, data)
+    runtime.build(data, {m: data.features[m] for m in modalities}, modalities, rotate, use_mat=False)
+    cursor = checkpoint.load(runtime, ckpt.path, cfg.data.loader == "stream", optimizer=False)
+    log.info("loaded %s (epoch %d, step %d)", ckpt.path, cursor["epoch"], cursor["step"])
+    return TrainedModel(cfg, data, runtime, rotate, DistanceKernels(compile=cfg.train.compile), modalities,
+                        cursor["step"], ckpt.path)
+
+
+def trained_checkpoint(run_dir: str, checkpoint_path: str | None, overrides) -> tuple[Config, checkpoint.Checkpoint]:
+    """(config, verified checkpoint) of a run folder: the given checkpoint, else the one model selection chose
+    (best.json), else the newest verified one."""
+    open_for_reading(run_dir)
+    cfg = load_config(os.path.join(run_dir, "config.yaml"), overrides)
+    path = cfg.data.path
+    local = local_path(path)
+    if cfg.data.source == "parquet" and local is not None and not os.path.exists(local_path(resolve_output(path))):
+        raise DataError(f"{run_dir}: trained on data.path={path}, which is not found from here (a path relative "
+                        f"to where training ran?); give the dataset's location with --data.path=...")
+    if checkpoint_path is not None:
+        return cfg, checkpoint.checkpoint_at(checkpoint_path)
+    directory = os.path.join(run_dir, "checkpoints")
+    best = checkpoint.selected_checkpoint(directory)
+    if best is not None:                 # the model the run's selection chose, and tested
+        try:
+            ckpt = checkpoint.checkpoint_at(os.path.join(directory, best))
+            log.info("using %s, the checkpoint model selection chose (checkpoints/best.json; --checkpoint for "
+                     "another)", ckpt.path)
+            return cfg, ckpt
+        except CheckpointError as exc:
+            log.warning("the selected checkpoint cannot be used (%s); using the newest verified one", exc)
+    ckpt = checkpoint.newest_verified(directory)
+    if ckpt is None:
+        raise CheckpointError(f"{run_dir}/checkpoints: no complete, verified checkpoint found")
+    return cfg, ckpt

@@ -1,0 +1,54 @@
+"""What several test files share: the repository, the tiny configs, the command-line runner, hostile payloads and
+folder snapshots. Test files import from here, never from one another."""
+import hashlib
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+# A graph and model small enough for a command-line run in seconds (predict, selection, trust).
+TINY = ["--data.synthetic.num_entities=300", "--data.synthetic.num_triples=2400", "--model.dim=8",
+        "--train.batch_size=64", "--train.num_negatives=8", "--mat.hidden=16", "--mat.noise_dim=4",
+        "--train.compile=false", "--train.threads=1", "--train.epochs=2"]
+# Smaller still, one epoch: the bad-input and safety cases, which run the command line once per case.
+MINI = ["--data.synthetic.num_entities=120", "--data.synthetic.num_triples=900", "--model.dim=8",
+        "--train.epochs=1", "--train.batch_size=128", "--train.num_negatives=4", "--mat.hidden=16",
+        "--mat.noise_dim=4", "--train.compile=false", "--train.threads=1", "--eval.batch_size=64"]
+MINI_GRAPH = ["--num_entities=120", "--num_triples=900", "--visual_dim=8", "--text_dim=8"]   # prepare synthetic
+
+
+def cli(*args, cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """``mmkgc-dist ARGS`` in a fresh interpreter (one thread, no progress bars), output captured."""
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, TQDM_DISABLE="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "mmkgc_dist.cli", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class Payload:
+    """Unpickling this runs ``touch MARKER``: the attack every loader must refuse."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def snapshot(root: str) -> dict:
+    """{relative path: SHA-256, link target or 'dir'} of everything under ``root``: a folder compared before
+    and after a command must be byte-identical."""
+    out = {}
+    for base, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for f in files:
+            path = os.path.join(base, f)
+            if os.path.islink(path):
+                out[os.path.relpath(path, root)] = "link:" + os.readlink(path)
+                continue
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = hashlib.sha256(fh.read()).hexdigest()
+        for d in dirs:
+            out[os.path.relpath(os.path.join(base, d), root) + "/"] = "dir"
+    return out
