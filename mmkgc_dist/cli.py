@@ -132,7 +132,7 @@ def cmd_prepare(args, overrides) -> int:
     from .outputs import check_output
 
     if args.kind == "openke":
-        check_output(args.out, "dataset", (args.src,), args.overwrite)
+        check_output(args.out, "dataset", (args.src,), args.overwrite)    # before reading: fail fast
         _convert_openke(args.src, args.out, args.overwrite, args.allow_duplicates, args.allow_overlap)
     elif args.kind == "dataset":
         _prepare_recipe(args)
@@ -140,7 +140,6 @@ def cmd_prepare(args, overrides) -> int:
         from .data.synthetic import generate
         cfg = load_config(None, [(f"data.synthetic.{k}", v) for k, v in overrides])
         overrides = []
-        check_output(args.out, "dataset", (), args.overwrite)
         write_dataset(generate(cfg.data.synthetic), args.out, source="synthetic", overwrite=args.overwrite)
     elif args.kind == "triples":
         from .data.convert import TextLayout, convert_triples
@@ -195,7 +194,7 @@ def _prepare_recipe(args) -> None:
     from .outputs import check_output
 
     r = recipe(args.name)
-    check_output(args.out, "dataset", (), args.overwrite)
+    check_output(args.out, "dataset", (), args.overwrite)       # before the download: fail fast
     base = args.base_url or BASE_URL
     with tempfile.TemporaryDirectory(prefix="mmkgc-dist-recipe-") as folder:
         digests = fetch(r, base, folder)

@@ -26,12 +26,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from .checks import SplitChecks, check_splits
 from ..errors import DataError
-from .format import FORMAT_NAME, FORMAT_VERSION, ROW_GROUP_ROWS, TripleWriter, relation_stats_table, write_manifest
+from .format import ROW_GROUP_ROWS, TripleWriter, build_dataset_folder, manifest_record, write_name_tables
 from .statistics import SKETCH_SIZE, TripleStatistics, exact_relation_table
 
 BLOCK_BYTES = 32 << 20      # input bytes parsed at once (~1.4M short-label rows): bounds memory; larger blocks
@@ -283,22 +282,12 @@ def convert_triples(out_dir: str, sources: dict[str, str], layout: TextLayout | 
                     overwrite: bool = False) -> dict:
     """Labeled triple files {split: url} → dataset at ``out_dir`` (crash-safe, ownership rule of outputs.py).
     Returns the manifest."""
-    from ..outputs import OutputBuilder, check_output
-
     layout = layout or TextLayout()
     if "train" not in sources:
         raise DataError("no training triples given (--train)")
-    check_output(out_dir, "dataset", tuple(sources.values()), overwrite)
-    builder = OutputBuilder(out_dir, "dataset").create()
-    try:
-        manifest = _convert_into(builder.tmp, sources, layout, name or os.path.basename(os.path.abspath(out_dir)),
-                                 progress, row_group_rows)
-        write_manifest(builder.tmp, manifest)
-    except BaseException:
-        builder.abort()
-        raise
-    builder.commit()
-    return manifest
+    name = name or os.path.basename(os.path.abspath(out_dir))
+    return build_dataset_folder(out_dir, tuple(sources.values()), overwrite,
+                                lambda root: _convert_into(root, sources, layout, name, progress, row_group_rows))
 
 
 def _convert_into(root: str, sources: dict[str, str], layout: TextLayout, name: str, progress: bool,
@@ -367,20 +356,17 @@ def _convert_into(root: str, sources: dict[str, str], layout: TextLayout, name: 
     else:
         log.warning("duplicate and overlap checks skipped: %d rows exceed the %d-row check budget", kept_rows,
                     CHECK_ROWS)
-    pq.write_table(pa.table({"id": pa.array(np.arange(n, dtype=np.int64)), "name": entities.names(),
-                             "degree": pa.array(stats.degrees(n))}), os.path.join(root, "entities.parquet"))
-    pq.write_table(relation_stats_table(relations.names(), relation_table),
-                   os.path.join(root, "relations.parquet"))
+    write_name_tables(root, {"id": pa.array(np.arange(n, dtype=np.int64)), "name": entities.names(),
+                             "degree": pa.array(stats.degrees(n))}, relations.names(), relation_table)
     seconds = time.time() - started
-    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": name,
-            "source": {s: u for s, u in sources.items()}, "num_entities": n, "num_relations": r,
-            "entities": "entities.parquet", "relations": "relations.parquet", "splits": splits, "modalities": {},
-            "statistics": {"from_split": "train", "distinct_per_relation": counted},
-            "checks": checks.as_manifest(),
-            "conversion": {split: {"rows": rep.rows, "malformed_skipped": rep.malformed_skipped,
-                                   "labels_stripped": rep.labels_stripped,
-                                   "first_skipped": rep.first_skipped} for split, rep in reports.items()}
-            | {"seconds": round(seconds, 2)}}
+    return manifest_record(
+        name, dict(sources), n, r, splits, {},
+        statistics={"from_split": "train", "distinct_per_relation": counted},
+        checks=checks.as_manifest(),
+        conversion={split: {"rows": rep.rows, "malformed_skipped": rep.malformed_skipped,
+                            "labels_stripped": rep.labels_stripped,
+                            "first_skipped": rep.first_skipped} for split, rep in reports.items()}
+        | {"seconds": round(seconds, 2)})
 
 
 def _why_empty(report: SplitReport, layout: TextLayout) -> str:

@@ -69,25 +69,46 @@ class KGData:
 def write_dataset(data: KGData, out_dir: str, source: str = "", row_group_rows: int = ROW_GROUP_ROWS,
                   overwrite: bool = False, inputs: tuple[str, ...] = (), checks: dict | None = None,
                   recipe: dict | None = None) -> None:
-    """Write crash-safely under the ownership rule (outputs.py): build in a temporary sibling, then swap.
-    ``checks`` (duplicates/overlap counts the caller allowed) and ``recipe`` (where a benchmark came from,
-    with its file digests) are recorded in the manifest."""
+    """``data`` as a dataset folder. ``checks`` (duplicates/overlap counts the caller allowed) and ``recipe``
+    (where a benchmark came from, with its file digests) are recorded in the manifest."""
+    validate(data, origin=source or "in-memory dataset")
+    extra = {k: v for k, v in (("checks", checks), ("recipe", recipe)) if v}
+    build_dataset_folder(out_dir, inputs, overwrite,
+                         lambda root: {**_write_contents(data, root, source, row_group_rows), **extra})
+
+
+def build_dataset_folder(out_dir: str, inputs: tuple[str, ...], overwrite: bool, fill) -> dict:
+    """The one way a dataset folder is written: under the ownership rule (outputs.py), ``fill(root)`` writes
+    the files into a temporary sibling and returns the manifest, which is written last (the commit point);
+    then the folder is swapped in crash-safely. Returns the manifest."""
     from ..outputs import OutputBuilder, check_output
 
-    validate(data, origin=source or "in-memory dataset")
     check_output(out_dir, "dataset", inputs, overwrite)
     builder = OutputBuilder(out_dir, "dataset").create()
     try:
-        manifest = _write_contents(data, builder.tmp, source, row_group_rows)
-        if checks:
-            manifest["checks"] = checks
-        if recipe:
-            manifest["recipe"] = recipe
+        manifest = fill(builder.tmp)
         write_manifest(builder.tmp, manifest)
     except BaseException:
         builder.abort()
         raise
     builder.commit()
+    return manifest
+
+
+def write_name_tables(root: str, entity_columns: dict, relation_names, relation_table: dict) -> None:
+    """entities.parquet (id, name, degree and any ``has_<modality>`` column given) and relations.parquet
+    (id, name and the per-relation statistics)."""
+    pq.write_table(pa.table(entity_columns), os.path.join(root, "entities.parquet"))
+    pq.write_table(relation_stats_table(relation_names, relation_table), os.path.join(root, "relations.parquet"))
+
+
+def manifest_record(name: str, source, num_entities: int, num_relations: int, splits: dict, modalities: dict,
+                    **extra) -> dict:
+    """The manifest of a dataset written now (docs/dataset-format.md); ``extra``: fields a writer adds."""
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": name, "source": source,
+            "num_entities": num_entities, "num_relations": num_relations,
+            "entities": "entities.parquet", "relations": "relations.parquet", "splits": splits,
+            "modalities": modalities, **extra}
 
 
 def relation_stats_table(names, stats: dict[str, np.ndarray]) -> pa.Table:
@@ -103,10 +124,8 @@ def _write_contents(data: KGData, root: str, source: str, row_group_rows: int) -
                    "degree": pa.array(stats.degrees(n))}
     for m, feats in data.features.items():
         entity_cols[f"has_{m}"] = pa.array(feats.present.astype(bool))
-    pq.write_table(pa.table(entity_cols), os.path.join(root, "entities.parquet"))
-    pq.write_table(relation_stats_table(data.relation_names, exact_relation_table(data.splits.get(
-        "train", np.zeros((0, 3), np.int64)), data.num_relations)),
-                   os.path.join(root, "relations.parquet"))
+    write_name_tables(root, entity_cols, data.relation_names, exact_relation_table(
+        data.splits.get("train", np.zeros((0, 3), np.int64)), data.num_relations))
     splits = {}
     for split, triples in data.splits.items():
         splits[split] = {"rows": int(len(triples)), "files": _write_triples(triples, root, split, row_group_rows)}
@@ -119,10 +138,7 @@ def _write_contents(data: KGData, root: str, source: str, row_group_rows: int) -
         table = pa.table({"id": pa.array(ids), "feature": pa.FixedSizeListArray.from_arrays(flat, feats.dim)})
         pq.write_table(table, os.path.join(root, rel), row_group_size=65536)
         modalities[m] = {"dim": feats.dim, "file": rel, "present": int(len(ids))}
-    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": data.name, "source": source,
-            "num_entities": n, "num_relations": data.num_relations,
-            "entities": "entities.parquet", "relations": "relations.parquet",
-            "splits": splits, "modalities": modalities}
+    return manifest_record(data.name, source, n, data.num_relations, splits, modalities)
 
 
 def _write_triples(triples: np.ndarray, root: str, split: str, row_group_rows: int) -> list[str]:
