@@ -1,10 +1,10 @@
 """The reference adversarial term at any world size: two real gloo ranks (file rendezvous, 1 thread each), each
 holding half of a batch of fakes, give the one-process loss and gradients — the softmax runs over the global
 batch, and each rank's share is scaled so that the step's 1/world loss scaling sums it back."""
-import pytest
 import json
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 

@@ -1,13 +1,15 @@
 """Smoke runs of benchmark scripts on real data (they are not timed here; they must just keep working)."""
-import pytest
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_quality_script_smoke(tmp_path, db15k):
     mkgw = os.path.join(os.path.dirname(db15k), "MKG-W")
     res = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "quality.py"), "--data", f"mkgw={mkgw}",

@@ -2,10 +2,10 @@
 sum of every rank's gradient, bucket by bucket; a parameter one rank left unused gets the other rank's gradient
 there too (even an all-zero one), and a parameter no rank used keeps no gradient (one process would not step it
 either). Also the global softmax over columns (the MAT term's three kinds of fake in one collective)."""
-import pytest
 import json
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 

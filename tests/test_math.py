@@ -1,9 +1,9 @@
 """Model math against hand-computed values (plain tensors, no tables, no distribution)."""
-import pytest
 import ast
 import math
 import os
 
+import pytest
 import torch
 
 from mmkgc_dist.model import (AdaMFFusion, DistanceKernels, MATGenerators, RotatE, batch_adversarial_loss,

@@ -1,6 +1,6 @@
 """Filtered ranking on a tiny graph with known answers, both tie policies."""
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from mmkgc_dist.eval.metrics import link_prediction_metrics

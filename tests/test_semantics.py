@@ -114,6 +114,7 @@ def test_variants_without_mat_same_at_any_world_size(tmp_path, variant, extra):
     assert len(two["losses"]) == 10 and worst <= 1e-3, (variant, worst)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, triples, steps, extra, tolerance", [
     ("a 1-row last batch, MAT at mu=0.5: one rank holds none of it", 151, 5, ("--mat.mu=0.5",), 1e-2),
     ("an odd last batch without MAT: ranks hold 16 and 17 rows", 149, 4, ("--mat.enabled=false",), 1e-4)])

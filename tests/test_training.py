@@ -73,7 +73,6 @@ def test_training_never_writes_into_the_callers_dataset():
     assert torch.equal(first.runtime.tables.entity.weight, second.runtime.tables.entity.weight)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("negatives, stop", [("per_positive", "train.epochs=1"), ("chunk_shared", "train.epochs=1"),
                                              ("per_positive", "train.max_steps=7")])
 def test_resume_matches_uninterrupted(tmp_path, negatives, stop):
