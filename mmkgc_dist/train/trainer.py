@@ -59,7 +59,8 @@ class Trainer:
             raise ConfigError(str(exc)) from None
         runtime.build(data, features, self.modalities, self.rotate, self.use_mat)
         self.stream = self._make_stream()
-        self.statistics = TrainingStatistics(data, cfg.data.path, self.stream.manifest if self.stream else None)
+        self.statistics = TrainingStatistics(data, cfg.data.path,
+                                             self.stream.manifest if self.stream is not None else None)
         self.sampler = self._make_sampler()
         self.step_fn = TrainStep(cfg, runtime, self.rotate, self.kernels, data.num_entities)
         self.evaluator = Evaluator(cfg, data, runtime, self.rotate, self.kernels, self.statistics, show_progress)
