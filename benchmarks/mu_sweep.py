@@ -68,7 +68,8 @@ def train_and_test(args, data, recipe: str | None, key: str, seed: int) -> dict:
 
 
 def summarise(runs: list[dict], keys: list[str]) -> dict:
-    """Mean ± sample std (ddof = 1) of test MRR per variant and tie rule; the gain of each AdaMF-MAT μ over MAT off."""
+    """Mean ± sample std (ddof = 1) of test MRR per variant and tie rule; the gain of each AdaMF-MAT μ over MAT
+    off."""
     def stats(key, ties):
         values = [r[ties]["mrr"] for r in runs if r["variant"] == key]
         mean, std = mean_std(values)

@@ -356,7 +356,8 @@ def positive_int(text: str) -> int:
 
 def _distributed_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distributed", action="store_true",
-                   help="use the distributed runtime (TorchRec tables, DeepSpeed generators) even with one process (automatic when WORLD_SIZE > 1)")
+                   help="use the distributed runtime (TorchRec tables, DeepSpeed generators) even with one process "
+                        "(automatic when WORLD_SIZE > 1)")
 
 
 def _dataset_output_options(p: argparse.ArgumentParser) -> None:

@@ -161,7 +161,7 @@ class RowwiseAdagrad(_TableOptimizer):
 
 class OptimizerGroup:
     """Several optimizers stepped as one (tables and dense parameters follow different rules). Their state is
-    saved by each runtime under world-size-independent names (parallel/checkpoint.py), not from here.
+    saved by each runtime under world-size-independent names (checkpoint/format.py), not from here.
     ``local``: optimizers whose gradients are final on this process (the owners' table rows); they step first,
     while the dense gradients' sum over ranks is in flight, and ``gradients_ready`` then waits for that sum.
     The parameters are disjoint, so the order changes no number."""

@@ -84,7 +84,7 @@ def check_output(out: str, kind: str, inputs: tuple[str, ...] = (), overwrite: b
     real = real_path(out)
     if within(real_path(os.getcwd()), real):
         raise OutputError(f"{what} {out}: is the current directory or one of its parents; give a new folder "
-                        f"for the {kind}")
+                          f"for the {kind}")
     for source in inputs:
         src = local_path(source) if source else None
         if src is None:
@@ -103,7 +103,7 @@ def check_output(out: str, kind: str, inputs: tuple[str, ...] = (), overwrite: b
     found = marker_kind(out)
     if found is None:
         raise OutputError(f"{what} {out}: folder is not empty and was not made by mmkgc-dist (no {MARKER} "
-                        f"marker); refusing to touch it — give a new folder")
+                          f"marker); refusing to touch it — give a new folder")
     if found != kind:
         article = "an" if kind[0] in "aeiou" else "a"
         raise OutputError(f"{what} {out}: holds an mmkgc-dist {found}, not {article} {kind}; refusing to replace it")
@@ -113,8 +113,8 @@ def check_output(out: str, kind: str, inputs: tuple[str, ...] = (), overwrite: b
     foreign = foreign_entries(out, kind)
     if foreign:
         raise OutputError(f"{what} {out}: holds {len(foreign)} file(s) mmkgc-dist did not write ({foreign[0]}"
-                        f"{', ...' if len(foreign) > 1 else ''}); --overwrite replaces the whole {kind}, so move "
-                        f"them out first")
+                          f"{', ...' if len(foreign) > 1 else ''}); --overwrite replaces the whole {kind}, so move "
+                          f"them out first")
 
 
 def check_output_file(path: str, what: str, replaceable) -> None:
@@ -126,7 +126,7 @@ def check_output_file(path: str, what: str, replaceable) -> None:
         raise OutputError(f"{what} {path}: outputs are written to local files; give a path")
     if os.path.islink(path) or os.path.isdir(path):
         raise OutputError(f"{what} {path}: is a {'symbolic link' if os.path.islink(path) else 'folder'}; give a "
-                        f"file name")
+                          f"file name")
     folder = os.path.dirname(real_path(path))
     while True:
         kind = marker_kind(folder)
@@ -138,7 +138,7 @@ def check_output_file(path: str, what: str, replaceable) -> None:
         folder = parent
     if os.path.exists(path) and not replaceable(path):
         raise OutputError(f"{what} {path}: exists and is not an earlier output of this command; refusing to "
-                        f"replace it — give a new file name")
+                          f"replace it — give a new file name")
 
 
 # What the tool writes at the top of each kind of output: anything else there is a user's.
@@ -187,7 +187,7 @@ def remove_owned(path: str) -> None:
     followed nor removed — where the tool expects its own file or folder, a link is a user's, and refused."""
     if os.path.islink(path):
         raise OutputError(f"{path}: is a symbolic link where mmkgc-dist keeps its own files; it never deletes "
-                        f"through links — remove or replace the link yourself")
+                          f"through links — remove or replace the link yourself")
     if os.path.isdir(path):
         shutil.rmtree(path)
     elif os.path.lexists(path):
@@ -200,7 +200,7 @@ def refuse_links(folder: str, names) -> None:
         path = os.path.join(folder, name)
         if os.path.islink(path):
             raise OutputError(f"{path}: is a symbolic link where mmkgc-dist keeps its own files; refusing to write "
-                            f"or delete through it — remove or replace the link yourself")
+                              f"or delete through it — remove or replace the link yourself")
 
 
 # ------------------------------------------------------------------------------ stale temporaries
@@ -291,7 +291,8 @@ def swap_in(new: str, out: str) -> None:
     if had_old:
         if os.path.islink(out) or not os.path.isdir(out) or (os.listdir(out) and marker_kind(out) != kind):
             raise OutputError(f"{out}: changed while the new {kind or 'version'} was being built (it is no longer "
-                            f"an empty folder or {kind} of mmkgc-dist); left it alone — the new version is at {new}")
+                              f"an empty folder or {kind} of mmkgc-dist); left it alone — the new version is at "
+                              f"{new}")
         os.replace(out, previous)
         fault_point("aside")
     os.replace(new, out)

@@ -204,7 +204,7 @@ def read_selection(directory: str) -> dict | None:
                              f"checkpoints (step-NNNNNNNNN)")
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a model-selection record this tool wrote ({exc}); move it away to start "
-                        f"selection afresh")
+                              f"selection afresh")
     return record
 
 

@@ -141,7 +141,7 @@ def save(runtime, directory: str, cursor: dict) -> str:
         if runtime.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         raise OutputError(f"{final}: could not write the checkpoint ({_reason(exc)}); earlier checkpoints are "
-                        f"intact") from exc
+                          f"intact") from exc
     runtime.barrier()
     if runtime.is_main:
         for old in prune(directory, runtime.cfg.train.keep_checkpoints, final):
@@ -156,7 +156,7 @@ def read_meta(ckpt) -> dict:
         meta = json.load(fh)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{ckpt.path}: checkpoint format {meta.get('format', 1)}; this version reads format "
-                        f"{FORMAT} (use the version that wrote it to evaluate or export it)")
+                              f"{FORMAT} (use the version that wrote it to evaluate or export it)")
     return meta
 
 
@@ -166,10 +166,11 @@ def _check_fits(runtime, meta: dict, path: str, optimizer: bool) -> None:
     cfg = runtime.cfg
     if meta["table_optimizer"] != cfg.train.table_optimizer:
         raise CheckpointError(f"{path}: trained with train.table_optimizer={meta['table_optimizer']}; this run has "
-                        f"{cfg.train.table_optimizer} (set it back to resume)")
+                              f"{cfg.train.table_optimizer} (set it back to resume)")
     if meta["table_state"] != runtime.table_state_kind:
-        raise CheckpointError(f"{path}: its table-optimizer state is kept {meta['table_state']}; this run's layout keeps "
-                        f"it {runtime.table_state_kind} (resume with the parallel.sharding it was written with)")
+        raise CheckpointError(f"{path}: its table-optimizer state is kept {meta['table_state']}; this run's layout "
+                              f"keeps it {runtime.table_state_kind} (resume with the parallel.sharding it was written "
+                              f"with)")
     if runtime.generators is not None and not meta["mat"]:
         raise CheckpointError(f"{path}: checkpoint has no MAT generators but mat.enabled=true")
 

@@ -13,6 +13,7 @@ import pickle
 
 from ..errors import CheckpointError
 
+
 def safe_torch_load(source, what: str | None = None):
     """torch.load that never runs code from the file (weights_only=True, explicitly); one-line errors."""
     import torch
@@ -27,7 +28,7 @@ def safe_torch_load(source, what: str | None = None):
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{name}: refused to load: it needs code or objects that weights-only loading does not "
-                        f"build ({first[:200]})")
+                              f"build ({first[:200]})")
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{name}: not a readable torch checkpoint ({first[:200]})")
@@ -77,14 +78,14 @@ def check_metadata_bounds(meta_path: str, metadata) -> None:
         rel = str(getattr(info, "relative_path", ""))
         if not rel or os.path.basename(rel) != rel or rel in (".", ".."):
             raise CheckpointError(f"{meta_path}: refused: item {getattr(index, 'fqn', index)} names the file {rel!r}, "
-                            f"which is not a file inside the checkpoint folder")
+                                  f"which is not a file inside the checkpoint folder")
     held = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f != ".metadata")
     for fqn, item in (getattr(metadata, "state_dict_metadata", None) or {}).items():
         if isinstance(item, TensorStorageMetadata):
             declared = math.prod(item.size) * item.properties.dtype.itemsize
             if declared > held:
                 raise CheckpointError(f"{meta_path}: refused: {fqn} declares {declared} bytes, the checkpoint's data "
-                                f"files hold {held}")
+                                      f"files hold {held}")
 
 
 def dcp_reader_and_planner(path: str):

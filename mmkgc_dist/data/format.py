@@ -252,7 +252,8 @@ def read_manifest(root: str) -> dict:
             return json.load(fh)
 
     manifest = _reading(load, {
-        FileNotFoundError: lambda e: f"{path}: manifest not found; is {root} a dataset written by `mmkgc-dist prepare`?",
+        FileNotFoundError: lambda e: f"{path}: manifest not found; is {root} a dataset written by "
+                                     f"`mmkgc-dist prepare`?",
         NotADirectoryError: lambda e: f"{root}: is a file; expected a dataset folder written by `mmkgc-dist prepare`",
         (json.JSONDecodeError, UnicodeDecodeError): lambda e: f"{path}: not valid JSON ({e})",
         OSError: lambda e: f"{path}: cannot be read ({e})"})

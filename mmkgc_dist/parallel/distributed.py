@@ -1,7 +1,7 @@
 """The distributed runtime: TorchRec-sharded tables, data-parallel AdaMF fusion (dense gradients summed in flat
 buckets), DeepSpeed generator engine, each rank's part of every global batch, candidate-sharded evaluation;
-checkpoints in the one format of every world size (checkpoint/format.py). ``train.Trainer`` runs the same loop, step and evaluation over it as over
-``local.LocalRuntime``.
+checkpoints in the one format of every world size (checkpoint/format.py). ``train.Trainer`` runs the same loop,
+step and evaluation over it as over ``local.LocalRuntime``.
 
 Gradient scaling: every rank's loss is the mean over its own positives, multiplied by its share of the global
 batch (b / B; a rank may hold fewer positives than another, or none) before backward. The owners' table rows

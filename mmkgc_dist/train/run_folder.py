@@ -85,7 +85,7 @@ def open_for_training(run_dir: str | None, out_dir: str, name: str, resume: bool
         src = local_path(source) if source else None
         if src is not None and (within(real_path(target), real_path(src)) or within(real_path(src), real_path(target))):
             raise OutputError(f"{'--run-dir' if run_dir else 'run.out_dir'} {target}: overlaps the dataset {source}; "
-                            f"keep runs outside the dataset folder")
+                              f"keep runs outside the dataset folder")
     if not run_dir and not name:
         # an elastic restart continues the run its job created (resume=True then), never a new timestamped one
         earlier = folder_of_job(out_dir, elastic_job()) if resume and elastic_job() else None
@@ -101,7 +101,7 @@ def open_for_training(run_dir: str | None, out_dir: str, name: str, resume: bool
         kind = marker_kind(path)          # the marker or nothing: no guessing from the files inside
         if kind is None:
             raise OutputError(f"{what} {path}: folder is not empty and was not made by mmkgc-dist; refusing to "
-                            f"write a run into it — give a new folder")
+                              f"write a run into it — give a new folder")
         elif kind != "run":
             raise OutputError(f"{what} {path}: holds an mmkgc-dist {kind}, not a run")
     else:
@@ -114,7 +114,7 @@ def open_for_training(run_dir: str | None, out_dir: str, name: str, resume: bool
             steps = [c.step for c in list_checkpoints(os.path.join(path, "checkpoints"))]
             held = f"checkpoints up to step {max(steps)}" if steps else "metrics of an earlier run"
             raise OutputError(f"{what} {path}: holds another run ({held}); pass --resume to continue it or "
-                            f"--overwrite to replace its results")
+                              f"--overwrite to replace its results")
         if overwrite and not resume:
             remove_run_results(path)
         clean_temporaries(os.path.join(path, "checkpoints"))
