@@ -44,7 +44,7 @@ def _config_to_resume(cfg, args, overrides):
     which may change only what does not shape the model or its data (``config.resumed_config``). With
     ``--config`` the file given is compared instead. A folder without a run of ours: ``cfg`` as it is."""
     from .config import resumed_config
-    from .train.run_folder import created_config
+    from .run_folder import created_config
 
     path = args.run_dir or (os.path.join(cfg.run.out_dir, cfg.run.name) if cfg.run.name else None)
     created = created_config(path) if path else None

@@ -22,8 +22,8 @@ from .eval.evaluator import Evaluator
 from .model import DistanceKernels, RotatE
 from .outputs import local_path, resolve_output
 from .parallel import make_runtime
+from .run_folder import check_dataset, dataset_location, open_for_reading
 from .runtime import Runtime
-from .train.run_folder import check_dataset, dataset_location, open_for_reading
 
 log = logging.getLogger("mmkgc_dist")
 

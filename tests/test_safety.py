@@ -17,7 +17,7 @@ from support import MINI as TINY, MINI_GRAPH as SMALL_GRAPH, REPO, Payload, cli,
 
 from mmkgc_dist.data.format import load_dataset, read_manifest
 from mmkgc_dist.outputs import FolderLock, resolve_output
-from mmkgc_dist.train.run_folder import new_unique_folder
+from mmkgc_dist.run_folder import new_unique_folder
 
 
 def _one_error(res, text):

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from mmkgc_dist.outputs import marker_kind, write_marker
-    from mmkgc_dist.train.run_folder import holds_run
+    from mmkgc_dist.run_folder import holds_run
     run_dir = os.path.abspath(args.run_dir or os.path.join(REPO, "runs", f"{args.job_name}-{time.strftime('%Y%m%d-%H%M%S')}"))
     if os.path.lexists(run_dir) and not os.path.isdir(run_dir):
         print(f"error: --run-dir {run_dir}: exists and is not a folder", file=sys.stderr)

@@ -20,7 +20,7 @@ there is moved aside first and deleted last: outputs.swap_in). A folder of that 
 ``meta.json`` was not written here and is never replaced; a model with NaN/inf weights is never saved. Loading
 verifies the digests first (catalogue.py) and never unpickles arbitrary objects (safe_load.py). A runtime
 provides ``checkpoint_state`` (the tensors above, which a load fills in place) and ``restore_state``
-(parallel/runtime.py); the rest is here.
+(runtime.py); the rest is here.
 """
 from __future__ import annotations
 

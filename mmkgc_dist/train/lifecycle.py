@@ -14,7 +14,7 @@ from ..data.format import KGData
 from ..eval.metrics import markdown_report, metric_keys
 from ..checkpoint import list_checkpoints, newest_verified
 from ..outputs import write_atomic
-from .run_folder import check_dataset, dataset_location, holds_run, open_for_training, record_dataset
+from ..run_folder import check_dataset, dataset_location, holds_run, open_for_training, record_dataset
 from .trainer import Trainer
 
 log = logging.getLogger("mmkgc_dist")

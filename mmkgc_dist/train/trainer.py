@@ -28,9 +28,9 @@ from ..footprint import check_fits
 from ..host import tune_training_process
 from ..model import DistanceKernels, RotatE
 from ..rng import numpy_rng
+from ..run_folder import record_config
 from ..runtime import Runtime
 from .prefetch import to_device_ahead
-from .run_folder import record_config
 from .selection import ModelSelection, in_train
 from .step import TrainStep
 from .trackers import make_trackers

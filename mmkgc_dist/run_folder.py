@@ -18,10 +18,10 @@ import logging
 import os
 import time
 
-from ..errors import DataError, OutputError
-from ..checkpoint import BEST, clean_temporaries, delete, list_checkpoints
-from ..config import config_yaml, load_config
-from ..outputs import (FolderLock, default_mode, local_path, marker_field, marker_kind, real_path, refuse_links,
+from .checkpoint import BEST, clean_temporaries, delete, list_checkpoints
+from .config import config_yaml, load_config
+from .errors import DataError, OutputError
+from .outputs import (FolderLock, default_mode, local_path, marker_field, marker_kind, real_path, refuse_links,
                        remove_owned, within, write_atomic, write_marker)
 
 log = logging.getLogger("mmkgc_dist")
