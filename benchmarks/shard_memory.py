@@ -51,7 +51,7 @@ def child(mode: str, rows: int, dim: int, feature_path: str, feature_dim: int, o
     if feature_path:
         present = np.ones(rows, bool)
         features["visual"] = Features(None, present, feature_dim, feature_path)
-    tables = ShardedTables(env, rows, 10, dim, 0.05, 0.1, features, False, ParallelConfig(), 1, "adam", 1e-3, 0.05)
+    tables = ShardedTables(env, rows, 10, (2 * dim, dim), 0.05, 0.1, features, False, ParallelConfig(), 1, "adam", 1e-3, 0.05)
     if mode == "full-then-shard":           # the previous version: every rank draws the whole table first
         full = uniform_rows(1, "entity_init", 0, rows, 2 * dim, 0.05)
         weight = tables._weight("entity")

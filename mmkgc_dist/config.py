@@ -61,10 +61,17 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """The scoring function's width and constants, and the modalities AdaMF fuses."""
-    dim: int = _f(64, "complex dimension d of RotatE (real width 2d)")
-    gamma: float = _f(12.0, "RotatE margin")
-    epsilon: float = _f(2.0, "RotatE embedding-range epsilon")
-    modalities: list = _f(["visual", "text"], "modalities fused with the structure; [] = structure-only RotatE")
+    scoring: str = _f("rotate", "scoring function by name: rotate, transe, distmult, complex (model/scorers/; "
+                      "a scorer registered with model.scorers.register_scorer is accepted by its name)")
+    dim: int = _f(64, "d: entity rows are 2d wide (the complex scorers read them as d complex coordinates)")
+    gamma: float = _f(12.0, "margin of the distance scorers (RotatE, TransE)")
+    epsilon: float = _f(2.0, "embedding-range epsilon of the distance scorers' initialisation")
+    reciprocal: bool = _f(False, "an inverse relation per relation: head queries (?, r, t) are answered as tail "
+                          "queries (t, r^-1, ?)")
+    regularizer: str = _f("none", "regulariser of the positives' factors: 'none', 'n3' (nuclear 3-norm) or 'l2'",
+                          choices=("none", "n3", "l2"))
+    regularizer_weight: float = _f(0.0, "weight of model.regularizer in the loss")
+    modalities: list = _f(["visual", "text"], "modalities fused with the structure; [] = structure-only")
     raw_features: str = _f("trainable", "'trainable' (paper: feature tables are fine-tuned) or 'frozen'",
                            choices=("trainable", "frozen"))
 
@@ -80,6 +87,9 @@ class MATConfig:
     adversarial_loss: str = _f("reference", "the discriminator's adversarial term: 'reference' (the released "
                                "code's: fakes of the batch weighted by softmax(α·f_fake)) or 'mean' (plain means)",
                                choices=("reference", "mean"))
+    detach_fakes: bool = _f(False, "generate the discriminator's fakes under no_grad; false (the reference's): "
+                            "its adversarial term also sends gradient through the generators into the structural "
+                            "rows (never into the generators' weights)")
     fakes_fill_missing: bool = _f(True, "the fused fake uses every generated modality, also one the entity lacks "
                                   "(false: the real entity's presence masks)")
 
@@ -98,8 +108,10 @@ class TrainConfig:
     max_steps: int = _f(0, "stop after this many steps (0 = no limit)")
     batch_size: int = _f(512, "positives per step (global)")
     num_negatives: int = _f(64, "negatives per positive")
-    negatives: str = _f("per_positive", "'per_positive' (exact) or 'chunk_shared' (scalable)",
-                        choices=("per_positive", "chunk_shared"))
+    negatives: str = _f("per_positive", "'per_positive' (exact), 'chunk_shared' (scalable) or 'all' (1-vs-all: "
+                        "every entity is a candidate of both queries of a positive, cross-entropy loss)",
+                        choices=("per_positive", "chunk_shared", "all"))
+    label_smoothing: float = _f(0.0, "label smoothing of the 1-vs-all cross-entropy (train.negatives=all)")
     chunk_size: int = _f(64, "positives sharing one set of negatives (negatives=chunk_shared)")
     corruption: str = _f("bern", "'bern' (per-relation head/tail probabilities) or 'uniform'",
                          choices=("bern", "uniform"))
@@ -121,7 +133,8 @@ class TrainConfig:
     adversarial_temperature: float = _f(2.0, "self-adversarial softmax temperature alpha")
     seed: int = _f(42, "seed of initialisation and sampling")
     threads: int = _f(0, "torch intra-op threads (0 = leave torch's default)")
-    compile: bool = _f(True, "torch.compile the fused RotatE distance kernels")
+    compile: bool = _f(True, "torch.compile the scoring kernels (RotatE's fused distance kernels, the others' "
+                       "generic ones)")
     device: str = _f("auto", "single-process device: 'auto' (CUDA when visible), 'cpu' or 'cuda'; distributed "
                      "runs use one device per rank", choices=("auto", "cpu", "cuda"))
     log_every: int = _f(20, "steps between JSONL metric records")
@@ -221,8 +234,8 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {"train.max_steps", "train.keep_checkpoints", "train.checkpoint_every_steps", "train.threads", "train.checkpoint_every",
                  "eval.every_epochs", "train.early_stopping.patience", "train.early_stopping.min_delta", "mat.mu", "data.synthetic.feature_noise", "model.epsilon", "eval.sampled_uniform",
-                 "eval.sampled_degree", "eval.max_queries", "train.seed", "data.synthetic.seed"}
-_FRACTIONS = {"data.synthetic.visual_missing", "data.synthetic.text_missing",
+                 "eval.sampled_degree", "eval.max_queries", "train.seed", "data.synthetic.seed", "model.regularizer_weight"}
+_FRACTIONS = {"train.label_smoothing", "data.synthetic.visual_missing", "data.synthetic.text_missing",
               "data.synthetic.valid_fraction", "data.synthetic.test_fraction"}
 
 
@@ -312,6 +325,13 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.train.negatives == "chunk_shared" and cfg.train.chunk_size > cfg.train.batch_size:
         raise ConfigError(f"train.chunk_size: must be <= train.batch_size ({cfg.train.batch_size}), "
                           f"got {cfg.train.chunk_size}")
+    if cfg.model.regularizer_weight and cfg.model.regularizer == "none":
+        raise ConfigError(f"model.regularizer_weight: {cfg.model.regularizer_weight} with model.regularizer=none; "
+                          f"choose n3 or l2")
+    if cfg.train.label_smoothing and cfg.train.negatives != "all":
+        raise ConfigError("train.label_smoothing: smooths the 1-vs-all cross-entropy; set train.negatives=all")
+    if not isinstance(cfg.model.scoring, str) or not cfg.model.scoring:
+        raise ConfigError(f"model.scoring: expected a scoring function's name, got {cfg.model.scoring!r}")
     if cfg.mat.enabled and not cfg.model.modalities:
         raise ConfigError("mat.enabled: MAT generates modality embeddings and needs model.modalities; "
                           "set mat.enabled=false for structure-only runs")

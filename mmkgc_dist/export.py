@@ -9,9 +9,14 @@ ownership rule of outputs.py.
 
     OUT/part-00000.parquet   id:int64, name:string, structural, joint: fixed_size_list<float32>[2d],
                              weight_<structure|modality>: float32 (AdaMF attention; absent without fusion)
-    OUT/relations.parquet    id:int64, name:string, embedding: fixed_size_list<float32>[d] (the trained rows),
-                             phase: fixed_size_list<float32>[d] (θ = embedding / (embedding_range / π))
-    OUT/export.json          counts, widths, files, and "scoring": the function and its constants
+    OUT/relations.parquet    id:int64, name:string, embedding: fixed_size_list<float32>[relation width] (the
+                             trained rows; with reciprocal relations rows R..2R-1 are the inverses, named
+                             "<name> (inverse)"), and the scorer's extra columns (RotatE: phase, θ = embedding /
+                             (embedding_range / π))
+    OUT/export.json          counts, widths, files, and "scoring": the function (its registered "name") and its
+                             constants
+
+``read_embeddings(path).score(h, r, t)`` reproduces the model's f(h, r, t) with the scorer's numpy function.
 """
 from __future__ import annotations
 
@@ -31,20 +36,16 @@ def _vectors(t: torch.Tensor) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(t.numpy().reshape(-1)), t.shape[1])
 
 
-def scoring_record(rotate) -> dict:
+def scoring_record(scoring) -> dict:
     """How to score with the exported vectors, for export.json."""
-    return {"model": "RotatE on AdaMF-fused entity embeddings",
-            "score": "gamma - sum_k |h_k * exp(i * phase_k) - t_k|  (higher is more plausible)",
-            "entities": "use the 'joint' column; a row of width 2d is [re_1..re_d, im_1..im_d]",
-            "relations": "use the 'phase' column (radians); 'embedding' is the trained row, "
-                         "phase = embedding / (embedding_range / pi)",
-            "gamma": rotate.gamma, "embedding_range": rotate.embedding_range, "dim": rotate.dim}
+    return {**scoring.scorer.describe(), "reciprocal": scoring.queries.reciprocal,
+            "num_relations": scoring.queries.num_relations}
 
 
 def export_embeddings(runtime, entity_names: list[str], modalities: list[str], step: int, out_dir: str,
-                      relation_names: list[str] | None = None, rotate=None, chunk: int = 65536) -> dict:
+                      relation_names: list[str] | None = None, scoring=None, chunk: int = 65536) -> dict:
     """Through the runtime's public operations only: ``embedding_chunks`` of the entities this process owns,
-    ``share``/``gather_rows``/``barrier`` (local or distributed alike)."""
+    ``share``/``gather_rows``/``barrier`` (local or distributed alike). ``scoring``: ``model.Scoring``."""
     rank = runtime.rank
     builder = OutputBuilder(out_dir, "export")
     builder.tmp = runtime.share(builder.tmp)
@@ -53,7 +54,7 @@ def export_embeddings(runtime, entity_names: list[str], modalities: list[str], s
     runtime.barrier()
     try:
         info = _write_parts(runtime, entity_names, modalities, step, builder.tmp, chunk,
-                            _relations(runtime, relation_names, rotate), scoring_record(rotate) if rotate else None)
+                            _relations(runtime, relation_names, scoring), scoring_record(scoring) if scoring else None)
     except BaseException:
         if rank == 0:
             builder.abort()
@@ -64,14 +65,19 @@ def export_embeddings(runtime, entity_names: list[str], modalities: list[str], s
     return info
 
 
-def _relations(runtime, names: list[str] | None, rotate) -> pa.Table | None:
-    """Every relation's trained row and phase (relations are small and replicated; rank 0 writes them)."""
-    if rotate is None:
+def _relations(runtime, names: list[str] | None, scoring) -> pa.Table | None:
+    """Every relation row and the scorer's extra columns (relations are small and replicated; rank 0 writes
+    them)."""
+    if scoring is None:
         return None
     rows = runtime.relation_table().detach().float().cpu()
-    names = names if names is not None else [str(i) for i in range(len(rows))]
-    return pa.table({"id": pa.array(np.arange(len(rows), dtype=np.int64)), "name": pa.array(names, pa.string()),
-                     "embedding": _vectors(rows), "phase": _vectors(rotate.phase(rows))})
+    names = list(names) if names is not None else [str(i) for i in range(scoring.queries.num_relations)]
+    if scoring.queries.reciprocal:
+        names += [f"{n} (inverse)" for n in names]
+    columns = {"id": pa.array(np.arange(len(rows), dtype=np.int64)), "name": pa.array(names, pa.string()),
+               "embedding": _vectors(rows)}
+    columns.update({k: _vectors(v) for k, v in scoring.scorer.relation_columns(rows).items()})
+    return pa.table(columns)
 
 
 def _write_parts(runtime, entity_names, modalities, step: int, tmp: str, chunk: int,
@@ -123,18 +129,23 @@ class Embeddings:
         self.weights = {c[len("weight_"):]: entities.column(c).to_numpy() for c in entities.column_names
                         if c.startswith("weight_")}
         self.relation_names = relations.column("name").to_pylist() if relations is not None else []
-        self.phases = _matrix(relations.column("phase")) if relations is not None else None
+        self.phases = _matrix(relations.column("phase")) if relations is not None and \
+            "phase" in relations.column_names else None
         self.relation_embeddings = _matrix(relations.column("embedding")) if relations is not None else None
 
+    def scorer(self):
+        """The scoring function export.json names (exports that name none are RotatE's), with its constants."""
+        from .model import make_scorer
+        record = self.info["scoring"]
+        return make_scorer(record.get("name", "rotate"), record["dim"], record["gamma"], record.get("epsilon", 2.0))
+
     def score(self, heads, relations, tails) -> np.ndarray:
-        """export.json's function on id arrays: gamma - sum_k |h_k e^{i θ_k} - t_k| over the joint vectors."""
-        if self.phases is None:
+        """export.json's function on id arrays over the joint vectors: f(h, r, t) as the model scores it (the
+        tail-query form; with reciprocal relations, id r + R scores with the inverse relation)."""
+        if self.relation_embeddings is None:
             raise ValueError("this export has no relations (written before relations were exported)")
         h, t = self.joint[np.asarray(heads)], self.joint[np.asarray(tails)]
-        theta = self.phases[np.asarray(relations)]
-        d = h.shape[1] // 2
-        h_c, t_c = h[:, :d] + 1j * h[:, d:], t[:, :d] + 1j * t[:, d:]
-        return self.info["scoring"]["gamma"] - np.abs(h_c * np.exp(1j * theta) - t_c).sum(1)
+        return self.scorer().numpy_score(h, self.relation_embeddings[np.asarray(relations)], t)
 
 
 def _matrix(column) -> np.ndarray:

@@ -9,8 +9,9 @@ neighbours. A checkpoint of any world size loads (one checkpoint format, checkpo
     model.score([("Paris", "capitalOf", "France")])
     model.neighbours("Paris", k=10, space="joint")
 
-Scores are RotatE's f(h, r, t) = γ − Σ_k |h_k e^{iθ_k} − t_k| on the fused (joint) entity embeddings, the same
-function training and evaluation use; higher is more plausible. ``known`` marks (default) or filters answers
+Scores are the run's scoring function f(h, r, t) (``model.scoring``: RotatE's γ − Σ_k |h_k e^{iθ_k} − t_k| by
+default) on the fused (joint) entity embeddings, the same function training and evaluation use; higher is more
+plausible. ``known`` marks (default) or filters answers
 that form a triple of the dataset's train/valid/test splits.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .config import parse_overrides
 from .data.stream import rows_answering
 from .errors import QueryError
 from .eval.ranking import FilterIndex
+from .model.kernels import all_pairs_distance
 from .trained import TrainedModel, load_trained
 
 KNOWN_POLICIES = ("mark", "filter", "keep")
@@ -81,7 +83,7 @@ class Predictor:
 
     def __init__(self, model: TrainedModel):
         self.model, self.cfg, self.step = model, model.cfg, model.step
-        self.rotate, self.kernels = model.rotate, model.kernels
+        self.scoring = model.scoring
         self.entities = Vocabulary("entity", model.data.entity_names)
         self.relations = Vocabulary("relation", model.data.relation_names)
         chunks = list(model.runtime.embedding_chunks())
@@ -131,17 +133,18 @@ class Predictor:
             best = torch.topk(distance, k, dim=1, largest=False)
             for q in range(len(a)):
                 out.append([Prediction(i + 1, int(e), self.entities.names[int(e)],
-                                       float(self.rotate.gamma - d), bool(flagged[q, int(e)]))
+                                       float(self.scoring.scorer.bias - d), bool(flagged[q, int(e)]))
                             for i, (d, e) in enumerate(zip(best.values[q].tolist(), best.indices[q].tolist()))
                             if d != float("inf")])
         return out
 
     @torch.no_grad()
     def _distances(self, anchors: np.ndarray, relations: np.ndarray, direction: str) -> torch.Tensor:
-        phase = self.rotate.phase(self.relation_rows[torch.from_numpy(relations)])
-        sign = 1.0 if direction == "tail" else -1.0
-        query = self.rotate.rotate(self.joint[torch.from_numpy(anchors)], sign * phase)
-        return self.kernels.all_pairs(query, self.joint).float().cpu()
+        """Negated similarities of the queries against every entity (lower is better, as in the engine)."""
+        query = self.scoring.queries.evaluation_query(self.joint[torch.from_numpy(anchors)],
+                                                      torch.from_numpy(relations), self.relation_rows,
+                                                      head=direction == "head")
+        return -self.scoring.kernels.all_pairs(query, self.joint).float().cpu()
 
     def _filter(self, direction: str, anchors: np.ndarray, relations: np.ndarray) -> FilterIndex:
         """Known answers of the queries: train ∪ valid ∪ test (cached), or, when train is streamed, the held
@@ -166,7 +169,7 @@ class Predictor:
         h = torch.from_numpy(self.entities.ids_of([t[0] for t in triples]))
         r = torch.from_numpy(self.relations.ids_of([t[1] for t in triples]))
         t = torch.from_numpy(self.entities.ids_of([t[2] for t in triples]))
-        return self.rotate.score(self.joint[h], self.relation_rows[r], self.joint[t]).cpu().numpy()
+        return self.scoring.scorer.score(self.joint[h], self.relation_rows[r], self.joint[t]).cpu().numpy()
 
     @torch.no_grad()
     def neighbours(self, entity, k: int = 10, space: str = "joint") -> list[Prediction]:
@@ -176,7 +179,7 @@ class Predictor:
             raise QueryError(f"neighbours: space={space!r}; expected one of {', '.join(SPACES)}")
         table = self.joint if space == "joint" else self.structural
         i = self.entities.id(entity)
-        distance = self.kernels.all_pairs(table[i:i + 1], table).float().cpu()[0]
+        distance = all_pairs_distance(table[i:i + 1], table).float().cpu()[0]
         distance[i] = float("inf")
         best = torch.topk(distance, min(k, len(distance) - 1), largest=False)
         return [Prediction(n + 1, int(e), self.entities.names[int(e)], -float(d))

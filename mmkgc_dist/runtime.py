@@ -37,8 +37,9 @@ class Runtime(Protocol):
     sync_gradients: Callable[[], None] | None              # starts summing dense gradients over ranks
     table_state_kind: str                 # how the table optimizer's state is keyed in a checkpoint
 
-    def build(self, data, features: dict, modalities: list[str], rotate, use_mat: bool) -> None:
-        """Tables, fusion, generators and optimizers, with the same initial values at any world size."""
+    def build(self, data, features: dict, modalities: list[str], scoring, use_mat: bool) -> None:
+        """Tables (widths, rows and initial bounds from ``scoring``, a ``model.Scoring``), fusion, generators and
+        optimizers, with the same initial values at any world size."""
 
     # ---- a global batch and its numbers
     def split(self, batch: np.ndarray, sampler, counters: tuple[int, ...]):
@@ -62,6 +63,19 @@ class Runtime(Protocol):
 
     def barrier(self) -> None:
         """Wait for every rank."""
+
+    # ---- 1-vs-all training (differentiable: gradients return to the rows' owners)
+    def candidate_range(self) -> tuple[int, int]:
+        """[lo, hi): the entities this process owns and scores against."""
+
+    def gather_queries(self, rows: Tensor) -> tuple[Tensor, slice]:
+        """(every process's rows in rank order, the slice of them that are this process's)."""
+
+    def sum_over_ranks(self, t: Tensor) -> Tensor:
+        """The sum of ``t`` over ranks; its gradient is the sum of the ranks' gradients."""
+
+    def max_over_ranks(self, t: Tensor) -> Tensor:
+        """The elementwise maximum over ranks (no gradient)."""
 
     # ---- the trained model, read
     def embedding_chunks(self, chunk: int = 4096) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:

@@ -31,16 +31,16 @@ FROZEN_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 
 
 class LocalTables(nn.Module):
-    def __init__(self, num_entities: int, num_relations: int, dim: int, entity_bound: float,
+    def __init__(self, num_entities: int, num_relations: int, widths: tuple[int, int], entity_bound: float,
                  relation_bound: float, features: dict[str, Features], trainable_features: bool, seed: int,
                  frozen_dtype: torch.dtype = torch.float32):
         super().__init__()
         # Sparse gradients: the backward hands the table optimizer the looked-up rows only (optim.touched_rows),
         # not a dense table-sized gradient to zero, scatter into and scan for the rows that moved.
         self.entity = nn.Embedding.from_pretrained(
-            uniform_rows(seed, "entity_init", 0, num_entities, 2 * dim, entity_bound), freeze=False, sparse=True)
+            uniform_rows(seed, "entity_init", 0, num_entities, widths[0], entity_bound), freeze=False, sparse=True)
         self.relation = nn.Embedding.from_pretrained(
-            uniform_rows(seed, "relation_init", 0, num_relations, dim, relation_bound), freeze=False, sparse=True)
+            uniform_rows(seed, "relation_init", 0, num_relations, widths[1], relation_bound), freeze=False, sparse=True)
         # Trainable features get their own copy: training must never write into the caller's dataset (a second
         # trainer built from the same data would start from the first one's trained features).
         # Frozen features may be stored in half precision (parallel.frozen_dtype): half the memory and the

@@ -17,9 +17,9 @@ from .config import Config, load_config
 from .data.build import build_dataset, fused_modalities
 from .data.format import KGData, read_manifest
 from .data.statistics import TrainingStatistics
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 from .eval.evaluator import Evaluator
-from .model import DistanceKernels, RotatE
+from .model import Scoring
 from .outputs import local_path, resolve_output
 from .parallel import make_runtime
 from .run_folder import check_dataset, dataset_location, open_for_reading
@@ -29,14 +29,14 @@ log = logging.getLogger("mmkgc_dist")
 
 
 class TrainedModel:
-    def __init__(self, cfg: Config, data: KGData, runtime: Runtime, rotate: RotatE, kernels: DistanceKernels,
-                 modalities: list[str], step: int, source: str):
+    def __init__(self, cfg: Config, data: KGData, runtime: Runtime, scoring: Scoring, modalities: list[str],
+                 step: int, source: str):
         self.cfg, self.data, self.runtime = cfg, data, runtime
-        self.rotate, self.kernels, self.modalities = rotate, kernels, modalities
+        self.scoring, self.modalities = scoring, modalities
         self.step, self.source = step, source           # the checkpoint's step and folder
         manifest = read_manifest(cfg.data.path) if cfg.data.loader == "stream" else None
         self.statistics = TrainingStatistics(data, cfg.data.path, manifest)
-        self.evaluator = Evaluator(cfg, data, runtime, rotate, kernels, self.statistics)
+        self.evaluator = Evaluator(cfg, data, runtime, scoring, self.statistics)
 
     @property
     def identity(self) -> str:
@@ -51,7 +51,7 @@ class TrainedModel:
         """Every entity's and relation's vectors as Parquet with export.json (export.py)."""
         from .export import export_embeddings
         return export_embeddings(self.runtime, self.data.entity_names, self.modalities, self.step, out_dir,
-                                 self.data.relation_names, self.rotate)
+                                 self.data.relation_names, self.scoring)
 
 
 def load_trained(run_dir: str, checkpoint_path: str | None = None, overrides=(), distributed: bool = False,
@@ -65,13 +65,15 @@ def load_trained(run_dir: str, checkpoint_path: str | None = None, overrides=(),
     data = build_dataset(cfg, feature_values=not distributed)      # ranks read their own feature rows
     check_dataset(run_dir, data, dataset_location(cfg))
     runtime = make_runtime(cfg, distributed, env)
-    rotate = RotatE(cfg.model.dim, cfg.model.gamma, cfg.model.epsilon)
+    try:
+        scoring = Scoring.build(cfg.model, data.num_relations, compile=cfg.train.compile)
+    except LookupError as exc:
+        raise ConfigError(str(exc)) from None
     modalities = fused_modalities(cfg, data)
-    runtime.build(data, {m: data.features[m] for m in modalities}, modalities, rotate, use_mat=False)
+    runtime.build(data, {m: data.features[m] for m in modalities}, modalities, scoring, use_mat=False)
     cursor = checkpoint.load(runtime, ckpt.path, cfg.data.loader == "stream", optimizer=False)
     log.info("loaded %s (epoch %d, step %d)", ckpt.path, cursor["epoch"], cursor["step"])
-    return TrainedModel(cfg, data, runtime, rotate, DistanceKernels(compile=cfg.train.compile), modalities,
-                        cursor["step"], ckpt.path)
+    return TrainedModel(cfg, data, runtime, scoring, modalities, cursor["step"], ckpt.path)
 
 
 def trained_checkpoint(run_dir: str, checkpoint_path: str | None, overrides) -> tuple[Config, checkpoint.Checkpoint]:

@@ -66,18 +66,19 @@ def main() -> None:
     rows = EntityRows(tables["entity"], {m: tables[m] for m in trainer.modalities}, masks)
     with torch.no_grad():
         joint = trainer.runtime.model.embed(rows)[0]
-    reference = link_prediction_metrics(filtered_ranks(joint, tables["relation"], trainer.rotate,
+    scoring = trainer.scoring
+    reference = link_prediction_metrics(filtered_ranks(joint, tables["relation"], scoring,
                                                        trainer.data.splits["test"], trainer.evaluator.known_triples(),
-                                                       trainer.kernels, cfg.eval.batch_size, cfg.eval.ties))
+                                                       cfg.eval.batch_size, cfg.eval.ties))
     # Top-10 tails of the first test queries by the gathered tables (a one-process load must agree).
     queries = trainer.data.splits["test"][:8]
     with torch.no_grad():
-        query = trainer.rotate.rotate(joint[torch.from_numpy(queries[:, 0])],
-                                      trainer.rotate.phase(tables["relation"][torch.from_numpy(queries[:, 1])]))
-        top = torch.topk(trainer.kernels.all_pairs(query, joint), 10, dim=1, largest=False)
+        query = scoring.queries.evaluation_query(joint[torch.from_numpy(queries[:, 0])],
+                                                 torch.from_numpy(queries[:, 1]), tables["relation"], head=False)
+        top = torch.topk(-scoring.kernels.all_pairs(query, joint), 10, dim=1, largest=False)   # as predict
     result = {"rank": rank, "losses": losses, "metrics": metrics, "reference": reference,
               "queries": queries.tolist(), "top_ids": top.indices.tolist(),
-              "top_scores": (trainer.rotate.gamma - top.values).tolist(),
+              "top_scores": (scoring.scorer.bias - top.values).tolist(),
               "dense": digest(trainer.runtime.model),
               "dense_exact": [p.detach().flatten().tolist() for p in trainer.runtime.model.parameters()],
               "generator_exact": [p.detach().flatten().tolist() for p in trainer.runtime.generators.parameters()]

@@ -38,7 +38,7 @@ def test_every_field_has_help():
     (("train.lrr", "1"), "train.lrr: unknown key"),
     (("train.batch_size", "big"), "train.batch_size: expected int"),
     (("train.batch_size", "0"), "train.batch_size: must be > 0"),
-    (("train.negatives", "all"), "train.negatives: expected one of"),
+    (("train.negatives", "every"), "train.negatives: expected one of"),
     (("model.modalities", "[audio]"), "unknown modality 'audio'"),
     (("data.source", "parquet"), "data.path: required"),
     (("data.synthetic.visual_missing", "1.5"), "must be in [0, 1)"),

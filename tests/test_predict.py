@@ -135,7 +135,8 @@ def test_export_holds_the_whole_model_and_reads_back(run, model):
     assert res.returncode == 0, res.stderr
     emb = read_embeddings(str(out))
     assert emb.entity_names == model.entities.names and emb.relation_names == model.relations.names
-    assert emb.info["scoring"]["gamma"] == model.rotate.gamma and emb.phases.shape == (len(emb.relation_names), 8)
+    assert emb.info["scoring"]["gamma"] == model.scoring.scorer.gamma and emb.info["scoring"]["name"] == "rotate"
+    assert emb.phases.shape == (len(emb.relation_names), 8)
     triples = model.model.evaluator.known_triples()[:50]
     outside = emb.score(triples[:, 0], triples[:, 1], triples[:, 2])
     assert np.allclose(outside, model.score(triples.tolist()), atol=1e-4)

@@ -7,7 +7,12 @@ from mmkgc_dist.eval.metrics import link_prediction_metrics
 from mmkgc_dist.eval.engine import filtered_ranks
 from mmkgc_dist.eval.ranking import FilterIndex, ranks_from_distances
 from mmkgc_dist.errors import NonFiniteModel
-from mmkgc_dist.model import DistanceKernels, RotatE, complex_l1_distance
+from mmkgc_dist.model import DistanceKernels, Queries, RotatE, Scoring, complex_l1_distance
+
+
+def rotate_scoring(dim: int = 1, gamma: float = 1.0, num_relations: int = 1) -> Scoring:
+    rot = RotatE(dim=dim, gamma=gamma)
+    return Scoring(rot, Queries(rot, num_relations), rot.kernels())
 
 
 def test_ranks_from_distances_ties_and_filter():
@@ -29,17 +34,16 @@ def test_filter_index_pairs():
 
 def test_filtered_ranks_known_answers():
     # dim 1 RotatE with zero phases: distance = |e_a − e_b| on the complex plane.
-    rot = RotatE(dim=1, gamma=1.0)
+    rot = rotate_scoring()
     joint = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
     relations = torch.zeros(1, 1)
     test = np.array([[0, 0, 2]])                 # query (0, r, ?) true answer 2 at distance 2
     known = np.array([[0, 0, 2], [0, 0, 1]])     # entity 1 is a known answer: filtered
-    kern = DistanceKernels(compile=False)
     # Candidates by distance from entity 0: e0 0, e1 1 (filtered), e3 1, e2 2 (target), e4 3.
-    opt = filtered_ranks(joint, relations, rot, test, known, kern, ties="optimistic")
+    opt = filtered_ranks(joint, relations, rot, test, known, ties="optimistic")
     assert opt["tail"].tolist() == [3.0]         # e0 and e3 strictly better
     # Head direction: (?, r, 2) from entity 2; only the target 0 is a known head of (·, r, 2).
-    real = filtered_ranks(joint, relations, rot, test, known, kern, ties="realistic")
+    real = filtered_ranks(joint, relations, rot, test, known, ties="realistic")
     # head query anchors at e2: distances e0 2 (target), e1 1, e3 1, e4 1, e2 0 → better 4, no filter
     assert real["head"].tolist() == [5.0]
     m = link_prediction_metrics(real)
@@ -47,24 +51,23 @@ def test_filtered_ranks_known_answers():
 
 
 def test_tie_policies_differ_only_on_ties():
-    rot = RotatE(dim=1, gamma=1.0)
+    rot = rotate_scoring()
     joint = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
     test = np.array([[0, 0, 1]])
-    kern = DistanceKernels(compile=False)
-    o = filtered_ranks(joint, torch.zeros(1, 1), rot, test, test, kern, ties="optimistic")["tail"][0]
-    p = filtered_ranks(joint, torch.zeros(1, 1), rot, test, test, kern, ties="pessimistic")["tail"][0]
-    r = filtered_ranks(joint, torch.zeros(1, 1), rot, test, test, kern, ties="realistic")["tail"][0]
+    o = filtered_ranks(joint, torch.zeros(1, 1), rot, test, test, ties="optimistic")["tail"][0]
+    p = filtered_ranks(joint, torch.zeros(1, 1), rot, test, test, ties="pessimistic")["tail"][0]
+    r = filtered_ranks(joint, torch.zeros(1, 1), rot, test, test, ties="realistic")["tail"][0]
     assert (o, p, r) == (2.0, 4.0, 3.0)          # e0 better; e2, e3 tie with the target
 
 
 def test_candidate_counts_and_amri():
     """Each query's candidates are the entities not filtered out (its own answer counted); AMRI is 1 for
     perfect ranks, about 0 for the ranks a random scorer gets."""
-    rot = RotatE(dim=1, gamma=1.0)
+    rot = rotate_scoring()
     joint = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
     test = np.array([[0, 0, 2]])
     known = np.array([[0, 0, 2], [0, 0, 1]])
-    ranks = filtered_ranks(joint, torch.zeros(1, 1), rot, test, known, DistanceKernels(compile=False))
+    ranks = filtered_ranks(joint, torch.zeros(1, 1), rot, test, known)
     assert ranks["tail_candidates"].tolist() == [4] and ranks["head_candidates"].tolist() == [5]
     from mmkgc_dist.eval.metrics import summarize
     assert summarize(np.ones(10), np.full(10, 101))["amri"] == 1.0
@@ -98,13 +101,13 @@ def test_a_model_with_nan_parameters_is_refused_not_ranked_first():
     """NaN distances compare false with everything, so a diverged model would rank every answer first (MRR 1.0,
     seen on a DB15K run whose training had diverged); ranking refuses it with an error that says why. One NaN
     candidate row is enough, as is a NaN answer."""
-    rot, kern = RotatE(dim=1, gamma=1.0), DistanceKernels(compile=False)
+    rot = rotate_scoring()
     relations, test, known = torch.zeros(1, 1), np.array([[0, 0, 2]]), np.array([[0, 0, 2]])
     for poisoned in (4, 2):                      # a candidate; the answer itself
         joint = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
         joint[poisoned, 0] = float("nan")
         with pytest.raises(NonFiniteModel, match="training diverged"):
-            filtered_ranks(joint, relations, rot, test, known, kern)
+            filtered_ranks(joint, relations, rot, test, known)
 
 
 def test_distance_gradient_is_finite_where_query_meets_target():

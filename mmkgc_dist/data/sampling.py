@@ -84,7 +84,8 @@ class NegativeBatch:
     head_mode: Tensor         # bool [B, K] (per_negative sides) or [B]: True where the head is corrupted
     entities: Tensor          # int64 [B, K] (per_positive) or [ceil(B / chunk_size), K] (chunk_shared)
     false_negatives: int      # candidates that are known triples and survived resampling
-    layout: str = "per_positive"     # or "chunk_shared": each row of ``entities`` serves chunk_size positives
+    layout: str = "per_positive"     # "chunk_shared": each row of ``entities`` serves chunk_size positives;
+                                     # "all": no drawn negatives (1-vs-all), ``entities`` is [B, 0]
     chunk_size: int = 1
     share: float = 1.0        # this process's fraction of the global batch's positives (weights its loss)
 
@@ -143,6 +144,9 @@ class NegativeSampler:
 
     def sample(self, batch: np.ndarray | Tensor, counters: tuple[int, ...], offset: int = 0) -> NegativeBatch:
         batch = torch.as_tensor(batch, device=self.device)
+        if self.mode == "all":          # 1-vs-all: every entity is a candidate, nothing to draw
+            return NegativeBatch(torch.zeros(len(batch), dtype=torch.bool, device=self.device),
+                                 torch.zeros(len(batch), 0, dtype=torch.long, device=self.device), 0, "all")
         positions = torch.arange(offset, offset + len(batch), device=self.device)
         if self.mode == "chunk_shared":
             starts = positions[::self.chunk_size]

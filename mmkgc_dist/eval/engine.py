@@ -5,7 +5,8 @@ Per query chunk the engine computes, on each shard, how many of its candidates s
 the true answer and how many tie with it (filtered candidates and the answer itself excluded); the counts
 are summed over shards and turned into ranks by the tie policy. The true answer's distance comes from the
 shard that owns it, with the same kernel as the candidates', so ties compare like with like. Exact and
-sampled protocols share everything but the candidate sets.
+sampled protocols share everything but the candidate sets. Any scoring function (model/scoring.py): the engine
+counts in distances, the negated similarities (negation is exact, so RotatE's are its distances bit for bit).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NonFiniteModel
-from ..model import DistanceKernels, RotatE
+from ..model import Scoring
 from .ranking import DIRECTIONS, FilterIndex, count_better_equal, ranks_from_counts, sampled_chunks
 
 
@@ -46,14 +47,13 @@ def _count_or_nan(better: Tensor, *distances: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def rank_queries(shard: CandidateShard, relations: Tensor, rotate: RotatE, kernels: DistanceKernels,
-                 triples: np.ndarray, known: np.ndarray, ties: str, batch_size: int, sampled=None,
-                 progress=None) -> dict[str, np.ndarray]:
+def rank_queries(shard: CandidateShard, relations: Tensor, scoring: Scoring, triples: np.ndarray, known: np.ndarray,
+                 ties: str, batch_size: int, sampled=None, progress=None) -> dict[str, np.ndarray]:
     """Ranks of the true tail and the true head of every triple, and how many candidates each query had
     (the answer and every entity not filtered out; for AMRI). ``sampled``: (eval config, degree distribution,
     num_entities, seed) for the sampled protocol; None ranks against all entities."""
-    chunks = _sampled(shard, relations, rotate, kernels, triples, known, *sampled) if sampled else \
-        _exact(shard, relations, rotate, kernels, triples, known, batch_size)
+    chunks = _sampled(shard, relations, scoring, triples, known, *sampled) if sampled else \
+        _exact(shard, relations, scoring, triples, known, batch_size)
     ranks = {"tail": [], "head": [], "tail_candidates": [], "head_candidates": []}
     for direction, chunk, better, equal, candidates in chunks:
         counts = shard.all_reduce(torch.stack([better, equal]))      # NaN anywhere reaches every rank
@@ -68,10 +68,11 @@ def rank_queries(shard: CandidateShard, relations: Tensor, rotate: RotatE, kerne
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in ranks.items()}
 
 
-def _query(shard: CandidateShard, relations: Tensor, rotate: RotatE, chunk: np.ndarray, anchors: np.ndarray,
+def _query(shard: CandidateShard, relations: Tensor, scoring: Scoring, chunk: np.ndarray, anchors: np.ndarray,
            sign: float) -> Tensor:
-    phase = rotate.phase(relations[torch.from_numpy(chunk[:, 1]).to(relations.device)])
-    return rotate.rotate(shard.embed(torch.from_numpy(anchors)), sign * phase)
+    """Queries of one direction (``sign`` −1: head queries) from the anchors' joint rows."""
+    return scoring.queries.evaluation_query(shard.embed(torch.from_numpy(anchors)), torch.from_numpy(chunk[:, 1]),
+                                            relations, head=sign < 0)
 
 
 def _true_distance(shard: CandidateShard, answers: np.ndarray, distance) -> Tensor:
@@ -86,14 +87,14 @@ def _true_distance(shard: CandidateShard, answers: np.ndarray, distance) -> Tens
     return shard.all_reduce(true)
 
 
-def _exact(shard, relations, rotate, kernels, triples, known, batch_size):
+def _exact(shard, relations, scoring, triples, known, batch_size):
     device, num_entities = shard.embeddings.device, shard.total
     for direction, anchor_col, answer_col, sign in DIRECTIONS:
         index = FilterIndex(known, relations.shape[0], anchor_col, answer_col)
         for start in range(0, len(triples), batch_size):
             chunk = triples[start:start + batch_size]
-            query = _query(shard, relations, rotate, chunk, chunk[:, anchor_col], sign)
-            local = kernels.all_pairs(query, shard.embeddings) if shard.hi > shard.lo else \
+            query = _query(shard, relations, scoring, chunk, chunk[:, anchor_col], sign)
+            local = -scoring.kernels.all_pairs(query, shard.embeddings) if shard.hi > shard.lo else \
                 torch.zeros(len(chunk), 0, device=device)
             true = _true_distance(shard, chunk[:, answer_col], lambda i, j: local[i, j][:, None])
             rows, cols = index.pairs(chunk[:, anchor_col], chunk[:, 1])
@@ -114,17 +115,18 @@ def _filtered_count(rows: np.ndarray, cols: np.ndarray, answers: np.ndarray, num
     return np.bincount(r[other], minlength=len(answers))
 
 
-def _sampled(shard, relations, rotate, kernels, triples, known, cfg, degree, num_entities, seed):
+def _sampled(shard, relations, scoring, triples, known, cfg, degree, num_entities, seed):
     """Every shard draws the same candidates (seeded) and scores those it owns."""
     device = shard.embeddings.device
     for direction, sign, chunk, anchors, answers, cand, excluded in sampled_chunks(
             triples, relations.shape[0], known, num_entities, degree, cfg, seed):
-        query = _query(shard, relations, rotate, chunk, anchors, sign)
-        true = _true_distance(shard, answers, lambda i, j: kernels.gathered(query[i], shard.embeddings, j[:, None]))
+        query = _query(shard, relations, scoring, chunk, anchors, sign)
+        distance = lambda q, index: -scoring.kernels.gathered(q, shard.embeddings, index)
+        true = _true_distance(shard, answers, lambda i, j: distance(query[i], j[:, None]))
         owned = torch.from_numpy((cand >= shard.lo) & (cand < shard.hi) & ~excluded).to(device)
         if shard.hi > shard.lo:
             local = torch.from_numpy(cand - shard.lo).clamp(0, shard.hi - shard.lo - 1).to(device)
-            scored = kernels.gathered(query, shard.embeddings, local)
+            scored = distance(query, local)
             d = scored.masked_fill(~owned, float("inf"))
             better = _count_or_nan((d < true).sum(1).double(), scored, true)
             equal = (d == true).sum(1).double()
@@ -133,10 +135,9 @@ def _sampled(shard, relations, rotate, kernels, triples, known, cfg, degree, num
         yield direction, chunk, better, equal, (~excluded).sum(1) + 1
 
 
-def filtered_ranks(joint: Tensor, relation_rows: Tensor, rotate: RotatE, triples: np.ndarray, known: np.ndarray,
-                   kernels: DistanceKernels, batch_size: int = 256, ties: str = "realistic",
-                   progress=None) -> dict[str, np.ndarray]:
+def filtered_ranks(joint: Tensor, relation_rows: Tensor, scoring: Scoring, triples: np.ndarray, known: np.ndarray,
+                   batch_size: int = 256, ties: str = "realistic", progress=None) -> dict[str, np.ndarray]:
     """Ranks of the true tail (queries (h, r, ?)) and the true head ((?, r, t)) for every triple, against all
-    entities: the engine on one shard holding every entity. joint [N, 2d], relation_rows [R, d]."""
-    return rank_queries(CandidateShard.whole(joint), relation_rows, rotate, kernels, triples, known, ties,
-                        batch_size, progress=progress)
+    entities: the engine on one shard holding every entity. joint [N, 2d], relation_rows: the relation table."""
+    return rank_queries(CandidateShard.whole(joint), relation_rows, scoring, triples, known, ties, batch_size,
+                        progress=progress)

@@ -19,12 +19,11 @@ from .ranking import eval_subset, protocol_label
 
 
 class Evaluator:
-    def __init__(self, cfg, data, runtime, rotate, kernels, statistics: TrainingStatistics,
-                 show_progress: bool = True):
-        """``runtime``: a built ``runtime.Runtime`` holding the model; ``statistics``: the training split's
-        (streamed or in memory)."""
+    def __init__(self, cfg, data, runtime, scoring, statistics: TrainingStatistics, show_progress: bool = True):
+        """``runtime``: a built ``runtime.Runtime`` holding the model; ``scoring``: ``model.Scoring``;
+        ``statistics``: the training split's (streamed or in memory)."""
         self.cfg, self.data, self.runtime = cfg, data, runtime
-        self.rotate, self.kernels, self.statistics = rotate, kernels, statistics
+        self.scoring, self.statistics = scoring, statistics
         self.show_progress = show_progress and runtime.is_main
         self._known: np.ndarray | None = None
 
@@ -61,8 +60,8 @@ class Evaluator:
                    dynamic_ncols=True, leave=False)
         sampled = (cfg, DegreeDistribution(self.statistics.degree()), self.data.num_entities,
                    self.cfg.train.seed) if cfg.protocol == "sampled" else None
-        ranks = rank_queries(self.runtime.candidate_shard(), self.runtime.relation_table(), self.rotate,
-                             self.kernels, triples, self.known_triples(), ties, cfg.batch_size, sampled, progress=bar)
+        ranks = rank_queries(self.runtime.candidate_shard(), self.runtime.relation_table(), self.scoring, triples,
+                             self.known_triples(), ties, cfg.batch_size, sampled, progress=bar)
         bar.close()
         label = protocol_label(cfg, self.cfg.train.seed, len(triples), len(self.data.splits[split]))
         metrics = link_prediction_metrics(ranks, triples, cfg.hits_at, self.data.relation_names,

@@ -1,4 +1,5 @@
-"""Distance kernels for scoring many candidates per query, optionally fused with torch.compile.
+"""RotatE's distance kernels for scoring many candidates per query, optionally fused with torch.compile (its
+fast path: the other scorers use the generic kernels of scorers/base.py).
 
 Written as plain tensor code (gather → difference → modulus → sum) so autograd derives the
 backward; torch.compile fuses the chain into one loop per direction, which removes the
@@ -9,7 +10,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .scoring import MODULUS_FLOOR
+
+MODULUS_FLOOR = 1e-30       # squared modulus below which the gradient is taken as 0 (value changes by < 1e-15)
+
+
+def complex_l1_distance(a: Tensor, b: Tensor) -> Tensor:
+    """Σ_k |a_k − b_k| over the d complex coordinates (complex modulus, then sum); broadcasts."""
+    d = a.shape[-1] // 2
+    diff = a - b
+    # clamped: d√x/dx at x = 0 is inf, and inf·0 = NaN would poison every parameter through backward
+    return torch.sqrt((diff[..., :d] ** 2 + diff[..., d:] ** 2).clamp_min(MODULUS_FLOOR)).sum(-1)
 
 
 def gathered_distance(query: Tensor, rows: Tensor, index: Tensor) -> Tensor:
@@ -28,7 +38,7 @@ def gathered_distance_backward(grad: Tensor, query: Tensor, rows: Tensor, index:
 def _per_candidate(grad: Tensor, difference: Tensor) -> Tensor:
     """[B, K, 2d]: ∂(Σ grad·dist)/∂query for each candidate, from query − candidate [B, K, 2d]."""
     diff = difference.unflatten(-1, (2, -1))                         # [B, K, 2, d]
-    modulus = diff.pow(2).sum(2, keepdim=True).clamp_min(MODULUS_FLOOR).sqrt()       # the floor of scoring.py
+    modulus = diff.pow(2).sum(2, keepdim=True).clamp_min(MODULUS_FLOOR).sqrt()       # the floor above
     return (grad[:, :, None, None] * diff / modulus).flatten(-2)
 
 

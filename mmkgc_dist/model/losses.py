@@ -37,3 +37,11 @@ def pairwise_sigmoid_loss(better: Tensor, worse: Tensor) -> Tensor:
     ``mat.adversarial_loss=mean``: L(f⁺, f_fake) (real triples should outscore fakes).
     """
     return -0.5 * (mean(F.logsigmoid(better)) + mean(F.logsigmoid(-worse)))
+
+
+def one_vs_all_loss(target: Tensor, log_normaliser: Tensor, candidate_mean: Tensor, smoothing: float) -> Tensor:
+    """Cross-entropy of each query over every entity, from its parts so the candidates may live on many ranks:
+    ``target`` the answer's score [Q], ``log_normaliser`` log Σ_e exp(score_e) [Q], ``candidate_mean`` the mean
+    score over all entities [Q]. Label smoothing ε spreads ε of the target mass uniformly over the entities:
+    CE = lse − (1 − ε)·s_answer − ε·mean_e s_e. Returns the mean over queries."""
+    return mean(log_normaliser - (1.0 - smoothing) * target - smoothing * candidate_mean)

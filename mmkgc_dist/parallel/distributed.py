@@ -35,7 +35,8 @@ from ..model.kgc import MultiModalKGC, unique_ids
 from ..optim import OptimizerGroup, load_table_state, table_optimizer, table_state
 from ..rng import torch_seed
 from .embedder import OwnerEmbedder, owner_block
-from .env import DistEnv, global_softmax, init_distributed
+from .env import (DistEnv, gather_rows_differentiable, global_softmax, init_distributed, max_over_ranks,
+                  sum_over_ranks)
 from .tables import ShardedTables
 
 
@@ -123,12 +124,13 @@ class DistributedRuntime:
         self.rank, self.world_size, self.is_main = self.env.rank, self.env.world_size, self.env.is_main
         self.device = self.env.device            # one device per rank, from LOCAL_RANK (see env.py)
 
-    def build(self, data: KGData, features: dict, modalities: list[str], rotate, use_mat: bool) -> None:
-        cfg, env, width = self.cfg, self.env, 2 * self.cfg.model.dim
-        self.num_entities, self.num_relations = data.num_entities, data.num_relations
+    def build(self, data: KGData, features: dict, modalities: list[str], scoring, use_mat: bool) -> None:
+        cfg, env, scorer = self.cfg, self.env, scoring.scorer
+        width = scorer.width
+        self.num_entities, self.num_relations = data.num_entities, scoring.relation_rows
         self.modalities = modalities
-        self.tables = ShardedTables(env, data.num_entities, data.num_relations, cfg.model.dim,
-                                    rotate.entity_init_bound, rotate.relation_init_bound, features,
+        self.tables = ShardedTables(env, data.num_entities, scoring.relation_rows, (width, scorer.relation_width),
+                                    scorer.entity_init_bound, scorer.relation_init_bound, features,
                                     cfg.model.raw_features == "trainable", cfg.parallel, cfg.train.seed,
                                     cfg.train.table_optimizer, cfg.train.lr, cfg.train.adagrad_lr)
         torch_seed(cfg.train.seed, "dense_init")   # the planner/DMP consume RNG by world size; dense init must not
@@ -195,6 +197,11 @@ class DistributedRuntime:
         """Softmax of this rank's slice over the global batch: max and normaliser all-reduced (no autograd)."""
         return global_softmax(logits)
 
+    # 1-vs-all training: each rank scores the gathered queries of the global batch against its own entities
+    gather_queries = staticmethod(gather_rows_differentiable)
+    sum_over_ranks = staticmethod(sum_over_ranks)
+    max_over_ranks = staticmethod(max_over_ranks)
+
     def reduce_metrics(self, metrics: dict) -> dict:
         """The global values: each rank holds its share of every loss (weighted by its part of the batch) and
         its own count of false negatives, so all are sums over ranks."""
@@ -248,7 +255,7 @@ class DistributedRuntime:
 
     def shard_embeddings(self, chunk: int = 4096) -> torch.Tensor:
         parts = [joint for _, _, joint, _ in self.embedding_chunks(chunk)]
-        return torch.cat(parts) if parts else torch.zeros(0, 2 * self.cfg.model.dim)
+        return torch.cat(parts) if parts else torch.zeros(0, 2 * self.cfg.model.dim)  # entity width
 
     def barrier(self) -> None:
         dist.barrier()

@@ -144,3 +144,62 @@ def global_softmax(logits: torch.Tensor) -> torch.Tensor:
     overall = tops.max(dim=0).values
     normaliser = (totals * torch.exp(tops - overall).nan_to_num(0.0)).sum(dim=0)
     return (torch.exp(flat - overall) / normaliser).to(logits.dtype).reshape(len(logits), *columns)
+
+
+class _GatherRows(torch.autograd.Function):
+    """Every rank's rows (padded to the longest) concatenated in rank order; the backward sums the gradients of
+    every rank's copy and returns this rank's rows (an all-reduce: gloo has no reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, counts: list[int]):
+        longest = max(counts)
+        padded = torch.nn.functional.pad(rows, (0, 0, 0, longest - len(rows))).contiguous()
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
+        ctx.counts, ctx.rank = counts, dist.get_rank()
+        return torch.cat([p[:n] for p, n in zip(parts, counts)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = sum(ctx.counts[:ctx.rank])
+        return grad[start:start + ctx.counts[ctx.rank]], None
+
+
+def gather_rows_differentiable(rows: torch.Tensor) -> tuple[torch.Tensor, slice]:
+    """(every rank's rows in rank order, the slice of them that are this rank's); gradients flow back to the
+    rows' owners."""
+    count = torch.tensor([len(rows)], dtype=torch.int64)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    start = sum(counts[:dist.get_rank()])
+    return _GatherRows.apply(rows, counts), slice(start, start + len(rows))
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce sum whose backward is the all-reduce sum of the gradients (every rank's loss reads the sum)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor):
+        out = t.clone().contiguous()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone().contiguous()
+        dist.all_reduce(grad)
+        return grad
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    return _SumOverRanks.apply(t)
+
+
+@torch.no_grad()
+def max_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    out = t.clone().contiguous()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out

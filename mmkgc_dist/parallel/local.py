@@ -68,13 +68,15 @@ class LocalRuntime:
         self.device = choose_device(cfg.train.device)
 
     # ------------------------------------------------------------------------------------ building
-    def build(self, data, features: dict, modalities: list[str], rotate, use_mat: bool) -> None:
+    def build(self, data, features: dict, modalities: list[str], scoring, use_mat: bool) -> None:
         """Tables, dense model, generators and their optimizers — the same initial values and rules as the
         distributed runtime (named streams, rng.py; optim.py)."""
-        cfg, width = self.cfg, 2 * self.cfg.model.dim
+        cfg, scorer = self.cfg, scoring.scorer
+        width = scorer.width
         self.num_entities = data.num_entities
-        self.tables = LocalTables(data.num_entities, data.num_relations, cfg.model.dim, rotate.entity_init_bound,
-                                  rotate.relation_init_bound, features, cfg.model.raw_features == "trainable",
+        self.tables = LocalTables(data.num_entities, scoring.relation_rows, (width, scorer.relation_width),
+                                  scorer.entity_init_bound, scorer.relation_init_bound, features,
+                                  cfg.model.raw_features == "trainable",
                                   cfg.train.seed, FROZEN_DTYPES[cfg.parallel.frozen_dtype]).to(self.device)
         torch_seed(cfg.train.seed, "dense_init")
         self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()}).to(self.device)
@@ -113,6 +115,23 @@ class LocalRuntime:
 
     def gather_rows(self, rows: np.ndarray) -> np.ndarray:
         return rows
+
+    @staticmethod
+    def gather_queries(rows: Tensor) -> tuple[Tensor, slice]:
+        """Every process's queries and the slice that is this one's (one process: all of them)."""
+        return rows, slice(0, len(rows))
+
+    @staticmethod
+    def sum_over_ranks(t: Tensor) -> Tensor:
+        return t
+
+    @staticmethod
+    def max_over_ranks(t: Tensor) -> Tensor:
+        return t
+
+    def candidate_range(self) -> tuple[int, int]:
+        """The entities this process scores against: all of them."""
+        return 0, self.num_entities
 
     def share(self, obj):
         """Rank 0's value of ``obj`` on every rank (one process: itself)."""

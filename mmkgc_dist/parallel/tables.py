@@ -86,14 +86,15 @@ def _jagged(name: str, ids: Tensor) -> KeyedJaggedTensor:
 class ShardedTables(nn.Module):
     """Same lookup interface as ``LocalTables``; the rows of each table live on their owning ranks."""
 
-    def __init__(self, env: DistEnv, num_entities: int, num_relations: int, dim: int, entity_bound: float,
+    def __init__(self, env: DistEnv, num_entities: int, num_relations: int, widths: tuple[int, int], entity_bound: float,
                  relation_bound: float, features: dict[str, Features], trainable_features: bool,
                  cfg: ParallelConfig, seed: int, table_optimizer: str, lr: float, adagrad_lr: float):
         super().__init__()
         self.env, self.modalities = env, list(features)
         frozen_dtype = dtype_to_data_type(FROZEN_DTYPES[cfg.frozen_dtype])     # one table of the choices
-        specs = {"entity": (num_entities, 2 * dim, True, DataType.FP32),
-                 "relation": (num_relations, dim, True, DataType.FP32)}
+        entity_width, relation_width = widths             # the scorer's (scorers/base.py)
+        specs = {"entity": (num_entities, entity_width, True, DataType.FP32),
+                 "relation": (num_relations, relation_width, True, DataType.FP32)}
         for m, f in features.items():
             specs[m] = (num_entities, f.dim, trainable_features, DataType.FP32 if trainable_features else frozen_dtype)
         self.trainable = {name: spec[2] for name, spec in specs.items()}
@@ -135,9 +136,11 @@ class ShardedTables(nn.Module):
             self.dmp._dmp_wrapped_module.register_comm_hook(None, allreduce_sum_hook)
         # Same initial values whatever the world size, one process included: each rank draws only the rows it
         # owns from the counter-based streams of rng.uniform_rows (no rank materialises a full table).
-        self.init_shards("entity", lambda r0, r1: uniform_rows(seed, "entity_init", r0, r1, 2 * dim, entity_bound))
+        self.init_shards("entity", lambda r0, r1: uniform_rows(seed, "entity_init", r0, r1, entity_width,
+                                                                                entity_bound))
         self.init_shards("relation",
-                         lambda r0, r1: uniform_rows(seed, "relation_init", r0, r1, dim, relation_bound))
+                         lambda r0, r1: uniform_rows(seed, "relation_init", r0, r1, relation_width,
+                                                                     relation_bound))
         for m, f in features.items():          # each rank reads only its rows of the feature file
             self.init_shards(m, lambda r0, r1, f=f: torch.from_numpy(np.ascontiguousarray(f.rows(r0, r1))))
             self.register_buffer(f"present_{m}", torch.from_numpy(f.present.copy()))

@@ -26,7 +26,7 @@ from ..errors import ConfigError, RunInterrupted, TrainingDiverged
 from ..eval.evaluator import Evaluator
 from ..footprint import check_fits
 from ..host import tune_training_process
-from ..model import DistanceKernels, RotatE
+from ..model import Scoring
 from ..rng import numpy_rng
 from ..run_folder import record_config
 from ..runtime import Runtime
@@ -47,23 +47,25 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         tune_training_process()
-        self.rotate = RotatE(cfg.model.dim, cfg.model.gamma, cfg.model.epsilon)
+        try:
+            self.scoring = Scoring.build(cfg.model, data.num_relations, compile=cfg.train.compile)
+        except LookupError as exc:
+            raise ConfigError(str(exc)) from None
         self.modalities = fused_modalities(cfg, data)
         features = {m: data.features[m] for m in self.modalities}
         self.use_mat = cfg.mat.enabled and bool(self.modalities)
-        self.kernels = DistanceKernels(compile=cfg.train.compile)
         try:
             check_fits(cfg, data.num_entities, data.num_relations, {m: f.dim for m, f in features.items()},
                        runtime.world_size, self.use_mat, runtime.device)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        runtime.build(data, features, self.modalities, self.rotate, self.use_mat)
+        runtime.build(data, features, self.modalities, self.scoring, self.use_mat)
         self.stream = self._make_stream()
         self.statistics = TrainingStatistics(data, cfg.data.path,
                                              self.stream.manifest if self.stream is not None else None)
         self.sampler = self._make_sampler()
-        self.step_fn = TrainStep(cfg, runtime, self.rotate, self.kernels, data.num_entities)
-        self.evaluator = Evaluator(cfg, data, runtime, self.rotate, self.kernels, self.statistics, show_progress)
+        self.step_fn = TrainStep(cfg, runtime, self.scoring, data.num_entities)
+        self.evaluator = Evaluator(cfg, data, runtime, self.scoring, self.statistics, show_progress)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         writes = run_dir if runtime.is_main else None
         if writes:
