@@ -137,7 +137,10 @@ class Embeddings:
         """The scoring function export.json names (exports that name none are RotatE's), with its constants."""
         from .model import make_scorer
         record = self.info["scoring"]
-        return make_scorer(record.get("name", "rotate"), record["dim"], record["gamma"], record.get("epsilon", 2.0))
+        scorer = make_scorer(record.get("name", "rotate"), record["dim"], record["gamma"], record.get("epsilon", 2.0))
+        if "pairs" in record:               # the view scorers: which views meet (scorers/views.py)
+            scorer.pairs = tuple(tuple(p) for p in record["pairs"])
+        return scorer
 
     def score(self, heads, relations, tails) -> np.ndarray:
         """export.json's function on id arrays over the joint vectors: f(h, r, t) as the model scores it (the

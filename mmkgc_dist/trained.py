@@ -65,11 +65,11 @@ def load_trained(run_dir: str, checkpoint_path: str | None = None, overrides=(),
     data = build_dataset(cfg, feature_values=not distributed)      # ranks read their own feature rows
     check_dataset(run_dir, data, dataset_location(cfg))
     runtime = make_runtime(cfg, distributed, env)
-    try:
-        scoring = Scoring.build(cfg.model, data.num_relations, compile=cfg.train.compile)
-    except LookupError as exc:
-        raise ConfigError(str(exc)) from None
     modalities = fused_modalities(cfg, data)
+    try:
+        scoring = Scoring.build(cfg.model, data.num_relations, len(modalities), cfg.train.compile)
+    except (LookupError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
     runtime.build(data, {m: data.features[m] for m in modalities}, modalities, scoring, use_mat=False)
     cursor = checkpoint.load(runtime, ckpt.path, cfg.data.loader == "stream", optimizer=False)
     log.info("loaded %s (epoch %d, step %d)", ckpt.path, cursor["epoch"], cursor["step"])

@@ -227,3 +227,53 @@ def test_every_scorer_from_the_command_line(tmp_path, name):
     triples = model.model.evaluator.known_triples()[:50]
     outside = emb.score(triples[:, 0], triples[:, 1], triples[:, 2])
     assert np.allclose(outside, model.score(triples.tolist()), atol=1e-4)
+
+
+@pytest.mark.parametrize("name, pairs", [("ikrl", 9), ("tbkgc", 5)])
+def test_baselines_score_views_of_the_entity(name, pairs):
+    """IKRL and TBKGC as scorers over view fusion: the joint row holds normalised views, every kernel layout
+    and the numpy reader reproduce f, and f is γ minus the sum of the baseline's TransE energies."""
+    from mmkgc_dist.model.kgc import EntityRows, MultiModalKGC
+    torch.manual_seed(4)
+    s = make_scorer(name, 4, 6.0, 2.0).for_modalities(2)
+    assert len(s.pairs) == pairs
+    model = MultiModalKGC(8, {"visual": 5, "text": 3}, s.fusion)
+    masks = {"visual": torch.tensor([True] * 9 + [False] * 3), "text": torch.ones(12, dtype=torch.bool)}
+    rows = EntityRows(torch.randn(12, 8), {"visual": torch.randn(12, 5), "text": torch.randn(12, 3)}, masks)
+    joint, weights = model.embed(rows)
+    assert weights is None and joint.shape == (12, 8 * (3 if name == "ikrl" else 3))
+    h_i, t_i, rel = torch.tensor([0, 1, 10]), torch.tensor([4, 11, 2]), torch.randn(3, 8)
+    f = s.score(joint[h_i], rel, joint[t_i])
+    views = lambda x: x.view(len(x), -1, 8)
+    r = F.normalize(rel, dim=-1)
+    energies = sum((views(joint[h_i])[:, a] + r - views(joint[t_i])[:, b]).abs().sum(-1) for a, b in s.pairs)
+    assert torch.allclose(f, 6.0 - energies, atol=1e-5)
+    k, form = s.kernels(False), s.relation_form(rel)
+    head_q = s.query(joint[t_i], form, torch.ones(3, dtype=torch.bool))
+    assert torch.allclose(s.bias + s.similarity(head_q, joint[h_i]), f, atol=1e-5)
+    assert torch.allclose(s.bias + k.all_pairs(s.query(joint[h_i], form), joint)[torch.arange(3), t_i], f, atol=1e-4)
+    both = k.two_sided(s.query(joint[h_i], form), head_q, joint, torch.stack([t_i, h_i], 1),
+                       torch.tensor([[False, True]] * 3))
+    assert torch.allclose(s.bias + both, torch.stack([f, f], 1), atol=1e-5)
+    assert np.allclose(s.numpy_score(joint[h_i].detach().numpy(), rel.numpy(), joint[t_i].detach().numpy()),
+                       f.detach().numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["ikrl", "tbkgc"])
+def test_baselines_train_evaluate_and_export_in_the_harness(tmp_path, name):
+    from mmkgc_dist import load_run, read_embeddings
+    cfg = load_config(None, [p for p in SMALL if p[0] not in ("train.max_steps", "mat.mu")] +
+                      [("model.scoring", name), ("mat.enabled", "false"), ("train.epochs", "2")])
+    trainer = local_trainer(cfg, generate(cfg.data.synthetic), str(tmp_path / "run"), show_progress=False)
+    trainer.fit()
+    trainer.save()
+    assert 0 < trainer.evaluate("test")["mrr"] <= 1
+    model = load_run(str(tmp_path / "run"))
+    model.model.export(str(tmp_path / "export"))
+    emb = read_embeddings(str(tmp_path / "export"))
+    triples = model.model.evaluator.known_triples()[:20]
+    assert np.allclose(emb.score(triples[:, 0], triples[:, 1], triples[:, 2]), model.score(triples.tolist()),
+                       atol=1e-4)
+    with pytest.raises(Exception, match="MAT fuses generated modalities with AdaMF"):
+        local_trainer(load_config(None, SMALL + [("model.scoring", name)]), generate(cfg.data.synthetic), None,
+                      show_progress=False)

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .fusion import AdaMFFusion
+from .views import ViewFusion
 
 
 @dataclass
@@ -39,11 +40,16 @@ class EmbeddedEntities:
 
 
 class MultiModalKGC(nn.Module):
-    """Joint entity embeddings: AdaMF over (structure, modalities), or the structural row alone."""
+    """Joint entity embeddings: AdaMF over (structure, modalities), the baselines' views (``fusion`` ikrl or
+    tbkgc: model/views.py), or the structural row alone."""
 
-    def __init__(self, width: int, feature_dims: dict[str, int]):
+    def __init__(self, width: int, feature_dims: dict[str, int], fusion: str = "adamf"):
         super().__init__()
-        self.fusion = AdaMFFusion(width, feature_dims) if feature_dims else None
+        if not feature_dims:
+            self.fusion = None
+        else:
+            self.fusion = AdaMFFusion(width, feature_dims) if fusion == "adamf" else \
+                ViewFusion(width, feature_dims, fusion)
 
     def embed(self, rows: EntityRows) -> tuple[Tensor, Tensor | None]:
         if self.fusion is None:

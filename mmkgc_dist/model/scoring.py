@@ -16,9 +16,11 @@ class Scoring:
     kernels: ScoreKernels
 
     @classmethod
-    def build(cls, model_cfg, num_relations: int, compile: bool = False) -> "Scoring":
-        """From the config's model section; LookupError names an unknown ``model.scoring``."""
+    def build(cls, model_cfg, num_relations: int, modalities: int, compile: bool = False) -> "Scoring":
+        """From the config's model section and the number of fused modalities; LookupError names an unknown
+        ``model.scoring``, ValueError a scorer that cannot score this model."""
         scorer = make_scorer(model_cfg.scoring, model_cfg.dim, model_cfg.gamma, model_cfg.epsilon)
+        scorer.for_modalities(modalities)
         return cls(scorer, Queries(scorer, num_relations, model_cfg.reciprocal), scorer.kernels(compile))
 
     @property

@@ -134,7 +134,7 @@ class DistributedRuntime:
                                     cfg.model.raw_features == "trainable", cfg.parallel, cfg.train.seed,
                                     cfg.train.table_optimizer, cfg.train.lr, cfg.train.adagrad_lr)
         torch_seed(cfg.train.seed, "dense_init")   # the planner/DMP consume RNG by world size; dense init must not
-        self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()})
+        self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()}, scorer.fusion)
         dense = list(self.model.parameters())
         _broadcast(dense)                        # identical by seeding already; a cheap guarantee
         self.embedder = OwnerEmbedder(self.tables, self.model, data.num_entities, env.world_size)

@@ -79,7 +79,7 @@ class LocalRuntime:
                                   cfg.model.raw_features == "trainable",
                                   cfg.train.seed, FROZEN_DTYPES[cfg.parallel.frozen_dtype]).to(self.device)
         torch_seed(cfg.train.seed, "dense_init")
-        self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()}).to(self.device)
+        self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()}, scorer.fusion).to(self.device)
         self.embedder = LocalEmbedder(self.tables, self.model)
         torch_seed(cfg.train.seed, "generator_init")
         self.generators = MATGenerators(modalities, width, cfg.mat.noise_dim, cfg.mat.hidden).to(self.device) \

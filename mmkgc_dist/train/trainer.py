@@ -47,13 +47,16 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         tune_training_process()
-        try:
-            self.scoring = Scoring.build(cfg.model, data.num_relations, compile=cfg.train.compile)
-        except LookupError as exc:
-            raise ConfigError(str(exc)) from None
         self.modalities = fused_modalities(cfg, data)
+        try:
+            self.scoring = Scoring.build(cfg.model, data.num_relations, len(self.modalities), cfg.train.compile)
+        except (LookupError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
         features = {m: data.features[m] for m in self.modalities}
         self.use_mat = cfg.mat.enabled and bool(self.modalities)
+        if self.use_mat and self.scoring.scorer.fusion != "adamf":
+            raise ConfigError(f"mat.enabled: MAT fuses generated modalities with AdaMF; model.scoring="
+                              f"{cfg.model.scoring} is a baseline with its own fusion — set mat.enabled=false")
         try:
             check_fits(cfg, data.num_entities, data.num_relations, {m: f.dim for m, f in features.items()},
                        runtime.world_size, self.use_mat, runtime.device)

@@ -4,6 +4,7 @@ from .rotate import RotatE
 from .transe import TransE
 from .distmult import DistMult
 from .complex import ComplEx
+from .views import IKRL, TBKGC
 
 __all__ = ["SCORERS", "Scorer", "ScoreKernels", "make_scorer", "register_scorer", "RotatE", "TransE", "DistMult",
-           "ComplEx"]
+           "ComplEx", "IKRL", "TBKGC"]

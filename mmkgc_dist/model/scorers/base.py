@@ -48,6 +48,7 @@ class Scorer:
 
     name = ""
     complex_rows = False            # rows are complex numbers (N3 takes their modulus)
+    fusion = "adamf"                # the fusion whose joint rows it scores (model/kgc.py builds it)
 
     def __init__(self, dim: int, gamma: float, epsilon: float = 2.0):
         self.dim, self.gamma, self.epsilon = dim, gamma, epsilon
@@ -85,6 +86,10 @@ class Scorer:
 
     def kernels(self, compile: bool = False) -> "ScoreKernels":
         return ScoreKernels(self, compile)
+
+    def for_modalities(self, count: int) -> "Scorer":
+        """Fit the scorer to the number of fused modalities (the view scorers' pairs); itself by default."""
+        return self
 
     # ---- outside the package
     def describe(self) -> dict:
