@@ -15,6 +15,8 @@ TRAINED = 3           # value + Adam's two moments (lazy rows: gradients are per
 DENSE = 4             # value + gradient + two moments
 STEP = "train.batch_size x train.num_negatives x model.dim"     # the step's score block grows with all three
 STEP_COPIES = 6       # distances, their gradients and the losses' intermediates of the [B, K, 2d] block
+ALL = "train.batch_size"   # with train.negatives=all every process scores the global batch's queries
+ALL_COPIES = 4        # scores, exp(scores − max), their gradients: [2B, entities per process] each
 
 
 def terms(cfg, num_entities: int, num_relations: int, feature_dims: dict[str, int], world_size: int,
@@ -31,7 +33,10 @@ def terms(cfg, num_entities: int, num_relations: int, feature_dims: dict[str, in
         per_modality = (cfg.mat.noise_dim + width) * cfg.mat.hidden + cfg.mat.hidden * width
         out["mat.hidden"] = len(feature_dims) * per_modality * FLOAT * DENSE
     per_rank_batch = -(-cfg.train.batch_size // world_size)
-    out[STEP] = per_rank_batch * (cfg.train.num_negatives + 1) * width * FLOAT * STEP_COPIES
+    if cfg.train.negatives == "all":      # the fused rows of this process's entities and the score block
+        out[ALL] = rows * width * FLOAT * 2 + 2 * cfg.train.batch_size * rows * FLOAT * ALL_COPIES
+    else:
+        out[STEP] = per_rank_batch * (cfg.train.num_negatives + 1) * width * FLOAT * STEP_COPIES
     return out
 
 
@@ -56,7 +61,9 @@ def check_fits(cfg, num_entities: int, num_relations: int, feature_dims: dict[st
         return
     key, biggest = max(found.items(), key=lambda kv: kv[1])
     value = {"model.dim": cfg.model.dim, "mat.hidden": cfg.mat.hidden, "model.modalities": cfg.model.modalities,
-             STEP: f"{cfg.train.batch_size} x {cfg.train.num_negatives} x {cfg.model.dim}"}[key]
+             STEP: f"{cfg.train.batch_size} x {cfg.train.num_negatives} x {cfg.model.dim}",
+             ALL: f"{cfg.train.batch_size} (train.negatives=all: every query against all {num_entities} "
+                  f"entities)"}[key]
     raise ValueError(f"{key}={value}: the model needs at least {_size(need)} per process ({_size(biggest)} of it "
                      f"from {key}; {num_entities} entities over {world_size} process(es)), this "
                      f"{'GPU' if getattr(device, 'type', 'cpu') == 'cuda' else 'machine'} has {_size(have)}; "

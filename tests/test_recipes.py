@@ -89,3 +89,13 @@ def test_recipe_counts_and_unknown_names(served, tmp_path):
     missing = prepare(tmp_path, "MKG-Y", "z", "--base-url", base)          # not served here
     assert missing.returncode == 2 and "MKG-Y/entity2id.txt: cannot be read" in missing.stderr, missing.stderr
     assert not any((tmp_path / n).exists() for n in "xyz")
+
+
+def test_recipes_make_text_features_where_entity_names_are_words():
+    """DB15K (DBpedia URIs) and MKG-Y (YAGO names such as Libreville) get name-text features; MKG-W's Wikidata
+    ids carry no text."""
+    from mmkgc_dist.data.openke import readable_name
+    from mmkgc_dist.data.recipes import RECIPES
+    assert {name: r.text_names for name, r in RECIPES.items()} == {"DB15K": True, "MKG-W": False, "MKG-Y": True}
+    assert readable_name("Gilles_Mbang_Ondo") == "Gilles Mbang Ondo"
+    assert readable_name("<http://dbpedia.org/resource/Caf%C3%A9_de_Flore>") == "Café de Flore"

@@ -10,8 +10,9 @@ actual record counts. The check is the same whatever URL serves the file; a mism
 naming the file, and nothing is written.
 
 Then the usual conversion (duplicates and overlaps the benchmark is known to have are allowed and counted in
-the manifest), and text features from entity names where the names are words (DBpedia URIs; MKG-W/MKG-Y name
-entities by Wikidata ids, which carry no text).
+the manifest), and text features from entity names where the names are words: DB15K's DBpedia URIs and
+MKG-Y's YAGO names (``Libreville``, ``Gilles_Mbang_Ondo``); MKG-W names entities by Wikidata ids, which carry no
+text.
 """
 from __future__ import annotations
 
