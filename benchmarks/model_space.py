@@ -27,15 +27,14 @@ from mmkgc_dist.trainers import local_trainer
 from modality import sweep_arguments, sweep_data
 
 FUSIONS = {"structure": "rotate", "adamf": "adamf", "adamf-mat": "adamf-mat"}     # configs/variants/<name>.yaml
-LACROIX = [("model.reciprocal", "true"), ("model.regularizer", "n3"), ("model.regularizer_weight", "0.05"),
-           ("train.negatives", "all"), ("train.label_smoothing", "0.1")]
 
 
 def grid(args) -> list[tuple[str, list[tuple[str, str]]]]:
     """(label, overrides) of every variant asked for."""
     cells = []
     for regime in args.regimes.split(","):
-        extra = LACROIX + [tuple(s.split("=", 1)) for s in args.lacroix_set] if regime == "lacroix" else []
+        extra = variant_overrides("lacroix") + [tuple(s.split("=", 1)) for s in args.lacroix_set] \
+            if regime == "lacroix" else []         # configs/variants/lacroix.yaml
         for fusion in args.fusions.split(","):
             for scorer in args.scorers.split(","):
                 cells.append((f"{scorer} / {fusion} / {regime}",

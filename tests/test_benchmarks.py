@@ -60,3 +60,22 @@ def test_scaling_model_reads_the_saved_measurements(tmp_path):
     for mode in ("exact", "scalable"):
         one, eight, thirty_two = report["modes"][mode]["predictions"]
         assert one["efficiency"] == 1 and 0 < thirty_two["efficiency"] <= eight["efficiency"] < 1
+
+
+def test_model_space_script_smoke(tmp_path):
+    """benchmarks/model_space.py on the generated graph, one step per variant: every row carries its protocol and
+    the JSON its runs (both regimes and a baseline)."""
+    res = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "model_space.py"), "--seeds", "1,2",
+                          "--epochs", "1", "--scorers", "complex", "--fusions", "structure", "--baselines", "tbkgc",
+                          "--set", "train.max_steps=2", "--set", "train.compile=false", "--set", "train.threads=1",
+                          "--out", str(tmp_path)],
+                         cwd=os.path.join(REPO, "benchmarks"), env=dict(os.environ, OMP_NUM_THREADS="1"),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.load(open(tmp_path / "model_space.json"))
+    assert set(report["summary"]) == {"complex / structure / today", "complex / structure / lacroix",
+                                      "tbkgc (baseline)"}
+    assert all(row["n"] == 2 for row in report["summary"].values())
+    lacroix = [r for r in report["runs"] if r["variant"].endswith("lacroix")]
+    assert "1-vs-all cross-entropy" in lacroix[0]["protocol"] and "reciprocal True" in lacroix[0]["protocol"]
+    assert "± " in open(tmp_path / "model_space.md").read()
