@@ -31,6 +31,9 @@ MODES = {
     "exact": [("train.negatives", "per_positive")],
     "scalable": [("train.negatives", "chunk_shared"), ("train.chunk_size", "64"), ("model.raw_features", "frozen")],
     "structure": [("model.modalities", "[]"), ("mat.enabled", "false")],
+    # the step of before issue #21, MAT's fakes generated under no_grad (exact now sends their gradient through
+    # the generators, as the reference does): isolates the scorer seam's cost from that change of semantics
+    "exact-detached": [("mat.detach_fakes", "true")],
 }
 # The same with one corruption side per positive instead of per negative (the default): what drawing a side for
 # every negative costs (two queries per positive, one two-sided distance kernel).
