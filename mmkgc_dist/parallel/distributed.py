@@ -255,7 +255,7 @@ class DistributedRuntime:
 
     def shard_embeddings(self, chunk: int = 4096) -> torch.Tensor:
         parts = [joint for _, _, joint, _ in self.embedding_chunks(chunk)]
-        return torch.cat(parts) if parts else torch.zeros(0, 2 * self.cfg.model.dim)  # entity width
+        return torch.cat(parts) if parts else torch.zeros(0, 2 * self.cfg.model.dim)   # an empty shard: never scored
 
     def barrier(self) -> None:
         dist.barrier()
