@@ -61,8 +61,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """The scoring function's width and constants, and the modalities AdaMF fuses."""
-    scoring: str = _f("rotate", "scoring function by name: rotate, transe, distmult, complex (model/scorers/; "
-                      "a scorer registered with model.scorers.register_scorer is accepted by its name)")
+    scoring: str = _f("rotate", "scoring function by name: rotate, transe, distmult, complex, or the baselines "
+                      "ikrl, tbkgc (model/scorers/; a scorer registered with mmkgc_dist.model.register_scorer "
+                      "is accepted by its name)")
     dim: int = _f(64, "d: entity rows are 2d wide (the complex scorers read them as d complex coordinates)")
     gamma: float = _f(12.0, "margin of the distance scorers (RotatE, TransE)")
     epsilon: float = _f(2.0, "embedding-range epsilon of the distance scorers' initialisation")
