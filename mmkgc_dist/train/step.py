@@ -174,7 +174,9 @@ class TrainStep:
         bias, b = self.scorer.bias, len(view.head_local)
         target = bias + self.kernels.pairs(queries, torch.cat([tail, head]))
         every, own = self.runtime.gather_queries(queries)
-        scores = bias + self.kernels.all_pairs(every, joint[shard_local])          # [all queries, owned]
+        scores = self.kernels.all_pairs(every, joint[shard_local])                 # [all queries, owned]
+        if bias:                  # the dot scorers have none: no second [queries, owned] block
+            scores = scores + bias
         peak = scores.detach().amax(1) if scores.shape[1] else scores.new_full((len(every),), float("-inf"))
         peak = self.runtime.max_over_ranks(peak)
         normaliser = self.runtime.sum_over_ranks(torch.stack([(scores - peak[:, None]).exp().sum(1),
