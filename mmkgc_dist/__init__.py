@@ -17,3 +17,21 @@ def read_embeddings(path: str):
     """An export folder (``mmkgc-dist export``) as arrays ordered by id, with a ``score`` method; see export.py."""
     from .export import read_embeddings as read
     return read(path)
+
+
+def train(config=None, overrides=None, run_dir: str | None = None, **kwargs):
+    """Train a run as ``mmkgc-dist train`` does; a ``TrainResult`` (metrics, selection, run folder, model). See api.py."""
+    from .api import train as run
+    return run(config, overrides, run_dir, **kwargs)
+
+
+def evaluate(run_dir: str, splits=None, **kwargs):
+    """A run folder's model ranked on ``splits`` as ``mmkgc-dist evaluate`` does: {split: metrics}. See api.py."""
+    from .api import evaluate as run
+    return run(run_dir, splits, **kwargs)
+
+
+def tune(space, study_dir: str, config=None, overrides=None, trials: int = 20, **options):
+    """A worker of a hyperparameter study as ``mmkgc-dist tune`` runs it; a ``StudyResult``. See api.py."""
+    from .api import tune as run
+    return run(space, study_dir, config, overrides, trials, **options)

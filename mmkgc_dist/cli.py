@@ -16,42 +16,29 @@ log = logging.getLogger("mmkgc_dist")
 
 
 def cmd_train(args, overrides) -> int:
-    from .data.build import build_dataset
-    from .parallel.env import world_size_from_environment
-    from .train.lifecycle import train_run
-    from .parallel import make_runtime
+    from .api import train
 
-    cfg = load_config(args.config, overrides)
-    distributed = args.distributed or world_size_from_environment() > 1
-    # torchrun restarts a failed job with TORCHELASTIC_RESTART_COUNT > 0: continue from the last checkpoint.
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    if args.resume and args.overwrite:
-        raise ConfigError("--resume and --overwrite: choose one (continue the run, or replace its results)")
-    resume = "explicit" if args.resume else ("restart" if restarted else None)
-    if args.resume and not (args.run_dir or cfg.run.name):
-        raise ConfigError("--resume: which run? give --run-dir RUN (or --run.name=NAME); without one a new "
-                          "timestamped run would start")
-    if resume:
-        cfg = _config_to_resume(cfg, args, overrides)
-    # Bad data fails before the run folder is touched. Distributed ranks read their feature rows later.
-    data = build_dataset(cfg, feature_values=not distributed)
-    train_run(cfg, data, make_runtime(cfg, distributed), args.run_dir, resume, args.overwrite)
+    train(args.config, overrides, args.run_dir, resume=args.resume, overwrite=args.overwrite,
+          distributed=args.distributed or None)
     return 0
 
 
-def _config_to_resume(cfg, args, overrides):
-    """A resumed run trains with the config it was created with (its config.yaml) plus the overrides given now,
-    which may change only what does not shape the model or its data (``config.resumed_config``). With
-    ``--config`` the file given is compared instead. A folder without a run of ours: ``cfg`` as it is."""
-    from .config import resumed_config
-    from .run_folder import created_config
+def cmd_tune(args, overrides) -> int:
+    from .api import tune
 
-    path = args.run_dir or (os.path.join(cfg.run.out_dir, cfg.run.name) if cfg.run.name else None)
-    created = created_config(path) if path else None
-    if created is None:
-        return cfg
-    asked = cfg if args.config else load_config(os.path.join(path, "config.yaml"), overrides)
-    return resumed_config(created, asked)
+    study = tune(args.space, args.study_dir, args.config, overrides, args.trials, storage=args.storage or "",
+                 study_name=args.study_name or "", pruner=args.pruner, pruner_startup=args.pruner_startup,
+                 sampler=args.sampler, seed=args.seed, worker=args.worker, nproc_per_trial=args.nproc_per_trial,
+                 heartbeat=args.heartbeat, timeout=args.timeout, max_failures=args.max_failures,
+                 baseline=not args.no_baseline)
+    best = study.best
+    where = os.path.join(args.study_dir, "summary.md")
+    if best is None:
+        print(f"tune: no complete trial yet; see {where}")
+    else:
+        print(f"tune: best trial {best['trial']}: valid {study.base.eval.select_by} {best['value']:.4f} "
+              f"{best['params']}; config {os.path.join(args.study_dir, 'best.yaml')}; table {where}")
+    return 0
 
 
 def _load_trained(run_dir: str, checkpoint: str | None, overrides, distributed: bool):
@@ -329,6 +316,36 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'uri': last URI segment, URL-decoded (DB15K); 'raw': names as stored")
     ft.set_defaults(fn=cmd_features)
 
+    tu = sub.add_parser("tune", help="hyperparameter search (Optuna): trials of the base config (--config and "
+                                     "dotted overrides) over a search space, into a study folder")
+    tu.add_argument("space", help="search space YAML: dotted config keys -> {type: float|int|categorical, ...}")
+    tu.add_argument("study_dir", help="study folder (trials, summary.md, best.yaml, plots; a new or earlier study)")
+    tu.add_argument("--config", help="base config YAML (default: the built-in defaults)")
+    tu.add_argument("--trials", type=positive_int, default=20,
+                    help="finished (complete or pruned) trials the study should have, over all workers (default 20)")
+    tu.add_argument("--storage", help="Optuna storage shared by workers: an RDB URL (sqlite:///FILE, "
+                                      "postgresql://..., mysql://...) or journal:FILE on a shared filesystem "
+                                      "(default: STUDY_DIR/study.db)")
+    tu.add_argument("--study-name", help="study name in the storage (default: the study folder's name)")
+    tu.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
+                    help="stops trials from their validation curve (default median)")
+    tu.add_argument("--pruner-startup", type=int, default=3,
+                    help="median pruner: trials that finish before any is pruned (default 3)")
+    tu.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
+    tu.add_argument("--seed", type=int, help="sampler seed (plus --worker, so workers differ; default: unseeded)")
+    tu.add_argument("--worker", type=int, help="this worker's index (default: $SLURM_ARRAY_TASK_ID or 0)")
+    tu.add_argument("--nproc-per-trial", type=positive_int, default=1,
+                    help="ranks per trial: > 1 runs each trial under torchrun (default 1: in this process)")
+    tu.add_argument("--heartbeat", type=int, default=60,
+                    help="RDB storages: seconds between a running trial's heartbeats; a trial silent for twice "
+                         "that is marked failed by the next worker (0 = off; default 60)")
+    tu.add_argument("--timeout", type=float, help="this worker starts no trial after this many seconds")
+    tu.add_argument("--max-failures", type=int, default=0,
+                    help="this worker stops after this many failed trials (default: --trials)")
+    tu.add_argument("--no-baseline", action="store_true",
+                    help="do not train the base config's own values as the study's first trial")
+    tu.set_defaults(fn=cmd_tune)
+
     c = sub.add_parser("config", help="print every config key with its default and help")
     c.set_defaults(fn=cmd_config)
     return p
@@ -374,8 +391,14 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.INFO)   # our own messages; libraries (TorchRec's TBE) stay at WARNING
     argv = sys.argv[1:] if argv is None else argv
     args, rest = build_parser().parse_known_args(argv)
+    return run_command(lambda: args.fn(args, parse_overrides(rest)))
+
+
+def run_command(call) -> int:
+    """Run a command's function with the command line's error contract: a UserError is one line and exit 2,
+    SIGTERM's stop exit 143; a process group is closed on every rank."""
     try:
-        code = args.fn(args, parse_overrides(rest))
+        code = call()
     except UserError as exc:
         _fail(_one_line(str(exc)))
     except BrokenPipeError:      # `mmkgc-dist config | head`: the reader left; stop quietly, as a C tool would

@@ -392,13 +392,18 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
+def _set_dotted(tree: dict, dotted: str, raw) -> None:
+    """Set ``dotted`` in ``tree``: a string is read as a plain YAML value (the command line's form), any other
+    value (the Python API's) is taken as it is."""
     keys = dotted.split(".")
     node = tree
     for k in keys[:-1]:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{dotted}: {k} is not a section")
+    if not isinstance(raw, str):
+        node[keys[-1]] = raw
+        return
     try:
         node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
@@ -440,6 +445,36 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_config(path: str | None = None, overrides: list[tuple[str, str]] | None = None) -> Config:
+    return _config_tree(_read_yaml(path) if path else {}, overrides)
+
+
+def config_from(config=None, overrides=None) -> Config:
+    """The Python API's config: ``config`` is None (the defaults), a YAML path, a mapping of sections or a
+    ``Config``; ``overrides`` maps dotted keys to values (``{"train.lr": 3e-3}``) or is a list of (key, value)
+    pairs or ``--key=value`` strings."""
+    if isinstance(overrides, dict):
+        pairs = list(overrides.items())
+    elif overrides and all(isinstance(o, str) for o in overrides):
+        pairs = parse_overrides(list(overrides))
+    else:
+        pairs = list(overrides or [])
+    if config is None or isinstance(config, (str, os.PathLike)):
+        return load_config(os.fspath(config) if config is not None else None, pairs)
+    if isinstance(config, Config):
+        return _config_tree(to_dict(config), pairs)
+    if isinstance(config, dict):
+        import copy
+        return _config_tree(copy.deepcopy(config), pairs)
+    raise ConfigError(f"config: expected a YAML path, a mapping of sections or a Config, got {type(config).__name__}")
+
+
+def _config_tree(tree: dict, overrides) -> Config:
+    for key, value in overrides or []:
+        _set_dotted(tree, key, value)
+    return _from_dict(Config, tree, "").validate()
+
+
+def _read_yaml(path: str) -> dict:
     tree: dict = {}
     if path:
         if not os.path.exists(path):
@@ -458,9 +493,7 @@ def load_config(path: str | None = None, overrides: list[tuple[str, str]] | None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path}: expected a mapping of sections (data:, model:, train:, ...), "
                               f"got a YAML {type(tree).__name__}")
-    for key, value in overrides or []:
-        _set_dotted(tree, key, value)
-    return _from_dict(Config, tree, "").validate()
+    return tree
 
 
 def _one_line(exc: Exception) -> str:

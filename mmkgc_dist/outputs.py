@@ -28,7 +28,7 @@ from .errors import OutputError
 
 log = logging.getLogger("mmkgc_dist")
 MARKER = ".mmkgc-dist"
-KINDS = ("dataset", "export", "run")
+KINDS = ("dataset", "export", "run", "study")
 FAULT_ENV = "MMKGC_DIST_FAULT_AT"
 
 

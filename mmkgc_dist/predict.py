@@ -46,6 +46,22 @@ class Prediction:
         return asdict(self)
 
 
+class Predictions(list):
+    """The ranked answers of one query (a list of ``Prediction``) with the query they answer; ``to_frame()``
+    gives a pandas DataFrame with one row per answer (rank, id, name, score, known, head, relation, tail — the
+    query's names, None at the asked position)."""
+
+    def __init__(self, answers, head=None, relation=None, tail=None):
+        super().__init__(answers)
+        self.head, self.relation, self.tail = head, relation, tail
+
+    def to_frame(self):
+        import pandas as pd
+        columns = ["rank", "id", "name", "score", "known", "head", "relation", "tail"]
+        query = {"head": self.head, "relation": self.relation, "tail": self.tail}
+        return pd.DataFrame([{**p.as_dict(), **query} for p in self], columns=columns)
+
+
 class Vocabulary:
     """Names ↔ ids of one kind (entity or relation); unknown names get the closest known ones."""
 
@@ -114,8 +130,12 @@ class Predictor:
             raise QueryError(f"predict: {len(anchors)} entities but {len(relations)} relations")
         if k < 1:
             raise QueryError(f"predict: k must be >= 1, got {k}")
-        found = self._top(self.entities.ids_of(anchors), self.relations.ids_of(relations),
-                          "tail" if head is not None else "head", min(k, len(self.entities.names)), known)
+        anchor_ids, relation_ids = self.entities.ids_of(anchors), self.relations.ids_of(relations)
+        found = self._top(anchor_ids, relation_ids, "tail" if head is not None else "head",
+                          min(k, len(self.entities.names)), known)
+        named = [(self.entities.names[a], self.relations.names[r]) for a, r in zip(anchor_ids, relation_ids)]
+        found = [Predictions(answers, a if head is not None else None, r, a if head is None else None)
+                 for answers, (a, r) in zip(found, named)]
         return found if batch else found[0]
 
     def _top(self, anchors: np.ndarray, relations: np.ndarray, direction: str, k: int, known: str):
@@ -182,8 +202,9 @@ class Predictor:
         distance = all_pairs_distance(table[i:i + 1], table).float().cpu()[0]
         distance[i] = float("inf")
         best = torch.topk(distance, min(k, len(distance) - 1), largest=False)
-        return [Prediction(n + 1, int(e), self.entities.names[int(e)], -float(d))
-                for n, (d, e) in enumerate(zip(best.values.tolist(), best.indices.tolist()))]
+        return Predictions([Prediction(n + 1, int(e), self.entities.names[int(e)], -float(d))
+                for n, (d, e) in enumerate(zip(best.values.tolist(), best.indices.tolist()))],
+                           head=self.entities.names[i])
 
 
 def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", overrides=()) -> Predictor:

@@ -54,9 +54,11 @@ def open_run_folder(cfg: Config, runtime, run_dir: str | None, resume: bool, ove
     return outcome[1], lock
 
 
-def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: str | None, overwrite: bool) -> dict:
-    """The whole training run; returns results (also written to RUN/results.json by rank 0). ``resume``: None,
-    "explicit" (--resume) or "restart" (an elastic restart)."""
+def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: str | None, overwrite: bool,
+              validation_hooks=(), show_progress: bool = True) -> tuple[str, dict]:
+    """The whole training run; returns (run folder, results), the results also written to RUN/results.json by
+    rank 0. ``resume``: None, "explicit" (--resume) or "restart" (an elastic restart). ``validation_hooks``:
+    ``Trainer.validation_hooks`` (a study's pruner); a run they stop is not tested (``results["stopped"]``)."""
     run_dir, lock = open_run_folder(cfg, runtime, run_dir, bool(resume), overwrite)
     try:
         # decided before anything is written into the run: rank 0 reads the folder, every rank gets the outcome
@@ -74,7 +76,8 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: s
         verdict, problem = runtime.share((verdict, problem))
         if problem:
             raise problem
-        trainer = Trainer(cfg, data, runtime, run_dir)
+        trainer = Trainer(cfg, data, runtime, run_dir, show_progress)
+        trainer.validation_hooks.extend(validation_hooks)
         if trainer.batches_per_epoch() == 0:      # an untrained model's metrics are not a result
             raise DataError(f"{dataset_location(cfg)}: the training split is empty; nothing to train")
         say = print if runtime.is_main else (lambda *a, **k: None)
@@ -97,7 +100,9 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: s
         results = {"train": summary}
         if trainer.selection.active:
             results["selection"] = select_best(trainer, run_dir, say)
-        for split in cfg.eval.splits:
+        if trainer.stopped_by:
+            results["stopped"] = {"epoch": trainer.epoch, "step": trainer.step, "why": trainer.stopped_by}
+        for split in cfg.eval.splits if not trainer.stopped_by else ():
             metrics = trainer.evaluate(split)
             trainer.logger.log("eval", epoch=trainer.epoch, step=trainer.step,
                                **{k: v for k, v in metrics.items() if not isinstance(v, dict)})
@@ -107,7 +112,7 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: s
             write_json(os.path.join(run_dir, "results.json"), results)
             write_atomic(os.path.join(run_dir, "results.md"), markdown_report(results))
         trainer.logger.close()
-        return results
+        return run_dir, results
     finally:
         if lock is not None:
             lock.release()

@@ -79,6 +79,10 @@ class Trainer:
                                         runtime.is_main)
         self._valid_in_train: np.ndarray | None = None
         self._saved: tuple[dict, str] | None = None
+        # Called on rank 0 after each validation run as hook(epoch, step, metrics); one that returns a reason
+        # stops training there (a tuning study's pruner). The verdict reaches every rank.
+        self.validation_hooks: list = []
+        self.stopped_by: str | None = None
 
     # ------------------------------------------------------------------------------------ data
     def _make_stream(self) -> StreamingTriples | None:
@@ -153,7 +157,7 @@ class Trainer:
             last, reduced = {}, True
             t0 = time.time()
             positives = 0
-            while self.epoch < cfg.epochs and not self._done() and not self.selection.stop:
+            while self.epoch < cfg.epochs and not self._done() and not self.selection.stop and not self.stopped_by:
                 for batch, negatives in self.batches():
                     last, reduced = self.step_fn(batch, negatives), False
                     self.step += 1
@@ -213,8 +217,20 @@ class Trainer:
             metrics = self.evaluate_for_selection()
             self.logger.log("eval", epoch=self.epoch, step=self.step, **_flat(metrics))
             self.selection.observe(metrics, self.epoch, self.step, self.save if self.run_dir else lambda: None)
+            self._ask_hooks(metrics)
         if self.run_dir and cfg.train.checkpoint_every and self.epoch % cfg.train.checkpoint_every == 0:
             self.save()
+
+    def _ask_hooks(self, metrics: dict) -> None:
+        if not self.validation_hooks:
+            return
+        verdict = None
+        if self.runtime.is_main:
+            for hook in self.validation_hooks:
+                verdict = verdict or hook(self.epoch, self.step, metrics)
+        self.stopped_by = self.runtime.share(verdict)
+        if self.stopped_by:
+            log.info("stopping at epoch %d: %s", self.epoch, self.stopped_by)
 
     def evaluate_for_selection(self) -> dict:
         """The validation run of model selection (eval.valid_protocol), without the triples that also occur

@@ -1,0 +1,189 @@
+"""The Python API: the command line's ``train``, ``evaluate`` and ``tune`` as functions, with results as objects
+and pandas DataFrames. Under torchrun the same calls run on every rank (the runtime is chosen as the command
+line chooses it).
+
+>>> import mmkgc_dist
+>>> result = mmkgc_dist.train(overrides={"data.synthetic.num_entities": 300, "data.synthetic.num_triples": 2000,
+...                                      "model.dim": 8, "train.epochs": 2, "train.compile": False,
+...                                      "mat.hidden": 16, "eval.every_epochs": 1},
+...                           run_dir=f"{scratch}/run", progress=False)            # doctest: +ELLIPSIS
+dataset synthetic: 300 entities, ...
+>>> sorted(result.metrics)
+['test']
+>>> result.selection["selected"]["epoch"] in (1, 2)
+True
+>>> frame = result.to_frame()                  # one row per split: mrr, mr, hits@k, count, ...
+>>> list(frame.index), frame.loc["test", "mrr"] == result.metrics["test"]["mrr"]
+(['test'], True)
+>>> answers = result.predict(head=0, relation=0, k=3)
+>>> [p.rank for p in answers], list(answers.to_frame().columns)
+([1, 2, 3], ['rank', 'id', 'name', 'score', 'known', 'head', 'relation', 'tail'])
+>>> again = mmkgc_dist.evaluate(result.run_dir, splits=["valid"])
+>>> sorted(again), again.to_frame().loc["valid", "count"] > 0
+(['valid'], True)
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from .config import Config, config_from
+
+log = logging.getLogger("mmkgc_dist")
+
+
+class Metrics(dict):
+    """{split: metrics} as ``evaluate --output`` writes it; ``to_frame()``: one row per split, the scalar metrics
+    as columns (breakdowns per relation stay in the dict)."""
+
+    def to_frame(self):
+        import pandas as pd
+        rows = {split: {k: v for k, v in m.items() if not isinstance(v, (dict, list))} for split, m in self.items()}
+        frame = pd.DataFrame.from_dict(rows, orient="index")
+        frame.index.name = "split"
+        return frame
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: the run folder, its config, ``results.json`` as a dict, and the trained model."""
+    run_dir: str
+    config: Config
+    results: dict
+    _model: object = field(default=None, repr=False)
+
+    @property
+    def metrics(self) -> Metrics:
+        """{split: metrics} of the splits tested after training (eval.splits)."""
+        return Metrics({k: v for k, v in self.results.items() if isinstance(v, dict) and "mrr" in v})
+
+    @property
+    def selection(self) -> dict | None:
+        """Model selection's record: the selected checkpoint, the metric, the validation history."""
+        return self.results.get("selection")
+
+    @property
+    def stopped(self) -> dict | None:
+        """Set when a validation hook (a study's pruner) stopped the run: epoch, step, why."""
+        return self.results.get("stopped")
+
+    @property
+    def model(self):
+        """The trained model in this process (``load_run``): predict, score, neighbours."""
+        if self._model is None:
+            from .predict import load_run
+            self._model = load_run(self.run_dir, device=self.config.train.device)
+        return self._model
+
+    def predict(self, head=None, relation=None, tail=None, k: int = 10, known: str = "mark"):
+        """``load_run(run_dir).predict(...)``: the top-k tails or heads, with ``.to_frame()``."""
+        return self.model.predict(head=head, relation=relation, tail=tail, k=k, known=known)
+
+    def to_frame(self):
+        """The tested splits' metrics, one row per split."""
+        return self.metrics.to_frame()
+
+
+def train(config=None, overrides=None, run_dir: str | None = None, resume: bool = False, overwrite: bool = False,
+          distributed: bool | None = None, on_validation=(), progress: bool = True) -> TrainResult:
+    """Train a run, as ``mmkgc-dist train`` does, and return its ``TrainResult``.
+
+    ``config``: None (the built-in defaults: the generated graph), a YAML path, a mapping of sections, or a
+    ``Config``; ``overrides``: ``{"train.lr": 3e-3, ...}`` (or ``--key=value`` strings). ``run_dir``: the run
+    folder (default run.out_dir/run.name). ``resume``/``overwrite`` as the command line's flags.
+    ``distributed``: None = the distributed runtime when launched with WORLD_SIZE > 1. ``on_validation``:
+    callables ``hook(epoch, step, metrics)`` called after each validation run on rank 0; one returning a reason
+    (a string) stops training there and the run is not tested (``result.stopped``)."""
+    from .data.build import build_dataset
+    from .errors import ConfigError
+    from .parallel import make_runtime
+    from .parallel.env import world_size_from_environment
+    from .train.lifecycle import train_run
+
+    cfg = config_from(config, overrides)
+    distributed = world_size_from_environment() > 1 if distributed is None else distributed
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0   # torchrun restarted a failed job
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite: choose one (continue the run, or replace its results)")
+    how = "explicit" if resume else ("restart" if restarted else None)
+    if resume and not (run_dir or cfg.run.name):
+        raise ConfigError("--resume: which run? give --run-dir RUN (or --run.name=NAME); without one a new "
+                          "timestamped run would start")
+    if how:
+        cfg = _config_to_resume(cfg, config, overrides, run_dir)
+    # Bad data fails before the run folder is touched. Distributed ranks read their feature rows later.
+    data = build_dataset(cfg, feature_values=not distributed)
+    path, results = train_run(cfg, data, make_runtime(cfg, distributed), run_dir, how, overwrite,
+                              validation_hooks=list(on_validation or ()), show_progress=progress)
+    return TrainResult(path, cfg, results)
+
+
+def _config_to_resume(cfg: Config, config, overrides, run_dir: str | None) -> Config:
+    """A resumed run trains with the config it was created with (its config.yaml) plus the overrides given now,
+    which may change only what does not shape the model or its data (``config.resumed_config``). With a
+    ``config`` given, that config is compared instead. A folder without a run of ours: ``cfg`` as it is."""
+    from .config import resumed_config
+    from .run_folder import created_config
+
+    path = run_dir or (os.path.join(cfg.run.out_dir, cfg.run.name) if cfg.run.name else None)
+    created = created_config(path) if path else None
+    if created is None:
+        return cfg
+    asked = cfg if config is not None else config_from(os.path.join(path, "config.yaml"), overrides)
+    return resumed_config(created, asked)
+
+
+def evaluate(run_dir: str, splits=None, checkpoint: str | None = None, ties: str | None = None, overrides=None,
+             distributed: bool | None = None) -> Metrics:
+    """Rank ``splits`` (default: the run's eval.splits) with a run folder's model — the checkpoint model
+    selection chose, else the newest verified — as ``mmkgc-dist evaluate`` does; {split: metrics}."""
+    from .config import parse_overrides
+    from .parallel.env import world_size_from_environment
+    from .trained import load_trained
+
+    pairs = list(overrides.items()) if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
+    distributed = world_size_from_environment() > 1 if distributed is None else distributed
+    model = load_trained(run_dir, checkpoint, pairs, distributed)
+    return Metrics({split: model.evaluate(split, ties=ties) for split in (splits or model.cfg.eval.splits)})
+
+
+@dataclass
+class StudyResult:
+    """What ``tune`` returns: the study folder, the Optuna study, the best trial and its config."""
+    study_dir: str
+    study: object
+    base: Config
+    params: list
+
+    @property
+    def best(self) -> dict | None:
+        """{trial, value, params, run_dir} of the best complete trial, or None."""
+        from .tune.report import best_trial
+        t = best_trial(self.study)
+        return None if t is None else {"trial": t.number, "value": t.value, "params": dict(t.params),
+                                       "run_dir": os.path.join(self.study_dir, t.user_attrs.get("run_dir", ""))}
+
+    @property
+    def best_config(self) -> Config | None:
+        from .tune.report import best_config
+        return best_config(self.study, self.base)
+
+    def to_frame(self):
+        """One row per trial (the study folder's trials.csv)."""
+        from .tune.report import trials_frame
+        return trials_frame(self.study, self.params)
+
+
+def tune(space, study_dir: str, config=None, overrides=None, trials: int = 20, **options) -> StudyResult:
+    """Run a worker of a hyperparameter study, as ``mmkgc-dist tune`` does: trials until the study (in
+    ``study_dir``'s SQLite file, or ``storage=URL``) has ``trials`` finished ones. ``space``: a YAML path or a
+    mapping {dotted key: distribution} (tune/space.py). ``options``: ``tune.study.TuneOptions`` fields
+    (storage, pruner, sampler, seed, nproc_per_trial, ...)."""
+    from .tune.space import parse_space, read_space
+    from .tune.study import TuneOptions, run_worker
+
+    params = read_space(os.fspath(space)) if isinstance(space, (str, os.PathLike)) else parse_space(space)
+    base = config_from(config, overrides)
+    study = run_worker(study_dir, params, base, TuneOptions(trials=trials, **options))
+    return StudyResult(study_dir, study, config_from(os.path.join(study_dir, "base.yaml")), params)

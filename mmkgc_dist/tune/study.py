@@ -1,0 +1,383 @@
+"""`mmkgc-dist tune`: a hyperparameter study on Optuna, run by one or many workers on one storage.
+
+A worker samples a trial's values from the search space (``space.py``), trains an ordinary run folder
+``STUDY/trials/N`` from the study's base config plus those values — in this process, or under torchrun with
+``nproc_per_trial`` ranks — and reports each validation run (``eval.every_epochs``) to the pruner, which may
+stop the trial there. The objective is model selection's metric on validation (``eval.select_by``, without the
+validation triples seen in training). Workers on other machines or Slurm array tasks join the same study
+through a shared storage (an RDB URL, or a journal file on a shared filesystem); the default is an SQLite file
+in the study folder. The study folder holds the summary table, the best config as YAML and the plots
+(``report.py``).
+
+Interruptions: a worker killed mid-trial leaves that trial RUNNING; the next worker to start on the same host
+finds its process gone and marks it failed ("interrupted"), and on RDB storages Optuna's heartbeat does the
+same for any host. A trial that fails (bad values, divergence) is recorded with its one-line reason and the
+study goes on.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+
+import yaml
+
+from ..config import Config, _leaves, config_from, config_yaml
+from ..errors import ConfigError, OutputError, RunInterrupted, UserError
+from ..outputs import MARKER, marker_kind, pid_alive, write_atomic, write_marker
+from .space import Param, base_values, check_space, sample
+
+log = logging.getLogger("mmkgc_dist")
+TRIALS = "trials"
+STUDY_FILE = "study.yaml"
+BASE_FILE = "base.yaml"
+PRUNERS = ("median", "hyperband", "none")
+SAMPLERS = ("tpe", "random")
+
+
+@dataclass
+class TuneOptions:
+    """How a worker runs (``mmkgc-dist tune --help`` explains each)."""
+    trials: int = 20
+    storage: str = ""
+    study_name: str = ""
+    pruner: str = "median"
+    pruner_startup: int = 3
+    sampler: str = "tpe"
+    seed: int | None = None
+    worker: int | None = None
+    nproc_per_trial: int = 1
+    heartbeat: int = 60
+    timeout: float | None = None
+    max_failures: int = 0
+    baseline: bool = True
+    show_progress: bool = True
+
+
+class TrialFailed(Exception):
+    """A trial that could not finish (its reason is the trial's ``failure`` attribute); the study goes on."""
+
+
+# ------------------------------------------------------------------------------------------ the study folder
+def open_study_folder(study_dir: str, params: list[Param], base: Config, storage_id: str) -> Config:
+    """Create or re-open the study folder; returns the base config its trials use. A study continues only with
+    the search space, base config and storage it was created with."""
+    if os.path.islink(study_dir):
+        raise OutputError(f"study folder {study_dir}: is a symbolic link; give the folder itself")
+    if os.path.lexists(study_dir) and not os.path.isdir(study_dir):
+        raise OutputError(f"study folder {study_dir}: exists and is not a folder")
+    if os.path.isdir(study_dir) and os.listdir(study_dir) and marker_kind(study_dir) != "study":
+        raise OutputError(f"study folder {study_dir}: not empty and not an mmkgc-dist study (no {MARKER} marker of "
+                          f"kind study); give a new folder")
+    if base.eval.every_epochs == 0:
+        log.info("tune: eval.every_epochs=0 in the base config; trials validate every epoch (eval.every_epochs=1)")
+        base = config_from(base, {"eval.every_epochs": 1})
+    os.makedirs(os.path.join(study_dir, TRIALS), exist_ok=True)
+    if marker_kind(study_dir) != "study":
+        write_marker(study_dir, "study")
+    record = {"space": {p.key: p.describe() for p in params},
+              "objective": {"metric": f"valid {base.eval.select_by}", "direction": direction(base)},
+              "storage": storage_id}
+    base_text = config_yaml(base)
+    study_file, base_file = os.path.join(study_dir, STUDY_FILE), os.path.join(study_dir, BASE_FILE)
+    if os.path.exists(study_file):
+        _same_study(study_dir, record, base_text)
+    else:
+        write_atomic(base_file, base_text)
+        write_atomic(study_file, yaml.safe_dump(record, sort_keys=False))
+    return base
+
+
+def _same_study(study_dir: str, record: dict, base_text: str) -> None:
+    with open(os.path.join(study_dir, STUDY_FILE)) as fh:
+        created = yaml.safe_load(fh) or {}
+    with open(os.path.join(study_dir, BASE_FILE)) as fh:
+        created_base = yaml.safe_load(fh) or {}
+    what = f"study folder {study_dir}: created with"
+    if created.get("space") != record["space"]:
+        keys = sorted(set(created.get("space", {})) ^ set(record["space"]) |
+                      {k for k in record["space"] if created.get("space", {}).get(k) != record["space"][k]})
+        raise ConfigError(f"{what} another search space (differs at {', '.join(keys)}); continue it with the same "
+                          f"space file, or start a new study folder")
+    if created.get("storage") != record["storage"]:
+        raise ConfigError(f"{what} storage {created.get('storage')}, not {record['storage']}; pass the same "
+                          f"--storage to continue it")
+    before, after = _leaves(created_base), _leaves(yaml.safe_load(base_text))
+    changed = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    if changed:
+        shown = "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed[:3])
+        raise ConfigError(f"{what} another base config ({shown}); continue it with the same --config and "
+                          f"overrides (its {BASE_FILE}), or start a new study folder")
+
+
+def direction(cfg: Config) -> str:
+    return "minimize" if cfg.eval.select_by == "mr" else "maximize"
+
+
+# ------------------------------------------------------------------------------------------ Optuna objects
+def storage_url(study_dir: str, storage: str) -> str:
+    """The storage a worker opens: the study folder's SQLite file by default."""
+    return storage or f"sqlite:///{os.path.abspath(os.path.join(study_dir, 'study.db'))}"
+
+
+def storage_id(storage: str) -> str:
+    """What study.yaml records of the storage: its kind and place, never a password."""
+    if not storage:
+        return "sqlite: study.db in the study folder"
+    if storage.startswith("journal:"):
+        return f"journal: {os.path.basename(storage[len('journal:'):])}"
+    from sqlalchemy.engine import make_url
+    try:
+        url = make_url(storage)
+    except Exception:                                      # noqa: BLE001 — any unparsable URL is the user's
+        raise ConfigError(f"--storage {storage!r}: not an RDB URL (sqlite:///FILE, postgresql://..., "
+                          f"mysql://...) or journal:FILE") from None
+    return f"{url.drivername}: {url.host or ''}{'/' if url.host else ''}{os.path.basename(url.database or '')}"
+
+
+def open_storage(url: str, heartbeat: int):
+    import warnings
+
+    import optuna
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        return JournalStorage(JournalFileBackend(url[len("journal:"):]))
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    with warnings.catch_warnings():          # the heartbeat is "experimental" in Optuna's terms
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat or None,
+                                          grace_period=2 * heartbeat if heartbeat else None)
+
+
+def make_pruner(name: str, startup: int, max_resource: int):
+    import optuna
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_resource, 1))
+    return optuna.pruners.NopPruner()
+
+
+def make_sampler(name: str, seed: int | None):
+    import optuna
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=5)
+
+
+@contextlib.contextmanager
+def _setup_lock(study_dir: str):
+    """Workers starting at once create the SQLite schema and the study one at a time."""
+    import fcntl
+    with open(os.path.join(study_dir, ".setup.lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def load_study(study_dir: str, base: Config, params: list[Param], opts: TuneOptions):
+    import optuna
+    name = opts.study_name or os.path.basename(os.path.abspath(study_dir))
+    seed = None if opts.seed is None else opts.seed + worker_index(opts)
+    with _setup_lock(study_dir):
+        study = optuna.create_study(storage=open_storage(storage_url(study_dir, opts.storage), opts.heartbeat),
+                                    study_name=name, direction=direction(base), load_if_exists=True,
+                                    sampler=make_sampler(opts.sampler, seed),
+                                    pruner=make_pruner(opts.pruner, opts.pruner_startup,
+                                                       base.train.epochs // base.eval.every_epochs))
+        if opts.baseline:         # the hand-set config, trained once, compared with the best found
+            study.enqueue_trial(base_values(params, base), user_attrs={"baseline": True}, skip_if_exists=True)
+    return study
+
+
+def worker_index(opts: TuneOptions) -> int:
+    if opts.worker is not None:
+        return opts.worker
+    return int(os.environ.get("SLURM_ARRAY_TASK_ID", "0") or 0)
+
+
+def fail_orphaned_trials(study) -> list[int]:
+    """RUNNING trials whose worker ran on this host and is gone (killed mid-trial): marked FAIL, with why."""
+    from optuna.trial import TrialState
+    here, failed = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, pid = t.user_attrs.get("worker_host"), t.user_attrs.get("worker_pid")
+        if host != here or not isinstance(pid, int) or pid_alive(pid):
+            continue
+        last = max(t.intermediate_values) if t.intermediate_values else None
+        why = (f"interrupted: its worker (pid {pid} on {host}) stopped mid-trial"
+               f"{f' after epoch {last}' if last is not None else ''}; its run folder "
+               f"{t.user_attrs.get('run_dir', '')} can be resumed with train --resume")
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "failure", why)
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            failed.append(t.number)
+            log.warning("tune: trial %d %s", t.number, why)
+        except Exception:                                   # noqa: BLE001 — another worker marked it first
+            continue
+    return failed
+
+
+# ------------------------------------------------------------------------------------------ one trial
+class PruningHook:
+    """A trainer validation hook: report the trial's validation metric per epoch; a reason when to stop."""
+
+    def __init__(self, trial, metric: str):
+        self.trial, self.metric = trial, metric
+
+    def __call__(self, epoch: int, step: int, metrics: dict) -> str | None:
+        value = float(metrics[self.metric])
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            return f"pruned at epoch {epoch} (valid {self.metric} {value:.4f})"
+        return None
+
+
+class Objective:
+    def __init__(self, study_dir: str, base: Config, params: list[Param], opts: TuneOptions):
+        self.study_dir, self.base, self.params, self.opts = study_dir, base, params, opts
+
+    def __call__(self, trial) -> float:
+        import optuna
+        fail_orphaned_trials(trial.study)
+        values = sample(trial, self.params, self.base)
+        run_dir = os.path.join(self.study_dir, TRIALS, str(trial.number))
+        for key, value in (("worker_host", socket.gethostname()), ("worker_pid", os.getpid()),
+                           ("run_dir", os.path.join(TRIALS, str(trial.number)))):
+            trial.set_user_attr(key, value)
+        log.info("tune: trial %d %s", trial.number, json.dumps(values))
+        try:
+            results = (self._in_process(trial, values, run_dir) if self.opts.nproc_per_trial == 1
+                       else self._on_ranks(trial, values, run_dir))
+        except RunInterrupted as exc:
+            trial.set_user_attr("failure", f"interrupted: {_one_line(str(exc))}")
+            raise
+        except TrialFailed:
+            raise
+        except Exception as exc:                     # noqa: BLE001 — the study goes on; the reason stays
+            reason = _one_line(str(exc)) if isinstance(exc, UserError) else f"{type(exc).__name__}: {_one_line(str(exc))}"
+            trial.set_user_attr("failure", reason)
+            raise TrialFailed(reason) from exc
+        selected = (results.get("selection") or {}).get("selected")
+        if results.get("stopped"):
+            trial.set_user_attr("stopped", results["stopped"]["why"])
+            raise optuna.TrialPruned(results["stopped"]["why"])
+        if not selected:
+            reason = "no validation run happened (train.epochs < eval.every_epochs?)"
+            trial.set_user_attr("failure", reason)
+            raise TrialFailed(reason)
+        trial.set_user_attr("epoch", selected["epoch"])
+        return float(selected["value"])
+
+    def trial_config(self, values: dict) -> Config:
+        return config_from(self.base, {**values, "eval.splits": []})     # trials are selected, never tested
+
+    def _in_process(self, trial, values: dict, run_dir: str) -> dict:
+        from ..api import train
+        cfg = self.trial_config(values)
+        result = train(cfg, run_dir=run_dir, on_validation=[PruningHook(trial, cfg.eval.select_by)],
+                       progress=self.opts.show_progress, distributed=False)
+        return result.results
+
+    def _on_ranks(self, trial, values: dict, run_dir: str) -> dict:
+        """The trial under torchrun (``tune/trial.py``): rank 0 reports to the same trial through the storage."""
+        overrides = [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in {**values, "eval.splits": []}.items()]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={self.opts.nproc_per_trial}", "-m", "mmkgc_dist.tune.trial",
+               "--storage", storage_url(self.study_dir, self.opts.storage), "--study", trial.study.study_name,
+               "--trial-id", str(trial._trial_id), "--run-dir", run_dir,
+               "--config", os.path.join(self.study_dir, BASE_FILE), *overrides]
+        code, tail = _run_relaying(cmd)
+        if code == 143:
+            raise RunInterrupted(f"trial {trial.number} stopped by SIGTERM; checkpoint in {run_dir}")
+        if code != 0:
+            errors = [line for line in tail if line.startswith("error: ")]
+            reason = errors[-1][len("error: "):] if errors else (tail[-1] if tail else f"exit code {code}")
+            trial.set_user_attr("failure", _one_line(reason))
+            raise TrialFailed(reason)
+        with open(os.path.join(run_dir, "results.json")) as fh:
+            return json.load(fh)
+
+
+def _run_relaying(cmd: list[str]) -> tuple[int, list[str]]:
+    """Run ``cmd`` with its stderr relayed to ours; (exit code, its last lines). The child gets SIGTERM when
+    this worker dies (Linux), so a killed worker leaves no trial training behind."""
+    def die_with_parent():
+        try:
+            import ctypes
+            import signal
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    tail: collections.deque = collections.deque(maxlen=40)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
+
+    def relay():
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            tail.append(line.rstrip("\n"))
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    code = proc.wait()
+    reader.join(timeout=10)
+    return code, [line for line in tail if line.strip()]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# ------------------------------------------------------------------------------------------ the worker
+def run_worker(study_dir: str, params: list[Param], base: Config, opts: TuneOptions):
+    """Run trials until the study has ``opts.trials`` finished ones (complete or pruned, over all workers);
+    then write the study's report. Returns the Optuna study."""
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    from .report import write_report
+
+    check_space(params, base)
+    if opts.baseline:
+        base_values(params, base)            # refused before anything is written when outside the space
+    base = open_study_folder(study_dir, params, base, storage_id(opts.storage))
+    study = load_study(study_dir, base, params, opts)
+    fail_orphaned_trials(study)
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    finished = len(study.get_trials(deepcopy=False, states=done))
+    failures = FailureLimit(opts.max_failures or max(opts.trials, 1))
+    if finished < opts.trials:
+        print(f"tune: study {study.study_name}: {finished} of {opts.trials} trials finished; this worker runs "
+              f"trials until the study has {opts.trials}")
+        study.optimize(Objective(study_dir, base, params, opts), n_trials=None, timeout=opts.timeout,
+                       catch=(TrialFailed,),
+                       callbacks=[MaxTrialsCallback(opts.trials, states=done), failures,
+                                  lambda s, t: write_report(s, study_dir, params, base, plots=False)])
+    else:
+        print(f"tune: study {study.study_name} already has {finished} finished trials (--trials {opts.trials})")
+    write_report(study, study_dir, params, base, plots=True)
+    return study
+
+
+class FailureLimit:
+    """Stop this worker after ``limit`` failed trials of its own (a space that cannot train is not searched
+    forever)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.count = limit, 0
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+        if trial.state == TrialState.FAIL:
+            self.count += 1
+            if self.count >= self.limit:
+                log.warning("tune: %d trials of this worker failed; stopping it (--max-failures)", self.count)
+                study.stop()
