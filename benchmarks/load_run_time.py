@@ -24,7 +24,7 @@ from mmkgc_dist import load_run
 model = load_run(sys.argv[1])
 answers = model.predict(head=10, relation=3, k=10)
 seconds = time.perf_counter() - start
-heavy = [m for m in ("deepspeed", "torchrec", "mmkgc_dist.train.trainer") if m in sys.modules]
+heavy = [m for m in ("deepspeed", "torchrec", "mmkgc_dist.training.trainer") if m in sys.modules]
 print(json.dumps({"seconds": seconds, "answers": len(answers), "imported": heavy}))
 """
 

@@ -22,7 +22,7 @@ import time
 
 from _common import machine, mean_std, results_dir, variant_overrides, write_json
 from mmkgc_dist.config import load_config
-from mmkgc_dist.train.lifecycle import select_best
+from mmkgc_dist.training.lifecycle import select_best
 from mmkgc_dist.trainers import local_trainer
 from modality import sweep_arguments, sweep_data
 

@@ -64,7 +64,7 @@ def _evaluation_output(path: str) -> bool:
 
 def cmd_evaluate(args, overrides) -> int:
     from .outputs import check_output_file
-    from .train.lifecycle import format_metrics, write_json
+    from .training.lifecycle import format_metrics, write_json
 
     if args.output:
         check_output_file(args.output, "--output", _evaluation_output)

@@ -1,6 +1,6 @@
 """The runtime contract: what differs between one process and N ranks, written down once.
 
-``train.Trainer``, ``train.TrainStep``, ``eval.Evaluator``, export and the checkpoint format are written against
+``training.Trainer``, ``training.TrainStep``, ``eval.Evaluator``, export and the checkpoint format are written against
 this protocol and never ask which runtime they hold. Two implementations satisfy it (``tests/test_layers.py``
 checks that each defines every member with the same parameters): ``parallel.local.LocalRuntime`` (one process,
 ``nn.Embedding`` tables) and ``parallel.distributed.DistributedRuntime`` (TorchRec tables, data-parallel fusion,

@@ -1,11 +1,11 @@
-"""Trainers, assembled: the one ``train.Trainer`` on the runtime a run needs — ``LocalRuntime`` for one process,
+"""Trainers, assembled: the one ``training.Trainer`` on the runtime a run needs — ``LocalRuntime`` for one process,
 ``DistributedRuntime`` (TorchRec + DeepSpeed) under torchrun/srun or with ``--distributed``."""
 from __future__ import annotations
 
 from .config import Config
 from .data.format import KGData
 from .parallel import make_runtime
-from .train.trainer import Trainer
+from .training.trainer import Trainer
 
 
 def local_trainer(cfg: Config, data: KGData, run_dir: str | None = None, show_progress: bool = True) -> Trainer:

@@ -30,7 +30,7 @@ def main() -> None:
         try:
             from mmkgc_dist.trainers import local_trainer
         except ImportError:                       # a checkout from before the runtimes (benchmarks/semantics.py)
-            from mmkgc_dist.train.trainer import Trainer as local_trainer
+            from mmkgc_dist.training.trainer import Trainer as local_trainer
         trainer, rank = local_trainer(cfg, data, run_dir, show_progress=False), 0
         tables = {"entity": trainer.runtime.tables.entity.weight, "relation": trainer.runtime.tables.relation.weight}
     else:

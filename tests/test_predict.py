@@ -166,8 +166,8 @@ def test_load_run_predicts_without_the_trainer_or_deepspeed(run):
     nor DeepSpeed (nor TorchRec's distributed runtime) is imported in the process."""
     code = ("import sys; from mmkgc_dist import load_run; m = load_run(sys.argv[1]); "
             "p = m.predict(head='entity_000010', relation='relation_0003', k=3); assert len(p) == 3; "
-            "loaded = [n for n in ('deepspeed', 'mmkgc_dist.train.trainer', 'mmkgc_dist.parallel.distributed', "
-            "'mmkgc_dist.train') if n in sys.modules]; assert not loaded, loaded; print('ok')")
+            "loaded = [n for n in ('deepspeed', 'mmkgc_dist.training.trainer', 'mmkgc_dist.parallel.distributed', "
+            "'mmkgc_dist.training') if n in sys.modules]; assert not loaded, loaded; print('ok')")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE))
     res = subprocess.run([sys.executable, "-c", code, str(run)], env=env, capture_output=True, text=True,
                          timeout=300)

@@ -113,7 +113,7 @@ def test_resume_forgets_validation_runs_after_the_checkpoint(tmp_path):
     validation runs after it are forgotten (not counted twice), the best and its count of runs without gain
     are consistent."""
     from mmkgc_dist.config import load_config, parse_overrides
-    from mmkgc_dist.train.selection import ModelSelection
+    from mmkgc_dist.training.selection import ModelSelection
     cfg = load_config(None, parse_overrides(["--eval.every_epochs=1", "--train.early_stopping.patience=2"]))
     state = {"metric": "mrr", "best": {"epoch": 2, "step": 20, "value": 0.5, "checkpoint": "step-000000020"},
              "history": [{"epoch": e, "step": 10 * e, "value": v} for e, v in ((1, 0.4), (2, 0.5), (3, 0.45),

@@ -8,7 +8,7 @@ import torch
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.synthetic import generate
 from mmkgc_dist.errors import TrainingDiverged
-from mmkgc_dist.train.prefetch import to_device_ahead
+from mmkgc_dist.training.prefetch import to_device_ahead
 from mmkgc_dist.trainers import local_trainer
 
 SMALL = [("data.synthetic.num_entities", "600"), ("data.synthetic.num_triples", "6000"), ("model.dim", "16"),

@@ -2,7 +2,7 @@
 selection chose (``best.json``, written and read only here), and which may go.
 
     step-NNNNNNNNN/    one checkpoint at any world size (format.py); its meta.json lists every file's digest
-    best.json          model selection's record: its state and the name of the selected step-N (train/selection.py)
+    best.json          model selection's record: its state and the name of the selected step-N (training/selection.py)
 
 Every file a checkpoint holds has its SHA-256 recorded at save time; ``verify`` recomputes them, so a truncated,
 empty or altered file is found before anything reads it, and ``newest_verified`` falls back to the newest good
@@ -181,7 +181,7 @@ def prune(directory: str, keep: int, just_written: str | None = None) -> list[st
 
 
 def read_selection(directory: str) -> dict | None:
-    """Model selection's record (``checkpoints/best.json``, train/selection.py), checked: None when there is
+    """Model selection's record (``checkpoints/best.json``, training/selection.py), checked: None when there is
     none; CheckpointError naming the file when it is malformed or names anything but one of the run's own
     ``step-N`` checkpoints (never a path outside the run)."""
     path = os.path.join(directory, BEST)

@@ -1,6 +1,6 @@
 """The distributed runtime: TorchRec-sharded tables, data-parallel AdaMF fusion (dense gradients summed in flat
 buckets), DeepSpeed generator engine, each rank's part of every global batch, candidate-sharded evaluation;
-checkpoints in the one format of every world size (checkpoint/format.py). ``train.Trainer`` runs the same loop,
+checkpoints in the one format of every world size (checkpoint/format.py). ``training.Trainer`` runs the same loop,
 step and evaluation over it as over ``local.LocalRuntime``.
 
 Gradient scaling: every rank's loss is the mean over its own positives, multiplied by its share of the global

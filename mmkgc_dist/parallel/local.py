@@ -1,5 +1,5 @@
 """The single-process runtime: local tables (nn.Embedding), the plain fusion module, local optimizers and the
-checkpoint format of every world size (checkpoint.py). ``train.Trainer`` is handed this or
+checkpoint format of every world size (checkpoint.py). ``training.Trainer`` is handed this or
 ``distributed.DistributedRuntime``; both offer the same operations (build, the rank's part of a global batch, metric reduction, the candidate shard, collectives,
 checkpoint I/O), so the loop, the step and evaluation exist once.
 """

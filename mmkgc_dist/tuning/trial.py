@@ -2,7 +2,7 @@
 config plus the trial's values, trained into the trial's run folder; rank 0 reports each validation run to the
 trial in the shared storage and the pruner's verdict reaches every rank.
 
-    python -m torch.distributed.run --standalone --nproc_per_node=2 -m mmkgc_dist.tune.trial \\
+    python -m torch.distributed.run --standalone --nproc_per_node=2 -m mmkgc_dist.tuning.trial \\
         --storage URL --study NAME --trial-id ID --run-dir STUDY/trials/N --config STUDY/base.yaml --train.lr=...
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def run_trial(args, overrides) -> int:
 def main(argv: list[str] | None = None) -> int:
     from ..cli import run_command
     from ..config import parse_overrides
-    p = argparse.ArgumentParser(prog="mmkgc_dist.tune.trial", allow_abbrev=False)
+    p = argparse.ArgumentParser(prog="mmkgc_dist.tuning.trial", allow_abbrev=False)
     for name in ("--storage", "--study", "--run-dir", "--config"):
         p.add_argument(name, required=True)
     p.add_argument("--trial-id", type=int, required=True)

@@ -134,7 +134,7 @@ def check_space(params: list[Param], base: Config) -> None:
     for p in params:
         if p.key not in leaves:
             close = [k for k in leaves if k.endswith("." + p.key.split(".")[-1])]
-            hint = f"; did you mean {close[0]}?" if close else ""
+            hint = f"; did you mean {' or '.join(close[:3])}?" if close else ""
             raise ConfigError(f"search space: {p.key}: not a config key (see `mmkgc-dist config`){hint}")
         for cond in p.when:
             if cond not in leaves:
@@ -142,6 +142,12 @@ def check_space(params: list[Param], base: Config) -> None:
             if cond == p.key:
                 raise ConfigError(f"search space: {p.key}: when: a key cannot depend on itself")
         values = list(p.choices) if p.type == "categorical" else [p.low, p.high]
+        if p.key == "model.scoring":           # names are checked when a model is built: check them here
+            from ..model.scorers import SCORERS
+            unknown = [v for v in values if v not in SCORERS]
+            if unknown:
+                raise ConfigError(f"search space: model.scoring: unknown scoring function(s) {unknown}; known: "
+                                  f"{sorted(SCORERS)} (a scorer of your own: register it before tuning)")
         for value in values:
             try:
                 config_from(base, {**{k: v[0] for k, v in p.when.items()}, p.key: value})

@@ -222,7 +222,9 @@ class Trainer:
             self.save()
 
     def _ask_hooks(self, metrics: dict) -> None:
-        if not self.validation_hooks:
+        # hooks may exist on rank 0 alone (a trial's pruner), so N ranks always share the verdict: one small
+        # broadcast per validation run
+        if not self.validation_hooks and self.world_size == 1:
             return
         verdict = None
         if self.runtime.is_main:

@@ -289,10 +289,10 @@ class Objective:
         return result.results
 
     def _on_ranks(self, trial, values: dict, run_dir: str) -> dict:
-        """The trial under torchrun (``tune/trial.py``): rank 0 reports to the same trial through the storage."""
+        """The trial under torchrun (``tuning/trial.py``): rank 0 reports to the same trial through the storage."""
         overrides = [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in {**values, "eval.splits": []}.items()]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={self.opts.nproc_per_trial}", "-m", "mmkgc_dist.tune.trial",
+               f"--nproc_per_node={self.opts.nproc_per_trial}", "-m", "mmkgc_dist.tuning.trial",
                "--storage", storage_url(self.study_dir, self.opts.storage), "--study", trial.study.study_name,
                "--trial-id", str(trial._trial_id), "--run-dir", run_dir,
                "--config", os.path.join(self.study_dir, BASE_FILE), *overrides]
