@@ -105,6 +105,18 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
             time.sleep(1)
         raise TimeoutError(f"job {job_id} did not finish in {timeout}s")
 
+    def wait_array(self, job_id: str, tasks: int, timeout: float = 600) -> list[str]:
+        """Wait for every task of an array job to finish; their final states."""
+        deadline = time.time() + timeout
+        final = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+        while time.time() < deadline:
+            out = subprocess.run(["scontrol", "show", "job", job_id], env=self.env, capture_output=True, text=True)
+            states = [tok.split("=", 1)[1] for tok in out.stdout.split() if tok.startswith("JobState=")]
+            if len(states) >= tasks and all(s in final for s in states):
+                return states
+            time.sleep(1)
+        raise TimeoutError(f"array job {job_id} did not finish in {timeout}s")
+
     def stop(self) -> None:
         for pid_file in ("slurmd.pid", "slurmctld.pid", os.path.join("munge", "munged.pid")):
             try:
