@@ -98,15 +98,28 @@ def cmd_predict(args, overrides) -> int:
 
     from .predict import load_run
 
+    given = [x is not None for x in (args.head, args.relation, args.tail)]
+    if args.batch is not None:
+        if any(given) or not args.output:
+            raise ConfigError("predict --batch FILE: give --output OUT (.parquet or .jsonl), and no --head, "
+                              "--relation or --tail (the file holds the queries)")
+    elif sum(given) != 2:
+        raise ConfigError("predict: give two of --head, --relation, --tail (the third is predicted), or --batch FILE")
     model = load_run(args.run_dir, args.checkpoint, overrides=[f"--{k}={v}" for k, v in overrides])
     known = "filter" if args.filter_known else "mark"
+    if args.batch is not None:
+        done = model.predict_file(args.batch, args.output, k=args.top, known=known)
+        print(f"answered {done['queries']} queries ({done['answers']} answers, {done['queries_per_s']:.1f} "
+              f"queries/s) into {args.output}")
+        return 0
     found = model.predict(head=args.head, relation=args.relation, tail=args.tail, k=args.top, known=known)
     if args.json:
         print(json.dumps({"head": args.head, "relation": args.relation, "tail": args.tail, "step": model.step,
                           "predictions": [p.as_dict() for p in found]}, indent=2))
         return 0
-    asked = f"({args.head}, {args.relation}, ?)" if args.head is not None else f"(?, {args.relation}, {args.tail})"
-    print(f"top {len(found)} {'tails' if args.head is not None else 'heads'} of {asked} (step {model.step}; "
+    asked_kind = "tails" if args.tail is None else ("heads" if args.head is None else "relations")
+    asked = f"({args.head or '?'}, {args.relation or '?'}, {args.tail or '?'})"
+    print(f"top {len(found)} {asked_kind} of {asked} (step {model.step}; "
           f"* = a known triple of the dataset{', filtered out' if args.filter_known else ''})")
     for p in found:
         print(f"{p.rank:>4}  {p.score:>10.4f}  {'*' if p.known else ' '} {p.name}")
@@ -249,11 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--overwrite", action="store_true", help="replace an earlier export at OUT")
     x.set_defaults(fn=cmd_export)
 
-    q = sub.add_parser("predict", help="rank the tails of (HEAD, RELATION, ?) or the heads of (?, RELATION, TAIL)")
+    q = sub.add_parser("predict", help="rank the tails of (HEAD, RELATION, ?), the heads of (?, RELATION, TAIL) or "
+                                       "the relations of (HEAD, ?, TAIL); --batch for a file of queries")
     q.add_argument("run_dir")
-    q.add_argument("--head", help="entity name (tails are predicted)")
-    q.add_argument("--tail", help="entity name (heads are predicted)")
-    q.add_argument("--relation", required=True, help="relation name")
+    q.add_argument("--head", help="entity name")
+    q.add_argument("--tail", help="entity name")
+    q.add_argument("--relation", help="relation name (leave it out with --head and --tail: relations are predicted)")
+    q.add_argument("--batch", help="query file (TSV/CSV with a header, or Parquet): columns head, relation, tail, "
+                                   "one of them empty or '?' per row")
+    q.add_argument("--output", help="--batch: answers file, .parquet or JSON lines (.jsonl)")
     q.add_argument("--top", type=positive_int, default=10, help="how many answers (default 10)")
     q.add_argument("--filter-known", action="store_true",
                    help="leave out answers that form a known triple (train/valid/test); by default they are marked")

@@ -17,6 +17,8 @@ that form a triple of the dataset's train/valid/test splits.
 from __future__ import annotations
 
 import difflib
+import itertools
+import os
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -24,13 +26,13 @@ import numpy as np
 import torch
 
 from .config import parse_overrides
-from .data.stream import rows_answering
+from .data.known_index import KnownIndex, build_known_index
 from .errors import QueryError
-from .eval.ranking import FilterIndex
 from .model.kernels import all_pairs_distance
 from .trained import TrainedModel, load_trained
 
 KNOWN_POLICIES = ("mark", "filter", "keep")
+KNOWN_INDEX = "known-index"          # the run folder's index of a streamed dataset's known triples
 SPACES = ("joint", "structural")
 
 
@@ -106,30 +108,30 @@ class Predictor:
         self.structural = torch.cat([s for _, s, _, _ in chunks])
         self.joint = torch.cat([j for _, _, j, _ in chunks])
         self.relation_rows = model.runtime.relation_table()
-        self._filters: dict[str, FilterIndex] = {}
-        # A streamed training split stays on disk: the training rows that answer a batch of queries are found
-        # in one streaming pass per predict call (held splits are in memory).
-        stats = model.statistics
+        self._known: KnownIndex | None = None
+        stats = model.statistics          # a streamed training split stays on disk (known_index)
         self._stream = (model.cfg.data.path, stats.manifest) if stats.streamed else None
         self._held = [t for t in model.data.splits.values() if len(t)]
         self.batch_size = model.cfg.eval.batch_size
 
     # ------------------------------------------------------------------------------------ queries
     def predict(self, head=None, relation=None, tail=None, k: int = 10, known: str = "mark"):
-        """Top-``k`` tails of (head, relation, ?) or heads of (?, relation, tail). Names or ids; a list of
-        them asks a batch of queries and returns one list of predictions per query."""
-        if relation is None or (head is None) == (tail is None):
-            raise QueryError("predict: give a relation and exactly one of head (→ tails) or tail (→ heads)")
+        """Top-``k`` tails of (head, relation, ?), heads of (?, relation, tail) or relations of (head, ?, tail).
+        Names or ids; a list of them asks a batch of queries and returns one ``Predictions`` per query."""
         if known not in KNOWN_POLICIES:
             raise QueryError(f"predict: known={known!r}; expected one of {', '.join(KNOWN_POLICIES)}")
+        if k < 1:
+            raise QueryError(f"predict: k must be >= 1, got {k}")
+        if relation is None and head is not None and tail is not None:
+            return self._predict_relations(head, tail, k, known)
+        if relation is None or (head is None) == (tail is None):
+            raise QueryError("predict: give two of head, relation and tail (the third is predicted)")
         batch = isinstance(head if head is not None else tail, (list, tuple, np.ndarray))
         anchors = head if head is not None else tail
         anchors = list(anchors) if batch else [anchors]
         relations = list(relation) if isinstance(relation, (list, tuple, np.ndarray)) else [relation] * len(anchors)
         if len(relations) != len(anchors):
             raise QueryError(f"predict: {len(anchors)} entities but {len(relations)} relations")
-        if k < 1:
-            raise QueryError(f"predict: k must be >= 1, got {k}")
         anchor_ids, relation_ids = self.entities.ids_of(anchors), self.relations.ids_of(relations)
         found = self._top(anchor_ids, relation_ids, "tail" if head is not None else "head",
                           min(k, len(self.entities.names)), known)
@@ -138,15 +140,65 @@ class Predictor:
                  for answers, (a, r) in zip(found, named)]
         return found if batch else found[0]
 
+    def predict_queries(self, queries, k: int = 10, known: str = "mark") -> list[Predictions]:
+        """Answers of many queries (head, relation, tail), each with one of the three asked (None, '' or '?'),
+        in the order given (predict_batch.py)."""
+        from .predict_batch import predict_queries
+        return predict_queries(self, queries, k, known)
+
+    def predict_file(self, src: str, out: str, k: int = 10, known: str = "mark", progress: bool = True) -> dict:
+        """A query file (TSV/CSV/Parquet: head, relation, tail; one asked per row) answered into ``out``
+        (Parquet or JSON lines), in chunks with a progress bar; counts and queries/s (predict_batch.py)."""
+        from .predict_batch import predict_file
+        return predict_file(self, src, out, k, known, progress)
+
+    def _predict_relations(self, head, tail, k: int, known: str):
+        batch = isinstance(head, (list, tuple, np.ndarray))
+        heads, tails = (list(head), list(tail)) if batch else ([head], [tail])
+        if not isinstance(tail, (list, tuple, np.ndarray)) and batch:
+            tails = [tail] * len(heads)
+        if len(heads) != len(tails):
+            raise QueryError(f"predict: {len(heads)} heads but {len(tails)} tails")
+        h, t = self.entities.ids_of(heads), self.entities.ids_of(tails)
+        found = self._top_relations(h, t, min(k, len(self.relations.names)), known)
+        out = [Predictions(answers, self.entities.names[a], None, self.entities.names[b])
+               for answers, a, b in zip(found, h, t)]
+        return out if batch else out[0]
+
+    @torch.no_grad()
+    def _top_relations(self, heads: np.ndarray, tails: np.ndarray, k: int, known: str) -> list[list[Prediction]]:
+        """Every relation scored for each (head, ?, tail): f(h, r, t) over the dataset's relations."""
+        count = len(self.relations.names)
+        rows = self.relation_rows[:count]
+        out = []
+        step = max(1, self.batch_size * 64 // max(count, 1))
+        for start in range(0, len(heads), step):
+            h, t = heads[start:start + step], tails[start:start + step]
+            score = self.scoring.scorer.score(self.joint[torch.from_numpy(h)].unsqueeze(1), rows.unsqueeze(0),
+                                              self.joint[torch.from_numpy(t)].unsqueeze(1)).float().cpu()
+            flagged = np.zeros(score.shape, dtype=bool)
+            if known != "keep":
+                grid = np.broadcast_to(np.arange(count), score.shape)
+                flagged = self.known_index().contains(np.repeat(h, count), grid.reshape(-1),
+                                                      np.repeat(t, count)).reshape(score.shape)
+                if known == "filter":
+                    score[torch.from_numpy(flagged)] = float("-inf")
+            best = torch.topk(score, k, dim=1)
+            for q in range(len(h)):
+                out.append([Prediction(i + 1, int(r), self.relations.names[int(r)], float(v), bool(flagged[q, int(r)]))
+                            for i, (v, r) in enumerate(zip(best.values[q].tolist(), best.indices[q].tolist()))
+                            if v != float("-inf")])
+        return out
+
     def _top(self, anchors: np.ndarray, relations: np.ndarray, direction: str, k: int, known: str):
         out = []
-        index = self._filter(direction, anchors, relations) if known != "keep" else None
+        index = self.known_index() if known != "keep" else None
         for start in range(0, len(anchors), self.batch_size):
             a, r = anchors[start:start + self.batch_size], relations[start:start + self.batch_size]
             distance = self._distances(a, r, direction)
             flagged = np.zeros(distance.shape, dtype=bool)
             if index is not None:
-                rows, cols = index.pairs(a, r)
+                rows, cols = index.pairs(direction, a, r)
                 flagged[rows, cols] = True
                 if known == "filter":
                     distance[torch.from_numpy(flagged)] = float("inf")
@@ -166,19 +218,37 @@ class Predictor:
                                                       head=direction == "head")
         return -self.scoring.kernels.all_pairs(query, self.joint).float().cpu()
 
-    def _filter(self, direction: str, anchors: np.ndarray, relations: np.ndarray) -> FilterIndex:
-        """Known answers of the queries: train ∪ valid ∪ test (cached), or, when train is streamed, the held
-        splits plus the training rows that answer these queries."""
-        anchor, answer = (0, 2) if direction == "tail" else (2, 0)
-        num_relations = len(self.relations.names)
-        if self._stream is not None:
-            queries = np.full((len(anchors), 3), -1, dtype=np.int64)
-            queries[:, anchor], queries[:, 1] = anchors, relations
-            found = rows_answering(self._stream[0], "train", queries, num_relations, manifest=self._stream[1])
-            return FilterIndex(np.concatenate(self._held + [found]), num_relations, anchor, answer)
-        if direction not in self._filters:
-            self._filters[direction] = FilterIndex(self.model.evaluator.known_triples(), num_relations, anchor, answer)
-        return self._filters[direction]
+    def known_index(self) -> KnownIndex:
+        """Known triples (train ∪ valid ∪ test) as sorted keys: in memory for held splits; for a streamed
+        training split an on-disk index in the run folder (``known-index/``), built on first use in two
+        streaming passes and reused while the dataset's identity is the same — a lookup per query afterwards."""
+        if self._known is not None:
+            return self._known
+        data = self.model.data
+        if self._stream is None:
+            self._known = KnownIndex.of(self.model.evaluator.known_triples(), data.num_entities, data.num_relations)
+            return self._known
+        folder = os.path.join(self.model.run_dir, KNOWN_INDEX)
+        try:
+            index = KnownIndex(folder)
+            if index.identity == data.identity:
+                self._known = index
+                return index
+        except (OSError, ValueError, KeyError):
+            pass
+        self._known = self._build_known_index(folder)
+        return self._known
+
+    def _build_known_index(self, folder: str) -> KnownIndex:
+        from tqdm import tqdm
+
+        from .data.stream import StreamingTriples
+        data = self.model.data
+        train = StreamingTriples(self._stream[0], "train", batch_size=1 << 20, shuffle=False, manifest=self._stream[1])
+        total = train.total_rows + sum(len(t) for t in self._held)
+        with tqdm(total=total, desc="known-triple index", unit="triple", unit_scale=True, mininterval=1.0) as bar:
+            return build_known_index(folder, itertools.chain(self._held, train), data.num_entities,
+                                     data.num_relations, data.identity, progress=bar.update)
 
     @torch.no_grad()
     def score(self, triples) -> np.ndarray:

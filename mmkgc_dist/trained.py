@@ -30,8 +30,8 @@ log = logging.getLogger("mmkgc_dist")
 
 class TrainedModel:
     def __init__(self, cfg: Config, data: KGData, runtime: Runtime, scoring: Scoring, modalities: list[str],
-                 step: int, source: str):
-        self.cfg, self.data, self.runtime = cfg, data, runtime
+                 step: int, source: str, run_dir: str | None = None):
+        self.cfg, self.data, self.runtime, self.run_dir = cfg, data, runtime, run_dir
         self.scoring, self.modalities = scoring, modalities
         self.step, self.source = step, source           # the checkpoint's step and folder
         manifest = read_manifest(cfg.data.path) if cfg.data.loader == "stream" else None
@@ -73,7 +73,7 @@ def load_trained(run_dir: str, checkpoint_path: str | None = None, overrides=(),
     runtime.build(data, {m: data.features[m] for m in modalities}, modalities, scoring, use_mat=False)
     cursor = checkpoint.load(runtime, ckpt.path, cfg.data.loader == "stream", optimizer=False)
     log.info("loaded %s (epoch %d, step %d)", ckpt.path, cursor["epoch"], cursor["step"])
-    return TrainedModel(cfg, data, runtime, scoring, modalities, cursor["step"], ckpt.path)
+    return TrainedModel(cfg, data, runtime, scoring, modalities, cursor["step"], ckpt.path, run_dir)
 
 
 def trained_checkpoint(run_dir: str, checkpoint_path: str | None, overrides) -> tuple[Config, checkpoint.Checkpoint]:

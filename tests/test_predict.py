@@ -75,8 +75,10 @@ def test_bad_queries_are_one_line_errors(model):
         model.predict(head="entity_00001", relation="relation_0003")
     with pytest.raises(QueryError, match="unknown relation 'relation_3'"):
         model.predict(head="entity_000001", relation="relation_3")
-    with pytest.raises(QueryError, match="exactly one of head"):
+    with pytest.raises(QueryError, match="give two of head, relation and tail"):
         model.predict(head="entity_000001", tail="entity_000002", relation="relation_0003")
+    with pytest.raises(QueryError, match="give two of head, relation and tail"):
+        model.predict(head="entity_000001")
     with pytest.raises(QueryError, match=r"entity id 300: out of range \[0, 300\)"):
         model.predict(head=300, relation=0)
     with pytest.raises(QueryError, match="space="):
@@ -172,3 +174,143 @@ def test_load_run_predicts_without_the_trainer_or_deepspeed(run):
     res = subprocess.run([sys.executable, "-c", code, str(run)], env=env, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------------------ answers at scale
+def test_known_index_on_disk_matches_the_triples(tmp_path):
+    """The sorted-key index (two passes, buckets split again past the memory bound) answers every (anchor,
+    relation) query and membership test exactly as the triples do, for heavy-tailed anchors."""
+    from mmkgc_dist.data.known_index import KnownIndex, build_known_index
+    rng = np.random.default_rng(0)
+    n, r = 700, 9
+    triples = np.stack([np.minimum(rng.zipf(1.2, 30000) - 1, n - 1), rng.integers(0, r, 30000),
+                        rng.integers(0, n, 30000)], axis=1)
+    index = build_known_index(str(tmp_path / "ix"), [triples[:11000], triples[11000:], triples[:50]], n, r, "id",
+                              bucket_rows=300)
+    assert index.meta["keys"]["tail"] == index.meta["keys"]["head"] == len(np.unique(triples, axis=0))
+    assert sorted(os.listdir(tmp_path)) == ["ix"] and sorted(os.listdir(tmp_path / "ix")) == \
+        ["head.u64", "meta.json", "tail.u64"]
+    again, memory = KnownIndex(str(tmp_path / "ix")), KnownIndex.of(triples, n, r)
+    truth = {(h, rel, t) for h, rel, t in triples.tolist()}
+    queries = np.concatenate([triples[:300], rng.integers(0, [n, r, n], (300, 3))])
+    for direction, (a, b) in (("tail", (0, 2)), ("head", (2, 0))):
+        for idx in (again, memory):
+            rows, answers = idx.pairs(direction, queries[:, a], queries[:, 1])
+            found = {(int(q), int(e)) for q, e in zip(rows, answers)}
+            expected = {(q, int(row[b])) for q in range(len(queries)) for row in
+                        triples[(triples[:, a] == queries[q, a]) & (triples[:, 1] == queries[q, 1])]}
+            assert found == expected
+    member = np.array([tuple(q) in truth for q in queries.tolist()])
+    assert (again.contains(queries[:, 0], queries[:, 1], queries[:, 2]) == member).all()
+    assert member[:300].all() and not member[300:].all()
+
+
+def test_relation_prediction_ranks_relations_by_score(model):
+    head, tail = "entity_000010", "entity_000042"
+    found = model.predict(head=head, tail=tail, k=50)
+    relations = model.relations.names
+    assert [p.rank for p in found] == list(range(1, len(relations) + 1)) and {p.name for p in found} == set(relations)
+    direct = model.score([(head, p.name, tail) for p in found])
+    assert np.allclose(direct, [p.score for p in found], atol=1e-5)
+    known = model.model.evaluator.known_triples()
+    h, r, t = (int(x) for x in known[0])
+    marked = {p.id for p in model.predict(head=h, tail=t, k=50) if p.known}
+    assert marked == {int(x[1]) for x in known if x[0] == h and x[2] == t} and r in marked
+    assert r not in {p.id for p in model.predict(head=h, tail=t, k=50, known="filter")}
+    frame = found.to_frame()
+    assert list(frame["relation"].isna()) == [True] * len(found) and set(frame["head"]) == {head}
+
+
+def test_predict_file_answers_every_query_as_single_queries_do(model, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from mmkgc_dist.errors import DataError
+    queries = [("entity_000010", "relation_0003", ""), ("", "relation_0001", "entity_000005"),
+               ("entity_000002", "?", "entity_000007"), ("entity_000011", "relation_0000", "?")]
+    src = tmp_path / "q.tsv"
+    src.write_text("head\trelation\ttail\n" + "".join("\t".join(q) + "\n" for q in queries))
+    done = model.predict_file(str(src), str(tmp_path / "a.parquet"), k=4, progress=False)
+    assert done["queries"] == 4 and done["answers"] == 16
+    table = pq.read_table(tmp_path / "a.parquet").to_pylist()
+    expected = [model.predict(head="entity_000010", relation="relation_0003", k=4),
+                model.predict(relation="relation_0001", tail="entity_000005", k=4),
+                model.predict(head="entity_000002", tail="entity_000007", k=4),
+                model.predict(head="entity_000011", relation="relation_0000", k=4)]
+    for q, answers in enumerate(expected):
+        rows = [row for row in table if row["query"] == q]
+        assert [row["answer"] for row in rows] == [p.name for p in answers]
+        assert [row["known"] for row in rows] == [p.known for p in answers]
+        assert np.allclose([row["score"] for row in rows], [p.score for p in answers], atol=1e-4)
+        assert rows[0]["asked"] == ("tail", "head", "relation", "tail")[q] and rows[0][rows[0]["asked"]] is None
+    # JSON lines, and the same from a Parquet query file; an earlier answers file is replaced
+    rows = [dict(zip(("head", "relation", "tail"), [None if v in ("", "?") else v for v in q])) for q in queries]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "q.parquet")
+    model.predict_file(str(tmp_path / "q.parquet"), str(tmp_path / "a.jsonl"), k=4, progress=False)
+    model.predict_file(str(tmp_path / "q.parquet"), str(tmp_path / "a.jsonl"), k=4, progress=False)
+    lines = [json.loads(l) for l in open(tmp_path / "a.jsonl")]
+    assert [l["answer"] for l in lines] == [row["answer"] for row in table]
+    assert model.predict_queries([(q[0] or None, q[1] if q[1] != "?" else None, q[2] or None) for q in queries],
+                                 k=4)[2] == expected[2]
+
+    # bad rows name the row and nothing is written
+    src.write_text("head\trelation\ttail\nentity_000010\trelation_0003\t\nentity_10\trelation_0003\t\n")
+    with pytest.raises(QueryError, match=r"q.tsv: data row 2 \(line 3\): unknown entity 'entity_10'"):
+        model.predict_file(str(src), str(tmp_path / "b.jsonl"), progress=False)
+    src.write_text("head\trelation\ttail\nentity_000010\t\t\n")
+    with pytest.raises(DataError, match=r"data row 1 \(line 2\): .*exactly one of head, relation, tail"):
+        model.predict_file(str(src), str(tmp_path / "b.jsonl"), progress=False)
+    src.write_text("subject\trelation\ttail\nentity_000010\trelation_0003\t\n")
+    with pytest.raises(DataError, match=r"no column\(s\) \['head'\]"):
+        model.predict_file(str(src), str(tmp_path / "b.jsonl"), progress=False)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("b.jsonl")]
+    (tmp_path / "mine.jsonl").write_text("my notes\n")
+    from mmkgc_dist.errors import OutputError
+    with pytest.raises(OutputError):
+        model.predict_file(str(tmp_path / "q.parquet"), str(tmp_path / "mine.jsonl"), progress=False)
+    assert (tmp_path / "mine.jsonl").read_text() == "my notes\n"
+
+
+@pytest.mark.slow
+def test_predict_batch_and_relations_from_the_command_line(run, tmp_path):
+    (tmp_path / "q.csv").write_text("head,relation,tail\nentity_000010,relation_0003,\n,relation_0001,entity_000005\n")
+    res = cli("predict", run, "--batch", tmp_path / "q.csv", "--output", tmp_path / "a.jsonl", "--top", "3",
+              cwd=tmp_path)
+    assert res.returncode == 0 and "answered 2 queries (6 answers" in res.stdout, res.stderr[-2000:]
+    res = cli("predict", run, "--head", "entity_000010", "--tail", "entity_000042", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(json.loads(res.stdout)["predictions"]) == 10
+    res = cli("predict", run, "--head", "entity_000010", cwd=tmp_path)
+    assert res.returncode == 2 and "give two of --head, --relation, --tail" in res.stderr
+
+
+@pytest.mark.slow
+def test_streamed_two_rank_run_answers_from_an_on_disk_index(tmp_path):
+    """A run trained on 2 ranks from a streamed split: predict builds the known-triple index in the run folder
+    once (later loads reuse it) and marks exactly the known answers, in batches and for relations."""
+    assert cli("prepare", "synthetic", "ds", "--num_entities=200", "--num_triples=1600", cwd=tmp_path).returncode == 0
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE), TQDM_DISABLE="1")
+    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "mmkgc_dist.cli", "train",
+                          "--run-dir", "r", *TINY[2:], "--data.source=parquet", "--data.path=ds",
+                          "--data.loader=stream", "--train.filter_negatives=false"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    from mmkgc_dist.data.format import load_dataset
+    data = load_dataset(str(tmp_path / "ds"))
+    everything = np.concatenate([data.splits[s] for s in ("train", "valid", "test")])
+    model = load_run(str(tmp_path / "r"), overrides=[f"--data.path={tmp_path / 'ds'}"])
+    queries = [(int(h), int(r), None) for h, r, _ in everything[:20]] + \
+        [(None, int(r), int(t)) for _, r, t in everything[20:40]] + [(int(h), None, int(t)) for h, _, t in everything[40:60]]
+    found = model.predict_queries(queries, k=300)
+    for (h, r, t), answers in zip(queries, found):
+        marked = {p.id for p in answers if p.known}
+        if t is None:
+            assert marked == {int(x[2]) for x in everything if x[0] == h and x[1] == r}
+        elif h is None:
+            assert marked == {int(x[0]) for x in everything if x[2] == t and x[1] == r}
+        else:
+            assert marked == {int(x[1]) for x in everything if x[0] == h and x[2] == t}
+    index = tmp_path / "r" / "known-index" / "tail.u64"
+    built = index.stat().st_mtime_ns
+    again = load_run(str(tmp_path / "r"), overrides=[f"--data.path={tmp_path / 'ds'}"])
+    assert again.predict_queries(queries[:3], k=300) == found[:3] and index.stat().st_mtime_ns == built

@@ -157,6 +157,7 @@ def open_storage(url: str, heartbeat: int):
 
 
 def make_pruner(name: str, startup: int, max_resource: int):
+    """The pruner; its steps are epochs (each validation run is reported at its epoch)."""
     import optuna
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=0)
@@ -192,8 +193,7 @@ def load_study(study_dir: str, base: Config, params: list[Param], opts: TuneOpti
         study = optuna.create_study(storage=open_storage(storage_url(study_dir, opts.storage), opts.heartbeat),
                                     study_name=name, direction=direction(base), load_if_exists=True,
                                     sampler=make_sampler(opts.sampler, seed),
-                                    pruner=make_pruner(opts.pruner, opts.pruner_startup,
-                                                       base.train.epochs // base.eval.every_epochs))
+                                    pruner=make_pruner(opts.pruner, opts.pruner_startup, base.train.epochs))
         if opts.baseline:         # the hand-set config, trained once, compared with the best found
             study.enqueue_trial(base_values(params, base), user_attrs={"baseline": True}, skip_if_exists=True)
     return study

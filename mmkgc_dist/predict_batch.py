@@ -1,0 +1,181 @@
+"""Many queries at once: ``predict --batch FILE --output OUT`` and ``Predictor.predict_file`` / ``predict_queries``.
+
+A query file has the columns ``head``, ``relation``, ``tail`` (a header row in TSV/CSV; column names in Parquet);
+in each row exactly one is asked — empty, ``?`` or null — and the other two are entity and relation names. The
+queries are read, scored and written in chunks of ``eval.batch_size`` (memory bounded by the chunk, not the
+file), grouped by what they ask (tails, heads, relations), with a progress bar. The answers — one row per (query,
+answer): ``query`` (the query's 0-based position in the file), ``head``/``relation``/``tail`` as given,
+``asked``, ``rank``, ``answer``, ``answer_id``, ``score``, ``known`` — go to Parquet (``.parquet``) or JSON lines
+(any other name), written to a temporary name and renamed when complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from .errors import DataError, QueryError
+from .outputs import check_output_file
+
+COLUMNS = ("head", "relation", "tail")
+ASKED = ("", "?")
+ANSWER_FIELDS = ("query", "head", "relation", "tail", "asked", "rank", "answer", "answer_id", "score", "known")
+SCHEMA = pa.schema([("query", pa.int64()), ("head", pa.string()), ("relation", pa.string()), ("tail", pa.string()),
+                    ("asked", pa.string()), ("rank", pa.int32()), ("answer", pa.string()),
+                    ("answer_id", pa.int64()), ("score", pa.float32()), ("known", pa.bool_())],
+                   metadata={b"mmkgc-dist": b"predict-batch"})
+
+
+def asked_of(query, where: str) -> str:
+    """Which of head/relation/tail a query (h, r, t) asks: the one that is None, empty or '?'."""
+    missing = [c for c, v in zip(COLUMNS, query) if v is None or (isinstance(v, str) and v.strip() in ASKED)]
+    if len(missing) != 1:
+        raise DataError(f"{where}: expected exactly one of head, relation, tail to be asked (empty, '?' or null), "
+                        f"got {'none' if not missing else ' and '.join(missing)} in {tuple(query)}")
+    return missing[0]
+
+
+def predict_queries(predictor, queries: Iterable, k: int = 10, known: str = "mark", where: str = "query"):
+    """Predictions for each (head, relation, tail) with one of them asked, in the order given."""
+    queries = [tuple(q) for q in queries]
+    asked = [asked_of(q, f"{where} {i}") for i, q in enumerate(queries)]
+    out: list = [None] * len(queries)
+    for kind in COLUMNS:
+        at = [i for i, a in enumerate(asked) if a == kind]
+        if not at:
+            continue
+        h, r, t = (None if kind == c else [queries[i][j] for i in at] for j, c in enumerate(COLUMNS))
+        for i, answers in zip(at, predictor.predict(head=h, relation=r, tail=t, k=k, known=known)):
+            out[i] = answers
+    return out
+
+
+def read_queries(path: str, chunk: int) -> Iterator[list[tuple]]:
+    """Chunks of (head, relation, tail) rows of a query file (Parquet, CSV, TSV); a missing column is a
+    DataError naming the file."""
+    if path.endswith(".parquet"):
+        reader = pq.ParquetFile(path)
+        _check_columns(path, reader.schema_arrow.names)
+        for batch in reader.iter_batches(batch_size=chunk, columns=list(COLUMNS)):
+            yield list(zip(*(batch.column(c).to_pylist() for c in COLUMNS)))
+        return
+    delimiter = "," if path.endswith(".csv") else "\t"
+    try:
+        reader = pacsv.open_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                                convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in COLUMNS},
+                                                                     strings_can_be_null=False))
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{path}: not a readable {'CSV' if delimiter == ',' else 'TSV'} query file with a header "
+                        f"row: {' '.join(str(exc).split())}") from None
+    _check_columns(path, reader.schema.names)
+    rows: list = []
+    try:
+        for batch in reader:
+            rows += zip(*(batch.column(c).to_pylist() for c in COLUMNS))
+            while len(rows) >= chunk:
+                yield rows[:chunk]
+                rows = rows[chunk:]
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{path}: {' '.join(str(exc).split())}") from None
+    if rows:
+        yield rows
+
+
+def _check_columns(path: str, names: list[str]) -> None:
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise DataError(f"{path}: no column(s) {missing}; a query file has the columns head, relation, tail "
+                        f"(found {names})")
+
+
+def predict_file(predictor, src: str, out: str, k: int = 10, known: str = "mark", progress: bool = True) -> dict:
+    """Answer every query of ``src`` into ``out``; {"queries", "answers", "seconds", "queries_per_s"}."""
+    import time
+
+    from tqdm import tqdm
+
+    if not os.path.isfile(src):
+        raise DataError(f"--batch {src}: not found")
+    check_output_file(out, "--output", is_answers_file)
+    total = pq.ParquetFile(src).metadata.num_rows if src.endswith(".parquet") else None
+    temp = f"{out}.tmp-{os.getpid()}"
+    writer = _Writer(temp, parquet=out.endswith(".parquet"))
+    t0, done, answers = time.time(), 0, 0
+    bar = tqdm(total=total, desc="predict", unit="query", disable=not progress, mininterval=1.0)
+    try:
+        for rows in read_queries(src, predictor.batch_size):
+            try:
+                found = predict_queries(predictor, rows, k, known, where=f"{src} row")
+            except (QueryError, DataError) as exc:
+                raise type(exc)(_locate(src, rows, done, predictor, exc)) from None
+            answers += writer.write(done, rows, found)
+            done += len(rows)
+            bar.update(len(rows))
+        writer.close()
+        os.replace(temp, out)
+    except BaseException:
+        writer.close()
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+    finally:
+        bar.close()
+    seconds = time.time() - t0
+    return {"queries": done, "answers": answers, "seconds": round(seconds, 3),
+            "queries_per_s": round(done / max(seconds, 1e-9), 1)}
+
+
+def _locate(src: str, rows: list, offset: int, predictor, exc: Exception) -> str:
+    """The message of a bad query, naming its data row (1-based; a CSV/TSV header is line 1, the row line + 1)."""
+    for i, query in enumerate(rows):
+        try:
+            asked = asked_of(query, "")
+            for column, value in zip(COLUMNS, query):
+                if column != asked:
+                    (predictor.relations if column == "relation" else predictor.entities).id(value)
+        except (QueryError, DataError) as bad:
+            line = "" if src.endswith(".parquet") else f" (line {offset + i + 2})"
+            return f"{src}: data row {offset + i + 1}{line}: {str(bad).lstrip(': ')}"
+    return f"{src}: {exc}"
+
+
+def is_answers_file(path: str) -> bool:
+    """An earlier ``predict --batch`` output (replaced without asking)."""
+    try:
+        if path.endswith(".parquet"):
+            return (pq.read_schema(path).metadata or {}).get(b"mmkgc-dist") == b"predict-batch"
+        with open(path) as fh:
+            first = json.loads(fh.readline() or "null")
+        return isinstance(first, dict) and set(first) == set(ANSWER_FIELDS)
+    except (OSError, ValueError, pa.ArrowInvalid):
+        return False
+
+
+class _Writer:
+    def __init__(self, path: str, parquet: bool):
+        self.parquet = pq.ParquetWriter(path, SCHEMA) if parquet else None
+        self.text = None if parquet else open(path, "w")
+
+    def write(self, offset: int, rows: list, found: list) -> int:
+        records = [{"query": offset + i, "head": q[0], "relation": q[1], "tail": q[2], "asked": asked_of(q, ""),
+                    "rank": p.rank, "answer": p.name, "answer_id": p.id, "score": p.score, "known": p.known}
+                   for i, (q, answers) in enumerate(zip(rows, found)) for p in answers]
+        for r in records:
+            r[r["asked"]] = None
+        if self.parquet is not None:
+            self.parquet.write_table(pa.Table.from_pylist(records, schema=SCHEMA))
+        else:
+            self.text.writelines(json.dumps(r) + "\n" for r in records)
+        return len(records)
+
+    def close(self) -> None:
+        if self.parquet is not None:
+            self.parquet.close()
+            self.parquet = None
+        if self.text is not None:
+            self.text.close()
+            self.text = None
