@@ -109,6 +109,7 @@ class Predictor:
         self.joint = torch.cat([j for _, _, j, _ in chunks])
         self.relation_rows = model.runtime.relation_table()
         self._known: KnownIndex | None = None
+        self.entity_chunk: int | None = None     # entities scored at once by predict (None: ~2^24 scores per chunk)
         stats = model.statistics          # a streamed training split stays on disk (known_index)
         self._stream = (model.cfg.data.path, stats.manifest) if stats.streamed else None
         self._held = [t for t in model.data.splits.values() if len(t)]
@@ -195,28 +196,44 @@ class Predictor:
         index = self.known_index() if known != "keep" else None
         for start in range(0, len(anchors), self.batch_size):
             a, r = anchors[start:start + self.batch_size], relations[start:start + self.batch_size]
-            distance = self._distances(a, r, direction)
-            flagged = np.zeros(distance.shape, dtype=bool)
+            excluded = index.pairs(direction, a, r) if known == "filter" else None
+            distance, entity = self._nearest(a, r, direction, k, excluded)
+            flagged = np.zeros(entity.shape, dtype=bool)
             if index is not None:
-                rows, cols = index.pairs(direction, a, r)
-                flagged[rows, cols] = True
-                if known == "filter":
-                    distance[torch.from_numpy(flagged)] = float("inf")
-            best = torch.topk(distance, k, dim=1, largest=False)
+                answers, anchor = entity.numpy(), np.repeat(a[:, None], k, axis=1)
+                h, t = (anchor, answers) if direction == "tail" else (answers, anchor)
+                flagged = index.contains(h.reshape(-1), np.repeat(r, k), t.reshape(-1)).reshape(entity.shape)
             for q in range(len(a)):
                 out.append([Prediction(i + 1, int(e), self.entities.names[int(e)],
-                                       float(self.scoring.scorer.bias - d), bool(flagged[q, int(e)]))
-                            for i, (d, e) in enumerate(zip(best.values[q].tolist(), best.indices[q].tolist()))
+                                       float(self.scoring.scorer.bias - d), bool(flagged[q, i]))
+                            for i, (d, e) in enumerate(zip(distance[q].tolist(), entity[q].tolist()))
                             if d != float("inf")])
         return out
 
     @torch.no_grad()
-    def _distances(self, anchors: np.ndarray, relations: np.ndarray, direction: str) -> torch.Tensor:
-        """Negated similarities of the queries against every entity (lower is better, as in the engine)."""
+    def _nearest(self, anchors: np.ndarray, relations: np.ndarray, direction: str, k: int,
+                 excluded: tuple[np.ndarray, np.ndarray] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` best answers of each query as (negated similarity, entity), lower first: the entities are
+        scored in chunks with a running top-k, so memory is queries × chunk, not queries × entities.
+        ``excluded``: (query row, entity) pairs left out (known answers under known="filter")."""
         query = self.scoring.queries.evaluation_query(self.joint[torch.from_numpy(anchors)],
                                                       torch.from_numpy(relations), self.relation_rows,
                                                       head=direction == "head")
-        return -self.scoring.kernels.all_pairs(query, self.joint).float().cpu()
+        count = self.joint.shape[0]
+        chunk = self.entity_chunk or max(1024, (1 << 24) // max(len(anchors), 1))
+        best_d = torch.full((len(anchors), 0), float("inf"))
+        best_e = torch.zeros((len(anchors), 0), dtype=torch.long)
+        for lo in range(0, count, chunk):
+            d = -self.scoring.kernels.all_pairs(query, self.joint[lo:lo + chunk]).float().cpu()
+            if excluded is not None:
+                rows, cols = excluded
+                inside = (cols >= lo) & (cols < lo + chunk)
+                d[torch.from_numpy(rows[inside]), torch.from_numpy(cols[inside] - lo)] = float("inf")
+            d = torch.cat([best_d, d], dim=1)
+            e = torch.cat([best_e, torch.arange(lo, lo + d.shape[1] - best_d.shape[1]).expand(len(anchors), -1)], dim=1)
+            top = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False)
+            best_d, best_e = top.values, e.gather(1, top.indices)
+        return best_d, best_e
 
     def known_index(self) -> KnownIndex:
         """Known triples (train ∪ valid ∪ test) as sorted keys: in memory for held splits; for a streamed

@@ -205,6 +205,20 @@ def test_known_index_on_disk_matches_the_triples(tmp_path):
     assert member[:300].all() and not member[300:].all()
 
 
+def test_chunked_scoring_keeps_the_exact_top_k(model):
+    """predict scores entities in chunks with a running top-k (bounded memory): the answers do not depend on the
+    chunk size, with known answers marked or filtered."""
+    queries = dict(head=["entity_000010", "entity_000020", "entity_000030"],
+                   relation=["relation_0003", "relation_0001", "relation_0002"], k=40)
+    whole = {known: model.predict(**queries, known=known) for known in ("mark", "filter")}
+    try:
+        model.entity_chunk = 37
+        for known, expected in whole.items():
+            assert model.predict(**queries, known=known) == expected
+    finally:
+        model.entity_chunk = None
+
+
 def test_relation_prediction_ranks_relations_by_score(model):
     head, tail = "entity_000010", "entity_000042"
     found = model.predict(head=head, tail=tail, k=50)
