@@ -1,4 +1,4 @@
-"""`mmkgc-dist` command line: train, evaluate, prepare datasets, make text features, show the config schema.
+"""`mmkgc-dist` command line: train, tune, evaluate, predict, export, prepare data, text features, config schema.
 
 Every user error (bad data, bad config) ends in one line on stderr naming the file/row/key, exit code 2.
 """
@@ -346,18 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--study-name", help="study name in the storage (default: the study folder's name)")
     tu.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
                     help="stops trials from their validation curve (default median)")
-    tu.add_argument("--pruner-startup", type=int, default=3,
+    tu.add_argument("--pruner-startup", type=non_negative_int, default=3,
                     help="median pruner: trials that finish before any is pruned (default 3)")
     tu.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
     tu.add_argument("--seed", type=int, help="sampler seed (plus --worker, so workers differ; default: unseeded)")
-    tu.add_argument("--worker", type=int, help="this worker's index (default: $SLURM_ARRAY_TASK_ID or 0)")
+    tu.add_argument("--worker", type=non_negative_int, help="this worker's index (default: $SLURM_ARRAY_TASK_ID or 0)")
     tu.add_argument("--nproc-per-trial", type=positive_int, default=1,
                     help="ranks per trial: > 1 runs each trial under torchrun (default 1: in this process)")
-    tu.add_argument("--heartbeat", type=int, default=60,
+    tu.add_argument("--heartbeat", type=non_negative_int, default=60,
                     help="RDB storages: seconds between a running trial's heartbeats; a trial silent for twice "
                          "that is marked failed by the next worker (0 = off; default 60)")
-    tu.add_argument("--timeout", type=float, help="this worker starts no trial after this many seconds")
-    tu.add_argument("--max-failures", type=int, default=0,
+    tu.add_argument("--timeout", type=positive_float, help="this worker starts no trial after this many seconds")
+    tu.add_argument("--max-failures", type=non_negative_int, default=0,
                     help="this worker stops after this many failed trials (default: --trials)")
     tu.add_argument("--no-baseline", action="store_true",
                     help="do not train the base config's own values as the study's first trial")
@@ -385,6 +385,20 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
     return value
 
 

@@ -2,6 +2,7 @@
 once, pruning, failed and interrupted trials, best.yaml reproducing the best trial, multi-rank trials."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,6 +89,18 @@ def test_bad_space_and_foreign_folder_fail_in_one_line_before_writing(tmp_path):
     res = cli("tune", space, "mine", "--trials", "1", *BASE, cwd=tmp_path)
     assert res.returncode == 2 and "not empty and not an mmkgc-dist study" in res.stderr
     assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+    res = cli("tune", space, "other", "--heartbeat", "-1", cwd=tmp_path)
+    assert res.returncode == 2 and "--heartbeat: expected a whole number >= 0" in res.stderr
+
+
+def test_python_tune_options_are_checked(tmp_path):
+    import mmkgc_dist
+    for options, message in (({"pruner": "asha"}, "pruner='asha'; expected one of median, hyperband, none"),
+                             ({"trials": 0}, "trials=0; expected a whole number >= 1"),
+                             ({"timeout": -5}, "timeout=-5; expected seconds > 0")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            mmkgc_dist.tune(SPACE, str(tmp_path / "s"), **{"trials": 2, **options})
+    assert not (tmp_path / "s").exists()
 
 
 # ------------------------------------------------------------------------------------------ studies

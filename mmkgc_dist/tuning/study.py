@@ -60,6 +60,22 @@ class TuneOptions:
     baseline: bool = True
     show_progress: bool = True
 
+    def check(self) -> "TuneOptions":
+        """ConfigError naming the option that cannot be used (the Python API has no argparse in front)."""
+        if self.pruner not in PRUNERS:
+            raise ConfigError(f"tune: pruner={self.pruner!r}; expected one of {', '.join(PRUNERS)}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"tune: sampler={self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        for name in ("trials", "nproc_per_trial"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"tune: {name}={getattr(self, name)!r}; expected a whole number >= 1")
+        for name in ("pruner_startup", "heartbeat", "max_failures"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"tune: {name}={getattr(self, name)!r}; expected a whole number >= 0")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError(f"tune: timeout={self.timeout!r}; expected seconds > 0")
+        return self
+
 
 class TrialFailed(Exception):
     """A trial that could not finish (its reason is the trial's ``failure`` attribute); the study goes on."""
@@ -345,6 +361,7 @@ def run_worker(study_dir: str, params: list[Param], base: Config, opts: TuneOpti
 
     from .report import write_report
 
+    opts.check()
     check_space(params, base)
     if opts.baseline:
         base_values(params, base)            # refused before anything is written when outside the space
