@@ -219,6 +219,29 @@ def test_chunked_scoring_keeps_the_exact_top_k(model):
         model.entity_chunk = None
 
 
+def test_approximate_neighbours_recall_and_reuse(model):
+    """neighbours(approximate=True): an HNSW graph built once into the run folder, its recall@10 against exact
+    measured at build, answers re-ranked by the exact distance (scores equal exact ones where they agree)."""
+    pytest.importorskip("faiss")
+    entities = ["entity_000010", "entity_000020", "entity_000030", "entity_000040"]
+    exact = model.neighbours(entities, k=10)
+    approximate = model.neighbours(entities, k=10, approximate=True)
+    index = model.neighbour_index("joint")
+    assert index.meta["recall_k"] == 10 and index.meta["recall_sample"] == 300 and index.meta["recall_at_k"] >= 0.95
+    assert index.meta["step"] == model.step and index.meta["dataset"] == model.model.identity
+    hits = sum(len({p.id for p in a} & {p.id for p in e}) for a, e in zip(approximate, exact))
+    assert hits >= 0.9 * 40
+    for a, e in zip(approximate, exact):
+        same = {p.id: p.score for p in e}
+        assert all(abs(p.score - same[p.id]) < 1e-5 for p in a if p.id in same)
+        assert model.entities.id(a.head) not in {p.id for p in a}
+    folder = os.path.join(model.model.run_dir, "neighbour-index", "joint")
+    built = os.stat(os.path.join(folder, "index.faiss")).st_mtime_ns
+    again = load_run(model.model.run_dir)
+    assert again.neighbours("entity_000010", k=10, approximate=True) == approximate[0]
+    assert os.stat(os.path.join(folder, "index.faiss")).st_mtime_ns == built
+
+
 def test_relation_prediction_ranks_relations_by_score(model):
     head, tail = "entity_000010", "entity_000042"
     found = model.predict(head=head, tail=tail, k=50)
