@@ -242,7 +242,7 @@ CASES = [
     # --- predict (#11) ------------------------------------------------------------------------------------
     ("predict-unknown-entity", ["predict", "run", "--head", "entity_00001", "--relation", "relation_0001"], "unknown entity 'entity_00001' (120 known; closest known: 'entity_000010'"),
     ("predict-unknown-relation", ["predict", "run", "--head", "entity_000001", "--relation", "rel_1"], "unknown relation 'rel_1'"),
-    ("predict-both-sides", ["predict", "run", "--head", "entity_000001", "--tail", "entity_000002", "--relation", "relation_0001"], "exactly one of head"),
+    ("predict-both-sides", ["predict", "run", "--head", "entity_000001", "--tail", "entity_000002", "--relation", "relation_0001"], "give two of --head, --relation, --tail"),
     ("predict-top-zero", ["predict", "run", "--head", "entity_000001", "--relation", "relation_0001", "--top", "0"], "argument --top: expected a whole number >= 1, got 0"),
     ("features-batch-size-zero", ["features", "text", "good", "--batch-size", "0"], "argument --batch-size: expected a whole number >= 1"),
     ("config-duplicate-key", ["train", "--config", "dup_keys.yaml"], "'lr' given twice (first on line 2)"),
