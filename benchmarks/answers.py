@@ -57,7 +57,8 @@ def main(argv=None) -> int:
         with open(src, "w") as fh:
             fh.write("head\trelation\ttail\n")
             for i in range(args.queries):
-                e, r = names[int(rng.integers(len(names)))], model.relations.names[int(rng.integers(len(model.relations.names)))]
+                e = names[int(rng.integers(len(names)))]
+                r = model.relations.names[int(rng.integers(len(model.relations.names)))]
                 fh.write(f"{e}\t{r}\t\n" if i % 2 == 0 else f"\t{r}\t{e}\n")
         result["batch"] = model.predict_file(src, os.path.join(scratch, "answers.parquet"), k=10, progress=True)
 

@@ -126,7 +126,8 @@ def write_features(path: str, names_from: str, fraction: float, width: int, seed
     with pq.ParquetWriter(path, pa.schema([("name", pa.string()), ("feature", pa.list_(pa.float32(), width))])) as w:
         for lo in range(0, len(pick), 1 << 20):
             ids = pick[lo:lo + (1 << 20)]
-            vec = topics[rng.integers(0, 32, len(ids))] + 0.3 * rng.standard_normal((len(ids), width)).astype(np.float32)
+            noise = rng.standard_normal((len(ids), width)).astype(np.float32)
+            vec = topics[rng.integers(0, 32, len(ids))] + 0.3 * noise
             w.write_table(pa.table({"name": entities.take(pa.array(ids)),
                                     "feature": pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), width)}))
     return int(len(pick))

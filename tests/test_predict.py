@@ -337,7 +337,8 @@ def test_streamed_two_rank_run_answers_from_an_on_disk_index(tmp_path):
     everything = np.concatenate([data.splits[s] for s in ("train", "valid", "test")])
     model = load_run(str(tmp_path / "r"), overrides=[f"--data.path={tmp_path / 'ds'}"])
     queries = [(int(h), int(r), None) for h, r, _ in everything[:20]] + \
-        [(None, int(r), int(t)) for _, r, t in everything[20:40]] + [(int(h), None, int(t)) for h, _, t in everything[40:60]]
+        [(None, int(r), int(t)) for _, r, t in everything[20:40]] + \
+        [(int(h), None, int(t)) for h, _, t in everything[40:60]]
     found = model.predict_queries(queries, k=300)
     for (h, r, t), answers in zip(queries, found):
         marked = {p.id for p in answers if p.known}

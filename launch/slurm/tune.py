@@ -4,11 +4,12 @@
         --nproc-per-trial 1 --cpus-per-task 8 --time 12:00:00 --partition gpu [--storage URL] [--dry-run] \\
         -- --config configs/db15k.yaml --train.epochs=20
 
-After ``--`` come the base config (``--config FILE``) and its dotted overrides. The space and the base config are checked and the study folder is
-set up before anything is submitted, so a mistake is one line here rather than N failed jobs. The default
-storage is the study folder's SQLite file, which suits workers on one node or a filesystem with working locks;
-workers on several nodes should share an RDB (``--storage postgresql://...``: Optuna's heartbeat then marks a
-trial whose node died as failed) or a journal file on a shared filesystem (``--storage journal:FILE``). The
+After ``--`` come the base config (``--config FILE``) and its dotted overrides. The space and the base config are
+checked and the study folder is set up before anything is submitted, so a mistake is one line here rather than
+N failed jobs. The default storage is the study folder's SQLite file, which suits workers on one node or a
+filesystem with working locks; workers on several nodes should share an RDB (``--storage postgresql://...``:
+Optuna's heartbeat then marks a trial whose node died as failed) or a journal file on a shared filesystem
+(``--storage journal:FILE``). The
 rendered job script is kept in the study folder.
 """
 from __future__ import annotations

@@ -280,7 +280,9 @@ class Objective:
         except TrialFailed:
             raise
         except Exception as exc:                     # noqa: BLE001 — the study goes on; the reason stays
-            reason = _one_line(str(exc)) if isinstance(exc, UserError) else f"{type(exc).__name__}: {_one_line(str(exc))}"
+            reason = _one_line(str(exc))
+            if not isinstance(exc, UserError):                  # a bug or a library's error: name its kind
+                reason = f"{type(exc).__name__}: {reason}"
             trial.set_user_attr("failure", reason)
             raise TrialFailed(reason) from exc
         selected = (results.get("selection") or {}).get("selected")
@@ -306,7 +308,8 @@ class Objective:
 
     def _on_ranks(self, trial, values: dict, run_dir: str) -> dict:
         """The trial under torchrun (``tuning/trial.py``): rank 0 reports to the same trial through the storage."""
-        overrides = [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in {**values, "eval.splits": []}.items()]
+        overrides = [f"--{k}={v if isinstance(v, str) else json.dumps(v)}"
+                     for k, v in {**values, "eval.splits": []}.items()]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={self.opts.nproc_per_trial}", "-m", "mmkgc_dist.tuning.trial",
                "--storage", storage_url(self.study_dir, self.opts.storage), "--study", trial.study.study_name,
