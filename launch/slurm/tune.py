@@ -9,8 +9,7 @@ checked and the study folder is set up before anything is submitted, so a mistak
 N failed jobs. The default storage is the study folder's SQLite file, which suits workers on one node or a
 filesystem with working locks; workers on several nodes should share an RDB (``--storage postgresql://...``:
 Optuna's heartbeat then marks a trial whose node died as failed) or a journal file on a shared filesystem
-(``--storage journal:FILE``). The
-rendered job script is kept in the study folder.
+(``--storage journal:FILE``). The rendered job script is kept in the study folder.
 """
 from __future__ import annotations
 
