@@ -217,3 +217,20 @@ def test_multi_rank_trials_report_to_the_pruner_through_the_storage(tmp_path):
         assert json.load(open(run / "sharding_plan.json"))      # trained on the distributed runtime
         selected = json.load(open(run / "results.json"))["selection"]["selected"]
         assert selected["value"] == pytest.approx(t.value)
+
+
+@pytest.mark.slow
+def test_journal_storage_on_a_shared_file(tmp_path):
+    """--storage journal:FILE (Optuna's journal file, for workers on a shared filesystem): the study lives in the
+    file, study.yaml records its kind, a worker with another storage is refused."""
+    import mmkgc_dist
+    journal = tmp_path / "shared" / "study.journal"
+    journal.parent.mkdir()
+    overrides = {k[2:].split("=")[0]: v for k, v in (a.split("=", 1) for a in BASE)}
+    study = mmkgc_dist.tune({"train.lr": [1e-3, 3e-3]}, str(tmp_path / "s"), overrides=overrides, trials=2,
+                            storage=f"journal:{journal}", pruner="none", show_progress=False)
+    assert journal.exists() and not (tmp_path / "s" / "study.db").exists()
+    assert len(study.to_frame()) == 2 and yaml.safe_load(open(tmp_path / "s" / "study.yaml"))["storage"] == \
+        "journal: study.journal"
+    with pytest.raises(ConfigError, match="created with storage journal: study.journal"):
+        mmkgc_dist.tune({"train.lr": [1e-3, 3e-3]}, str(tmp_path / "s"), overrides=overrides, trials=3)
