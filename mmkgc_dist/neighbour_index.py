@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 import torch
 
 from .errors import ConfigError
 from .model.kernels import all_pairs_distance
-from .outputs import write_atomic
+from .outputs import built_aside, write_atomic
 
 META = "meta.json"
 
@@ -85,10 +84,7 @@ def build_neighbour_index(folder: str, table: torch.Tensor, identity: dict, m: i
     import time
     faiss = _faiss()
     vectors = np.ascontiguousarray(table.float().cpu().numpy())
-    work = f"{folder}.tmp-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
-    try:
+    with built_aside(folder) as work:
         t0 = time.time()
         index = faiss.IndexHNSWFlat(vectors.shape[1], m)
         index.hnsw.efConstruction = ef_construction
@@ -102,12 +98,6 @@ def build_neighbour_index(folder: str, table: torch.Tensor, identity: dict, m: i
         built = NeighbourIndex(work)
         built.meta.update(measure_recall(built, table, k, sample, seed))
         write_atomic(os.path.join(work, META), json.dumps(built.meta))
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)
-        os.replace(work, folder)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return NeighbourIndex(folder)
 
 

@@ -15,6 +15,7 @@ semantics) so tests can prove the claim above.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -180,6 +181,23 @@ def write_atomic(path: str, text: str | bytes) -> None:
         if os.path.lexists(tmp):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def built_aside(folder: str):
+    """A derived folder (an index the tool can rebuild) built under a temporary sibling name, yielded, and moved
+    into place when the block ends — an earlier one replaced; on any error the partial build is removed."""
+    work = f"{folder}.tmp-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.replace(work, folder)
 
 
 def remove_owned(path: str) -> None:

@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import DataError
-from ..outputs import write_atomic
+from ..outputs import built_aside, write_atomic
 
 DIRECTIONS = {"tail": (0, 2), "head": (2, 0)}        # (anchor column, answer column)
 META = "meta.json"
@@ -41,13 +41,11 @@ def build_known_index(folder: str, chunks: Iterable[np.ndarray], num_entities: i
     if num_entities * num_entities * max(num_relations, 1) >= 2 ** 64:
         raise DataError(f"known-triple index: {num_entities} entities x {num_relations} relations do not fit "
                         f"64-bit keys")
-    work = f"{folder}.tmp-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(os.path.join(work, "buckets"))
     span = num_entities * num_entities * num_relations
     width = max(1, -(-span // 256))                  # 256 key ranges per direction in the first pass
     counts = {d: 0 for d in DIRECTIONS}
-    try:
+    with built_aside(folder) as work:
+        os.makedirs(os.path.join(work, "buckets"))
         files = {d: [open(os.path.join(work, "buckets", f"{d}-{b:03d}"), "wb") for b in range(256)]
                  for d in DIRECTIONS}
         try:
@@ -70,12 +68,6 @@ def build_known_index(folder: str, chunks: Iterable[np.ndarray], num_entities: i
         shutil.rmtree(os.path.join(work, "buckets"))
         write_atomic(os.path.join(work, META), json.dumps(
             {"entities": num_entities, "relations": num_relations, "keys": counts, "identity": identity}))
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)
-        os.replace(work, folder)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return KnownIndex(folder)
 
 
