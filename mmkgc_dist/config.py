@@ -380,6 +380,11 @@ def _as_float(value):
     """YAML 1.1 reads '1e-3' (no dot) as a string; accept it, and ints, where a float is expected."""
     if isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    return number_from_text(value)
+
+
+def number_from_text(value):
+    """A string that spells a number (YAML 1.1's '1e-3') as that float; anything else as it is."""
     if isinstance(value, str):
         try:
             return float(value)

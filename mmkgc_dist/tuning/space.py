@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from ..config import Config, _leaves, config_from, to_dict
+from ..config import Config, _leaves, config_from, number_from_text, to_dict
 from ..errors import ConfigError
 
 TYPES = ("float", "int", "categorical")
@@ -101,30 +101,20 @@ def _param(key: str, spec, where: str) -> Param:
     low, high = spec.get("low"), spec.get("high")
     number = int if kind == "int" else (int, float)
     for name, value in (("low", low), ("high", high)):
-        value = _number(value)
+        value = number_from_text(value)
         if not isinstance(value, number) or isinstance(value, bool):
             raise ConfigError(f"{at}: {name}: expected a{'n int' if kind == 'int' else ' number'}, got {value!r}")
-    low, high = _number(low), _number(high)
+    low, high = number_from_text(low), number_from_text(high)
     if not low < high:
         raise ConfigError(f"{at}: low ({low}) must be below high ({high})")
     log = spec.get("log", False)
     if not isinstance(log, bool) or (log and low <= 0):
         raise ConfigError(f"{at}: log: expected true/false, and log scale needs low > 0 (low is {low})")
-    step = _number(spec.get("step"))
+    step = number_from_text(spec.get("step"))
     if step is not None and (not isinstance(step, number) or step <= 0 or log):
         raise ConfigError(f"{at}: step: expected a positive number, and no step on a log scale")
     return Param(key, kind, float(low) if kind == "float" else low, float(high) if kind == "float" else high,
                  log, step, when=when)
-
-
-def _number(value):
-    """YAML 1.1 reads 1e-4 (no dot) as a string: accept it as a number."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def check_space(params: list[Param], base: Config) -> None:
