@@ -36,6 +36,20 @@ def render(template: str, headers: dict[str, str], env: dict[str, str]) -> str:
     return "\n".join(lines[:insert] + block + lines[insert:]) + "\n"
 
 
+def write_job(template: str, folder: str, args, headers: dict[str, str], env: dict[str, str]) -> str:
+    """Render ``template`` (a file beside this one) with the job's headers — partition and account from
+    ``args`` when given — and the environment every job script reads; write it as FOLDER/job.sbatch."""
+    headers = {**headers, "cpus-per-task": str(args.cpus_per_task), "time": args.time,
+               **{k: getattr(args, k) for k in ("partition", "account") if getattr(args, k)}}
+    env = {**env, "MMKGC_REPO": REPO, "MMKGC_PYTHON": os.environ.get("MMKGC_PYTHON", sys.executable)}
+    with open(os.path.join(HERE, template)) as fh:
+        script = render(fh.read(), headers, env)
+    job_file = os.path.join(folder, "job.sbatch")
+    with open(job_file, "w") as fh:
+        fh.write(script)
+    return job_file
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
@@ -86,23 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if marker_kind(run_dir) is None:
         write_marker(run_dir, "run")
-    headers = {"job-name": args.job_name, "nodes": str(args.nodes), "ntasks-per-node": "1",
-               "cpus-per-task": str(args.cpus_per_task), "time": args.time,
-               "output": os.path.join(run_dir, "slurm-%j.out")}
-    if args.partition:
-        headers["partition"] = args.partition
-    if args.account:
-        headers["account"] = args.account
-    env = {"NPROC_PER_NODE": str(args.nproc_per_node), "MMKGC_REPO": REPO,
-           "MMKGC_PYTHON": os.environ.get("MMKGC_PYTHON", sys.executable)}
-    with open(os.path.join(HERE, "train.sbatch")) as fh:
-        script = render(fh.read(), headers, env)
-    job_file = os.path.join(run_dir, "job.sbatch")
-    with open(job_file, "w") as fh:
-        fh.write(script)
+    job_file = write_job("train.sbatch", run_dir, args,
+                         {"job-name": args.job_name, "nodes": str(args.nodes), "ntasks-per-node": "1",
+                          "output": os.path.join(run_dir, "slurm-%j.out")},
+                         {"NPROC_PER_NODE": str(args.nproc_per_node)})
     train = (["--config", os.path.abspath(args.config)] if args.config else []) + ["--run-dir", run_dir] + train_args
     if args.dry_run:
-        print(script)
+        print(open(job_file).read(), end="")
         print("sbatch", job_file, " ".join(map(shlex.quote, train)))
         return 0
     out = subprocess.run(["sbatch", "--parsable", job_file, *train], capture_output=True, text=True)

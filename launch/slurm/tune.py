@@ -23,7 +23,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-from submit import positive_int, render  # noqa: E402
+from submit import positive_int, write_job  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,27 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    headers = {"job-name": args.job_name, "array": f"0-{args.workers - 1}", "nodes": "1", "ntasks-per-node": "1",
-               "cpus-per-task": str(args.cpus_per_task), "time": args.time,
-               "output": os.path.join(study_dir, "slurm-%A_%a.out")}
-    if args.partition:
-        headers["partition"] = args.partition
-    if args.account:
-        headers["account"] = args.account
-    env = {"NPROC_PER_TRIAL": str(args.nproc_per_trial), "MMKGC_REPO": REPO,
-           "MMKGC_PYTHON": os.environ.get("MMKGC_PYTHON", sys.executable)}
-    with open(os.path.join(HERE, "tune.sbatch")) as fh:
-        script = render(fh.read(), headers, env)
-    job_file = os.path.join(study_dir, "job.sbatch")
-    with open(job_file, "w") as fh:
-        fh.write(script)
+    job_file = write_job("tune.sbatch", study_dir, args,
+                         {"job-name": args.job_name, "array": f"0-{args.workers - 1}", "nodes": "1",
+                          "ntasks-per-node": "1", "output": os.path.join(study_dir, "slurm-%A_%a.out")},
+                         {"NPROC_PER_TRIAL": str(args.nproc_per_trial)})
     worker = [os.path.abspath(args.space), study_dir, "--trials", str(args.trials),
               *(["--storage", args.storage] if args.storage else []),
               *[f"--{k}={v}" for k, v in (("pruner", args.pruner), ("sampler", args.sampler), ("seed", args.seed))
                 if v is not None], *(["--no-baseline"] if args.no_baseline else []),
               *(["--config", os.path.abspath(config)] if config else []), *rest]
     if args.dry_run:
-        print(script)
+        print(open(job_file).read(), end="")
         print("sbatch", job_file, " ".join(map(shlex.quote, worker)))
         return 0
     out = subprocess.run(["sbatch", "--parsable", job_file, *worker], capture_output=True, text=True)
