@@ -1,11 +1,13 @@
-"""Approximate nearest entities: a FAISS HNSW graph over an embedding table, for ``neighbours()`` at millions of
-entities, with the exact path kept beside it.
+"""Approximate nearest entities for ``neighbours()`` at millions of entities, with the exact path kept beside it:
+a FAISS HNSW graph (up to a million rows) or an inverted file of k-means cells (IVF; its build is ~10x faster per
+row, which is what 10^7 entities on a few cores need).
 
-The graph is built on the Euclidean distance of the rows (FAISS's native metric); ``neighbours`` ranks by the
-complex L1 distance (Σ_k |a_k − b_k| over complex coordinates), so a query fetches ``overfetch × k`` candidates
-from the graph and re-ranks them exactly. The build measures recall@k of the whole path against exact search on a
-seeded sample of entities and keeps it in ``meta.json`` beside ``index.faiss``: a user reads how approximate the
-answers are before trusting them. Needs ``faiss-cpu`` (``pip install faiss-cpu``, in requirements.txt).
+Both are built on the Euclidean distance of the rows (FAISS's native metric); ``neighbours`` ranks by the complex
+L1 distance (Σ_k |a_k − b_k| over complex coordinates), so a query fetches ``overfetch × k`` candidates and
+re-ranks them exactly. The build calibrates the search knob (HNSW's efSearch, IVF's nprobe) to the smallest value
+whose recall@k against exact search on a seeded sample of entities reaches the target, and keeps the sweep in
+``meta.json`` beside ``index.faiss``: a user reads how approximate the answers are before trusting them. Needs
+``faiss-cpu`` (``pip install faiss-cpu``, in requirements.txt).
 """
 from __future__ import annotations
 
@@ -49,20 +51,36 @@ def exact_nearest(table: torch.Tensor, queries: torch.Tensor, k: int, exclude: n
     return best_d, best_i
 
 
+HNSW_MAX_ROWS = 1_000_000     # above this, an inverted-file index: HNSW's build is ~2,000 rows/s per core
+
+
 class NeighbourIndex:
-    """An HNSW graph over a table's rows (``index.faiss`` + ``meta.json`` in a folder)."""
+    """A FAISS index over a table's rows (``index.faiss`` + ``meta.json`` in a folder): an HNSW graph (``kind``
+    "hnsw", searched with ``efSearch``) or an inverted file of k-means cells (``kind`` "ivf", searched in the
+    ``nprobe`` nearest cells). The search knob is the one the build chose to reach its recall target."""
 
     def __init__(self, folder: str):
         faiss = _faiss()
         with open(os.path.join(folder, META)) as fh:
             self.meta = json.load(fh)
         self.index = faiss.read_index(os.path.join(folder, "index.faiss"))
-        self.index.hnsw.efSearch = self.meta["ef_search"]
         self.overfetch = self.meta["overfetch"]
+        self.set_knob(self.meta["knob"])
+
+    @property
+    def kind(self) -> str:
+        return self.meta.get("kind", "hnsw")
+
+    def set_knob(self, value: int) -> None:
+        """How much of the index a search visits: efSearch (HNSW) or nprobe (IVF)."""
+        if self.kind == "ivf":
+            self.index.nprobe = int(value)
+        else:
+            self.index.hnsw.efSearch = int(value)
 
     def nearest(self, table: torch.Tensor, queries: torch.Tensor, k: int,
                 exclude: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Like ``exact_nearest``: candidates from the graph (Euclidean), re-ranked by the complex L1 distance."""
+        """Like ``exact_nearest``: candidates from the index (Euclidean), re-ranked by the complex L1 distance."""
         fetch = min(self.overfetch * k + 1, table.shape[0])
         _, candidates = self.index.search(np.ascontiguousarray(queries.float().cpu().numpy()), fetch)
         candidates = torch.from_numpy(candidates.astype(np.int64))
@@ -76,43 +94,87 @@ class NeighbourIndex:
         return top.values, candidates.gather(1, top.indices)
 
 
-def build_neighbour_index(folder: str, table: torch.Tensor, identity: dict, m: int = 32, ef_construction: int = 80,
-                          ef_search: int = 128, overfetch: int = 4, sample: int = 1000, k: int = 10,
-                          seed: int = 0) -> NeighbourIndex:
-    """Build the graph of ``table``'s rows into ``folder`` (a temporary sibling, renamed into place) and measure
-    recall@k against exact search on ``sample`` seeded rows (each its own query, itself excluded)."""
+def _new_index(faiss, vectors: np.ndarray, kind: str, m: int, ef_construction: int, seed: int):
+    """An empty index of ``kind`` for ``vectors``, trained where it needs training (IVF's k-means cells)."""
+    width = vectors.shape[1]
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(width, m)
+        index.hnsw.efConstruction = ef_construction
+        return index
+    cells = int(min(4096, max(1, 2 * np.sqrt(len(vectors)))))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(width), width, cells)
+    index.cp.seed = seed
+    train = vectors
+    if len(vectors) > 64 * cells:         # k-means on a seeded sample: 64 rows per cell is plenty
+        train = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), 64 * cells, replace=False))]
+    index.train(train)
+    return index
+
+
+def build_neighbour_index(folder: str, table: torch.Tensor, identity: dict, kind: str = "auto", m: int = 32,
+                          ef_construction: int = 80, overfetch: int = 4, sample: int = 1000, k: int = 10,
+                          target_recall: float = 0.95, seed: int = 0) -> NeighbourIndex:
+    """Build an index of ``table``'s rows into ``folder`` (a temporary sibling, renamed into place) — ``kind``
+    "hnsw", "ivf" or "auto" (HNSW up to ``HNSW_MAX_ROWS`` rows) — then calibrate its search knob: the smallest
+    efSearch / nprobe of a doubling sweep whose recall@k against exact search, on ``sample`` seeded rows (each its
+    own query, itself excluded), reaches ``target_recall`` (else the sweep's most thorough). The sweep's recall
+    and speeds are kept in ``meta.json``."""
     import time
     faiss = _faiss()
+    if kind == "auto":
+        kind = "hnsw" if table.shape[0] <= HNSW_MAX_ROWS else "ivf"
+    if kind not in ("hnsw", "ivf"):
+        raise ConfigError(f"neighbour index: kind={kind!r}; expected hnsw, ivf or auto")
     vectors = np.ascontiguousarray(table.float().cpu().numpy())
     with built_aside(folder) as work:
         t0 = time.time()
-        index = faiss.IndexHNSWFlat(vectors.shape[1], m)
-        index.hnsw.efConstruction = ef_construction
+        index = _new_index(faiss, vectors, kind, m, ef_construction, seed)
         index.add(vectors)
         build_s = time.time() - t0
         faiss.write_index(index, os.path.join(work, "index.faiss"))
-        meta = {**identity, "rows": int(vectors.shape[0]), "width": int(vectors.shape[1]), "m": m,
-                "ef_construction": ef_construction, "ef_search": ef_search, "overfetch": overfetch,
-                "build_seconds": round(build_s, 2)}
+        knobs = [16, 32, 64, 128, 256, 512] if kind == "hnsw" else \
+            [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n < index.nlist] + [index.nlist]
+        meta = {**identity, "kind": kind, "rows": int(vectors.shape[0]), "width": int(vectors.shape[1]),
+                "overfetch": overfetch, "build_seconds": round(build_s, 2), "knob": knobs[-1],
+                "knob_name": "nprobe" if kind == "ivf" else "efSearch", "target_recall": target_recall}
+        meta.update({"m": m, "ef_construction": ef_construction} if kind == "hnsw" else {"cells": int(index.nlist)})
         write_atomic(os.path.join(work, META), json.dumps(meta))
         built = NeighbourIndex(work)
-        built.meta.update(measure_recall(built, table, k, sample, seed))
+        built.meta.update(calibrate(built, table, knobs, k, sample, seed, target_recall))
         write_atomic(os.path.join(work, META), json.dumps(built.meta))
     return NeighbourIndex(folder)
 
 
-def measure_recall(index: NeighbourIndex, table: torch.Tensor, k: int, sample: int, seed: int) -> dict:
-    """recall@k of the approximate path against exact search, and both speeds, on a seeded sample of rows."""
-    import time
+def calibrate(index: NeighbourIndex, table: torch.Tensor, knobs: list[int], k: int, sample: int, seed: int,
+              target_recall: float) -> dict:
+    """Exact answers for a seeded sample once, then recall and speed of the index at each knob value in turn,
+    stopping at the first that reaches ``target_recall``; the chosen knob's numbers and the whole sweep."""
     rows = np.random.default_rng(seed).choice(table.shape[0], size=min(sample, table.shape[0]), replace=False)
-    queries = table[torch.from_numpy(rows)]
+    exact = exact_answers(table, rows, k)
+    sweep = []
+    for knob in knobs:
+        index.set_knob(knob)
+        sweep.append({"knob": knob, **measure_recall(index, table, k, rows, exact)})
+        if sweep[-1]["recall_at_k"] >= target_recall:
+            break
+    return {**sweep[-1], "sweep": sweep}
+
+
+def exact_answers(table: torch.Tensor, rows: np.ndarray, k: int) -> dict:
+    """The exact top-k of each sampled row (itself excluded) and the exact path's speed."""
+    import time
     t0 = time.time()
-    _, exact = exact_nearest(table, queries, k, exclude=rows)
-    exact_s = time.time() - t0
+    _, found = exact_nearest(table, table[torch.from_numpy(rows)], k, exclude=rows)
+    return {"found": found, "queries_per_s": len(rows) / max(time.time() - t0, 1e-9)}
+
+
+def measure_recall(index: NeighbourIndex, table: torch.Tensor, k: int, rows: np.ndarray, exact: dict) -> dict:
+    """recall@k of the approximate path against ``exact`` (``exact_answers`` of ``rows``), and both speeds."""
+    import time
     t0 = time.time()
-    _, approximate = index.nearest(table, queries, k, exclude=rows)
+    _, approximate = index.nearest(table, table[torch.from_numpy(rows)], k, exclude=rows)
     approximate_s = time.time() - t0
-    hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approximate, exact))
+    hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approximate, exact["found"]))
     return {"recall_at_k": round(hits / (len(rows) * min(k, table.shape[0] - 1)), 4), "recall_k": k,
-            "recall_sample": int(len(rows)), "exact_queries_per_s": round(len(rows) / max(exact_s, 1e-9), 1),
+            "recall_sample": int(len(rows)), "exact_queries_per_s": round(exact["queries_per_s"], 1),
             "approximate_queries_per_s": round(len(rows) / max(approximate_s, 1e-9), 1)}

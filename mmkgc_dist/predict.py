@@ -34,7 +34,7 @@ from .trained import TrainedModel, load_trained
 
 KNOWN_POLICIES = ("mark", "filter", "keep")
 KNOWN_INDEX = "known-index"          # the run folder's index of a streamed dataset's known triples
-NEIGHBOUR_INDEX = "neighbour-index"  # the run folder's HNSW graphs of neighbours(approximate=True)
+NEIGHBOUR_INDEX = "neighbour-index"  # the run folder's FAISS indexes of neighbours(approximate=True)
 log = logging.getLogger("mmkgc_dist")
 SPACES = ("joint", "structural")
 
@@ -286,9 +286,10 @@ class Predictor:
     def neighbours(self, entity, k: int = 10, space: str = "joint", approximate: bool = False):
         """The ``k`` entities nearest to ``entity`` (itself excluded) by the complex L1 distance in the joint
         (fused) or structural space; ``score`` is the negated distance. A list of entities answers each.
-        ``approximate``: candidates from an HNSW graph (FAISS) re-ranked exactly — for millions of entities; the
-        graph is built on first use into the run folder (``neighbour-index/SPACE``) with its recall@10 against
-        exact search measured on a sample (``neighbour_index(space).meta``)."""
+        ``approximate``: candidates from a FAISS index (HNSW, or IVF above a million entities) re-ranked exactly —
+        for millions of entities; the index is built on first use into the run folder (``neighbour-index/SPACE``)
+        with its search calibrated to recall@10 ≥ 0.95 against exact search on a sample
+        (``neighbour_index(space).meta``)."""
         if space not in SPACES:
             raise QueryError(f"neighbours: space={space!r}; expected one of {', '.join(SPACES)}")
         if k < 1:
@@ -305,7 +306,7 @@ class Predictor:
         return out if batch else out[0]
 
     def neighbour_index(self, space: str = "joint"):
-        """The HNSW graph of a space's table for this checkpoint (built once, kept in the run folder)."""
+        """The FAISS index of a space's table for this checkpoint (built once, kept in the run folder)."""
         from .neighbour_index import NeighbourIndex, build_neighbour_index
         if space in self._neighbour_indexes:
             return self._neighbour_indexes[space]
@@ -322,8 +323,9 @@ class Predictor:
         if index is None:
             table = self.joint if space == "joint" else self.structural
             index = build_neighbour_index(folder, table, identity)
-            log.info("neighbour index (%s, %d entities): recall@%d %.3f against exact on %d entities, %.0f vs %.0f "
-                     "queries/s", space, len(table), index.meta["recall_k"], index.meta["recall_at_k"],
+            log.info("neighbour index (%s %s, %d entities, %s %d): recall@%d %.3f against exact on %d entities, "
+                     "%.0f vs %.0f queries/s", index.kind, space, len(table), index.meta["knob_name"],
+                     index.meta["knob"], index.meta["recall_k"], index.meta["recall_at_k"],
                      index.meta["recall_sample"], index.meta["approximate_queries_per_s"],
                      index.meta["exact_queries_per_s"])
         self._neighbour_indexes[space] = index

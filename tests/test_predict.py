@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmkgc_dist import load_run
-from mmkgc_dist.errors import QueryError
+from mmkgc_dist.errors import ConfigError, QueryError
 
 from support import HERE, TINY, cli
 
@@ -240,6 +240,25 @@ def test_approximate_neighbours_recall_and_reuse(model):
     again = load_run(model.model.run_dir)
     assert again.neighbours("entity_000010", k=10, approximate=True) == approximate[0]
     assert os.stat(os.path.join(folder, "index.faiss")).st_mtime_ns == built
+
+
+def test_inverted_file_index_calibrates_nprobe_to_the_recall_target(model, tmp_path):
+    """The IVF kind (what 10^7 entities use): k-means cells, nprobe the smallest of a doubling sweep that reaches
+    the recall target on the build's sample; a fresh sample measures close to it; a bad kind is one line."""
+    pytest.importorskip("faiss")
+    from mmkgc_dist.neighbour_index import build_neighbour_index, exact_answers, measure_recall
+    table = model.joint
+    index = build_neighbour_index(str(tmp_path / "ivf"), table, {"step": 1}, kind="ivf", sample=200)
+    meta = index.meta
+    assert meta["kind"] == "ivf" and meta["knob_name"] == "nprobe" and meta["cells"] == index.index.nlist > 1
+    knobs = [s["knob"] for s in meta["sweep"]]
+    assert knobs == sorted(knobs) and meta["knob"] == knobs[-1] == index.index.nprobe
+    assert meta["recall_at_k"] >= 0.95 and all(s["recall_at_k"] < 0.95 for s in meta["sweep"][:-1])
+    rows = np.random.default_rng(7).choice(len(table), 100, replace=False)
+    assert measure_recall(index, table, 10, rows, exact_answers(table, rows, 10))["recall_at_k"] >= 0.9
+    with pytest.raises(ConfigError, match="kind='annoy'; expected hnsw, ivf or auto"):
+        build_neighbour_index(str(tmp_path / "bad"), table, {}, kind="annoy")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_relation_prediction_ranks_relations_by_score(model):
