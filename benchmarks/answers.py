@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     # recall on a fresh sample: the build chose its knob on its own sample, so its numbers lean optimistic
     rows = np.random.default_rng(args.seed + 1).choice(result["entities"], args.neighbour_sample, replace=False)
     result["neighbours"] = {"build": {k: v for k, v in index.meta.items() if k != "dataset"},
-                            **measure_recall(index, model.joint, 10, rows, exact_answers(model.joint, rows, 10))}
+                            **measure_recall(index, model.joint, 10, rows, exact_answers(model.joint, rows, 10, index.metric))}
     n = result["neighbours"]
     n["speedup"] = round(n["approximate_queries_per_s"] / max(n["exact_queries_per_s"], 1e-9), 1)
     path = os.path.join(results_dir("answers"), "answers.json")

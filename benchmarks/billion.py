@@ -123,7 +123,7 @@ def write_features(path: str, names_from: str, fraction: float, width: int, seed
     rng = np.random.default_rng(seed)
     pick = np.flatnonzero(rng.random(len(entities)) < fraction)
     topics = rng.standard_normal((32, width)).astype(np.float32)
-    with pq.ParquetWriter(path, pa.schema([("name", pa.string()), ("feature", pa.list_(pa.float32(), width))])) as w:
+    with pq.ParquetWriter(path, pa.schema([("name", entities.type), ("feature", pa.list_(pa.float32(), width))])) as w:
         for lo in range(0, len(pick), 1 << 20):
             ids = pick[lo:lo + (1 << 20)]
             noise = rng.standard_normal((len(ids), width)).astype(np.float32)
@@ -131,6 +131,30 @@ def write_features(path: str, names_from: str, fraction: float, width: int, seed
             w.write_table(pa.table({"name": entities.take(pa.array(ids)),
                                     "feature": pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), width)}))
     return int(len(pick))
+
+
+def child_stream(dataset: str, batch: int) -> None:
+    """One pass of one rank's loader over the whole training split; RSS (now and peak) at every tenth of it and
+    at 10^8 edges: the loader's memory must not grow with the edges read."""
+    from mmkgc_dist.data.stream import StreamingTriples
+    stream = StreamingTriples(dataset, rank=0, world_size=1, batch_size=batch, seed=1)
+    total = stream.total_rows
+    pending = sorted({total * i // 10 for i in range(1, 11)} | ({10 ** 8} if total > 10 ** 8 else set()))
+    marks, edges, t0 = [], 0, time.time()
+    for b in stream:
+        edges += len(b)
+        while pending and edges >= pending[0]:
+            pending.pop(0)
+            marks.append({"edges": edges, "seconds": round(time.time() - t0, 1), **rss_now_and_peak()})
+    print(json.dumps({"edges": edges, "seconds": round(time.time() - t0, 1),
+                      "edges_per_s": round(edges / max(time.time() - t0, 1e-9)), "marks": marks}))
+
+
+def rss_now_and_peak() -> dict:
+    with open("/proc/self/status") as fh:
+        fields = dict(line.split(":", 1) for line in fh)
+    return {"rss_mib": round(int(fields["VmRSS"].split()[0]) / 1024, 1),
+            "peak_rss_mib": round(int(fields["VmHWM"].split()[0]) / 1024, 1)}
 
 
 def loss_curve(metrics_path: str, png: str, restart_step: int | None) -> list[dict]:
@@ -146,25 +170,34 @@ def loss_curve(metrics_path: str, png: str, restart_step: int | None) -> list[di
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child-stream"]:
+        child_stream(argv[1], int(argv[2]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--edges", type=float, default=1e9)
     ap.add_argument("--entities", type=float, default=1e7)
     ap.add_argument("--relations", type=int, default=1000)
     ap.add_argument("--eval-triples", type=int, default=100_000, help="valid and test triples each (sampled eval)")
-    ap.add_argument("--dim", type=int, default=32)
+    ap.add_argument("--dim", type=int, default=16, help="complex dimension (rows are 2 x dim wide)")
+    ap.add_argument("--scoring", default="complex", help="model.scoring (a dot-product scorer scores 10^7 "
+                                                         "candidates per query as one matrix product)")
     ap.add_argument("--batch", type=int, default=8192, help="global batch")
     ap.add_argument("--steps", type=int, default=2000, help="training budget (steps)")
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps (default: steps // 8)")
     ap.add_argument("--kill-at", type=int, default=0, help="kill -9 rank 1 once this step is checkpointed "
                                                            "(default: steps // 2)")
-    ap.add_argument("--text-fraction", type=float, default=0.3)
-    ap.add_argument("--text-width", type=int, default=64)
+    ap.add_argument("--text-fraction", type=float, default=0.2)
+    ap.add_argument("--text-width", type=int, default=32)
     ap.add_argument("--workdir", default=os.path.join(results_dir("billion"), "work"))
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args(argv)
     edges, entities = int(args.edges), int(args.entities)
     every = args.checkpoint_every or max(1, args.steps // 8)
     kill_at = args.kill_at or args.steps // 2
+    if args.steps * args.batch > edges:
+        raise SystemExit(f"billion: --steps {args.steps} x --batch {args.batch} is more than one epoch of "
+                         f"{edges:,} edges; the run trains within the first epoch")
     out = results_dir("billion")
     work = args.workdir
     os.makedirs(work, exist_ok=True)
@@ -193,6 +226,11 @@ def main(argv=None) -> int:
         if not args.keep:
             os.remove(tsv["train"])
 
+        phases["stream"] = run_phase("stream", [py, os.path.abspath(__file__), "--child-stream", ds,
+                                                str(args.batch // 2)], os.path.join(out, "stream.log"))
+        with open(os.path.join(out, "stream.log")) as fh:
+            phases["stream"].update(json.loads(fh.read().strip().splitlines()[-1]))
+
         feats = os.path.join(work, "text.parquet")
         count = write_features(feats, ds, args.text_fraction, args.text_width)
         phases["features"] = run_phase("features", [py, "-m", "mmkgc_dist.cli", "prepare", "features", ds,
@@ -206,9 +244,9 @@ def main(argv=None) -> int:
         train_cmd = [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
                      "-m", "mmkgc_dist.cli", "train", "--run-dir", run, "--data.source=parquet", f"--data.path={ds}",
                      "--data.loader=stream", "--train.filter_negatives=false", "--train.negatives=chunk_shared",
-                     "--train.negative_entities=degree", f"--model.dim={args.dim}", "--model.modalities=[text]",
+                     "--train.negative_entities=degree", f"--model.scoring={args.scoring}", f"--model.dim={args.dim}", "--model.modalities=[text]",
                      f"--train.batch_size={args.batch}", f"--train.max_steps={args.steps}", "--train.epochs=1",
-                     f"--train.checkpoint_every_steps={every}", "--train.log_every=10", "--eval.protocol=sampled",
+                     f"--train.checkpoint_every_steps={every}", "--train.keep_checkpoints=2", "--train.log_every=10", "--eval.protocol=sampled",
                      f"--eval.max_queries={args.eval_triples}", "--eval.splits=[test]", "--train.compile=false",
                      "--mat.hidden=128"]
         killed: dict = {}
@@ -248,9 +286,11 @@ def main(argv=None) -> int:
                                                 "--nproc_per_node=2", "-m", "mmkgc_dist.cli", "export", run, export],
                                      os.path.join(out, "export.log"))
         phases["export"]["gib"] = round(disk(export) / GIB, 2)
+        # the known-triple index: two sorted uint64 key files, built through bucket files of the same size
+        check = need(work, edges * 8 * 2 * 2, entities * width * 4 * 4 + 2 * GIB, "answers")
         phases["answers"] = run_phase("answers", [py, os.path.join(HERE, "answers.py"), run, "--queries", "10000"],
                                       os.path.join(out, "answers.log"))
-        phases["answers"].update(json.load(open(os.path.join(results_dir("answers"), "answers.json"))))
+        phases["answers"].update(check=check, **json.load(open(os.path.join(results_dir("answers"), "answers.json"))))
     except Refused as exc:
         record["refused"] = str(exc)
         print(exc, file=sys.stderr)

@@ -2,9 +2,9 @@
 a FAISS HNSW graph (up to a million rows) or an inverted file of k-means cells (IVF; its build is ~10x faster per
 row, which is what 10^7 entities on a few cores need).
 
-Both are built on the Euclidean distance of the rows (FAISS's native metric); ``neighbours`` ranks by the complex
-L1 distance (Σ_k |a_k − b_k| over complex coordinates), so a query fetches ``overfetch × k`` candidates and
-re-ranks them exactly. The build calibrates the search knob (HNSW's efSearch, IVF's nprobe) to the smallest value
+Both are built on the Euclidean distance of the rows (FAISS's native metric); ``neighbours`` ranks by the
+scorer's metric — Euclidean, or for RotatE the complex L1 distance (Σ_k |a_k − b_k| over complex coordinates) —
+so a query fetches ``overfetch × k`` candidates and re-ranks them exactly. The build calibrates the search knob (HNSW's efSearch, IVF's nprobe) to the smallest value
 whose recall@k against exact search on a seeded sample of entities reaches the target, and keeps the sweep in
 ``meta.json`` beside ``index.faiss``: a user reads how approximate the answers are before trusting them. Needs
 ``faiss-cpu`` (``pip install faiss-cpu``, in requirements.txt).
@@ -33,14 +33,38 @@ def _faiss():
     return faiss
 
 
+METRICS = ("euclidean", "complex_l1")
+BLOCK = 1 << 25                 # elements of one block of query x row distance work (~128 MiB of float32)
+
+
+def pair_distances(queries: torch.Tensor, rows: torch.Tensor, metric: str) -> torch.Tensor:
+    """[q, n] distances of every query to every row."""
+    if metric == "complex_l1":
+        return all_pairs_distance(queries, rows)
+    return torch.cdist(queries.float(), rows.float())       # a matrix product inside: ‖q‖² + ‖r‖² − 2 q·r
+
+
+def gathered_distances(queries: torch.Tensor, rows: torch.Tensor, metric: str) -> torch.Tensor:
+    """[q, c] distances of each query to its own candidate rows [q, c, W]."""
+    diff = (queries.unsqueeze(1) - rows).float()
+    if metric == "complex_l1":
+        return diff.unflatten(-1, (2, -1)).pow(2).sum(2).sqrt().sum(-1)
+    return diff.pow(2).sum(-1).sqrt()
+
+
 def exact_nearest(table: torch.Tensor, queries: torch.Tensor, k: int, exclude: np.ndarray | None = None,
-                  chunk: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """(distance, row) of the ``k`` rows of ``table`` nearest to each query by the complex L1 distance, scored in
-    chunks of rows with a running top-k (memory: queries × chunk); ``exclude[q]``: a row left out for query q."""
+                  metric: str = "complex_l1", chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distance, row) of the ``k`` rows of ``table`` nearest to each query by ``metric``, scored in chunks of
+    rows with a running top-k (memory: a block of queries × chunk, whatever the table's size); ``exclude[q]``: a
+    row left out for query q."""
+    if metric not in METRICS:
+        raise ConfigError(f"neighbours: metric={metric!r}; expected one of {', '.join(METRICS)}")
+    per_row = len(queries) * (table.shape[1] if metric == "complex_l1" else 1)   # complex L1 has [q, n, W] temporaries
+    chunk = chunk or max(256, BLOCK // max(per_row, 1))
     best_d = torch.full((len(queries), 0), float("inf"))
     best_i = torch.zeros((len(queries), 0), dtype=torch.long)
     for lo in range(0, table.shape[0], chunk):
-        d = all_pairs_distance(queries, table[lo:lo + chunk]).float().cpu()
+        d = pair_distances(queries, table[lo:lo + chunk], metric).float().cpu()
         if exclude is not None:
             inside = (exclude >= lo) & (exclude < lo + chunk)
             d[torch.from_numpy(np.flatnonzero(inside)), torch.from_numpy(exclude[inside] - lo)] = float("inf")
@@ -48,6 +72,11 @@ def exact_nearest(table: torch.Tensor, queries: torch.Tensor, k: int, exclude: n
         d, rows = torch.cat([best_d, d], 1), torch.cat([best_i, rows], 1)
         top = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False)
         best_d, best_i = top.values, rows.gather(1, top.indices)
+    if metric == "euclidean":       # the matrix-product form loses digits near 0: the found rows' distances exactly
+        exact = gathered_distances(queries, table[best_i], metric).cpu()
+        exact[torch.isinf(best_d)] = float("inf")
+        best_d, order = exact.sort(dim=1)
+        best_i = best_i.gather(1, order)
     return best_d, best_i
 
 
@@ -64,7 +93,7 @@ class NeighbourIndex:
         with open(os.path.join(folder, META)) as fh:
             self.meta = json.load(fh)
         self.index = faiss.read_index(os.path.join(folder, "index.faiss"))
-        self.overfetch = self.meta["overfetch"]
+        self.overfetch, self.metric = self.meta["overfetch"], self.meta["metric"]
         self.set_knob(self.meta["knob"])
 
     @property
@@ -80,7 +109,7 @@ class NeighbourIndex:
 
     def nearest(self, table: torch.Tensor, queries: torch.Tensor, k: int,
                 exclude: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Like ``exact_nearest``: candidates from the index (Euclidean), re-ranked by the complex L1 distance."""
+        """Like ``exact_nearest``: candidates from the index (Euclidean), re-ranked exactly by the index's metric."""
         fetch = min(self.overfetch * k + 1, table.shape[0])
         _, candidates = self.index.search(np.ascontiguousarray(queries.float().cpu().numpy()), fetch)
         candidates = torch.from_numpy(candidates.astype(np.int64))
@@ -88,7 +117,7 @@ class NeighbourIndex:
         if exclude is not None:
             valid &= candidates != torch.from_numpy(exclude).unsqueeze(1)
         rows = table[candidates.clamp(min=0)]                                   # [q, fetch, W]
-        d = (queries.unsqueeze(1) - rows).unflatten(-1, (2, -1)).pow(2).sum(2).sqrt().sum(-1).float().cpu()
+        d = gathered_distances(queries, rows, self.metric).cpu()
         d[~valid] = float("inf")
         top = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False)
         return top.values, candidates.gather(1, top.indices)
@@ -111,7 +140,8 @@ def _new_index(faiss, vectors: np.ndarray, kind: str, m: int, ef_construction: i
     return index
 
 
-def build_neighbour_index(folder: str, table: torch.Tensor, identity: dict, kind: str = "auto", m: int = 32,
+def build_neighbour_index(folder: str, table: torch.Tensor, identity: dict, kind: str = "auto",
+                          metric: str = "complex_l1", m: int = 32,
                           ef_construction: int = 80, overfetch: int = 4, sample: int = 1000, k: int = 10,
                           target_recall: float = 0.95, seed: int = 0) -> NeighbourIndex:
     """Build an index of ``table``'s rows into ``folder`` (a temporary sibling, renamed into place) — ``kind``
@@ -125,6 +155,8 @@ def build_neighbour_index(folder: str, table: torch.Tensor, identity: dict, kind
         kind = "hnsw" if table.shape[0] <= HNSW_MAX_ROWS else "ivf"
     if kind not in ("hnsw", "ivf"):
         raise ConfigError(f"neighbour index: kind={kind!r}; expected hnsw, ivf or auto")
+    if metric not in METRICS:
+        raise ConfigError(f"neighbour index: metric={metric!r}; expected one of {', '.join(METRICS)}")
     vectors = np.ascontiguousarray(table.float().cpu().numpy())
     with built_aside(folder) as work:
         t0 = time.time()
@@ -134,7 +166,7 @@ def build_neighbour_index(folder: str, table: torch.Tensor, identity: dict, kind
         faiss.write_index(index, os.path.join(work, "index.faiss"))
         knobs = [16, 32, 64, 128, 256, 512] if kind == "hnsw" else \
             [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n < index.nlist] + [index.nlist]
-        meta = {**identity, "kind": kind, "rows": int(vectors.shape[0]), "width": int(vectors.shape[1]),
+        meta = {**identity, "kind": kind, "metric": metric, "rows": int(vectors.shape[0]), "width": int(vectors.shape[1]),
                 "overfetch": overfetch, "build_seconds": round(build_s, 2), "knob": knobs[-1],
                 "knob_name": "nprobe" if kind == "ivf" else "efSearch", "target_recall": target_recall}
         meta.update({"m": m, "ef_construction": ef_construction} if kind == "hnsw" else {"cells": int(index.nlist)})
@@ -150,7 +182,7 @@ def calibrate(index: NeighbourIndex, table: torch.Tensor, knobs: list[int], k: i
     """Exact answers for a seeded sample once, then recall and speed of the index at each knob value in turn,
     stopping at the first that reaches ``target_recall``; the chosen knob's numbers and the whole sweep."""
     rows = np.random.default_rng(seed).choice(table.shape[0], size=min(sample, table.shape[0]), replace=False)
-    exact = exact_answers(table, rows, k)
+    exact = exact_answers(table, rows, k, index.metric)
     sweep = []
     for knob in knobs:
         index.set_knob(knob)
@@ -160,11 +192,11 @@ def calibrate(index: NeighbourIndex, table: torch.Tensor, knobs: list[int], k: i
     return {**sweep[-1], "sweep": sweep}
 
 
-def exact_answers(table: torch.Tensor, rows: np.ndarray, k: int) -> dict:
+def exact_answers(table: torch.Tensor, rows: np.ndarray, k: int, metric: str) -> dict:
     """The exact top-k of each sampled row (itself excluded) and the exact path's speed."""
     import time
     t0 = time.time()
-    _, found = exact_nearest(table, table[torch.from_numpy(rows)], k, exclude=rows)
+    _, found = exact_nearest(table, table[torch.from_numpy(rows)], k, exclude=rows, metric=metric)
     return {"found": found, "queries_per_s": len(rows) / max(time.time() - t0, 1e-9)}
 
 

@@ -284,8 +284,9 @@ class Predictor:
 
     @torch.no_grad()
     def neighbours(self, entity, k: int = 10, space: str = "joint", approximate: bool = False):
-        """The ``k`` entities nearest to ``entity`` (itself excluded) by the complex L1 distance in the joint
-        (fused) or structural space; ``score`` is the negated distance. A list of entities answers each.
+        """The ``k`` entities nearest to ``entity`` (itself excluded) in the joint (fused) or structural space, by
+        the scorer's metric (``neighbour_metric``: Euclidean; RotatE's complex L1 distance); ``score`` is the
+        negated distance. A list of entities answers each.
         ``approximate``: candidates from a FAISS index (HNSW, or IVF above a million entities) re-ranked exactly —
         for millions of entities; the index is built on first use into the run folder (``neighbour-index/SPACE``)
         with its search calibrated to recall@10 ≥ 0.95 against exact search on a sample
@@ -298,8 +299,11 @@ class Predictor:
         ids = self.entities.ids_of(list(entity) if batch else [entity])
         table = self.joint if space == "joint" else self.structural
         k = min(k, len(table) - 1)
-        search = self.neighbour_index(space).nearest if approximate else exact_nearest
-        distance, found = search(table, table[torch.from_numpy(ids)], k, exclude=ids)
+        queries, metric = table[torch.from_numpy(ids)], self.scoring.scorer.neighbour_metric
+        if approximate:
+            distance, found = self.neighbour_index(space).nearest(table, queries, k, exclude=ids)
+        else:
+            distance, found = exact_nearest(table, queries, k, exclude=ids, metric=metric)
         out = [Predictions([Prediction(n + 1, int(e), self.entities.names[int(e)], -float(d))
                             for n, (d, e) in enumerate(zip(row_d.tolist(), row_e.tolist())) if d != float("inf")],
                            head=self.entities.names[i]) for i, row_d, row_e in zip(ids, distance, found)]
@@ -312,7 +316,7 @@ class Predictor:
             return self._neighbour_indexes[space]
         folder = os.path.join(self.model.run_dir, NEIGHBOUR_INDEX, space)
         identity = {"dataset": self.model.identity, "checkpoint": os.path.basename(self.model.source),
-                    "step": self.step}
+                    "step": self.step, "metric": self.scoring.scorer.neighbour_metric}
         index = None
         try:
             index = NeighbourIndex(folder)
@@ -322,7 +326,7 @@ class Predictor:
             index = None
         if index is None:
             table = self.joint if space == "joint" else self.structural
-            index = build_neighbour_index(folder, table, identity)
+            index = build_neighbour_index(folder, table, identity, metric=identity["metric"])
             log.info("neighbour index (%s %s, %d entities, %s %d): recall@%d %.3f against exact on %d entities, "
                      "%.0f vs %.0f queries/s", index.kind, space, len(table), index.meta["knob_name"],
                      index.meta["knob"], index.meta["recall_k"], index.meta["recall_at_k"],

@@ -246,16 +246,20 @@ def test_inverted_file_index_calibrates_nprobe_to_the_recall_target(model, tmp_p
     """The IVF kind (what 10^7 entities use): k-means cells, nprobe the smallest of a doubling sweep that reaches
     the recall target on the build's sample; a fresh sample measures close to it; a bad kind is one line."""
     pytest.importorskip("faiss")
-    from mmkgc_dist.neighbour_index import build_neighbour_index, exact_answers, measure_recall
+    from mmkgc_dist.neighbour_index import build_neighbour_index, exact_answers, exact_nearest, measure_recall
     table = model.joint
-    index = build_neighbour_index(str(tmp_path / "ivf"), table, {"step": 1}, kind="ivf", sample=200)
+    index = build_neighbour_index(str(tmp_path / "ivf"), table, {"step": 1}, kind="ivf", metric="euclidean",
+                                  sample=200)
     meta = index.meta
     assert meta["kind"] == "ivf" and meta["knob_name"] == "nprobe" and meta["cells"] == index.index.nlist > 1
     knobs = [s["knob"] for s in meta["sweep"]]
     assert knobs == sorted(knobs) and meta["knob"] == knobs[-1] == index.index.nprobe
     assert meta["recall_at_k"] >= 0.95 and all(s["recall_at_k"] < 0.95 for s in meta["sweep"][:-1])
     rows = np.random.default_rng(7).choice(len(table), 100, replace=False)
-    assert measure_recall(index, table, 10, rows, exact_answers(table, rows, 10))["recall_at_k"] >= 0.9
+    assert measure_recall(index, table, 10, rows, exact_answers(table, rows, 10, "euclidean"))["recall_at_k"] >= 0.9
+    distance, found = exact_nearest(table, table[:3], 5, metric="euclidean", chunk=17)
+    assert torch.allclose(distance, torch.cdist(table[:3], table, compute_mode="donot_use_mm_for_euclid_dist").topk(5, largest=False).values,
+                          atol=1e-5)
     with pytest.raises(ConfigError, match="kind='annoy'; expected hnsw, ivf or auto"):
         build_neighbour_index(str(tmp_path / "bad"), table, {}, kind="annoy")
     assert not (tmp_path / "bad").exists()

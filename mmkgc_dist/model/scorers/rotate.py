@@ -19,6 +19,7 @@ from .base import Scorer, ScoreKernels, register_scorer
 @register_scorer("rotate")
 class RotatE(Scorer):
     complex_rows = True
+    neighbour_metric = "complex_l1"     # its own distance: Σ_k |a_k − b_k| over complex coordinates
 
     def __init__(self, dim: int, gamma: float, epsilon: float = 2.0):
         super().__init__(dim, gamma, epsilon)
