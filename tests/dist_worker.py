@@ -37,6 +37,9 @@ def main() -> None:
     trainer = distributed_trainer(cfg, generate(cfg.data.synthetic), run_dir=run_dir, show_progress=False)
     rank = trainer.runtime.env.rank
     assert isinstance(trainer.runtime, Runtime)      # the contract holds for the distributed runtime too
+    if getattr(trainer.runtime, "engine", None):     # DeepSpeed's shared-memory kernel is never loaded (its JIT
+        import deepspeed.comm.comm as ds_comm        # lock outlives a killed process and hangs later starts)
+        assert ds_comm.cdb.shm_comm_op is None
     if "--resume" in flags:
         assert trainer.resume(), "no checkpoint to resume from"
     losses = []

@@ -53,6 +53,18 @@ def deepspeed_config(cfg: Config, micro_batch: int) -> dict:
             "steps_per_print": 1 << 30, "wall_clock_breakdown": False}
 
 
+def without_shared_memory_kernel() -> None:
+    """Mark DeepSpeed's shared-memory all-reduce kernel unavailable before its communication backend starts.
+    On CPU that backend otherwise JIT-loads the kernel (for inference all-reduce, which we never call) in every
+    process, under a lock file that a process killed in that window leaves behind: every later start then waits
+    on it forever. Marking it also skips DeepSpeed's probe of every op's compiler. The generator's gradients
+    travel through torch.distributed either way."""
+    import deepspeed.ops
+    if "__compatible_ops__" not in vars(deepspeed.ops):       # DeepSpeed probes lazily, on first access
+        deepspeed.ops.__compatible_ops__ = {}
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def _broadcast(params: list[torch.Tensor]) -> None:
     with torch.no_grad():
         for p in params:
@@ -156,7 +168,7 @@ class DistributedRuntime:
             torch_seed(cfg.train.seed, "generator_init")
             generators = MATGenerators(modalities, width, cfg.mat.noise_dim, cfg.mat.hidden)
             import deepspeed          # only with MAT: a trained model's evaluation never starts it
-
+            without_shared_memory_kernel()
             self.engine, self.opt_generator, _, _ = deepspeed.initialize(
                 model=generators, model_parameters=generators.parameters(),
                 config=deepspeed_config(cfg, cfg.train.batch_size // env.world_size), dist_init_required=False)
