@@ -244,9 +244,11 @@ def main(argv=None) -> int:
         train_cmd = [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
                      "-m", "mmkgc_dist.cli", "train", "--run-dir", run, "--data.source=parquet", f"--data.path={ds}",
                      "--data.loader=stream", "--train.filter_negatives=false", "--train.negatives=chunk_shared",
-                     "--train.negative_entities=degree", f"--model.scoring={args.scoring}", f"--model.dim={args.dim}", "--model.modalities=[text]",
+                     "--train.negative_entities=degree", f"--model.scoring={args.scoring}", f"--model.dim={args.dim}",
+                     "--model.modalities=[text]",
                      f"--train.batch_size={args.batch}", f"--train.max_steps={args.steps}", "--train.epochs=1",
-                     f"--train.checkpoint_every_steps={every}", "--train.keep_checkpoints=2", "--train.log_every=10", "--eval.protocol=sampled",
+                     f"--train.checkpoint_every_steps={every}", "--train.keep_checkpoints=2", "--train.log_every=10",
+                     "--eval.protocol=sampled",
                      f"--eval.max_queries={args.eval_triples}", "--eval.splits=[test]", "--train.compile=false",
                      "--mat.hidden=128"]
         killed: dict = {}

@@ -4,9 +4,9 @@ row, which is what 10^7 entities on a few cores need).
 
 Both are built on the Euclidean distance of the rows (FAISS's native metric); ``neighbours`` ranks by the
 scorer's metric — Euclidean, or for RotatE the complex L1 distance (Σ_k |a_k − b_k| over complex coordinates) —
-so a query fetches ``overfetch × k`` candidates and re-ranks them exactly. The build calibrates the search knob (HNSW's efSearch, IVF's nprobe) to the smallest value
-whose recall@k against exact search on a seeded sample of entities reaches the target, and keeps the sweep in
-``meta.json`` beside ``index.faiss``: a user reads how approximate the answers are before trusting them. Needs
+so a query fetches ``overfetch × k`` candidates and re-ranks them exactly. The build calibrates the search knob
+(HNSW's efSearch, IVF's nprobe) to the smallest value whose recall@k against exact search on a seeded sample of
+entities reaches the target, and keeps the sweep in ``meta.json`` beside ``index.faiss``: a user reads how approximate the answers are before trusting them. Needs
 ``faiss-cpu`` (``pip install faiss-cpu``, in requirements.txt).
 """
 from __future__ import annotations
@@ -166,7 +166,8 @@ def build_neighbour_index(folder: str, table: torch.Tensor, identity: dict, kind
         faiss.write_index(index, os.path.join(work, "index.faiss"))
         knobs = [16, 32, 64, 128, 256, 512] if kind == "hnsw" else \
             [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n < index.nlist] + [index.nlist]
-        meta = {**identity, "kind": kind, "metric": metric, "rows": int(vectors.shape[0]), "width": int(vectors.shape[1]),
+        meta = {**identity, "kind": kind, "metric": metric, "rows": int(vectors.shape[0]),
+                "width": int(vectors.shape[1]),
                 "overfetch": overfetch, "build_seconds": round(build_s, 2), "knob": knobs[-1],
                 "knob_name": "nprobe" if kind == "ivf" else "efSearch", "target_recall": target_recall}
         meta.update({"m": m, "ef_construction": ef_construction} if kind == "hnsw" else {"cells": int(index.nlist)})
