@@ -6,8 +6,9 @@ Both are built on the Euclidean distance of the rows (FAISS's native metric); ``
 scorer's metric — Euclidean, or for RotatE the complex L1 distance (Σ_k |a_k − b_k| over complex coordinates) —
 so a query fetches ``overfetch × k`` candidates and re-ranks them exactly. The build calibrates the search knob
 (HNSW's efSearch, IVF's nprobe) to the smallest value whose recall@k against exact search on a seeded sample of
-entities reaches the target, and keeps the sweep in ``meta.json`` beside ``index.faiss``: a user reads how approximate the answers are before trusting them. Needs
-``faiss-cpu`` (``pip install faiss-cpu``, in requirements.txt).
+entities reaches the target, and keeps the sweep in ``meta.json`` beside ``index.faiss``: a user reads how
+approximate the answers are before trusting them. Needs ``faiss-cpu`` (``pip install faiss-cpu``, in
+requirements.txt).
 """
 from __future__ import annotations
 
