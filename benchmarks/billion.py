@@ -3,7 +3,9 @@ checkpoints → kill -9 of one rank → torchrun restart at the same stream posi
 → answers (predict with known marks, a batch of queries, neighbours). Time, disk and memory per phase.
 
     python benchmarks/billion.py --edges 1e9 --entities 1e7 --relations 1000 --workdir /big/scratch
-    python benchmarks/billion.py --edges 2e5 --entities 2e4 --relations 50 --steps 60 --kill-at 30   # smoke
+    python benchmarks/billion.py --edges 3e5 --entities 2e4 --relations 50 --batch 2048 --steps 80 --kill-at 40 \
+        --eval-triples 2000                                                                       # smoke
+    python benchmarks/billion.py --project results/billion/billion.json       # recompute the GPU projection
 
 Before each phase the free disk of the work folder and the available memory are checked against what the
 phase needs (estimated from the sizes); a shortfall stops the run with one line naming it. Every process's
@@ -157,6 +159,37 @@ def rss_now_and_peak() -> dict:
             "peak_rss_mib": round(int(fields["VmHWM"].split()[0]) / 1024, 1)}
 
 
+def project(record: dict) -> dict:
+    """What the same epoch takes on 8 GPUs (one node) and 2 and 4 nodes of 8, from scaling_model.py's per-step
+    model (bytes per collective measured on gloo, one H100's measured compute rate, the fabric's rates) and
+    this run's measured inputs: the loader's edges/s per rank (must keep ahead of the GPUs) and the rank's shard
+    plus optimizer state (divided over W ranks)."""
+    from scaling_model import predict
+    bench = os.path.join(REPO, "docs", "benchmarks")
+    measured = json.load(open(os.path.join(bench, "scaling_scalable_cpu.json")))
+    gpu = json.load(open(os.path.join(bench, "gpu_check_h100.json")))
+    # one H100 on the measured graph nearest this one in size (a million entities)
+    rate = next(r["positives_per_s"] for r in gpu["rows"] if r["graph"] == "large-1M" and r["mode"] == "scalable")
+    edges, phases = record["edges"], record["phases"]
+    shard_two = phases["train"]["model_shard_plus_adam_gib_per_rank"]
+    loader = phases["stream"]["edges_per_s"]
+    rows = []
+    for world in (8, 16, 32):
+        p = predict(measured, rate, world)
+        rows.append({"world": world, "nodes": world // 8, "positives_per_s": round(p["positives_per_s"]),
+                     "efficiency": round(p["efficiency"], 3),
+                     "epoch_hours": round(edges / p["positives_per_s"] / 3600, 2),
+                     "loader_edges_per_s_needed_per_rank": round(p["positives_per_s"] / world),
+                     "loader_headroom": round(loader / (p["positives_per_s"] / world), 1),
+                     "shard_plus_adam_gib_per_gpu": round(shard_two * 2 / world, 3)})
+    cpu = phases["train"].get("positives_per_s_median")
+    return {"basis": "scaling_model.predict (scalable mode: chunk-shared negatives; bytes per step measured on "
+                     "gloo, one H100's measured positives/s on a 1M-entity graph) with this run's loader rate and "
+                     "shard sizes",
+            "gpu_positives_per_s_1": rate, "cpu_two_ranks_positives_per_s": cpu,
+            "cpu_epoch_hours_two_ranks": round(edges / cpu / 3600, 1) if cpu else None, "rows": rows}
+
+
 def loss_curve(metrics_path: str, png: str, restart_step: int | None) -> list[dict]:
     records = [json.loads(line) for line in open(metrics_path)]
     train = [r for r in records if r.get("kind") == "train"]
@@ -173,6 +206,12 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child-stream"]:
         child_stream(argv[1], int(argv[2]))
+        return 0
+    if argv[:1] == ["--project"]:             # recompute the projection of a saved result
+        record = json.load(open(argv[1]))
+        record["projection"] = project(record)
+        write_json(argv[1], record)
+        print(json.dumps(record["projection"], indent=1))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--edges", type=float, default=1e9)
@@ -293,6 +332,7 @@ def main(argv=None) -> int:
         phases["answers"] = run_phase("answers", [py, os.path.join(HERE, "answers.py"), run, "--queries", "10000"],
                                       os.path.join(out, "answers.log"))
         phases["answers"].update(check=check, **json.load(open(os.path.join(results_dir("answers"), "answers.json"))))
+        record["projection"] = project(record)
     except Refused as exc:
         record["refused"] = str(exc)
         print(exc, file=sys.stderr)
