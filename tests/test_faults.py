@@ -57,7 +57,10 @@ def run(argv, cwd, kill_after=None, sig=signal.SIGKILL):
         if child.is_alive():
             os.kill(child.pid, sig)
     child.join(300)
-    assert not child.is_alive(), f"{argv} hung"
+    if child.is_alive():               # a hung fork of this process must not outlive the test (it holds its pipes)
+        child.kill()
+        child.join()
+        raise AssertionError(f"{argv} hung")
     with open(log) as fh:
         out = fh.read()
     os.remove(log)

@@ -385,6 +385,29 @@ def test_saving_a_step_again_swaps_the_folder_crash_safely(tmp_path):
     assert open(os.path.join(final, "meta.json"), "rb").read() == b"new"
 
 
+def test_a_kill_while_pruning_never_leaves_a_listed_checkpoint_with_files_missing(tmp_path, monkeypatch):
+    """Pruning renames a checkpoint out of the checkpoint names before removing its files: killed half-way
+    (here: the removal stops after one file), the checkpoint is no longer listed, and the next run clears it."""
+    import mmkgc_dist.checkpoint.catalogue as catalogue
+    from mmkgc_dist.checkpoint import clean_temporaries, list_checkpoints
+    for step in (1, 2):
+        (tmp_path / f"step-00000000{step}" / "dcp").mkdir(parents=True)
+        (tmp_path / f"step-00000000{step}" / "meta.json").write_text("{}")
+        (tmp_path / f"step-00000000{step}" / "dcp" / "__0_0.distcp").write_bytes(b"x")
+
+    def killed_half_way(path):
+        os.remove(os.path.join(path, "dcp", "__0_0.distcp"))
+        raise KeyboardInterrupt("killed")
+    monkeypatch.setattr(catalogue, "remove_owned", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        catalogue.delete(list_checkpoints(str(tmp_path))[0])
+    assert [c.step for c in list_checkpoints(str(tmp_path))] == [2]
+    assert sorted(os.listdir(tmp_path)) == [".step-000000001.deleting", "step-000000002"]
+    monkeypatch.undo()
+    clean_temporaries(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["step-000000002"]
+
+
 def test_a_checkpoint_never_replaces_a_folder_the_tool_did_not_write(tmp_path):
     from mmkgc_dist.config import load_config
     from mmkgc_dist.errors import OutputError

@@ -226,17 +226,24 @@ def write_selection(directory: str, record: dict) -> None:
 
 
 def delete(ckpt: Checkpoint) -> None:
-    """Remove one of our checkpoints (never through a link: outputs.remove_owned)."""
-    remove_owned(ckpt.path)
+    """Remove one of our checkpoints: first renamed out of the checkpoint names (one atomic step), then removed
+    (never through a link: outputs.remove_owned). A kill during the removal so leaves a ``.step-N.deleting``
+    folder that the next run clears, never a listed checkpoint with some of its files gone."""
+    aside = os.path.join(os.path.dirname(ckpt.path), f".{os.path.basename(ckpt.path)}.deleting")
+    if os.path.lexists(aside):            # an earlier removal of the same step was interrupted
+        remove_owned(aside)
+    os.replace(ckpt.path, aside)
+    remove_owned(aside)
 
 
 TEMPORARY_RE = re.compile(r"^\.tmp-step-\d{9}$")
 SWAPPED_OUT_RE = re.compile(r"^\.(step-\d{9})\.previous$")     # outputs.swap_in's old version, set aside
+DELETING_RE = re.compile(r"^\.step-\d{9}\.deleting$")          # delete()'s checkpoint being removed
 
 
 def clean_temporaries(directory: str) -> list[str]:
-    """Remove partial checkpoint writes of a crashed run (the caller holds the run's lock); a checkpoint set
-    aside by a same-step save (``outputs.swap_in``) is put back when the new one never moved in."""
+    """Remove partial checkpoint writes and removals of a crashed run (the caller holds the run's lock); a
+    checkpoint set aside by a same-step save (``outputs.swap_in``) is put back when the new one never moved in."""
     removed = []
     if not os.path.isdir(directory):
         return removed
@@ -244,9 +251,10 @@ def clean_temporaries(directory: str) -> list[str]:
         if (swapped := SWAPPED_OUT_RE.match(name)) and not os.path.exists(os.path.join(directory, swapped[1])):
             os.replace(os.path.join(directory, name), os.path.join(directory, swapped[1]))   # crash mid-swap
             log.warning("restored %s (a save of the same step was interrupted)", swapped[1])
-        elif swapped or TEMPORARY_RE.match(name):
+        elif swapped or TEMPORARY_RE.match(name) or DELETING_RE.match(name):
             path = os.path.join(directory, name)
             remove_owned(path)
             removed.append(path)
-            log.warning("removed %s, left by an interrupted checkpoint write", path)
+            log.warning("removed %s, left by an interrupted checkpoint %s", path,
+                        "removal" if DELETING_RE.match(name) else "write")
     return removed
