@@ -86,7 +86,7 @@ def cmd_export(args, overrides) -> int:
     inputs = (args.run_dir, args.checkpoint or "")
     check_output(args.out, "export", inputs, args.overwrite)
     model = _load_trained(args.run_dir, args.checkpoint, overrides, args.distributed)
-    info = model.export(args.out)
+    info = model.export(args.out, neighbour_index=args.neighbour_index)
     if model.runtime.is_main:
         print(f"wrote {info['entities']} entity embeddings ({info['width']}-d) and {info['relations']['rows']} "
               f"relation vectors to {args.out} (scoring function: {args.out}/export.json)")
@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", help="checkpoint folder step-N/ (default: newest verified in RUN_DIR/checkpoints)")
     _distributed_option(x)
     x.add_argument("--overwrite", action="store_true", help="replace an earlier export at OUT")
+    x.add_argument("--neighbour-index", action="store_true",
+                   help="also build a FAISS index of the joint rows (HNSW, or IVF above 10^6 entities; recall@10 "
+                        "calibrated to 0.95 against exact) for read_embeddings(OUT).neighbours(..., approximate=True)")
     x.set_defaults(fn=cmd_export)
 
     q = sub.add_parser("predict", help="rank the tails of (HEAD, RELATION, ?), the heads of (?, RELATION, TAIL) or "

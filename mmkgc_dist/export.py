@@ -15,13 +15,18 @@ ownership rule of outputs.py.
                              (embedding_range / π))
     OUT/export.json          counts, widths, files, and "scoring": the function (its registered "name") and its
                              constants
+    OUT/neighbour-index/     with ``--neighbour-index``: a FAISS index of the joint rows (neighbour_index.py:
+                             HNSW, or IVF above a million entities, its search calibrated to recall@10 ≥ 0.95
+                             against exact on a sample; export.json's "neighbour_index" names its recall)
 
-``read_embeddings(path).score(h, r, t)`` reproduces the model's f(h, r, t) with the scorer's numpy function.
+``read_embeddings(path).score(h, r, t)`` reproduces the model's f(h, r, t) with the scorer's numpy function;
+``.neighbours(entities, k)`` finds nearest entities, exactly or through the exported index.
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -43,9 +48,11 @@ def scoring_record(scoring) -> dict:
 
 
 def export_embeddings(runtime, entity_names: list[str], modalities: list[str], step: int, out_dir: str,
-                      relation_names: list[str] | None = None, scoring=None, chunk: int = 65536) -> dict:
+                      relation_names: list[str] | None = None, scoring=None, chunk: int = 65536,
+                      neighbour_index: bool = False) -> dict:
     """Through the runtime's public operations only: ``embedding_chunks`` of the entities this process owns,
-    ``share``/``gather_rows``/``barrier`` (local or distributed alike). ``scoring``: ``model.Scoring``."""
+    ``share``/``gather_rows``/``barrier`` (local or distributed alike). ``scoring``: ``model.Scoring``.
+    ``neighbour_index``: rank 0 also builds the FAISS index of the joint rows into the folder before it moves in."""
     rank = runtime.rank
     builder = OutputBuilder(out_dir, "export")
     builder.tmp = runtime.share(builder.tmp)
@@ -55,6 +62,11 @@ def export_embeddings(runtime, entity_names: list[str], modalities: list[str], s
     try:
         info = _write_parts(runtime, entity_names, modalities, step, builder.tmp, chunk,
                             _relations(runtime, relation_names, scoring), scoring_record(scoring) if scoring else None)
+        if neighbour_index and rank == 0:
+            metric = scoring.scorer.neighbour_metric if scoring else "complex_l1"
+            info["neighbour_index"] = _index_joint_rows(builder.tmp, info, metric)
+            with open(os.path.join(builder.tmp, "export.json"), "w") as fh:
+                json.dump(info, fh, indent=2)
     except BaseException:
         if rank == 0:
             builder.abort()
@@ -63,6 +75,24 @@ def export_embeddings(runtime, entity_names: list[str], modalities: list[str], s
         builder.commit()
     runtime.barrier()
     return info
+
+
+NEIGHBOUR_INDEX = "neighbour-index"
+
+
+def _index_joint_rows(folder: str, info: dict, metric: str) -> dict:
+    """Build the neighbour index of the joint rows the parts in ``folder`` hold; what export.json records of it."""
+    from .neighbour_index import build_neighbour_index
+    joint = _joint_rows(folder, info["files"])
+    index = build_neighbour_index(os.path.join(folder, NEIGHBOUR_INDEX), torch.from_numpy(joint),
+                                  {"space": "joint", "step": info["step"]}, metric=metric)
+    return {"folder": NEIGHBOUR_INDEX, **{k: index.meta[k] for k in ("space", "kind", "metric", "knob_name", "knob",
+                                                                     "recall_at_k", "recall_k", "recall_sample")}}
+
+
+def _joint_rows(root: str, files: list[str], filesystem=None) -> np.ndarray:
+    parts = [pq.read_table(f"{root}/{f}", columns=["id", "joint"], filesystem=filesystem) for f in files]
+    return _matrix(pa.concat_tables(parts).sort_by("id").column("joint"))
 
 
 def _relations(runtime, names: list[str] | None, scoring) -> pa.Table | None:
@@ -121,8 +151,8 @@ def _write_parts(runtime, entity_names, modalities, step: int, tmp: str, chunk: 
 class Embeddings:
     """An export read back: arrays ordered by id, names, and the scoring constants of export.json."""
 
-    def __init__(self, info: dict, entities: pa.Table, relations: pa.Table | None):
-        self.info = info
+    def __init__(self, info: dict, entities: pa.Table, relations: pa.Table | None, local_root: str | None = None):
+        self.info, self.local_root = info, local_root
         self.entity_names = entities.column("name").to_pylist()
         self.joint = _matrix(entities.column("joint"))
         self.structural = _matrix(entities.column("structural"))
@@ -150,6 +180,27 @@ class Embeddings:
         h, t = self.joint[np.asarray(heads)], self.joint[np.asarray(tails)]
         return self.scorer().numpy_score(h, self.relation_embeddings[np.asarray(relations)], t)
 
+    def neighbours(self, entities, k: int = 10, approximate: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [q, k], distances [q, k]) of the joint rows nearest to each of ``entities`` (ids or names; itself
+        excluded), by the scorer's metric as ``load_run(...).neighbours`` measures it. ``approximate``: through the
+        index ``export --neighbour-index`` wrote (a local export folder)."""
+        from .neighbour_index import NeighbourIndex, exact_nearest
+        names = {n: i for i, n in enumerate(self.entity_names)} if any(isinstance(e, str) for e in entities) else {}
+        ids = np.array([names[e] if isinstance(e, str) else int(e) for e in entities], dtype=np.int64)
+        with warnings.catch_warnings():        # Arrow's buffers are read-only; the search only reads them
+            warnings.simplefilter("ignore", UserWarning)
+            table = torch.from_numpy(self.joint)
+        k = min(k, len(table) - 1)
+        if approximate:
+            if "neighbour_index" not in self.info or self.local_root is None:
+                raise ValueError("this export has no neighbour index in a local folder (export --neighbour-index)")
+            index = NeighbourIndex(os.path.join(self.local_root, self.info["neighbour_index"]["folder"]))
+            distance, found = index.nearest(table, table[torch.from_numpy(ids)], k, exclude=ids)
+        else:
+            distance, found = exact_nearest(table, table[torch.from_numpy(ids)], k, exclude=ids,
+                                            metric=self.scorer().neighbour_metric)
+        return found.numpy(), distance.numpy()
+
 
 def _matrix(column) -> np.ndarray:
     flat = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
@@ -175,4 +226,6 @@ def read_embeddings(path: str) -> Embeddings:
                         f"{info['entities']} with ids 0..{info['entities'] - 1}")
     relations = pq.read_table(f"{root}/{info['relations']['file']}", filesystem=fs).sort_by("id") \
         if "relations" in info else None
-    return Embeddings(info, entities, relations)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    local = root if "file" in protocols else None           # FAISS reads its index from a local file
+    return Embeddings(info, entities, relations, local)

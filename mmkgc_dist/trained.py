@@ -47,11 +47,12 @@ class TrainedModel:
         """Filtered ranking of ``split`` (eval.protocol of the run's config)."""
         return self.evaluator.evaluate(split, ties=ties)
 
-    def export(self, out_dir: str) -> dict:
-        """Every entity's and relation's vectors as Parquet with export.json (export.py)."""
+    def export(self, out_dir: str, neighbour_index: bool = False) -> dict:
+        """Every entity's and relation's vectors as Parquet with export.json (export.py); ``neighbour_index``: and
+        a FAISS index of the joint rows."""
         from .export import export_embeddings
         return export_embeddings(self.runtime, self.data.entity_names, self.modalities, self.step, out_dir,
-                                 self.data.relation_names, self.scoring)
+                                 self.data.relation_names, self.scoring, neighbour_index=neighbour_index)
 
 
 def load_trained(run_dir: str, checkpoint_path: str | None = None, overrides=(), distributed: bool = False,

@@ -145,6 +145,30 @@ def test_export_holds_the_whole_model_and_reads_back(run, model):
     assert np.allclose(emb.joint, model.joint.numpy(), atol=1e-6)
 
 
+def test_export_with_a_neighbour_index_answers_neighbours_without_the_run(run, model):
+    """export --neighbour-index: the FAISS index of the joint rows inside the export, its recall in export.json;
+    read_embeddings(...).neighbours answers as load_run's do, exactly and through the index."""
+    pytest.importorskip("faiss")
+    from mmkgc_dist import read_embeddings
+    out = run.parent / "export-indexed"
+    res = cli("export", run, out, "--neighbour-index", cwd=run.parent)
+    assert res.returncode == 0, res.stderr
+    emb = read_embeddings(str(out))
+    record = emb.info["neighbour_index"]
+    assert record["kind"] == "hnsw" and record["metric"] == "complex_l1" and record["recall_at_k"] >= 0.95
+    assert os.path.isfile(out / record["folder"] / "index.faiss")
+    entities = ["entity_000010", "entity_000020", "entity_000030"]
+    ids, distances = emb.neighbours(entities, k=10)
+    expected = model.neighbours(entities, k=10)
+    assert ids.tolist() == [[p.id for p in e] for e in expected]
+    assert np.allclose(-distances, [[p.score for p in e] for e in expected], atol=1e-5)
+    approximate, _ = emb.neighbours(entities, k=10, approximate=True)
+    assert sum(len(set(a) & set(e)) for a, e in zip(approximate.tolist(), ids.tolist())) >= 0.9 * 30
+    emb.info = {key: value for key, value in emb.info.items() if key != "neighbour_index"}    # an export without
+    with pytest.raises(ValueError, match="no neighbour index"):
+        emb.neighbours(entities, approximate=True)
+
+
 @pytest.mark.slow
 def test_streamed_run_marks_training_answers(tmp_path):
     """A run whose training split streamed from disk: predict finds the training answers of its queries on disk."""
