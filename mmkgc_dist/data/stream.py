@@ -334,9 +334,11 @@ def rows_answering(root: str, split: str, queries: np.ndarray, num_relations: in
     head_keys = np.unique(queries[:, 2] * num_relations + queries[:, 1])
     loader = StreamingTriples(root, split, rank=rank, world_size=world_size, batch_size=1 << 20, shuffle=False,
                               manifest=manifest)
+    import pandas as pd               # a hash lookup per row: np.isin sorts every batch (minutes at 10^9 rows)
+    tail_index, head_index = pd.Index(tail_keys), pd.Index(head_keys)
     found = [np.zeros((0, 3), np.int64)]
     for rows in loader:
-        keep = np.isin(rows[:, 0] * num_relations + rows[:, 1], tail_keys) | \
-            np.isin(rows[:, 2] * num_relations + rows[:, 1], head_keys)
+        keep = (tail_index.get_indexer(rows[:, 0] * num_relations + rows[:, 1]) >= 0) | \
+            (head_index.get_indexer(rows[:, 2] * num_relations + rows[:, 1]) >= 0)
         found.append(rows[keep])
     return np.concatenate(found)
