@@ -6,6 +6,7 @@ checkpoints → kill -9 of one rank → torchrun restart at the same stream posi
     python benchmarks/billion.py --edges 3e5 --entities 2e4 --relations 50 --batch 2048 --steps 80 --kill-at 40 \
         --eval-triples 2000                                                                       # smoke
     python benchmarks/billion.py --project results/billion/billion.json       # recompute the GPU projection
+    python benchmarks/billion.py --table results/billion/billion.json         # the phases as a markdown table
 
 Before each phase the free disk of the work folder and the available memory are checked against what the
 phase needs (estimated from the sizes); a shortfall stops the run with one line naming it. Every process's
@@ -190,6 +191,47 @@ def project(record: dict) -> dict:
             "cpu_epoch_hours_two_ranks": round(edges / cpu / 3600, 1) if cpu else None, "rows": rows}
 
 
+def table(record: dict) -> str:
+    """The phases as a markdown table (seconds, peak RSS of the phase's processes, what it measured)."""
+    ph = record["phases"]
+    rows = ["| phase | seconds | peak RSS (all processes) | measured |", "|---|---:|---:|---|"]
+
+    def row(name: str, what: str) -> None:
+        if name in ph:
+            p = ph[name]
+            rss = f"{p['peak_total_gib']:.2f} GiB" if "peak_total_gib" in p else "—"
+            rows.append(f"| {name} | {p['seconds']:,.0f} | {rss} | {what} |")
+    row("generate", f"{record['edges']:,} edges as TSV ({ph.get('generate', {}).get('tsv_gib', 0)} GiB)")
+    if "prepare" in ph:
+        row("prepare", f"{ph['prepare']['edges_per_s']:,} edges/s → {ph['prepare']['parquet_gib']} GiB of Parquet")
+    if "stream" in ph:
+        s = ph["stream"]
+        marks = s["marks"]
+        at_1e8 = next((m for m in marks if m["edges"] >= 10 ** 8), marks[0])
+        row("stream", f"one loader pass, {s['edges_per_s']:,} edges/s; RSS {at_1e8['rss_mib']:.0f} MiB at "
+                      f"{at_1e8['edges']:,} edges → {marks[-1]['rss_mib']:.0f} MiB at {marks[-1]['edges']:,} "
+                      f"(peak {marks[-1]['peak_rss_mib']:.0f} MiB)")
+    if "features" in ph:
+        row("features", f"text features for {ph['features']['entities_with_text']:,} entities")
+    if "train" in ph:
+        t = ph["train"]
+        k = t.get("kill", {})
+        row("train", f"2 ranks, median {t.get('positives_per_s_median') or 0:,.0f} positives/s; kill -9 after "
+                     f"checkpoint step {k.get('after_checkpoint', {}).get('step')}, resumed there: "
+                     f"{k.get('resumed_at_the_checkpoint')}; sampled test MRR {t['test']['mrr']:.4f} on "
+                     f"{t['test']['count']:,} queries")
+    if "export" in ph:
+        row("export", f"{ph['export']['gib']} GiB")
+    if "answers" in ph:
+        a = ph["answers"]
+        n = a["neighbours"]
+        row("answers", f"known index {a['known_index_seconds']:,.0f} s; one marked query "
+                       f"{a['single_query_seconds']['max']:.3f} s (max of 5); batch {a['batch']['queries_per_s']:,.0f} "
+                       f"queries/s; neighbours recall@10 {n['recall_at_k']:.3f} at "
+                       f"{n['approximate_queries_per_s'] / max(n['exact_queries_per_s'], 1e-9):.0f}x exact")
+    return "\n".join(rows)
+
+
 def loss_curve(metrics_path: str, png: str, restart_step: int | None) -> list[dict]:
     records = [json.loads(line) for line in open(metrics_path)]
     train = [r for r in records if r.get("kind") == "train"]
@@ -206,6 +248,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child-stream"]:
         child_stream(argv[1], int(argv[2]))
+        return 0
+    if argv[:1] == ["--table"]:
+        print(table(json.load(open(argv[1]))))
         return 0
     if argv[:1] == ["--project"]:             # recompute the projection of a saved result
         record = json.load(open(argv[1]))
@@ -242,7 +287,8 @@ def main(argv=None) -> int:
     os.makedirs(work, exist_ok=True)
     py = sys.executable
     record = {"benchmark": "billion", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-              "edges": edges, "entities": entities, "relations": args.relations, "phases": {}}
+              "edges": edges, "entities": entities, "relations": args.relations,
+              "args": {k: v for k, v in vars(args).items() if k not in ("workdir", "keep")}, "phases": {}}
     phases = record["phases"]
     tsv = {s: os.path.join(work, f"{s}.tsv") for s in ("train", "valid", "test")}
     ds, run, export = (os.path.join(work, n) for n in ("dataset", "run", "export"))
@@ -276,9 +322,10 @@ def main(argv=None) -> int:
                                                     "--modality", "text", feats], os.path.join(out, "features.log"))
         phases["features"]["entities_with_text"] = count
 
-        # a rank's shard: its half of the entity rows (2d wide) and text rows, Adam's two moments each
+        # a rank's shard: its half of the entity rows (2d wide) and of the text table (one row per entity, rows
+        # without a feature included), Adam's two moments each
         width = 2 * args.dim
-        shard_bytes = (entities / 2) * (width + args.text_width * args.text_fraction) * 4 * 3
+        shard_bytes = (entities / 2) * (width + args.text_width) * 4 * 3
         check = need(work, shard_bytes * 2 * 3, shard_bytes * 2 + 4 * GIB, "train")
         train_cmd = [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
                      "-m", "mmkgc_dist.cli", "train", "--run-dir", run, "--data.source=parquet", f"--data.path={ds}",

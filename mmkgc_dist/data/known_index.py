@@ -34,6 +34,18 @@ def triple_keys(rows: np.ndarray, direction: str, num_entities: int, num_relatio
     return (rows[:, anchor] * np.uint64(num_relations) + rows[:, 1]) * np.uint64(num_entities) + rows[:, answer]
 
 
+def sorted_distinct(keys: np.ndarray) -> np.ndarray:
+    """np.unique of integer keys by a sort in place and one comparison pass: numpy 2's np.unique hashes first and
+    took 5 s for the 4M keys that this sorts in 0.15 s — the difference between minutes and half an hour at 10^9."""
+    keys.sort()
+    if len(keys) < 2:
+        return keys
+    keep = np.empty(len(keys), bool)
+    keep[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=keep[1:])
+    return keys[keep]
+
+
 def build_known_index(folder: str, chunks: Iterable[np.ndarray], num_entities: int, num_relations: int,
                       identity: str, bucket_rows: int = 1 << 24, progress=None) -> "KnownIndex":
     """Write the index of every triple in ``chunks`` (arrays [n, 3]) to ``folder`` (built in a temporary sibling,
@@ -89,7 +101,7 @@ def _sort_into(path: str, lo: int, width: int, bucket_rows: int, out) -> int:
         os.remove(path)
         return 0
     if size <= bucket_rows or width < 16:
-        keys = np.unique(np.fromfile(path, dtype=np.uint64))
+        keys = sorted_distinct(np.fromfile(path, dtype=np.uint64))
         keys.tofile(out)
         os.remove(path)
         return len(keys)
@@ -121,7 +133,7 @@ class KnownIndex:
 
     @classmethod
     def of(cls, triples: np.ndarray, num_entities: int, num_relations: int) -> "KnownIndex":
-        keys = {d: np.unique(triple_keys(triples, d, num_entities, num_relations)) for d in DIRECTIONS}
+        keys = {d: sorted_distinct(triple_keys(triples, d, num_entities, num_relations)) for d in DIRECTIONS}
         return cls(keys=keys, meta={"entities": num_entities, "relations": num_relations, "identity": "",
                                     "keys": {d: len(k) for d, k in keys.items()}})
 
