@@ -225,19 +225,20 @@ class Predictor:
                                                       head=direction == "head")
         count = self.joint.shape[0]
         chunk = self.entity_chunk or max(1024, (1 << 24) // max(len(anchors), 1))
-        best_d = torch.full((len(anchors), 0), float("inf"))
+        best_s = torch.full((len(anchors), 0), float("-inf"))
         best_e = torch.zeros((len(anchors), 0), dtype=torch.long)
         for lo in range(0, count, chunk):
-            d = -self.scoring.kernels.all_pairs(query, self.joint[lo:lo + chunk]).float().cpu()
+            s = self.scoring.kernels.all_pairs(query, self.joint[lo:lo + chunk]).float().cpu()
             if excluded is not None:
                 rows, cols = excluded
                 inside = (cols >= lo) & (cols < lo + chunk)
-                d[torch.from_numpy(rows[inside]), torch.from_numpy(cols[inside] - lo)] = float("inf")
-            d = torch.cat([best_d, d], dim=1)
-            e = torch.cat([best_e, torch.arange(lo, lo + d.shape[1] - best_d.shape[1]).expand(len(anchors), -1)], dim=1)
-            top = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False)
-            best_d, best_e = top.values, e.gather(1, top.indices)
-        return best_d, best_e
+                s[torch.from_numpy(rows[inside]), torch.from_numpy(cols[inside] - lo)] = float("-inf")
+            # the chunk's own top-k first, then a merge of 2k candidates: no [queries, chunk] copies beyond the scores
+            top = torch.topk(s, min(k, s.shape[1]), dim=1)
+            merged_s, merged_e = torch.cat([best_s, top.values], 1), torch.cat([best_e, top.indices + lo], 1)
+            keep = torch.topk(merged_s, min(k, merged_s.shape[1]), dim=1)
+            best_s, best_e = keep.values, merged_e.gather(1, keep.indices)
+        return -best_s, best_e
 
     def known_index(self) -> KnownIndex:
         """Known triples (train ∪ valid ∪ test) as sorted keys: in memory for held splits; for a streamed
