@@ -186,6 +186,9 @@ class Embeddings:
         index ``export --neighbour-index`` wrote (a local export folder)."""
         from .neighbour_index import NeighbourIndex, exact_nearest
         names = {n: i for i, n in enumerate(self.entity_names)} if any(isinstance(e, str) for e in entities) else {}
+        unknown = [e for e in entities if isinstance(e, str) and e not in names]
+        if unknown:
+            raise ValueError(f"neighbours: unknown entity {unknown[0]!r} (not among this export's names)")
         ids = np.array([names[e] if isinstance(e, str) else int(e) for e in entities], dtype=np.int64)
         with warnings.catch_warnings():        # Arrow's buffers are read-only; the search only reads them
             warnings.simplefilter("ignore", UserWarning)
