@@ -180,10 +180,15 @@ def tune(space, study_dir: str, config=None, overrides=None, trials: int = 20, *
     ``study_dir``'s SQLite file, or ``storage=URL``) has ``trials`` finished ones. ``space``: a YAML path or a
     mapping {dotted key: distribution} (tuning/space.py). ``options``: ``tuning.study.TuneOptions`` fields
     (storage, pruner, sampler, seed, nproc_per_trial, ...)."""
+    from .errors import ConfigError
     from .tuning.space import parse_space, read_space
     from .tuning.study import TuneOptions, run_worker
 
+    opts = TuneOptions.of(trials=trials, **options)             # checked before any work
+    if not isinstance(study_dir, (str, os.PathLike)):
+        raise ConfigError(f"tune: study_dir={study_dir!r}; expected a folder path")
+    study_dir = os.fspath(study_dir)
     params = read_space(os.fspath(space)) if isinstance(space, (str, os.PathLike)) else parse_space(space)
     base = config_from(config, overrides)
-    study = run_worker(study_dir, params, base, TuneOptions(trials=trials, **options))
+    study = run_worker(study_dir, params, base, opts)
     return StudyResult(study_dir, study, config_from(os.path.join(study_dir, "base.yaml")), params)

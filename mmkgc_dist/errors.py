@@ -31,6 +31,10 @@ class QueryError(UserError):
     """A question to a trained model that cannot be answered: an unknown name, an id out of range, a bad option."""
 
 
+class TrialsFailed(UserError):
+    """Every trial a study worker ran failed: it exits non-zero with the reasons counted."""
+
+
 class TrainingDiverged(UserError):
     """The training loss is NaN/inf: the model's parameters can no longer be trusted, so training stops."""
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmkgc_dist.config import config_from, parse_overrides
     from mmkgc_dist.errors import UserError
     from mmkgc_dist.tuning.space import base_values, check_space, read_space
-    from mmkgc_dist.tuning.study import open_study_folder, storage_id
+    from mmkgc_dist.tuning.study import TuneOptions, open_worker_study
 
     config, rest = _split_config(tune_args)
     study_dir = os.path.abspath(args.study_dir)
@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         check_space(params, base)
         if not args.no_baseline:
             base_values(params, base)
-        open_study_folder(study_dir, params, base, storage_id(args.storage or ""))
+        # the folder is bound to its study in the storage before any worker starts
+        open_worker_study(study_dir, params, base,
+                          TuneOptions(storage=args.storage or "", baseline=not args.no_baseline).check())
     except UserError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

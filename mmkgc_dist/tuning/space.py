@@ -74,7 +74,33 @@ def parse_space(tree, where: str = "search space") -> list[Param]:
     if not isinstance(tree, dict) or not tree:
         raise ConfigError(f"{where}: expected a mapping of dotted config keys to distributions, e.g. "
                           f"'train.lr: {{type: float, low: 1.0e-4, high: 1.0e-2, log: true}}'")
-    return [_param(str(key), spec, where) for key, spec in tree.items()]
+    return in_condition_order([_param(str(key), spec, where) for key, spec in tree.items()], where)
+
+
+def in_condition_order(params: list[Param], where: str = "search space") -> list[Param]:
+    """The parameters in file order, except that each comes after the parameters its ``when`` names (a
+    condition reads the value sampled for them, whatever the order of keys in the file); a cycle is refused."""
+    by_key = {p.key: p for p in params}
+    ordered, placed, visiting = [], set(), []
+
+    def place(p: Param) -> None:
+        if p.key in placed:
+            return
+        if p.key in visiting:
+            cycle = " -> ".join([*visiting[visiting.index(p.key):], p.key])
+            raise ConfigError(f"{where}: when: conditions form a cycle ({cycle}); a condition must name a key "
+                              f"that does not depend back on it")
+        visiting.append(p.key)
+        for cond in p.when:
+            if cond in by_key and cond != p.key:
+                place(by_key[cond])
+        visiting.pop()
+        placed.add(p.key)
+        ordered.append(p)
+
+    for p in params:
+        place(p)
+    return ordered
 
 
 def _param(key: str, spec, where: str) -> Param:
@@ -82,7 +108,7 @@ def _param(key: str, spec, where: str) -> Param:
     if isinstance(spec, list):
         spec = {"type": "categorical", "choices": spec}
     if not isinstance(spec, dict):
-        raise ConfigError(f"{at}: expected {{type: float|int|categorical, ...}} or a list of choices, got {spec!r}")
+        raise ConfigError(f"{at}: expected {{type: float|int|categorical, ...}} or a list of choices, got {_cut(spec)}")
     kind = spec.get("type")
     if kind not in TYPES:
         raise ConfigError(f"{at}: type {kind!r}; expected one of {', '.join(TYPES)}")
@@ -92,11 +118,21 @@ def _param(key: str, spec, where: str) -> Param:
                           f"{sorted(OPTIONS[kind])}")
     when = spec.get("when") or {}
     if not isinstance(when, dict) or not all(isinstance(v, list) and v for v in when.values()):
-        raise ConfigError(f"{at}: when: expected {{dotted.key: [values]}}, got {when!r}")
+        raise ConfigError(f"{at}: when: expected {{dotted.key: [values]}}, got {_cut(when)}")
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{at}: choices: expected a non-empty list")
+        nested = [c for c in choices if not _scalar(c)]
+        if nested:
+            raise ConfigError(f"{at}: choices: {_cut(nested[0])} is a {type(nested[0]).__name__}; each choice must "
+                              f"be a single value (a number, a string, true/false or null) — Optuna stores only "
+                              f"those")
+    for cond, values in when.items():
+        nested = [v for v in values if not _scalar(v)]
+        if nested:
+            raise ConfigError(f"{at}: when: {cond}: {_cut(nested[0])} is not a single value")
+    if kind == "categorical":
         return Param(key, kind, choices=tuple(choices), when=when)
     low, high = spec.get("low"), spec.get("high")
     number = int if kind == "int" else (int, float)
@@ -115,6 +151,15 @@ def _param(key: str, spec, where: str) -> Param:
         raise ConfigError(f"{at}: step: expected a positive number, and no step on a log scale")
     return Param(key, kind, float(low) if kind == "float" else low, float(high) if kind == "float" else high,
                  log, step, when=when)
+
+
+def _scalar(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _cut(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def check_space(params: list[Param], base: Config) -> None:

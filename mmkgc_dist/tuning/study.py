@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -25,14 +26,16 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from dataclasses import dataclass
 
 import yaml
 
 from ..config import Config, _leaves, config_from, config_yaml
-from ..errors import ConfigError, OutputError, RunInterrupted, UserError
+from ..errors import ConfigError, OutputError, RunInterrupted, TrialsFailed, UserError
 from ..outputs import MARKER, marker_kind, pid_alive, write_atomic, write_marker
 from .space import Param, base_values, check_space, sample
+from .storage import STUDY_UID, StorageRef, open_storage, storage_faults, storage_ref
 
 log = logging.getLogger("mmkgc_dist")
 TRIALS = "trials"
@@ -60,17 +63,41 @@ class TuneOptions:
     baseline: bool = True
     show_progress: bool = True
 
+    @classmethod
+    def of(cls, **options) -> "TuneOptions":
+        """Options by name, checked: an unknown name is a ConfigError listing the known ones."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in options if k not in known]
+        if unknown:
+            raise ConfigError(f"tune: unknown option(s) {unknown}; known: {', '.join(known)}")
+        return cls(**options).check()
+
     def check(self) -> "TuneOptions":
         """ConfigError naming the option that cannot be used (the Python API has no argparse in front)."""
+        for name in ("storage", "study_name", "pruner", "sampler"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"tune: {name}={getattr(self, name)!r}; expected a string")
+        for name in ("baseline", "show_progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"tune: {name}={getattr(self, name)!r}; expected true or false")
+        for name in ("seed", "worker"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ConfigError(f"tune: {name}={value!r}; expected a whole number >= 0 (or None)")
+        if self.timeout is not None and (isinstance(self.timeout, bool) or
+                                         not isinstance(self.timeout, (int, float))):
+            raise ConfigError(f"tune: timeout={self.timeout!r}; expected seconds > 0 (or None)")
         if self.pruner not in PRUNERS:
             raise ConfigError(f"tune: pruner={self.pruner!r}; expected one of {', '.join(PRUNERS)}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"tune: sampler={self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
         for name in ("trials", "nproc_per_trial"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"tune: {name}={getattr(self, name)!r}; expected a whole number >= 1")
         for name in ("pruner_startup", "heartbeat", "max_failures"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"tune: {name}={getattr(self, name)!r}; expected a whole number >= 0")
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError(f"tune: timeout={self.timeout!r}; expected seconds > 0")
@@ -82,9 +109,9 @@ class TrialFailed(Exception):
 
 
 # ------------------------------------------------------------------------------------------ the study folder
-def open_study_folder(study_dir: str, params: list[Param], base: Config, storage_id: str) -> Config:
-    """Create or re-open the study folder; returns the base config its trials use. A study continues only with
-    the search space, base config and storage it was created with."""
+def prepare_study_folder(study_dir: str, base: Config) -> Config:
+    """Check (or create, empty) the study folder; returns the base config its trials use. Binds nothing: the
+    folder is bound to its study only once the storage holds it (``bind_study``)."""
     if os.path.islink(study_dir):
         raise OutputError(f"study folder {study_dir}: is a symbolic link; give the folder itself")
     if os.path.lexists(study_dir) and not os.path.isdir(study_dir):
@@ -98,24 +125,30 @@ def open_study_folder(study_dir: str, params: list[Param], base: Config, storage
     os.makedirs(os.path.join(study_dir, TRIALS), exist_ok=True)
     if marker_kind(study_dir) != "study":
         write_marker(study_dir, "study")
-    record = {"space": {p.key: p.describe() for p in params},
-              "objective": {"metric": f"valid {base.eval.select_by}", "direction": direction(base)},
-              "storage": storage_id}
-    base_text = config_yaml(base)
-    study_file, base_file = os.path.join(study_dir, STUDY_FILE), os.path.join(study_dir, BASE_FILE)
-    if os.path.exists(study_file):
-        _same_study(study_dir, record, base_text)
-    else:
-        write_atomic(base_file, base_text)
-        write_atomic(study_file, yaml.safe_dump(record, sort_keys=False))
     return base
 
 
-def _same_study(study_dir: str, record: dict, base_text: str) -> None:
-    with open(os.path.join(study_dir, STUDY_FILE)) as fh:
-        created = yaml.safe_load(fh) or {}
-    with open(os.path.join(study_dir, BASE_FILE)) as fh:
-        created_base = yaml.safe_load(fh) or {}
+def study_record(params: list[Param], base: Config, ref: StorageRef, name: str) -> dict:
+    """What study.yaml records: the space, the objective, the storage's identity and the study's name."""
+    return {"space": {p.key: p.describe() for p in params},
+            "objective": {"metric": f"valid {base.eval.select_by}", "direction": direction(base)},
+            "storage": ref.identity, "study_name": name}
+
+
+def read_record(study_dir: str) -> dict | None:
+    """study.yaml, or None for a folder not yet bound to a study."""
+    path = os.path.join(study_dir, STUDY_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        created = yaml.safe_load(fh)
+    if not isinstance(created, dict):
+        raise ConfigError(f"study folder {study_dir}: {STUDY_FILE} is not a mapping (damaged?); start a new folder")
+    return created
+
+
+def check_same_study(study_dir: str, created: dict, record: dict, base_text: str) -> None:
+    """A bound folder continues only with the space, base config, storage and study name it was created with."""
     what = f"study folder {study_dir}: created with"
     if created.get("space") != record["space"]:
         keys = sorted(set(created.get("space", {})) ^ set(record["space"]) |
@@ -125,6 +158,11 @@ def _same_study(study_dir: str, record: dict, base_text: str) -> None:
     if created.get("storage") != record["storage"]:
         raise ConfigError(f"{what} storage {created.get('storage')}, not {record['storage']}; pass the same "
                           f"--storage to continue it")
+    if created.get("study_name", record["study_name"]) != record["study_name"]:
+        raise ConfigError(f"{what} study name {created['study_name']!r}, not {record['study_name']!r}; pass "
+                          f"--study-name {created['study_name']} (or nothing) to continue it")
+    with open(os.path.join(study_dir, BASE_FILE)) as fh:
+        created_base = yaml.safe_load(fh) or {}
     before, after = _leaves(created_base), _leaves(yaml.safe_load(base_text))
     changed = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
     if changed:
@@ -135,41 +173,6 @@ def _same_study(study_dir: str, record: dict, base_text: str) -> None:
 
 def direction(cfg: Config) -> str:
     return "minimize" if cfg.eval.select_by == "mr" else "maximize"
-
-
-# ------------------------------------------------------------------------------------------ Optuna objects
-def storage_url(study_dir: str, storage: str) -> str:
-    """The storage a worker opens: the study folder's SQLite file by default."""
-    return storage or f"sqlite:///{os.path.abspath(os.path.join(study_dir, 'study.db'))}"
-
-
-def storage_id(storage: str) -> str:
-    """What study.yaml records of the storage: its kind and place, never a password."""
-    if not storage:
-        return "sqlite: study.db in the study folder"
-    if storage.startswith("journal:"):
-        return f"journal: {os.path.basename(storage[len('journal:'):])}"
-    from sqlalchemy.engine import make_url
-    try:
-        url = make_url(storage)
-    except Exception:                                      # noqa: BLE001 — any unparsable URL is the user's
-        raise ConfigError(f"--storage {storage!r}: not an RDB URL (sqlite:///FILE, postgresql://..., "
-                          f"mysql://...) or journal:FILE") from None
-    return f"{url.drivername}: {url.host or ''}{'/' if url.host else ''}{os.path.basename(url.database or '')}"
-
-
-def open_storage(url: str, heartbeat: int):
-    import warnings
-
-    import optuna
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-        return JournalStorage(JournalFileBackend(url[len("journal:"):]))
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    with warnings.catch_warnings():          # the heartbeat is "experimental" in Optuna's terms
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat or None,
-                                          grace_period=2 * heartbeat if heartbeat else None)
 
 
 def make_pruner(name: str, startup: int, max_resource: int):
@@ -201,18 +204,91 @@ def _setup_lock(study_dir: str):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+PENDING = ".binding"          # the id of a study being created, until study.yaml records it
+
+
 def load_study(study_dir: str, base: Config, params: list[Param], opts: TuneOptions):
+    """The study the folder is bound to, binding a new folder to a new study. Refuses, in one line, a storage
+    that no longer holds the folder's study (lost, emptied, replaced, or another file), another study name,
+    and a new folder whose study name the storage already holds."""
     import optuna
-    name = opts.study_name or os.path.basename(os.path.abspath(study_dir))
+    created = read_record(study_dir)
+    name = opts.study_name or (created or {}).get("study_name") or os.path.basename(os.path.abspath(study_dir))
+    ref = storage_ref(study_dir, opts.storage)
+    record, base_text = study_record(params, base, ref, name), config_yaml(base)
+    if created is not None:
+        check_same_study(study_dir, created, record, base_text)
     seed = None if opts.seed is None else opts.seed + worker_index(opts)
     with _setup_lock(study_dir):
-        study = optuna.create_study(storage=open_storage(storage_url(study_dir, opts.storage), opts.heartbeat),
-                                    study_name=name, direction=direction(base), load_if_exists=True,
-                                    sampler=make_sampler(opts.sampler, seed),
-                                    pruner=make_pruner(opts.pruner, opts.pruner_startup, base.train.epochs))
-        if opts.baseline:         # the hand-set config, trained once, compared with the best found
-            study.enqueue_trial(base_values(params, base), user_attrs={"baseline": True}, skip_if_exists=True)
+        storage = open_storage(ref, opts.heartbeat)
+        created = read_record(study_dir)                    # another worker may have bound it meanwhile
+        with storage_faults(ref):
+            if created is None:
+                _create_and_bind(study_dir, storage, name, base, record, base_text)
+            study = optuna.load_study(storage=storage, study_name=name, sampler=make_sampler(opts.sampler, seed),
+                                      pruner=make_pruner(opts.pruner, opts.pruner_startup, base.train.epochs)) \
+                if _holds(storage, name) else None
+            if study is None:
+                raise ConfigError(f"--storage {ref.identity}: holds no study {name!r}, which study folder "
+                                  f"{study_dir} is bound to (its storage was lost, emptied or replaced, or "
+                                  f"--storage names another file); restore the storage, or start a new study folder")
+            _check_uid(study_dir, study, created, ref)
+            _check_folders_known(study_dir, study)
+            if opts.baseline:         # the hand-set config, trained once, compared with the best found
+                study.enqueue_trial(base_values(params, base), user_attrs={"baseline": True}, skip_if_exists=True)
     return study
+
+
+def _holds(storage, name: str) -> bool:
+    return any(s.study_name == name for s in storage.get_all_studies())
+
+
+def _create_and_bind(study_dir: str, storage, name: str, base: Config, record: dict, base_text: str) -> None:
+    """A new study in the storage, marked with a unique id; then study.yaml records it (the binding). A worker
+    killed in between leaves the id in ``.binding``, so the next one adopts its own half-made study."""
+    import optuna
+    pending = os.path.join(study_dir, PENDING)
+    uid = open(pending).read().strip() if os.path.exists(pending) else uuid.uuid4().hex
+    write_atomic(pending, uid)
+    if _holds(storage, name):
+        held = optuna.load_study(storage=storage, study_name=name)
+        theirs = held.user_attrs.get(STUDY_UID)
+        if theirs != uid and not (theirs is None and not held.get_trials(deepcopy=False)):
+            raise ConfigError(f"--storage {record['storage']}: already holds a study named {name!r} "
+                              f"({len(held.get_trials(deepcopy=False))} trials) that is not this folder's; give "
+                              f"another --study-name, or continue that study from its own study folder")
+    else:
+        optuna.create_study(storage=storage, study_name=name, direction=direction(base))
+    optuna.load_study(storage=storage, study_name=name).set_user_attr(STUDY_UID, uid)
+    write_atomic(os.path.join(study_dir, BASE_FILE), base_text)
+    write_atomic(os.path.join(study_dir, STUDY_FILE), yaml.safe_dump({**record, "uid": uid}, sort_keys=False))
+    os.remove(pending)
+
+
+def _check_uid(study_dir: str, study, created: dict | None, ref: StorageRef) -> None:
+    created = created or read_record(study_dir) or {}
+    theirs, ours = study.user_attrs.get(STUDY_UID), created.get("uid")
+    if ours is None:                       # a folder bound before study ids: bind it now
+        if theirs is None:
+            study.set_user_attr(STUDY_UID, uuid.uuid4().hex)
+            theirs = study.user_attrs.get(STUDY_UID)
+        write_atomic(os.path.join(study_dir, STUDY_FILE), yaml.safe_dump({**created, "uid": theirs}, sort_keys=False))
+        return
+    if theirs != ours:
+        raise ConfigError(f"--storage {ref.identity}: its study {study.study_name!r} is another study than the one "
+                          f"study folder {study_dir} is bound to (study id {theirs} ≠ {ours}: the storage was "
+                          f"replaced or recreated); restore the storage, or start a new study folder")
+
+
+def _check_folders_known(study_dir: str, study) -> None:
+    """Every trials/N folder is a trial the storage knows: a storage older than the folder (restored from a copy)
+    would hand its numbers out again."""
+    known = {t.number for t in study.get_trials(deepcopy=False)}
+    strays = sorted(int(n) for n in os.listdir(os.path.join(study_dir, TRIALS)) if n.isdigit() and int(n) not in known)
+    if strays:
+        raise ConfigError(f"study folder {study_dir}: trials/{strays[0]} is not a trial of its storage's study "
+                          f"({len(known)} trials there): the storage is older than the folder (restored from a "
+                          f"copy?); restore the newest storage, or start a new study folder")
 
 
 def worker_index(opts: TuneOptions) -> int:
@@ -221,18 +297,33 @@ def worker_index(opts: TuneOptions) -> int:
     return int(os.environ.get("SLURM_ARRAY_TASK_ID", "0") or 0)
 
 
+UNREGISTERED_GRACE_S = 30.0     # a RUNNING trial no worker claimed this long after it started: its worker died
+
+
 def fail_orphaned_trials(study) -> list[int]:
-    """RUNNING trials whose worker ran on this host and is gone (killed mid-trial): marked FAIL, with why."""
+    """RUNNING trials whose worker is gone, marked FAIL with why: a worker on this host that is no longer alive
+    (killed mid-trial), or none at all — a worker killed between taking the trial and claiming it (the first
+    thing a trial does) leaves it unclaimed, and a live worker claims its trial within milliseconds."""
+    import datetime
+
     from optuna.trial import TrialState
     here, failed = socket.gethostname(), []
+    now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, pid = t.user_attrs.get("worker_host"), t.user_attrs.get("worker_pid")
-        if host != here or not isinstance(pid, int) or pid_alive(pid):
+        if host is None:
+            age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+            if age < UNREGISTERED_GRACE_S:
+                continue
+            why = (f"interrupted: no worker claimed it {age:.0f} s after it started (its worker stopped before "
+                   f"the trial began); nothing was trained")
+        elif host != here or not isinstance(pid, int) or pid_alive(pid):
             continue
-        last = max(t.intermediate_values) if t.intermediate_values else None
-        why = (f"interrupted: its worker (pid {pid} on {host}) stopped mid-trial"
-               f"{f' after epoch {last}' if last is not None else ''}; its run folder "
-               f"{t.user_attrs.get('run_dir', '')} can be resumed with train --resume")
+        else:
+            last = max(t.intermediate_values) if t.intermediate_values else None
+            why = (f"interrupted: its worker (pid {pid} on {host}) stopped mid-trial"
+                   f"{f' after epoch {last}' if last is not None else ''}; its run folder "
+                   f"{t.user_attrs.get('run_dir', '')} can be resumed with train --resume")
         try:
             study._storage.set_trial_user_attr(t._trial_id, "failure", why)
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
@@ -264,12 +355,17 @@ class Objective:
 
     def __call__(self, trial) -> float:
         import optuna
-        fail_orphaned_trials(trial.study)
-        values = sample(trial, self.params, self.base)
         run_dir = os.path.join(self.study_dir, TRIALS, str(trial.number))
         for key, value in (("worker_host", socket.gethostname()), ("worker_pid", os.getpid()),
                            ("run_dir", os.path.join(TRIALS, str(trial.number)))):
-            trial.set_user_attr(key, value)
+            trial.set_user_attr(key, value)                # claimed first: see fail_orphaned_trials
+        fail_orphaned_trials(trial.study)
+        if os.path.lexists(run_dir):     # a trial number handed out twice would mix two trials in one folder
+            reason = (f"its folder {run_dir} already exists: the storage handed out a trial number the study "
+                      f"folder has used (was the storage restored from an older copy?)")
+            trial.set_user_attr("failure", reason)
+            raise TrialFailed(reason)
+        values = sample(trial, self.params, self.base)
         log.info("tune: trial %d %s", trial.number, json.dumps(values))
         try:
             results = (self._in_process(trial, values, run_dir) if self.opts.nproc_per_trial == 1
@@ -312,7 +408,7 @@ class Objective:
                      for k, v in {**values, "eval.splits": []}.items()]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={self.opts.nproc_per_trial}", "-m", "mmkgc_dist.tuning.trial",
-               "--storage", storage_url(self.study_dir, self.opts.storage), "--study", trial.study.study_name,
+               "--storage", storage_ref(self.study_dir, self.opts.storage).url, "--study", trial.study.study_name,
                "--trial-id", str(trial._trial_id), "--run-dir", run_dir,
                "--config", os.path.join(self.study_dir, BASE_FILE), *overrides]
         code, tail = _run_relaying(cmd)
@@ -356,6 +452,14 @@ def _one_line(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ the worker
+def open_worker_study(study_dir: str, params: list[Param], base: Config, opts: TuneOptions):
+    """(the trials' base config, the study) as a worker starts: the storage named, the folder checked, the study
+    opened or created and the folder bound to it."""
+    storage_ref(study_dir, opts.storage)            # an unusable --storage is refused before the folder is made
+    base = prepare_study_folder(study_dir, base)
+    return base, load_study(study_dir, base, params, opts)
+
+
 def run_worker(study_dir: str, params: list[Param], base: Config, opts: TuneOptions):
     """Run trials until the study has ``opts.trials`` finished ones (complete or pruned, over all workers);
     then write the study's report. Returns the Optuna study."""
@@ -368,8 +472,7 @@ def run_worker(study_dir: str, params: list[Param], base: Config, opts: TuneOpti
     check_space(params, base)
     if opts.baseline:
         base_values(params, base)            # refused before anything is written when outside the space
-    base = open_study_folder(study_dir, params, base, storage_id(opts.storage))
-    study = load_study(study_dir, base, params, opts)
+    base, study = open_worker_study(study_dir, params, base, opts)
     fail_orphaned_trials(study)
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     finished = len(study.get_trials(deepcopy=False, states=done))
@@ -384,6 +487,12 @@ def run_worker(study_dir: str, params: list[Param], base: Config, opts: TuneOpti
     else:
         print(f"tune: study {study.study_name} already has {finished} finished trials (--trials {opts.trials})")
     write_report(study, study_dir, params, base, plots=True)
+    mine = failures.states
+    if mine and all(state == TrialState.FAIL for state, _ in mine):
+        reasons = collections.Counter(_one_line(why or "no reason recorded")[:160] for _, why in mine)
+        counted = "; ".join(f"{n}x {why}" for why, n in reasons.most_common(3))
+        raise TrialsFailed(f"tune: every trial of this worker failed ({len(mine)}): {counted}"
+                           f"{'; ...' if len(reasons) > 3 else ''} (summary.md in {study_dir} lists them)")
     return study
 
 
@@ -393,9 +502,11 @@ class FailureLimit:
 
     def __init__(self, limit: int):
         self.limit, self.count = limit, 0
+        self.states: list = []                # (state, failure reason) of each trial this worker ran
 
     def __call__(self, study, trial) -> None:
         from optuna.trial import TrialState
+        self.states.append((trial.state, trial.user_attrs.get("failure")))
         if trial.state == TrialState.FAIL:
             self.count += 1
             if self.count >= self.limit:

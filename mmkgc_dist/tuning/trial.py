@@ -15,13 +15,14 @@ def run_trial(args, overrides) -> int:
     from ..api import train
     from ..config import load_config
     from ..parallel.env import world_size_from_environment
-    from .study import PruningHook, open_storage
+    from .storage import open_storage, storage_ref
+    from .study import PruningHook
 
     cfg = load_config(args.config, overrides)
     hooks = []
     if int(__import__("os").environ.get("RANK", "0")) == 0:     # only rank 0 talks to the storage
         import optuna
-        study = optuna.load_study(study_name=args.study, storage=open_storage(args.storage, 0))
+        study = optuna.load_study(study_name=args.study, storage=open_storage(storage_ref("", args.storage), 0))
         hooks.append(PruningHook(optuna.trial.Trial(study, args.trial_id), cfg.eval.select_by))
     train(cfg, run_dir=args.run_dir, on_validation=hooks, distributed=world_size_from_environment() > 1)
     return 0
