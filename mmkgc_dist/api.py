@@ -139,13 +139,18 @@ def evaluate(run_dir: str, splits=None, checkpoint: str | None = None, ties: str
     """Rank ``splits`` (default: the run's eval.splits) with a run folder's model — the checkpoint model
     selection chose, else the newest verified — as ``mmkgc-dist evaluate`` does; {split: metrics}."""
     from .config import parse_overrides
+    from .eval.evaluator import check_request
     from .parallel.env import world_size_from_environment
     from .trained import load_trained
 
+    splits = [splits] if isinstance(splits, str) else splits
+    check_request(splits or [], ties, splits or [])              # the options, before the model is loaded
     pairs = list(overrides.items()) if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
     distributed = world_size_from_environment() > 1 if distributed is None else distributed
     model = load_trained(run_dir, checkpoint, pairs, distributed)
-    return Metrics({split: model.evaluate(split, ties=ties) for split in (splits or model.cfg.eval.splits)})
+    wanted = list(splits or model.cfg.eval.splits)
+    check_request(wanted, ties, model.data.splits)        # every split, before the first is ranked
+    return Metrics({split: model.evaluate(split, ties=ties) for split in wanted})
 
 
 @dataclass

@@ -55,6 +55,9 @@ class DataConfig:
                                   "memory is about 24 B x rows x (prefetch_windows + 1) x 2)")
     loader_workers: int = _f(2, "stream: threads reading disjoint row groups of a window")
     prefetch_windows: int = _f(1, "stream: windows read ahead in the background")
+    verify: bool = _f(True, "before training, check every dataset file against the SHA-256 its manifest records "
+                      "(cached by file identity: each version of a file is hashed once); sizes are checked at "
+                      "every open regardless")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata={"help": "generated graph"})
 
 
@@ -516,7 +519,7 @@ def config_yaml(cfg: Config) -> str:
 RESUMABLE = ("train.epochs", "train.max_steps", "train.log_every", "train.checkpoint_every",
              "train.checkpoint_every_steps", "train.keep_checkpoints", "train.threads", "train.compile",
              "train.device", "train.early_stopping.", "eval.", "run.", "data.path", "data.loader_workers",
-             "data.prefetch_windows")
+             "data.prefetch_windows", "data.verify")
 
 
 def _leaves(tree: dict, prefix: str = "") -> dict:

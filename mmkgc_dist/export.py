@@ -33,7 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .outputs import OutputBuilder
+from .errors import DataError, QueryError
+from .outputs import OutputBuilder, write_atomic
 
 
 def _vectors(t: torch.Tensor) -> pa.FixedSizeListArray:
@@ -65,8 +66,9 @@ def export_embeddings(runtime, entity_names: list[str], modalities: list[str], s
         if neighbour_index and rank == 0:
             metric = scoring.scorer.neighbour_metric if scoring else "complex_l1"
             info["neighbour_index"] = _index_joint_rows(builder.tmp, info, metric)
-            with open(os.path.join(builder.tmp, "export.json"), "w") as fh:
-                json.dump(info, fh, indent=2)
+        if rank == 0:              # every file's bytes and SHA-256: read_embeddings and `verify` compare them
+            info["records"] = _records(builder.tmp)
+            write_atomic(os.path.join(builder.tmp, "export.json"), json.dumps(info, indent=2))
     except BaseException:
         if rank == 0:
             builder.abort()
@@ -80,6 +82,18 @@ def export_embeddings(runtime, entity_names: list[str], modalities: list[str], s
 NEIGHBOUR_INDEX = "neighbour-index"
 
 
+def _records(folder: str) -> dict:
+    """{relative path: {bytes, sha256}} of every file of the export but export.json itself."""
+    from .data.records import file_record
+    out = {}
+    for base, _, files in os.walk(folder):
+        for f in files:
+            rel = os.path.relpath(os.path.join(base, f), folder).replace(os.sep, "/")
+            if rel != "export.json":
+                out[rel] = file_record(os.path.join(base, f))
+    return dict(sorted(out.items()))
+
+
 def _index_joint_rows(folder: str, info: dict, metric: str) -> dict:
     """Build the neighbour index of the joint rows the parts in ``folder`` hold; what export.json records of it."""
     from .neighbour_index import build_neighbour_index
@@ -87,7 +101,8 @@ def _index_joint_rows(folder: str, info: dict, metric: str) -> dict:
     index = build_neighbour_index(os.path.join(folder, NEIGHBOUR_INDEX), torch.from_numpy(joint),
                                   {"space": "joint", "step": info["step"]}, metric=metric)
     return {"folder": NEIGHBOUR_INDEX, **{k: index.meta[k] for k in ("space", "kind", "metric", "knob_name", "knob",
-                                                                     "recall_at_k", "recall_k", "recall_sample")}}
+                                                                     "recall_at_k", "recall_k", "recall_sample",
+                                                                     "vectors_sha256")}}
 
 
 def _joint_rows(root: str, files: list[str], filesystem=None) -> np.ndarray:
@@ -176,28 +191,40 @@ class Embeddings:
         """export.json's function on id arrays over the joint vectors: f(h, r, t) as the model scores it (the
         tail-query form; with reciprocal relations, id r + R scores with the inverse relation)."""
         if self.relation_embeddings is None:
-            raise ValueError("this export has no relations (written before relations were exported)")
-        h, t = self.joint[np.asarray(heads)], self.joint[np.asarray(tails)]
-        return self.scorer().numpy_score(h, self.relation_embeddings[np.asarray(relations)], t)
+            raise QueryError("score: this export has no relations (written before relations were exported)")
+        h, t = checked_ids(heads, len(self.joint), "head"), checked_ids(tails, len(self.joint), "tail")
+        r = checked_ids(relations, len(self.relation_embeddings), "relation")
+        if not len(h) == len(r) == len(t):
+            raise QueryError(f"score: {len(h)} heads, {len(r)} relations and {len(t)} tails; expected as many of each")
+        return self.scorer().numpy_score(self.joint[h], self.relation_embeddings[r], self.joint[t])
 
     def neighbours(self, entities, k: int = 10, approximate: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(ids [q, k], distances [q, k]) of the joint rows nearest to each of ``entities`` (ids or names; itself
         excluded), by the scorer's metric as ``load_run(...).neighbours`` measures it. ``approximate``: through the
         index ``export --neighbour-index`` wrote (a local export folder)."""
-        from .neighbour_index import NeighbourIndex, exact_nearest
+        from .neighbour_index import NeighbourIndex, exact_nearest, table_digest
+        k = checked_k(k, "neighbours")
+        if isinstance(entities, (str, int, np.integer)):
+            raise QueryError(f"neighbours: entities={entities!r}; expected a list of ids or names")
+        entities = list(entities)
         names = {n: i for i, n in enumerate(self.entity_names)} if any(isinstance(e, str) for e in entities) else {}
         unknown = [e for e in entities if isinstance(e, str) and e not in names]
         if unknown:
-            raise ValueError(f"neighbours: unknown entity {unknown[0]!r} (not among this export's names)")
-        ids = np.array([names[e] if isinstance(e, str) else int(e) for e in entities], dtype=np.int64)
+            raise QueryError(f"neighbours: unknown entity {str(unknown[0])[:200]!r} (not among this export's names)")
+        ids = checked_ids([names[e] if isinstance(e, str) else e for e in entities], len(self.joint), "entity")
         with warnings.catch_warnings():        # Arrow's buffers are read-only; the search only reads them
             warnings.simplefilter("ignore", UserWarning)
             table = torch.from_numpy(self.joint)
         k = min(k, len(table) - 1)
         if approximate:
             if "neighbour_index" not in self.info or self.local_root is None:
-                raise ValueError("this export has no neighbour index in a local folder (export --neighbour-index)")
+                raise QueryError("neighbours: this export has no neighbour index in a local folder "
+                                 "(export --neighbour-index)")
             index = NeighbourIndex(os.path.join(self.local_root, self.info["neighbour_index"]["folder"]))
+            recorded = index.meta.get("vectors_sha256")
+            if recorded is not None and recorded != table_digest(table):
+                raise DataError(f"{self.local_root}: its neighbour index was built from other vectors than the "
+                                f"export's joint rows (export again with --neighbour-index)")
             distance, found = index.nearest(table, table[torch.from_numpy(ids)], k, exclude=ids)
         else:
             distance, found = exact_nearest(table, table[torch.from_numpy(ids)], k, exclude=ids,
@@ -210,25 +237,91 @@ def _matrix(column) -> np.ndarray:
     return flat.flatten().to_numpy().reshape(len(flat), -1)
 
 
-def read_embeddings(path: str) -> Embeddings:
-    """Read an export folder (a local path or any fsspec URL) back into arrays ordered by id."""
+def checked_k(k, where: str) -> int:
+    """``k`` as a whole number >= 1, else a QueryError naming ``where``."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise QueryError(f"{where}: k={k!r}; expected a whole number >= 1")
+    return int(k)
+
+
+def checked_ids(ids, count: int, kind: str) -> np.ndarray:
+    """``ids`` as an int64 array, every one in [0, count) — a negative id would silently index from the end."""
+    values = np.asarray(ids if isinstance(ids, (list, tuple, np.ndarray)) else [ids])
+    if values.dtype == object or not (np.issubdtype(values.dtype, np.integer) or values.size == 0):
+        raise QueryError(f"{kind} ids: expected whole numbers, got {str(values.tolist())[:200]}")
+    values = values.astype(np.int64).reshape(-1)
+    bad = np.flatnonzero((values < 0) | (values >= count))
+    if len(bad):
+        raise QueryError(f"{kind} id {values[bad[0]]}: out of range [0, {count}) ({len(bad)} such)")
+    return values
+
+
+def read_embeddings(path: str, verify: bool = True) -> Embeddings:
+    """Read an export folder (a local path or any fsspec URL) back into arrays ordered by id. Every file is
+    checked against the bytes and SHA-256 export.json records (``verify``: digests too, cached by file
+    identity); a tampered, swapped, missing or malformed file is a DataError in one line."""
     import fsspec
 
-    from .errors import DataError
+    from .data.records import check_size, verify_files
 
     fs, root = fsspec.core.url_to_fs(path)
+    where = f"{path.rstrip('/')}/export.json"
     try:
         with fs.open(f"{root}/export.json") as fh:
-            info = json.load(fh)
+            info = json.loads(fh.read(1 << 24))
     except FileNotFoundError:
-        raise DataError(f"{path}: no export.json; is this a folder written by `mmkgc-dist export`?")
-    parts = [pq.read_table(f"{root}/{f}", filesystem=fs) for f in info["files"]]
-    entities = pa.concat_tables(parts).sort_by("id")
+        raise DataError(f"{path}: no export.json; is this a folder written by `mmkgc-dist export`?") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{where}: not valid JSON ({' '.join(str(exc).split())[:200]})") from None
+    _check_info(info, where)
+    records = info.get("records")
+    for rel in [*info["files"], *([info["relations"]["file"]] if "relations" in info else [])]:
+        check_size(f"{root}/{rel}", (records or {}).get(rel), where, fs=fs)
+    if verify and records:
+        problems = verify_files(path, records, where, fs=fs)
+        if problems:
+            raise DataError(f"{problems[0]}{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; the "
+                            f"export is not the one its export.json records — export it again")
+    entities = pa.concat_tables([_read_part(fs, root, path, f) for f in info["files"]]).sort_by("id")
     if entities.num_rows != info["entities"] or entities.column("id").to_pylist() != list(range(info["entities"])):
         raise DataError(f"{path}: the parts hold {entities.num_rows} entity rows; export.json says "
                         f"{info['entities']} with ids 0..{info['entities'] - 1}")
-    relations = pq.read_table(f"{root}/{info['relations']['file']}", filesystem=fs).sort_by("id") \
+    relations = _read_part(fs, root, path, info["relations"]["file"], ("id", "name", "embedding")).sort_by("id") \
         if "relations" in info else None
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     local = root if "file" in protocols else None           # FAISS reads its index from a local file
     return Embeddings(info, entities, relations, local)
+
+
+def _check_info(info, where: str) -> None:
+    if not isinstance(info, dict):
+        raise DataError(f"{where}: expected a JSON object")
+    files = info.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) and _inside(f) for f in files):
+        raise DataError(f"{where}: field 'files' must list the part files inside the folder")
+    if not isinstance(info.get("entities"), int) or isinstance(info.get("entities"), bool) or info["entities"] < 0:
+        raise DataError(f"{where}: field 'entities' must be a whole number >= 0")
+    if "relations" in info and not (isinstance(info["relations"], dict) and
+                                    isinstance(info["relations"].get("file"), str) and
+                                    _inside(info["relations"]["file"])):
+        raise DataError(f"{where}: field 'relations' must be {{rows, file}} with a file inside the folder")
+    if "records" in info and not isinstance(info["records"], dict):
+        raise DataError(f"{where}: field 'records' must map files to {{bytes, sha256}}")
+
+
+def _inside(rel: str) -> bool:
+    return bool(rel) and not rel.startswith(("/", "\\")) and "://" not in rel and ".." not in rel.split("/")
+
+
+def _read_part(fs, root: str, path: str, rel: str, columns=("id", "name", "joint", "structural")) -> pa.Table:
+    where = f"{path.rstrip('/')}/{rel}"
+    try:
+        table = pq.read_table(f"{root}/{rel}", filesystem=fs)
+    except FileNotFoundError:
+        raise DataError(f"{where}: listed in export.json, missing") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{where}: not a readable Parquet file ({' '.join(str(exc).split())[:200]})") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise DataError(f"{where}: column {missing[0]!r} missing")
+    return table

@@ -35,6 +35,15 @@ def _faiss():
 
 
 METRICS = ("euclidean", "complex_l1")
+def table_digest(table: torch.Tensor) -> str:
+    """SHA-256 of a table's rows as float32 (and its shape): binds an index to the vectors it was built from."""
+    import hashlib
+    rows = np.ascontiguousarray(table.detach().float().cpu().numpy())
+    digest = hashlib.sha256(f"{rows.shape}".encode())
+    digest.update(memoryview(rows).cast("B"))
+    return digest.hexdigest()
+
+
 BLOCK = 1 << 25                 # elements of one block of query x row distance work (~128 MiB of float32)
 
 
@@ -96,6 +105,7 @@ class NeighbourIndex:
         self.index = faiss.read_index(os.path.join(folder, "index.faiss"))
         self.overfetch, self.metric = self.meta["overfetch"], self.meta["metric"]
         self.set_knob(self.meta["knob"])
+        self.fallbacks = 0            # queries the index answered too few for, answered exactly instead
 
     @property
     def kind(self) -> str:
@@ -114,14 +124,26 @@ class NeighbourIndex:
         fetch = min(self.overfetch * k + 1, table.shape[0])
         _, candidates = self.index.search(np.ascontiguousarray(queries.float().cpu().numpy()), fetch)
         candidates = torch.from_numpy(candidates.astype(np.int64))
-        valid = candidates >= 0
+        # FAISS pads with -1 where it found fewer rows (k near the table's size, empty cells): never an answer
+        valid = (candidates >= 0) & (candidates < table.shape[0])
         if exclude is not None:
             valid &= candidates != torch.from_numpy(exclude).unsqueeze(1)
-        rows = table[candidates.clamp(min=0)]                                   # [q, fetch, W]
+        rows = table[candidates.clamp(0, table.shape[0] - 1)]                  # [q, fetch, W]
         d = gathered_distances(queries, rows, self.metric).cpu()
         d[~valid] = float("inf")
         top = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False)
-        return top.values, candidates.gather(1, top.indices)
+        distance, found = top.values, candidates.gather(1, top.indices)
+        available = table.shape[0] - (1 if exclude is not None else 0)
+        short = torch.isinf(distance[:, :min(k, available)]).any(1).nonzero().flatten()
+        if len(short):            # too few valid candidates: these queries are answered exactly instead
+            self.fallbacks += len(short)
+            rows_short = short.numpy()
+            exact_d, exact_i = exact_nearest(table, queries[short], k, None if exclude is None else
+                                             exclude[rows_short], self.metric)
+            distance, found = distance.clone(), found.clone()
+            distance[short, :exact_d.shape[1]], found[short, :exact_i.shape[1]] = exact_d, exact_i
+        found[torch.isinf(distance)] = -1          # no answer there: callers drop these, never index with them
+        return distance, found
 
 
 def _new_index(faiss, vectors: np.ndarray, kind: str, m: int, ef_construction: int, seed: int):
@@ -168,6 +190,7 @@ def build_neighbour_index(folder: str, table: torch.Tensor, identity: dict, kind
         knobs = [16, 32, 64, 128, 256, 512] if kind == "hnsw" else \
             [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n < index.nlist] + [index.nlist]
         meta = {**identity, "kind": kind, "metric": metric, "rows": int(vectors.shape[0]),
+                "vectors_sha256": table_digest(table),
                 "width": int(vectors.shape[1]),
                 "overfetch": overfetch, "build_seconds": round(build_s, 2), "knob": knobs[-1],
                 "knob_name": "nprobe" if kind == "ivf" else "efSearch", "target_recall": target_recall}

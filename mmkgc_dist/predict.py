@@ -29,6 +29,7 @@ import torch
 from .config import parse_overrides
 from .data.known_index import KnownIndex, build_known_index
 from .errors import QueryError
+from .export import checked_k
 from .neighbour_index import exact_nearest
 from .trained import TrainedModel, load_trained
 
@@ -65,6 +66,13 @@ class Predictions(list):
         columns = ["rank", "id", "name", "score", "known", "head", "relation", "tail"]
         query = {"head": self.head, "relation": self.relation, "tail": self.tail}
         return pd.DataFrame([{**p.as_dict(), **query} for p in self], columns=columns)
+
+
+def checked_options(k, known, where: str) -> tuple[int, str]:
+    """``k`` a whole number >= 1 and ``known`` a policy, checked before any work (QueryError naming them)."""
+    if not isinstance(known, str) or known not in KNOWN_POLICIES:
+        raise QueryError(f"{where}: known={known!r}; expected one of {', '.join(KNOWN_POLICIES)}")
+    return checked_k(k, where), known
 
 
 class Vocabulary:
@@ -123,10 +131,7 @@ class Predictor:
     def predict(self, head=None, relation=None, tail=None, k: int = 10, known: str = "mark"):
         """Top-``k`` tails of (head, relation, ?), heads of (?, relation, tail) or relations of (head, ?, tail).
         Names or ids; a list of them asks a batch of queries and returns one ``Predictions`` per query."""
-        if known not in KNOWN_POLICIES:
-            raise QueryError(f"predict: known={known!r}; expected one of {', '.join(KNOWN_POLICIES)}")
-        if k < 1:
-            raise QueryError(f"predict: k must be >= 1, got {k}")
+        k, known = checked_options(k, known, "predict")
         if relation is None and head is not None and tail is not None:
             return self._predict_relations(head, tail, k, known)
         if relation is None or (head is None) == (tail is None):
@@ -149,12 +154,14 @@ class Predictor:
         """Answers of many queries (head, relation, tail), each with one of the three asked (None, '' or '?'),
         in the order given (predict_batch.py)."""
         from .predict_batch import predict_queries
+        k, known = checked_options(k, known, "predict_queries")
         return predict_queries(self, queries, k, known)
 
     def predict_file(self, src: str, out: str, k: int = 10, known: str = "mark", progress: bool = True) -> dict:
         """A query file (TSV/CSV/Parquet: head, relation, tail; one asked per row) answered into ``out``
         (Parquet or JSON lines), in chunks with a progress bar; counts and queries/s (predict_batch.py)."""
         from .predict_batch import predict_file
+        k, known = checked_options(k, known, "predict_file")
         return predict_file(self, src, out, k, known, progress)
 
     def _predict_relations(self, head, tail, k: int, known: str):
@@ -294,15 +301,19 @@ class Predictor:
         (``neighbour_index(space).meta``)."""
         if space not in SPACES:
             raise QueryError(f"neighbours: space={space!r}; expected one of {', '.join(SPACES)}")
-        if k < 1:
-            raise QueryError(f"neighbours: k must be >= 1, got {k}")
+        k = checked_k(k, "neighbours")
         batch = isinstance(entity, (list, tuple, np.ndarray))
         ids = self.entities.ids_of(list(entity) if batch else [entity])
         table = self.joint if space == "joint" else self.structural
         k = min(k, len(table) - 1)
         queries, metric = table[torch.from_numpy(ids)], self.scoring.scorer.neighbour_metric
         if approximate:
-            distance, found = self.neighbour_index(space).nearest(table, queries, k, exclude=ids)
+            index = self.neighbour_index(space)
+            before = index.fallbacks
+            distance, found = index.nearest(table, queries, k, exclude=ids)
+            if index.fallbacks > before:
+                log.info("neighbours: the index held fewer than k=%d candidates for %d of %d queries; those were "
+                         "answered exactly", k, index.fallbacks - before, len(ids))
         else:
             distance, found = exact_nearest(table, queries, k, exclude=ids, metric=metric)
         out = [Predictions([Prediction(n + 1, int(e), self.entities.names[int(e)], -float(d))
@@ -312,12 +323,14 @@ class Predictor:
 
     def neighbour_index(self, space: str = "joint"):
         """The FAISS index of a space's table for this checkpoint (built once, kept in the run folder)."""
-        from .neighbour_index import NeighbourIndex, build_neighbour_index
+        from .neighbour_index import NeighbourIndex, build_neighbour_index, table_digest
         if space in self._neighbour_indexes:
             return self._neighbour_indexes[space]
         folder = os.path.join(self.model.run_dir, NEIGHBOUR_INDEX, space)
+        table = self.joint if space == "joint" else self.structural
         identity = {"dataset": self.model.identity, "checkpoint": os.path.basename(self.model.source),
-                    "step": self.step, "metric": self.scoring.scorer.neighbour_metric}
+                    "step": self.step, "metric": self.scoring.scorer.neighbour_metric,
+                    "vectors_sha256": table_digest(table)}          # bound to the very rows it indexes
         index = None
         try:
             index = NeighbourIndex(folder)
@@ -326,7 +339,6 @@ class Predictor:
         except (OSError, ValueError, KeyError, RuntimeError):
             index = None
         if index is None:
-            table = self.joint if space == "joint" else self.structural
             index = build_neighbour_index(folder, table, identity, metric=identity["metric"])
             log.info("neighbour index (%s %s, %d entities, %s %d): recall@%d %.3f against exact on %d entities, "
                      "%.0f vs %.0f queries/s", index.kind, space, len(table), index.meta["knob_name"],

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from ..config import Config
 from ..outputs import resolve_output
 from ..errors import DataError
-from .format import KGData, load_dataset
+from .format import KGData, load_dataset, verify_dataset
 from .synthetic import generate
 
 log = logging.getLogger("mmkgc_dist")
@@ -17,6 +18,8 @@ def build_dataset(cfg: Config, feature_values: bool = True) -> KGData:
     if cfg.data.source == "synthetic":
         return generate(cfg.data.synthetic)
     streamed = ("train",) if cfg.data.loader == "stream" else ()
+    if cfg.data.verify and os.environ.get("RANK", "0") in ("", "0"):     # one rank hashes; all check sizes
+        verify_dataset(resolve_output(cfg.data.path))
     data = load_dataset(resolve_output(cfg.data.path), modalities=cfg.model.modalities, skip_splits=streamed,
                         feature_values=feature_values)
     missing = [s for s in cfg.eval.splits if s not in data.splits and s not in streamed]

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from ..errors import DataError
 from ..outputs import local_path, real_path, refuse_links, within
 from .format import (FORMAT_VERSION, FeatureChecks, Features, _join, first_null, manifest_files, read_manifest,
+                     recorded_path,
                      write_manifest)
 
 CHUNK_ROWS = 1 << 16
@@ -207,7 +208,7 @@ def add_features(root: str, modality: str, path: str, mask_path: str | None = No
             raise DataError(f"{what} {given}: is inside the dataset {root}; give a file outside it (the dataset's "
                             f"own files are replaced by the import)")
     with DatasetEdit(root) as manifest:
-        entities = pq.read_table(_join(root, manifest["entities"]))
+        entities = pq.read_table(recorded_path(root, manifest, manifest["entities"]))
         report: dict = {}
         chunks = feature_chunks(path, manifest["num_entities"], mask_path,
                                 entities.column("name").combine_chunks(), skip_unknown, report)
@@ -227,7 +228,7 @@ def add_dense_features(root: str, modality: str, features: Features, origin: str
                 check(start, ids, ids, rows)
                 yield start, ids, ids, rows
         return write_feature_chunks(root, modality, chunks(), origin, manifest,
-                                    pq.read_table(_join(root, manifest["entities"])))
+                                    pq.read_table(recorded_path(root, manifest, manifest["entities"])))
 
 
 FEATURE_FILE = re.compile(r"^features/(visual|text)(-[0-9a-f]{8})?\.parquet$")

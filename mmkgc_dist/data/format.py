@@ -244,6 +244,31 @@ def _join(root: str, rel: str) -> str:
     return root.rstrip("/") + "/" + rel
 
 
+def recorded_path(root: str, manifest: dict, rel: str) -> str:
+    """The path of a file the manifest names, after checking its size against the manifest's record (a stat:
+    a replaced or truncated file is refused before it is read)."""
+    from .records import check_size
+    path = _join(root, rel)
+    check_size(path, (manifest.get("files") or {}).get(rel), _join(root, "manifest.json"))
+    return path
+
+
+def verify_dataset(root: str, manifest: dict | None = None, use_cache: bool = True, progress: bool = False) -> int:
+    """Every file of the dataset against the SHA-256 its manifest records (cached by file identity: a dataset is
+    hashed once per version of its files); DataError naming the first mismatch. Returns the files checked."""
+    from .records import verify_files
+    manifest = manifest if manifest is not None else read_manifest(root)
+    records = manifest.get("files")
+    if not records:
+        return 0                            # written before file records: the identity is the manifest alone
+    problems = verify_files(root, records, _join(root, "manifest.json"), use_cache=use_cache, progress=progress)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DataError(f"{problems[0]}{more}; the dataset is not the version its manifest records — restore the "
+                        f"files or prepare it again")
+    return len(records)
+
+
 def read_manifest(root: str) -> dict:
     path = _join(root, "manifest.json")
 
@@ -326,15 +351,15 @@ def _read_table(path: str, columns=None) -> pa.Table:
 def read_training_statistics(root: str, manifest: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """(per-relation statistics, entity degrees) of the training split: stored since format 2, computed by
     streaming the training row groups for format 1 datasets."""
-    rels = _read_table(_join(root, manifest["relations"]))
+    rels = _read_table(recorded_path(root, manifest, manifest["relations"]))
     if "tails_per_head" in rels.column_names:
         stats = {k: rels.column(k).to_numpy() for k in ("count", "distinct_heads", "distinct_tails",
                                                          "tails_per_head", "heads_per_tail")}
-        degree = _read_table(_join(root, manifest["entities"]), columns=["degree"]).column("degree").to_numpy()
+        degree = _read_table(recorded_path(root, manifest, manifest["entities"]), columns=["degree"]).column("degree").to_numpy()
         return stats, degree
     acc = TripleStatistics()
     for rel in manifest["splits"].get("train", {}).get("files", []):
-        with fsspec.open(_join(root, rel), "rb") as fh:
+        with fsspec.open(recorded_path(root, manifest, rel), "rb") as fh:
             for batch in pq.ParquetFile(fh).iter_batches(batch_size=ROW_GROUP_ROWS):
                 acc.update(np.stack([batch.column(c).to_numpy() for c in ("head", "relation", "tail")], 1))
     return acc.relation_table(manifest["num_relations"]), acc.degrees(manifest["num_entities"])
@@ -344,7 +369,7 @@ def read_triples(root: str, manifest: dict, split: str) -> np.ndarray:
     info = manifest["splits"][split]
     parts = []
     for rel in info["files"]:
-        path = _join(root, rel)
+        path = recorded_path(root, manifest, rel)
         table = _read_table(path)
         if not table.schema.equals(TRIPLE_SCHEMA):
             raise DataError(f"{path}: schema {table.schema.to_string()!r} differs from the expected "
@@ -389,12 +414,12 @@ def lazy_features(root: str, manifest: dict, modality: str, entities: pa.Table) 
         raise DataError(f"{_join(root, manifest['entities'])}: column {column!r} missing")
     info = manifest["modalities"][modality]
     return Features(None, entities.column(column).to_numpy(zero_copy_only=False).astype(bool), int(info["dim"]),
-                    _join(root, info["file"]))
+                    recorded_path(root, manifest, info["file"]))
 
 
 def read_features(root: str, manifest: dict, modality: str) -> Features:
     info = manifest["modalities"][modality]
-    path = _join(root, info["file"])
+    path = recorded_path(root, manifest, info["file"])
     table = _read_table(path)
     n, dim = manifest["num_entities"], info["dim"]
     col = table.column("feature").combine_chunks()
@@ -454,8 +479,8 @@ def load_dataset(root: str, modalities: list[str] | None = None, skip_splits: tu
     with ``feature_values`` false only the feature masks and widths are read (rows on demand)."""
     manifest = read_manifest(root)
     n, r = manifest["num_entities"], manifest["num_relations"]
-    ents = _read_table(_join(root, manifest["entities"]))
-    rels = _read_table(_join(root, manifest["relations"]), columns=["id", "name"])
+    ents = _read_table(recorded_path(root, manifest, manifest["entities"]))
+    rels = _read_table(recorded_path(root, manifest, manifest["relations"]), columns=["id", "name"])
     if ents.num_rows != n:
         raise DataError(f"{_join(root, manifest['entities'])}: {ents.num_rows} rows, manifest says {n} entities")
     if rels.num_rows != r:

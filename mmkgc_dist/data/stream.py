@@ -18,6 +18,7 @@ holds its next batch. Windows are prefetched by a background thread.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 
 from ..rng import numpy_rng
 from ..errors import DataError
-from .format import TRIPLE_SCHEMA, _join, dataset_identity, first_null, read_manifest
+from .format import TRIPLE_SCHEMA, _join, dataset_identity, first_null, read_manifest, recorded_path
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class RowGroup:
     file: str
     index: int          # row group within the file
     rows: int
+    bytes: int | None = None     # the file's size the manifest records (checked before each local read)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ def row_groups(root: str, manifest: dict, split: str) -> list[RowGroup]:
     """Row groups of a split from the Parquet footers only (no data read); checks schema and row count."""
     groups = []
     for rel in manifest["splits"][split]["files"]:
-        path = _join(root, rel)
+        path = recorded_path(root, manifest, rel)
         try:
             with fsspec.open(path, "rb") as fh:
                 meta = pq.ParquetFile(fh).metadata
@@ -63,12 +65,24 @@ def row_groups(root: str, manifest: dict, split: str) -> list[RowGroup]:
         if not schema.equals(TRIPLE_SCHEMA):
             raise DataError(f"{path}: schema {schema.to_string()!r} differs from the expected "
                             "head:int64, relation:int64, tail:int64")
-        groups += [RowGroup(path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+        size = ((manifest.get("files") or {}).get(rel) or {}).get("bytes")
+        groups += [RowGroup(path, i, meta.row_group(i).num_rows, size) for i in range(meta.num_row_groups)]
     total = sum(g.rows for g in groups)
     if total != manifest["splits"][split]["rows"]:
         raise DataError(f"{_join(root, 'manifest.json')}: split {split!r} declares "
                         f"{manifest['splits'][split]['rows']} rows, its row groups hold {total}")
     return groups
+
+
+def _local_size(path: str) -> int | None:
+    """A local file's size (None for a remote URL: its size is checked when the loader starts)."""
+    fs, local_path = fsspec.core.url_to_fs(path)
+    if not isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        return None
+    try:
+        return os.path.getsize(local_path)
+    except OSError:
+        return -1
 
 
 class StreamingTriples:
@@ -190,6 +204,9 @@ class StreamingTriples:
         """Rows of one piece, written straight into its slice of the window (no intermediate copies)."""
         g = piece.group
         whole = g.rows <= self.window_rows          # the usual case: one read of the group, sliced below
+        if g.bytes is not None and _local_size(g.file) not in (None, g.bytes):    # a stat: free on a local disk
+            raise DataError(f"{g.file}: {_local_size(g.file)} bytes, the manifest records {g.bytes} — the part "
+                            f"file was replaced or cut short while the run streamed it; the run stops here")
         try:
             table = self._read_group(g.file, g.index) if whole else \
                 self._read_rows(g.file, g.index, piece.start, piece.stop)

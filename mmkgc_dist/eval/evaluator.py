@@ -15,7 +15,20 @@ from ..data.statistics import TrainingStatistics
 from ..data.stream import rows_answering
 from .engine import rank_queries
 from .metrics import link_prediction_metrics, relation_categories
-from .ranking import eval_subset, protocol_label
+from .ranking import TIE_POLICIES, eval_subset, protocol_label
+
+
+def check_request(splits, ties: str | None, available) -> None:
+    """QueryError before any ranking: a split the dataset does not hold, a tie policy that does not exist."""
+    from ..errors import QueryError
+    if ties is not None and (not isinstance(ties, str) or ties not in TIE_POLICIES):
+        raise QueryError(f"evaluate: ties={ties!r}; expected one of {', '.join(TIE_POLICIES)}")
+    if not isinstance(splits, (list, tuple)) or not all(isinstance(s, str) for s in splits):
+        raise QueryError(f"evaluate: splits={splits!r}; expected a list of split names")
+    unknown = [s for s in splits if s not in available]
+    if unknown:
+        raise QueryError(f"evaluate: split {unknown[0]!r} is not in the dataset (it has "
+                         f"{', '.join(available) or 'no split held in memory'})")
 
 
 class Evaluator:
@@ -54,6 +67,7 @@ class Evaluator:
         if protocol and protocol != cfg.protocol:
             cfg = dataclasses.replace(cfg, protocol=protocol)
         ties = ties or cfg.ties
+        check_request([split] if triples is None else [], ties, self.data.splits)
         pool = self.data.splits[split] if triples is None else triples
         triples = eval_subset(pool, cfg.max_queries, self.cfg.train.seed)
         bar = tqdm(total=2 * len(triples), desc=f"eval {split}", unit="query", disable=not self.show_progress,

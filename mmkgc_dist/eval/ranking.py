@@ -51,7 +51,8 @@ def ranks_from_counts(better: Tensor, equal: Tensor, ties: str) -> Tensor:
         return 1 + better + equal
     if ties == "realistic":
         return 1 + better + equal / 2
-    raise ValueError(f"unknown tie policy {ties!r}; expected one of {TIE_POLICIES}")
+    from ..errors import QueryError
+    raise QueryError(f"unknown tie policy {ties!r}; expected one of {TIE_POLICIES}")
 
 
 def ranks_from_distances(dist: Tensor, target: Tensor, filter_rows: Tensor, filter_cols: Tensor,
