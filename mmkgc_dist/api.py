@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass, field
 
 from .config import Config, config_from
+from .errors import ConfigError
 
 log = logging.getLogger("mmkgc_dist")
 
@@ -153,6 +154,60 @@ def evaluate(run_dir: str, splits=None, checkpoint: str | None = None, ties: str
     return Metrics({split: model.evaluate(split, ties=ties) for split in wanted})
 
 
+def verify(path: str) -> dict:
+    """Every file of a dataset folder, a run folder or an export against the bytes and SHA-256 recorded when it
+    was written (digests computed afresh, not from the cache), as ``mmkgc-dist verify`` does:
+    {kind, path, checked: files compared, problems: one line each}. A run folder: its checkpoints, and the dataset
+    it trains on (the version its dataset.json records)."""
+    from .errors import DataError, UserError
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"verify: path={path!r}; expected a folder path")
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, "export.json")):
+        from .export import export_problems
+        checked, problems = export_problems(path)
+        return {"kind": "export", "path": path, "checked": checked, "problems": problems}
+    if os.path.isfile(os.path.join(path, "config.yaml")):
+        return _verify_run(path)
+    from .data.format import dataset_problems, read_manifest
+    try:
+        manifest = read_manifest(path)
+    except UserError:
+        raise DataError(f"verify {path}: not a dataset (manifest.json), a run folder (config.yaml) or an export "
+                        f"(export.json)") from None
+    checked, problems = dataset_problems(path, manifest, use_cache=False, progress=True)
+    return {"kind": "dataset", "path": path, "checked": checked, "problems": problems}
+
+
+def _verify_run(path: str) -> dict:
+    import json
+
+    from .checkpoint import list_checkpoints, verify as verify_checkpoint
+    from .data.format import dataset_identity, dataset_problems, read_manifest
+    from .errors import UserError
+    from .run_folder import DATASET_RECORD, created_config
+
+    problems, checked = [], 0
+    for ckpt in list_checkpoints(os.path.join(path, "checkpoints")):
+        checked += 1
+        why = verify_checkpoint(ckpt)
+        if why:
+            problems.append(f"{ckpt.path}: {why}")
+    cfg = created_config(path)
+    if cfg is not None and cfg.data.source == "parquet":
+        try:
+            manifest = read_manifest(cfg.data.path)
+            files, found = dataset_problems(cfg.data.path, manifest, use_cache=False, progress=True)
+            checked, problems = checked + files, problems + found
+            with open(os.path.join(path, DATASET_RECORD)) as fh:
+                want = json.load(fh).get("identity")
+            if want and want != dataset_identity(manifest):
+                problems.append(f"{cfg.data.path}: not the dataset version {path} trained on (its {DATASET_RECORD})")
+        except (UserError, OSError, ValueError) as exc:
+            problems.append(f"{cfg.data.path}: the run's dataset cannot be checked ({' '.join(str(exc).split())})")
+    return {"kind": "run", "path": path, "checked": checked, "problems": problems}
+
+
 @dataclass
 class StudyResult:
     """What ``tune`` returns: the study folder, the Optuna study, the best trial and its config."""
@@ -185,7 +240,6 @@ def tune(space, study_dir: str, config=None, overrides=None, trials: int = 20, *
     ``study_dir``'s SQLite file, or ``storage=URL``) has ``trials`` finished ones. ``space``: a YAML path or a
     mapping {dotted key: distribution} (tuning/space.py). ``options``: ``tuning.study.TuneOptions`` fields
     (storage, pruner, sampler, seed, nproc_per_trial, ...)."""
-    from .errors import ConfigError
     from .tuning.space import parse_space, read_space
     from .tuning.study import TuneOptions, run_worker
 

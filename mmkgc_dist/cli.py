@@ -41,6 +41,24 @@ def cmd_tune(args, overrides) -> int:
     return 0
 
 
+def cmd_verify(args, overrides) -> int:
+    from .api import verify
+    from .errors import DataError
+
+    bad = 0
+    for path in args.paths:
+        report = verify(path)
+        for line in report["problems"]:
+            print(f"mismatch: {line}")
+        if report["problems"]:
+            bad += 1
+        else:
+            print(f"ok: {report['kind']} {path}: {report['checked']} file(s) match their records")
+    if bad:
+        raise DataError(f"verify: {bad} of {len(args.paths)} folder(s) do not match their records (listed above)")
+    return 0
+
+
 def _load_trained(run_dir: str, checkpoint: str | None, overrides, distributed: bool):
     """The trained model of a run folder (``trained.TrainedModel``), in one process or on the ranks this command
     was launched on; a checkpoint of any world size loads."""
@@ -366,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not train the base config's own values as the study's first trial")
     tu.set_defaults(fn=cmd_tune)
 
+    v = sub.add_parser("verify", help="check every file of a dataset, run folder or export against the bytes and "
+                                      "SHA-256 recorded when it was written (exit 2 on any mismatch)")
+    v.add_argument("paths", nargs="+", metavar="DATA|RUN|EXPORT")
+    v.set_defaults(fn=cmd_verify)
     c = sub.add_parser("config", help="print every config key with its default and help")
     c.set_defaults(fn=cmd_config)
     return p

@@ -293,6 +293,27 @@ def read_embeddings(path: str, verify: bool = True) -> Embeddings:
     return Embeddings(info, entities, relations, local)
 
 
+def export_problems(path: str) -> tuple[int, list[str]]:
+    """(files compared, problems): every file of an export against the bytes and SHA-256 export.json records."""
+    import fsspec
+
+    from .data.records import verify_files
+    fs, root = fsspec.core.url_to_fs(path)
+    where = f"{path.rstrip('/')}/export.json"
+    try:
+        with fs.open(f"{root}/export.json") as fh:
+            info = json.loads(fh.read(1 << 24))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no export.json; is this a folder written by `mmkgc-dist export`?") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{where}: not valid JSON ({' '.join(str(exc).split())[:200]})") from None
+    _check_info(info, where)
+    records = info.get("records") or {}
+    problems = [f"{path.rstrip('/')}/{rel}: listed in export.json but not recorded" for rel in info["files"]
+                if rel not in records]
+    return len(records), problems + verify_files(path, records, where, use_cache=False, fs=fs)
+
+
 def _check_info(info, where: str) -> None:
     if not isinstance(info, dict):
         raise DataError(f"{where}: expected a JSON object")

@@ -1,4 +1,5 @@
 import os
+import tempfile
 import uuid
 import warnings
 
@@ -14,6 +15,8 @@ torch.set_num_threads(1)
 # core, a port or a lock from every test after it.
 SESSION_MARK = ("MMKGC_TEST_SESSION", uuid.uuid4().hex)
 os.environ[SESSION_MARK[0]] = SESSION_MARK[1]
+# The digest cache of dataset files (data/records.py) lives in the session's own folder, not the user's ~/.cache
+os.environ.setdefault("MMKGC_DIST_CACHE", tempfile.mkdtemp(prefix="mmkgc-digests-"))
 
 
 def _marked_processes() -> dict[int, psutil.Process]:

@@ -253,20 +253,30 @@ def recorded_path(root: str, manifest: dict, rel: str) -> str:
     return path
 
 
-def verify_dataset(root: str, manifest: dict | None = None, use_cache: bool = True, progress: bool = False) -> int:
-    """Every file of the dataset against the SHA-256 its manifest records (cached by file identity: a dataset is
-    hashed once per version of its files); DataError naming the first mismatch. Returns the files checked."""
+def dataset_problems(root: str, manifest: dict | None = None, use_cache: bool = True,
+                     progress: bool = False) -> tuple[int, list[str]]:
+    """(files compared, problems): every file of the dataset against the bytes and SHA-256 its manifest records
+    (datasets written before file records: nothing to compare)."""
     from .records import verify_files
     manifest = manifest if manifest is not None else read_manifest(root)
     records = manifest.get("files")
     if not records:
-        return 0                            # written before file records: the identity is the manifest alone
-    problems = verify_files(root, records, _join(root, "manifest.json"), use_cache=use_cache, progress=progress)
+        return 0, []
+    extra = [f"{_join(root, rel)}: read by the dataset but not recorded in its manifest"
+             for rel in manifest_files(manifest) if rel not in records]
+    return len(records), extra + verify_files(root, records, _join(root, "manifest.json"), use_cache=use_cache,
+                                              progress=progress)
+
+
+def verify_dataset(root: str, manifest: dict | None = None, use_cache: bool = True, progress: bool = False) -> int:
+    """Every file of the dataset against the SHA-256 its manifest records (cached by file identity: a dataset is
+    hashed once per version of its files); DataError naming the first mismatch. Returns the files checked."""
+    checked, problems = dataset_problems(root, manifest, use_cache, progress)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DataError(f"{problems[0]}{more}; the dataset is not the version its manifest records — restore the "
                         f"files or prepare it again")
-    return len(records)
+    return checked
 
 
 def read_manifest(root: str) -> dict:
