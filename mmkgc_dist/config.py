@@ -413,9 +413,9 @@ def _set_dotted(tree: dict, dotted: str, raw) -> None:
         node[keys[-1]] = raw
         return
     try:
-        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[keys[-1]] = read_yaml_text(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--{dotted}: value {raw!r} is not a plain YAML value ({_one_line(exc)})") from exc
+        raise ConfigError(f"--{dotted}: value {_shown(raw)} is not a plain YAML value ({_one_line(exc)})") from None
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
@@ -439,7 +439,16 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice in one mapping (plain YAML silently keeps the last)."""
+    """safe_load that refuses a key given twice in one mapping (plain YAML silently keeps the last) and any
+    alias (``*name``): a config never needs one, and nested aliases expand a 1 KB file to gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{event.anchor} refused: write the value out (aliases can expand a small file "
+                            f"without bound)", event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         seen = {}
@@ -450,6 +459,36 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     None, None, f"key {key!r} given twice (first on line {seen[key] + 1})", key_node.start_mark)
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+
+YAML_LIMIT = 16 << 20        # bytes of one YAML file (a config, a search space) at most
+
+
+def read_yaml_text(text):
+    """YAML text (or an open file) → a tree, with the config loader's rules: no repeated key, no alias."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def read_yaml_file(path: str, what: str):
+    """A user's YAML file, bounded in size and expansion; ConfigError naming ``what`` and the path."""
+    if not os.path.exists(path):
+        raise ConfigError(f"{what} {path}: not found")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} {path}: not a file")
+    if os.path.getsize(path) > YAML_LIMIT:
+        raise ConfigError(f"{what} {path}: {os.path.getsize(path)} bytes; over {YAML_LIMIT >> 20} MiB is not a "
+                          f"hand-written YAML file")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return read_yaml_text(fh)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path}: not valid YAML: {_one_line(exc)}") from None
+
+
+def _shown(text: str, limit: int = 120) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def load_config(path: str | None = None, overrides: list[tuple[str, str]] | None = None) -> Config:
@@ -483,24 +522,12 @@ def _config_tree(tree: dict, overrides) -> Config:
 
 
 def _read_yaml(path: str) -> dict:
-    tree: dict = {}
-    if path:
-        if not os.path.exists(path):
-            raise ConfigError(f"config file {path}: not found")
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {path}: not a file")
-        try:
-            with open(path, encoding="utf-8") as fh:
-                tree = yaml.load(fh, Loader=_UniqueKeyLoader)
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"config file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path}: not valid YAML: {_one_line(exc)}") from exc
-        if tree is None:
-            tree = {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {path}: expected a mapping of sections (data:, model:, train:, ...), "
-                              f"got a YAML {type(tree).__name__}")
+    tree = read_yaml_file(path, "config file") if path else {}
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections (data:, model:, train:, ...), "
+                          f"got a YAML {type(tree).__name__}")
     return tree
 
 

@@ -6,8 +6,19 @@ line prints it as one line and exits 2. Subclasses exist where a caller branches
 """
 
 
+MESSAGE_LIMIT = 2000      # characters of an error message: one that quotes a hostile input stays readable
+
+
 class UserError(ValueError):
-    """A problem the user can fix; the message alone says what and where (the CLI prints it, exit code 2)."""
+    """A problem the user can fix; the message alone says what and where (the CLI prints it, exit code 2).
+    A message over ``MESSAGE_LIMIT`` characters (a quoted input) is cut in the middle, saying how much."""
+
+    def __init__(self, message="", *args):
+        text = str(message)
+        if len(text) > MESSAGE_LIMIT:
+            head, tail = text[:MESSAGE_LIMIT - 300], text[-200:]
+            text = f"{head} ... [{len(text) - len(head) - len(tail)} characters cut] ... {tail}"
+        super().__init__(text, *args)
 
 
 class ConfigError(UserError):

@@ -260,20 +260,10 @@ def read_embeddings(path: str, verify: bool = True) -> Embeddings:
     """Read an export folder (a local path or any fsspec URL) back into arrays ordered by id. Every file is
     checked against the bytes and SHA-256 export.json records (``verify``: digests too, cached by file
     identity); a tampered, swapped, missing or malformed file is a DataError in one line."""
-    import fsspec
-
     from .data.records import check_size, verify_files
 
-    fs, root = fsspec.core.url_to_fs(path)
+    fs, root, info = _open_export(path)
     where = f"{path.rstrip('/')}/export.json"
-    try:
-        with fs.open(f"{root}/export.json") as fh:
-            info = json.loads(fh.read(1 << 24))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no export.json; is this a folder written by `mmkgc-dist export`?") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{where}: not valid JSON ({' '.join(str(exc).split())[:200]})") from None
-    _check_info(info, where)
     records = info.get("records")
     for rel in [*info["files"], *([info["relations"]["file"]] if "relations" in info else [])]:
         check_size(f"{root}/{rel}", (records or {}).get(rel), where, fs=fs)
@@ -295,23 +285,34 @@ def read_embeddings(path: str, verify: bool = True) -> Embeddings:
 
 def export_problems(path: str) -> tuple[int, list[str]]:
     """(files compared, problems): every file of an export against the bytes and SHA-256 export.json records."""
+    from .data.records import verify_files
+    fs, root, info = _open_export(path)
+    where = f"{path.rstrip('/')}/export.json"
+    records = info.get("records") or {}
+    problems = [f"{path.rstrip('/')}/{rel}: listed in export.json but not recorded" for rel in info["files"]
+                if rel not in records]
+    return len(records), problems + verify_files(path, records, where, use_cache=False, fs=fs)
+
+
+def _open_export(path: str):
+    """(filesystem, root, export.json checked) of an export folder at a path or URL."""
     import fsspec
 
-    from .data.records import verify_files
-    fs, root = fsspec.core.url_to_fs(path)
+    from .data.remote import remote_faults
     where = f"{path.rstrip('/')}/export.json"
     try:
-        with fs.open(f"{root}/export.json") as fh:
-            info = json.loads(fh.read(1 << 24))
+        with remote_faults(path):
+            fs, root = fsspec.core.url_to_fs(path)
+            with fs.open(f"{root}/export.json") as fh:
+                info = json.loads(fh.read(1 << 24))
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{path}: no export.json; is this a folder written by `mmkgc-dist export`?") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{where}: not valid JSON ({' '.join(str(exc).split())[:200]})") from None
     _check_info(info, where)
-    records = info.get("records") or {}
-    problems = [f"{path.rstrip('/')}/{rel}: listed in export.json but not recorded" for rel in info["files"]
-                if rel not in records]
-    return len(records), problems + verify_files(path, records, where, use_cache=False, fs=fs)
+    return fs, root, info
 
 
 def _check_info(info, where: str) -> None:

@@ -170,16 +170,27 @@ def write_atomic(path: str, text: str | bytes) -> None:
     """The one way the tool writes a small file: under a temporary name private to this writer (host, pid and
     a random suffix, so concurrent writers never share one), flushed, then renamed over ``path`` — a reader
     sees the old file or the new one, never a part."""
-    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_file(path) as tmp:
         with open(tmp, "wb" if isinstance(text, bytes) else "w") as fh:
             fh.write(text)
-            fh.flush()
+
+
+@contextlib.contextmanager
+def atomic_file(path: str):
+    """The one atomic file writer: yields a temporary name private to this writer (host, pid and a random suffix)
+    beside ``path``; the caller writes and closes the file there; when the block ends it is flushed to disk and
+    renamed over ``path``. On any error — the caller's or a full disk at the flush — the temporary is removed
+    and the error goes on, so a failed write leaves nothing behind."""
+    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
+        with contextlib.suppress(OSError):
+            if os.path.lexists(tmp):
+                os.remove(tmp)
         raise
 
 

@@ -14,12 +14,13 @@ import json
 import os
 from typing import Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .errors import DataError, QueryError
-from .outputs import check_output_file
+from .outputs import atomic_file, check_output_file
 
 COLUMNS = ("head", "relation", "tail")
 ASKED = ("", "?")
@@ -58,11 +59,17 @@ def read_queries(path: str, chunk: int) -> Iterator[list[tuple]]:
     """Chunks of (head, relation, tail) rows of a query file (Parquet, CSV, TSV); a missing column is a
     DataError naming the file."""
     if path.endswith(".parquet"):
-        reader = pq.ParquetFile(path)
+        reader = _parquet_file(path)
         _check_columns(path, reader.schema_arrow.names)
-        for batch in reader.iter_batches(batch_size=chunk, columns=list(COLUMNS)):
+        batches = reader.iter_batches(batch_size=chunk, columns=list(COLUMNS))
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise DataError(f"{path}: unreadable ({' '.join(str(exc).split())[:200]})") from None
             yield list(zip(*(batch.column(c).to_pylist() for c in COLUMNS)))
-        return
     delimiter = "," if path.endswith(".csv") else "\t"
     try:
         reader = pacsv.open_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter),
@@ -101,32 +108,31 @@ def predict_file(predictor, src: str, out: str, k: int = 10, known: str = "mark"
     if not os.path.isfile(src):
         raise DataError(f"--batch {src}: not found")
     check_output_file(out, "--output", is_answers_file)
-    total = pq.ParquetFile(src).metadata.num_rows if src.endswith(".parquet") else None
-    temp = f"{out}.tmp-{os.getpid()}"
-    writer = _Writer(temp, parquet=out.endswith(".parquet"))
+    total = _parquet_file(src).metadata.num_rows if src.endswith(".parquet") else None
     t0, done, answers = time.time(), 0, 0
     bar = tqdm(total=total, desc="predict", unit="query", disable=not progress, mininterval=1.0)
     try:
-        for rows in read_queries(src, predictor.batch_size):
-            try:
-                found = predict_queries(predictor, rows, k, known, where=f"{src} row")
-            except (QueryError, DataError) as exc:
-                raise type(exc)(_locate(src, rows, done, predictor, exc)) from None
-            answers += writer.write(done, rows, found)
-            done += len(rows)
-            bar.update(len(rows))
-        writer.close()
-        os.replace(temp, out)
-    except BaseException:
-        writer.close()
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
+        with atomic_file(out) as temp, _Writer(temp, parquet=out.endswith(".parquet")) as writer:
+            for rows in read_queries(src, predictor.batch_size):
+                try:
+                    found = predict_queries(predictor, rows, k, known, where=f"{src} row")
+                except (QueryError, DataError) as exc:
+                    raise type(exc)(_locate(src, rows, done, predictor, exc)) from None
+                answers += writer.write(done, rows, found)
+                done += len(rows)
+                bar.update(len(rows))
     finally:
         bar.close()
     seconds = time.time() - t0
     return {"queries": done, "answers": answers, "seconds": round(seconds, 3),
             "queries_per_s": round(done / max(seconds, 1e-9), 1)}
+
+
+def _parquet_file(path: str) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet query file ({' '.join(str(exc).split())[:200]})") from None
 
 
 def _locate(src: str, rows: list, offset: int, predictor, exc: Exception) -> str:
@@ -155,18 +161,36 @@ def is_answers_file(path: str) -> bool:
         return False
 
 
+def _plain(value):
+    """A query's value as JSON and Parquet take it (a numpy integer id as a Python int)."""
+    return int(value) if isinstance(value, np.integer) else value
+
+
 class _Writer:
+    """Answer rows into Parquet or JSON lines at ``path`` (a temporary name: ``atomic_file`` moves it in)."""
+
     def __init__(self, path: str, parquet: bool):
         self.parquet = pq.ParquetWriter(path, SCHEMA) if parquet else None
         self.text = None if parquet else open(path, "w")
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def write(self, offset: int, rows: list, found: list) -> int:
-        records = [{"query": offset + i, "head": q[0], "relation": q[1], "tail": q[2], "asked": asked_of(q, ""),
+        records = [{"query": offset + i, "head": _plain(q[0]), "relation": _plain(q[1]), "tail": _plain(q[2]),
+                    "asked": asked_of(q, ""),
                     "rank": p.rank, "answer": p.name, "answer_id": p.id, "score": p.score, "known": p.known}
                    for i, (q, answers) in enumerate(zip(rows, found)) for p in answers]
         for r in records:
             r[r["asked"]] = None
         if self.parquet is not None:
+            for r in records:        # Parquet's query columns are text: an id asked as a number is its decimal
+                for c in COLUMNS:
+                    if r[c] is not None and not isinstance(r[c], str):
+                        r[c] = str(r[c])
             self.parquet.write_table(pa.Table.from_pylist(records, schema=SCHEMA))
         else:
             self.text.writelines(json.dumps(r) + "\n" for r in records)

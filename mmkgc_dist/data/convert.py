@@ -148,6 +148,9 @@ class Dictionary:
             self.pool.shutdown()
 
 
+MAX_RECORD_BYTES = 1 << 20      # one line of a triple table at most (three labels)
+
+
 def _cut(data: bytes, quoted: bool) -> int:
     """Length of the longest prefix of ``data`` ending at a record end: the last newline, or with quoting
     the last newline outside quotes (an even number of quote characters before it — RFC 4180 doubles
@@ -183,6 +186,10 @@ def _blocks(url: str, block_bytes: int, quoted: bool = False):
             data = rest + chunk
             cut = _cut(data, quoted)
             if cut == 0:
+                if len(data) > max(block_bytes, MAX_RECORD_BYTES):   # memory stays bounded on any input
+                    raise DataError(f"{url}: line {line}: over {max(block_bytes, MAX_RECORD_BYTES) >> 20} MiB "
+                                    f"without a line end{' outside quotes' if quoted else ''} — not a text table "
+                                    f"of triples (a binary file, or an unclosed quote?)")
                 rest = data
                 continue
             yield line, data[:cut]

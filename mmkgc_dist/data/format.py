@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError
+from .remote import remote_faults
 from .statistics import TripleStatistics, exact_relation_table
 
 FORMAT_NAME = "mmkgc-dist"
@@ -279,12 +280,18 @@ def verify_dataset(root: str, manifest: dict | None = None, use_cache: bool = Tr
     return checked
 
 
+MANIFEST_LIMIT = 64 << 20       # bytes read of a manifest at most: a hostile URL cannot fill memory
+
+
 def read_manifest(root: str) -> dict:
     path = _join(root, "manifest.json")
 
     def load():
-        with fsspec.open(path, "r") as fh:
-            return json.load(fh)
+        with remote_faults(path), fsspec.open(path, "rb") as fh:
+            text = fh.read(MANIFEST_LIMIT + 1)
+        if len(text) > MANIFEST_LIMIT:
+            raise DataError(f"{path}: over {MANIFEST_LIMIT >> 20} MiB; a manifest is a small JSON file")
+        return json.loads(text)
 
     manifest = _reading(load, {
         FileNotFoundError: lambda e: f"{path}: manifest not found; is {root} a dataset written by "
@@ -350,7 +357,7 @@ def _reading(read, reasons: dict):
 
 def _read_table(path: str, columns=None) -> pa.Table:
     def read():
-        with fsspec.open(path, "rb") as fh:
+        with remote_faults(path), fsspec.open(path, "rb") as fh:
             return pq.read_table(fh, columns=columns)
 
     return _reading(read, {FileNotFoundError: lambda e: f"{path}: file listed in the manifest is missing",

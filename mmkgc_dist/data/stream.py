@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from ..rng import numpy_rng
 from ..errors import DataError
+from .remote import remote_faults
 from .format import TRIPLE_SCHEMA, _join, dataset_identity, first_null, read_manifest, recorded_path
 
 
@@ -55,9 +56,11 @@ def row_groups(root: str, manifest: dict, split: str) -> list[RowGroup]:
     for rel in manifest["splits"][split]["files"]:
         path = recorded_path(root, manifest, rel)
         try:
-            with fsspec.open(path, "rb") as fh:
+            with remote_faults(path), fsspec.open(path, "rb") as fh:
                 meta = pq.ParquetFile(fh).metadata
                 schema = meta.schema.to_arrow_schema()
+        except DataError:
+            raise
         except FileNotFoundError:
             raise DataError(f"{path}: file listed in the manifest is missing")
         except Exception as exc:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import yaml
-
-from ..config import Config, _leaves, config_from, number_from_text, to_dict
+from ..config import Config, _leaves, config_from, number_from_text, read_yaml_file, to_dict
 from ..errors import ConfigError
 
 TYPES = ("float", "int", "categorical")
@@ -62,12 +60,7 @@ def read_space(path: str) -> list[Param]:
     """The parameters of a space file, in file order; ConfigError naming the file and key on anything else."""
     if not os.path.isfile(path):
         raise ConfigError(f"search space {path}: not found (expected a YAML file of dotted config keys)")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            tree = yaml.safe_load(fh)
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"search space {path}: not valid YAML: {' '.join(str(exc).split())}") from None
-    return parse_space(tree, path)
+    return parse_space(read_yaml_file(path, "search space"), path)
 
 
 def parse_space(tree, where: str = "search space") -> list[Param]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from ..config import Config, _leaves, config_from, config_yaml
+from ..config import Config, _leaves, config_from, config_yaml, read_yaml_text
 from ..errors import ConfigError, OutputError, RunInterrupted, TrialsFailed, UserError
 from ..outputs import MARKER, marker_kind, pid_alive, write_atomic, write_marker
 from .space import Param, base_values, check_space, sample
@@ -141,7 +141,7 @@ def read_record(study_dir: str) -> dict | None:
     if not os.path.exists(path):
         return None
     with open(path) as fh:
-        created = yaml.safe_load(fh)
+        created = read_yaml_text(fh)
     if not isinstance(created, dict):
         raise ConfigError(f"study folder {study_dir}: {STUDY_FILE} is not a mapping (damaged?); start a new folder")
     return created
@@ -162,7 +162,7 @@ def check_same_study(study_dir: str, created: dict, record: dict, base_text: str
         raise ConfigError(f"{what} study name {created['study_name']!r}, not {record['study_name']!r}; pass "
                           f"--study-name {created['study_name']} (or nothing) to continue it")
     with open(os.path.join(study_dir, BASE_FILE)) as fh:
-        created_base = yaml.safe_load(fh) or {}
+        created_base = read_yaml_text(fh) or {}
     before, after = _leaves(created_base), _leaves(yaml.safe_load(base_text))
     changed = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
     if changed:
