@@ -465,8 +465,12 @@ YAML_LIMIT = 16 << 20        # bytes of one YAML file (a config, a search space)
 
 
 def read_yaml_text(text):
-    """YAML text (or an open file) → a tree, with the config loader's rules: no repeated key, no alias."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)
+    """YAML text (or an open file) → a tree, with the config loader's rules: no repeated key, no alias, and
+    nesting as deep as Python's recursion allows (deeper is a YAMLError, not a crash)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply (a config is a few levels of sections)") from None
 
 
 def read_yaml_file(path: str, what: str):

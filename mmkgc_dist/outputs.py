@@ -211,6 +211,27 @@ def built_aside(folder: str):
     os.replace(work, folder)
 
 
+def cache_folder() -> str:
+    """Where the tool keeps what it can always recompute (digests of data files, indexes of read-only runs):
+    $MMKGC_DIST_CACHE, else $XDG_CACHE_HOME/mmkgc-dist, else ~/.cache/mmkgc-dist."""
+    return os.environ.get("MMKGC_DIST_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "mmkgc-dist")
+
+
+def derived_folder(owner: str, name: str) -> str:
+    """Where an index derived from a folder the tool wrote (a run's known-triple or neighbour index) lives:
+    inside ``owner`` when it can be written there, else in the cache under a name of the owner's real path —
+    reading a read-only run (an archive, another user's) never needs a write to it."""
+    inside, cached = derived_places(owner, name)
+    return inside if os.access(owner, os.W_OK) else cached
+
+
+def derived_places(owner: str, name: str) -> tuple[str, str]:
+    """(inside the owner, in the cache): where a derived index may already be, in the order to look."""
+    key = hashlib.sha256(os.path.realpath(owner).encode()).hexdigest()[:16]
+    return os.path.join(owner, name), os.path.join(cache_folder(), "derived", key, name)
+
+
 def remove_owned(path: str) -> None:
     """Delete one thing the tool wrote (a file or a folder). The one deletion rule: a symbolic link is never
     followed nor removed — where the tool expects its own file or folder, a link is a user's, and refused."""

@@ -29,6 +29,7 @@ import torch
 from .config import parse_overrides
 from .data.known_index import KnownIndex, build_known_index
 from .errors import QueryError
+from .outputs import derived_folder, derived_places
 from .export import checked_k
 from .neighbour_index import exact_nearest
 from .trained import TrainedModel, load_trained
@@ -257,15 +258,15 @@ class Predictor:
         if self._stream is None:
             self._known = KnownIndex.of(self.model.evaluator.known_triples(), data.num_entities, data.num_relations)
             return self._known
-        folder = os.path.join(self.model.run_dir, KNOWN_INDEX)
-        try:
-            index = KnownIndex(folder)
-            if index.identity == data.identity:
-                self._known = index
-                return index
-        except (OSError, ValueError, KeyError):
-            pass
-        self._known = self._build_known_index(folder)
+        for folder in derived_places(self.model.run_dir, KNOWN_INDEX):
+            try:
+                index = KnownIndex(folder)
+                if index.identity == data.identity:
+                    self._known = index
+                    return index
+            except (OSError, ValueError, KeyError):
+                pass
+        self._known = self._build_known_index(derived_folder(self.model.run_dir, KNOWN_INDEX))
         return self._known
 
     def _build_known_index(self, folder: str) -> KnownIndex:
@@ -326,19 +327,22 @@ class Predictor:
         from .neighbour_index import NeighbourIndex, build_neighbour_index, table_digest
         if space in self._neighbour_indexes:
             return self._neighbour_indexes[space]
-        folder = os.path.join(self.model.run_dir, NEIGHBOUR_INDEX, space)
         table = self.joint if space == "joint" else self.structural
         identity = {"dataset": self.model.identity, "checkpoint": os.path.basename(self.model.source),
                     "step": self.step, "metric": self.scoring.scorer.neighbour_metric,
                     "vectors_sha256": table_digest(table)}          # bound to the very rows it indexes
         index = None
-        try:
-            index = NeighbourIndex(folder)
-            if any(index.meta.get(key) != value for key, value in identity.items()):
+        for folder in derived_places(self.model.run_dir, os.path.join(NEIGHBOUR_INDEX, space)):
+            try:
+                index = NeighbourIndex(folder)
+                if any(index.meta.get(key) != value for key, value in identity.items()):
+                    index = None
+            except (OSError, ValueError, KeyError, RuntimeError):
                 index = None
-        except (OSError, ValueError, KeyError, RuntimeError):
-            index = None
+            if index is not None:
+                break
         if index is None:
+            folder = derived_folder(self.model.run_dir, os.path.join(NEIGHBOUR_INDEX, space))
             index = build_neighbour_index(folder, table, identity, metric=identity["metric"])
             log.info("neighbour index (%s %s, %d entities, %s %d): recall@%d %.3f against exact on %d entities, "
                      "%.0f vs %.0f queries/s", index.kind, space, len(table), index.meta["knob_name"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import torch
 
@@ -20,12 +21,13 @@ from .data.statistics import TrainingStatistics
 from .errors import CheckpointError, ConfigError, DataError
 from .eval.evaluator import Evaluator
 from .model import Scoring
-from .outputs import local_path, resolve_output
+from .outputs import FolderLock, local_path, pid_alive, resolve_output
 from .parallel import make_runtime
 from .run_folder import check_dataset, dataset_location, open_for_reading
 from .runtime import Runtime
 
 log = logging.getLogger("mmkgc_dist")
+LOAD_ATTEMPTS = 5            # checkpoints chosen again when a training run prunes the chosen one under the reader
 
 
 class TrainedModel:
@@ -72,7 +74,17 @@ def load_trained(run_dir: str, checkpoint_path: str | None = None, overrides=(),
     except (LookupError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     runtime.build(data, {m: data.features[m] for m in modalities}, modalities, scoring, use_mat=False)
-    cursor = checkpoint.load(runtime, ckpt.path, cfg.data.loader == "stream", optimizer=False)
+    for attempt in range(LOAD_ATTEMPTS):
+        try:
+            cursor = checkpoint.load(runtime, ckpt.path, cfg.data.loader == "stream", optimizer=False)
+            break
+        except Exception:                                 # noqa: BLE001 — a vanished checkpoint is retried below
+            if checkpoint_path is not None or os.path.isdir(ckpt.path) or attempt == LOAD_ATTEMPTS - 1:
+                raise
+            # a training run pruned it between the choice and the load: choose again among what is there now
+            log.info("checkpoint %s was removed while it was being read (the run is training); choosing again",
+                     ckpt.path)
+            ckpt = trained_checkpoint(run_dir, None, overrides)[1]
     log.info("loaded %s (epoch %d, step %d)", ckpt.path, cursor["epoch"], cursor["step"])
     return TrainedModel(cfg, data, runtime, scoring, modalities, cursor["step"], ckpt.path, run_dir)
 
@@ -101,5 +113,10 @@ def trained_checkpoint(run_dir: str, checkpoint_path: str | None, overrides) -> 
             log.warning("the selected checkpoint cannot be used (%s); using the newest verified one", exc)
     ckpt = checkpoint.newest_verified(directory)
     if ckpt is None:
+        holder = FolderLock(run_dir).holder()
+        if holder.get("pid") and (holder.get("host") != socket.gethostname() or pid_alive(holder["pid"])):
+            raise CheckpointError(f"{run_dir}: the run is training (pid {holder['pid']} on {holder.get('host')}) and "
+                                  f"has not written a verified checkpoint yet; try again after its first checkpoint "
+                                  f"(train.checkpoint_every / checkpoint_every_steps)")
         raise CheckpointError(f"{run_dir}/checkpoints: no complete, verified checkpoint found")
     return cfg, ckpt

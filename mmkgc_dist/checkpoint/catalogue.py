@@ -137,6 +137,8 @@ def newest_verified(directory: str) -> Checkpoint | None:
         reason = verify(ckpt)
         if reason is None:
             return ckpt
+        if not os.path.isdir(ckpt.path):        # pruned by a training run since it was listed: not damage
+            continue
         log.warning("checkpoint %s is damaged (%s); trying an older one", ckpt.path, reason)
     return None
 

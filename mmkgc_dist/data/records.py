@@ -17,7 +17,7 @@ import os
 import threading
 
 from ..errors import DataError
-from ..outputs import write_atomic
+from ..outputs import cache_folder, write_atomic
 
 log = logging.getLogger("mmkgc_dist")
 CACHE_FILE = "digests.json"
@@ -118,11 +118,6 @@ def _digest(fs, path: str, info: dict, cache) -> str:
         cache.entries[key] = value
         cache.changed = True
     return value
-
-
-def cache_folder() -> str:
-    return os.environ.get("MMKGC_DIST_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "mmkgc-dist")
 
 
 class _Cache:

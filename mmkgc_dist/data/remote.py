@@ -14,7 +14,7 @@ import os
 from ..errors import DataError
 
 BACKENDS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}     # URL scheme → install.sh EXTRAS name
-_configured = False
+_applied: tuple | None = None     # the (connect, read) seconds set as fsspec defaults
 
 
 def timeouts() -> tuple[float, float]:
@@ -32,23 +32,27 @@ def timeouts() -> tuple[float, float]:
 
 
 def bounded_remote_reads() -> None:
-    """fsspec defaults: connect and read timeouts for http(s) and s3 (once per process)."""
-    global _configured
-    if _configured:
-        return
+    """fsspec defaults: connect and read timeouts for http(s) and s3 (set again when the environment's values
+    change; timeouts a user configured for fsspec are left alone)."""
+    global _applied
     import fsspec.config
     connect, read = timeouts()
+    if _applied == (connect, read):
+        return
     try:
         import aiohttp
         timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=read)
         for proto in ("http", "https"):
-            fsspec.config.conf.setdefault(proto, {}).setdefault("client_kwargs", {}).setdefault("timeout", timeout)
+            client = fsspec.config.conf.setdefault(proto, {}).setdefault("client_kwargs", {})
+            if "timeout" not in client or _applied is not None:
+                client["timeout"] = timeout
     except ImportError:                     # no HTTP backend installed: remote_faults names it when one is needed
         pass
     s3 = fsspec.config.conf.setdefault("s3", {}).setdefault("config_kwargs", {})
-    s3.setdefault("connect_timeout", connect)
-    s3.setdefault("read_timeout", read)
-    _configured = True
+    for key, value in (("connect_timeout", connect), ("read_timeout", read)):
+        if key not in s3 or _applied is not None:
+            s3[key] = value
+    _applied = (connect, read)
 
 
 def _chain(exc: BaseException):
