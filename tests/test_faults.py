@@ -152,3 +152,57 @@ def test_kill_at_random_points_leaves_old_or_new_complete_versions(world):
             one_line_refusal_or_success(code, out)
     print(f"{TRIALS} trials: {outcomes}")
     assert outcomes["killed"] >= TRIALS // 4          # the signals did land mid-command
+
+
+@pytest.mark.slow
+def test_kill_tune_workers_at_random_points_accounts_for_every_trial(tmp_path, monkeypatch):
+    """kill -9 or SIGTERM of a study worker at random moments (creating the study, sampling, training a trial,
+    writing the report), then a worker that finishes: every trial complete, pruned or failed with a reason; no
+    trial number or folder used twice; the report lists every trial."""
+    import csv
+
+    import optuna
+    import yaml
+
+    from mmkgc_dist.tuning import study as study_module
+    monkeypatch.setattr(study_module, "UNREGISTERED_GRACE_S", 2.0)      # the forked workers inherit it
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(
+        {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}, "model.dim": [4, 8]}))
+    base = [*SMALL, "--train.epochs=2", "--eval.every_epochs=1"]
+
+    def worker(trials):
+        return ["tune", "space.yaml", "study", "--trials", str(trials), "--pruner", "none", "--seed", "1", *base]
+
+    t0 = time.time()
+    code, out = run(worker(1), tmp_path)
+    assert code == 0, out[-3000:]
+    duration = time.time() - t0
+    rng = np.random.default_rng(31)
+    target, outcomes = 1, {"killed": 0, "finished": 0}
+    for trial in range(TRIALS):
+        target += 1
+        sig = signal.SIGKILL if rng.random() < 0.5 else signal.SIGTERM
+        code, out = run(worker(target), tmp_path, kill_after=rng.uniform(0, 1.5 * duration), sig=sig)
+        outcomes["finished" if code == 0 else "killed"] += 1
+        assert "Traceback" not in out or code in (-9, 143, -15), (trial, out[-3000:])
+        assert code in (0, -9, -15, 143), (trial, code, out[-3000:])
+    time.sleep(2.5)                                      # unclaimed trials of killed workers are now orphans
+    code, out = run(worker(target + 1), tmp_path)
+    assert code == 0, out[-3000:]
+
+    trials = optuna.load_study(study_name="study", storage=f"sqlite:///{tmp_path}/study/study.db").get_trials()
+    assert [t.number for t in trials] == list(range(len(trials)))                  # no number used twice
+    for t in trials:
+        assert t.state.name in ("COMPLETE", "PRUNED", "FAIL"), (t.number, t.state)
+        assert t.state.name != "FAIL" or t.user_attrs.get("failure"), t.number
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) >= target + 1
+    run_dirs = [t.user_attrs["run_dir"] for t in trials if "run_dir" in t.user_attrs]
+    assert len(run_dirs) == len(set(run_dirs))                                      # no folder shared
+    folders = {int(n) for n in os.listdir(tmp_path / "study" / "trials")}
+    assert folders <= {t.number for t in trials}                                    # no stray trial folder
+    with open(tmp_path / "study" / "trials.csv") as fh:
+        listed = [int(row["trial"]) for row in csv.DictReader(fh)]
+    assert listed == [t.number for t in trials]                                     # the report lists every one
+    print(f"{TRIALS} kills: {outcomes}; {len(trials)} trials, "
+          f"{sum(t.state.name == 'FAIL' for t in trials)} failed (interrupted)")
+    assert outcomes["killed"] >= TRIALS // 4

@@ -16,7 +16,8 @@ import pytest
 from mmkgc_dist.config import load_config, parse_overrides
 from mmkgc_dist.data.convert import TextLayout, convert_triples
 from mmkgc_dist.errors import DataError
-from mmkgc_dist.data.format import KGData, load_dataset, read_manifest, read_training_statistics, write_dataset
+from mmkgc_dist.data.format import (KGData, load_dataset, read_manifest, read_training_statistics, write_dataset,
+                                    write_manifest)
 from mmkgc_dist.data.sampling import DegreeDistribution, NegativeSampler
 from mmkgc_dist.data.statistics import TripleStatistics, exact_relation_table, head_probability
 from mmkgc_dist.data.stream import StreamingTriples, rows_answering
@@ -132,6 +133,9 @@ def test_format_v1_statistics_are_computed_by_streaming(tmp_path):
     manifest = read_manifest(str(tmp_path / "ds"))
     rel_path = tmp_path / "ds" / "relations.parquet"
     pq.write_table(pq.read_table(rel_path, columns=["id", "name"]), rel_path)     # as a v1 dataset has it
+    with pytest.raises(DataError, match="relations.parquet: .* bytes, .* records"):    # not as its record says
+        read_training_statistics(str(tmp_path / "ds"), manifest)
+    manifest.pop("files")                                    # a dataset written before file records
     relations, degree = read_training_statistics(str(tmp_path / "ds"), manifest)
     assert np.allclose(head_probability(relations),
                        head_probability(exact_relation_table(data.splits["train"], data.num_relations)))
@@ -280,9 +284,14 @@ def test_loader_rejects_schema_mismatch_and_short_row_groups(tmp_path, converted
     part = root / read_manifest(str(root))["splits"]["train"]["files"][0]
     table = pq.read_table(part)
     pq.write_table(table.set_column(1, "relation", table.column("relation").cast(pa.int32())), part)
+    with pytest.raises(DataError, match="part-00000.parquet: .* bytes, .* records"):   # another file than recorded
+        loader(str(root))
+    rerecord = read_manifest(str(root))           # a manifest whose records match the bad files: their contents
+    write_manifest(str(root), rerecord)
     with pytest.raises(DataError, match="part-00000.parquet: schema"):
         loader(str(root))
     pq.write_table(table.slice(0, 5000), part, row_group_size=1000)
+    write_manifest(str(root), read_manifest(str(root)))
     with pytest.raises(DataError, match="declares 20000 rows, its row groups hold 5000"):
         loader(str(root))
 
