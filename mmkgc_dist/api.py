@@ -34,6 +34,21 @@ from .errors import ConfigError
 log = logging.getLogger("mmkgc_dist")
 
 
+def _path_arg(value, name: str, optional: bool = False):
+    """A folder argument of the API: a path (str or os.PathLike) as str; ConfigError for anything else."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ConfigError(f"{name}={value!r}; expected a path")
+    return os.fspath(value)
+
+
+def _flag_arg(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r}; expected True or False")
+    return value
+
+
 class Metrics(dict):
     """{split: metrics} as ``evaluate --output`` writes it; ``to_frame()``: one row per split, the scalar metrics
     as columns (breakdowns per relation stay in the dict)."""
@@ -102,6 +117,13 @@ def train(config=None, overrides=None, run_dir: str | None = None, resume: bool 
     from .parallel.env import world_size_from_environment
     from .training.lifecycle import train_run
 
+    run_dir = _path_arg(run_dir, "run_dir", optional=True)
+    resume, overwrite, progress = (_flag_arg(v, n) for v, n in ((resume, "resume"), (overwrite, "overwrite"),
+                                                                 (progress, "progress")))
+    if distributed is not None:
+        _flag_arg(distributed, "distributed")
+    if not all(callable(h) for h in (on_validation or ())):
+        raise ConfigError("on_validation: expected callables hook(epoch, step, metrics)")
     cfg = config_from(config, overrides)
     distributed = world_size_from_environment() > 1 if distributed is None else distributed
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0   # torchrun restarted a failed job
@@ -144,6 +166,7 @@ def evaluate(run_dir: str, splits=None, checkpoint: str | None = None, ties: str
     from .parallel.env import world_size_from_environment
     from .trained import load_trained
 
+    run_dir, checkpoint = _path_arg(run_dir, "run_dir"), _path_arg(checkpoint, "checkpoint", optional=True)
     splits = [splits] if isinstance(splits, str) else splits
     check_request(splits or [], ties, splits or [])              # the options, before the model is loaded
     pairs = list(overrides.items()) if isinstance(overrides, dict) else parse_overrides(list(overrides or []))

@@ -503,6 +503,9 @@ def config_from(config=None, overrides=None) -> Config:
     """The Python API's config: ``config`` is None (the defaults), a YAML path, a mapping of sections or a
     ``Config``; ``overrides`` maps dotted keys to values (``{"train.lr": 3e-3}``) or is a list of (key, value)
     pairs or ``--key=value`` strings."""
+    if overrides is not None and not isinstance(overrides, (dict, list, tuple)):
+        raise ConfigError(f"overrides: expected a mapping of dotted keys to values (or --key=value strings), got "
+                          f"{type(overrides).__name__}")
     if isinstance(overrides, dict):
         pairs = list(overrides.items())
     elif overrides and all(isinstance(o, str) for o in overrides):

@@ -357,4 +357,13 @@ def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", 
     """The model of a run folder — at ``checkpoint``, else the one model selection chose (best.json), else the
     newest verified — in this process, whatever world size trained it. ``overrides``: dotted config overrides
     (e.g. ``["--data.path=..."]`` when the dataset has moved). Neither the trainer nor DeepSpeed is imported."""
-    return Predictor(load_trained(run_dir, checkpoint, parse_overrides([f"--train.device={device}", *overrides])))
+    for name, value in (("run_dir", run_dir), ("checkpoint", checkpoint)):
+        if not (isinstance(value, (str, os.PathLike)) or (value is None and name == "checkpoint")):
+            raise QueryError(f"load_run: {name}={value!r}; expected a path")
+    if not isinstance(device, str):
+        raise QueryError(f"load_run: device={device!r}; expected 'auto', 'cpu' or 'cuda[:N]'")
+    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+        raise QueryError(f"load_run: overrides={overrides!r}; expected a list of --key=value strings")
+    checkpoint = os.fspath(checkpoint) if checkpoint is not None else None
+    return Predictor(load_trained(os.fspath(run_dir), checkpoint,
+                                  parse_overrides([f"--train.device={device}", *overrides])))

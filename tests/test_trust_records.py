@@ -13,7 +13,7 @@ from mmkgc_dist import api
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.format import load_dataset, read_manifest, verify_dataset, write_dataset
 from mmkgc_dist.data.synthetic import generate
-from mmkgc_dist.errors import ConfigError, DataError, QueryError
+from mmkgc_dist.errors import ConfigError, DataError, QueryError, UserError
 from mmkgc_dist.export import read_embeddings
 from mmkgc_dist.neighbour_index import build_neighbour_index
 from mmkgc_dist.predict import load_run
@@ -159,3 +159,12 @@ def test_the_python_api_checks_arguments_before_work(world, tmp_path):
             api.tune({"train.lr": [1e-3]}, str(tmp_path / "s"), **kwargs)
         assert message in str(err.value)
     assert not (tmp_path / "s").exists()
+    for call, message in ((lambda: api.train(overrides=5), "overrides: expected a mapping"),
+                          (lambda: api.train(run_dir=3), "run_dir=3; expected a path"),
+                          (lambda: api.train(resume="yes"), "resume='yes'"),
+                          (lambda: api.evaluate(str(world / "r"), checkpoint=5), "checkpoint=5"),
+                          (lambda: load_run(None), "run_dir=None"),
+                          (lambda: load_run(str(world / "r"), overrides="--model.dim=4"), "overrides=")):
+        with pytest.raises(UserError, match=None) as err:
+            call()
+        assert message in str(err.value)

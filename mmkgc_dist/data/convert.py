@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from .checks import SplitChecks, check_splits
 from ..errors import DataError
+from .remote import check_reachable
 from .format import ROW_GROUP_ROWS, TripleWriter, build_dataset_folder, manifest_record, write_name_tables
 from .statistics import SKETCH_SIZE, TripleStatistics, exact_relation_table
 
@@ -166,6 +167,7 @@ def _cut(data: bytes, quoted: bool) -> int:
 
 def _blocks(url: str, block_bytes: int, quoted: bool = False):
     """(first line number, bytes ending at a record end) over a possibly compressed file at any URL."""
+    check_reachable(url)
     try:
         fh = fsspec.open(url, "rb", compression="infer").open()
     except FileNotFoundError:

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import DataError
+from .remote import check_reachable
 from ..outputs import local_path, real_path, refuse_links, within
 from .format import (FORMAT_VERSION, FeatureChecks, Features, _join, first_null, manifest_files, read_manifest,
                      recorded_path,
@@ -75,6 +76,7 @@ def load_features(path: str, num_entities: int, mask_path: str | None = None) ->
 
 
 def _load_npy(path: str, mmap: bool = False) -> np.ndarray:
+    check_reachable(path)
     try:
         if mmap and "://" not in path:
             return np.load(path, mmap_mode="r", allow_pickle=False)
@@ -103,6 +105,7 @@ def _dense_chunks(path: str, arr, num_entities: int, chunk_rows: int):
 def _pt_chunks(path: str, num_entities: int, chunk_rows: int):
     import torch
 
+    check_reachable(path)
     try:
         with fsspec.open(path, "rb") as fh:
             obj = torch.load(fh, weights_only=True, map_location="cpu")
@@ -141,6 +144,7 @@ def _dense_tensor(path: str, t, what: str):
 
 
 def _parquet_chunks(path: str, names: pa.Array | None, skip_unknown: bool, report: dict, chunk_rows: int):
+    check_reachable(path)
     try:
         fh = fsspec.open(path, "rb").open()
         reader = pq.ParquetFile(fh)

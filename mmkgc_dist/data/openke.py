@@ -11,12 +11,14 @@ import fsspec
 import numpy as np
 
 from ..errors import DataError
+from .remote import check_reachable
 from .format import KGData
 
 SPLIT_FILES = {"train": "train2id.txt", "valid": "valid2id.txt", "test": "test2id.txt"}
 
 
 def _read_lines(path: str) -> list[str]:
+    check_reachable(path)
     try:
         with fsspec.open(path, "r", encoding="utf-8") as fh:
             return fh.read().splitlines()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import fsspec
 
 from ..errors import DataError
+from .remote import check_reachable
 
 COMMIT = "50930e9b28aed57133bedfc281391185ac9b68a4"
 BASE_URL = f"https://raw.githubusercontent.com/zjukg/AdaMF-MAT/{COMMIT}/benchmarks"
@@ -82,6 +83,7 @@ def _download(url: str, path: str, size: int, block: int = 1 << 20) -> str:
     """Stream ``url`` to ``path`` in blocks, hashing as it goes; stop as soon as it holds more than ``size``
     bytes (a wrong or hostile file never fills memory or disk). Returns the SHA-256."""
     digest, written = hashlib.sha256(), 0
+    check_reachable(url)
     try:
         with fsspec.open(url, "rb") as fh, open(path, "wb") as out:
             while chunk := fh.read(block):

@@ -96,3 +96,18 @@ def remote_faults(url: str):
         if fault is None:
             raise
         raise fault from None
+
+
+def check_reachable(url: str) -> None:
+    """Before a remote input is opened: a missing backend, a host that cannot be reached or a server that does
+    not answer is one line naming the URL (a file that is simply not there is left to the caller to report)."""
+    if "://" not in url or url.split("://", 1)[0].lower() in ("file", "local"):
+        return
+    import fsspec
+    with remote_faults(url):
+        fs, path = fsspec.core.url_to_fs(url)
+        try:
+            fs.info(path)
+        except FileNotFoundError as exc:
+            if remote_fault(url, exc) is not None:
+                raise
