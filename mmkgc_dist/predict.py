@@ -163,6 +163,10 @@ class Predictor:
         (Parquet or JSON lines), in chunks with a progress bar; counts and queries/s (predict_batch.py)."""
         from .predict_batch import predict_file
         k, known = checked_options(k, known, "predict_file")
+        for name, value in (("src", src), ("out", out)):
+            if not isinstance(value, (str, os.PathLike)):
+                raise QueryError(f"predict_file: {name}={value!r}; expected a file path")
+        src, out = os.fspath(src), os.fspath(out)
         return predict_file(self, src, out, k, known, progress)
 
     def _predict_relations(self, head, tail, k: int, known: str):
@@ -283,9 +287,10 @@ class Predictor:
     @torch.no_grad()
     def score(self, triples) -> np.ndarray:
         """f(h, r, t) of each (head, relation, tail) given by names or ids; higher is more plausible."""
-        triples = list(triples)
-        if not triples or any(len(t) != 3 for t in triples):
+        if not isinstance(triples, (list, tuple, np.ndarray)) or not len(triples) or \
+                any(not isinstance(t, (list, tuple, np.ndarray)) or len(t) != 3 for t in triples):
             raise QueryError("score: expected a non-empty list of (head, relation, tail) triples")
+        triples = list(triples)
         h = torch.from_numpy(self.entities.ids_of([t[0] for t in triples]))
         r = torch.from_numpy(self.relations.ids_of([t[1] for t in triples]))
         t = torch.from_numpy(self.entities.ids_of([t[2] for t in triples]))

@@ -42,6 +42,12 @@ def asked_of(query, where: str) -> str:
 
 def predict_queries(predictor, queries: Iterable, k: int = 10, known: str = "mark", where: str = "query"):
     """Predictions for each (head, relation, tail) with one of them asked, in the order given."""
+    if isinstance(queries, (str, bytes)) or not hasattr(queries, "__iter__"):
+        raise QueryError(f"{where}s: expected a list of (head, relation, tail) rows, got {type(queries).__name__}")
+    queries = list(queries)
+    bad = next((i for i, q in enumerate(queries) if not isinstance(q, (list, tuple, np.ndarray)) or len(q) != 3), None)
+    if bad is not None:
+        raise QueryError(f"{where} {bad}: expected a (head, relation, tail) row, got {str(queries[bad])[:200]}")
     queries = [tuple(q) for q in queries]
     asked = [asked_of(q, f"{where} {i}") for i, q in enumerate(queries)]
     out: list = [None] * len(queries)
