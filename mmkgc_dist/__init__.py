@@ -13,10 +13,11 @@ def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", 
     return load(run_dir, checkpoint, device, overrides)
 
 
-def read_embeddings(path: str):
-    """An export folder (``mmkgc-dist export``) as arrays ordered by id, with a ``score`` method; see export.py."""
+def read_embeddings(path: str, verify: bool = True):
+    """An export folder (``mmkgc-dist export``) as arrays ordered by id, with a ``score`` method, every file checked
+    against export.json's records (``verify``: digests too); see export.py."""
     from .export import read_embeddings as read
-    return read(path)
+    return read(path, verify)
 
 
 def train(config=None, overrides=None, run_dir: str | None = None, **kwargs):
@@ -35,3 +36,10 @@ def tune(space, study_dir: str, config=None, overrides=None, trials: int = 20, *
     """A worker of a hyperparameter study as ``mmkgc-dist tune`` runs it; a ``StudyResult``. See api.py."""
     from .api import tune as run
     return run(space, study_dir, config, overrides, trials, **options)
+
+
+def verify(path: str) -> dict:
+    """Every file of a dataset, run folder or export against its recorded bytes and SHA-256, as ``mmkgc-dist
+    verify`` does: {kind, path, checked, problems}. See api.py."""
+    from .api import verify as run
+    return run(path)

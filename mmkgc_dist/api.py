@@ -111,12 +111,6 @@ def train(config=None, overrides=None, run_dir: str | None = None, resume: bool 
     ``distributed``: None = the distributed runtime when launched with WORLD_SIZE > 1. ``on_validation``:
     callables ``hook(epoch, step, metrics)`` called after each validation run on rank 0; one returning a reason
     (a string) stops training there and the run is not tested (``result.stopped``)."""
-    from .data.build import build_dataset
-    from .errors import ConfigError
-    from .parallel import make_runtime
-    from .parallel.env import world_size_from_environment
-    from .training.lifecycle import train_run
-
     run_dir = _path_arg(run_dir, "run_dir", optional=True)
     resume, overwrite, progress = (_flag_arg(v, n) for v, n in ((resume, "resume"), (overwrite, "overwrite"),
                                                                  (progress, "progress")))
@@ -124,7 +118,12 @@ def train(config=None, overrides=None, run_dir: str | None = None, resume: bool 
         _flag_arg(distributed, "distributed")
     if not all(callable(h) for h in (on_validation or ())):
         raise ConfigError("on_validation: expected callables hook(epoch, step, metrics)")
-    cfg = config_from(config, overrides)
+    cfg = config_from(config, overrides)          # a bad key or value is refused before torch is imported
+    from .data.build import build_dataset
+    from .parallel import make_runtime
+    from .parallel.env import world_size_from_environment
+    from .training.lifecycle import train_run
+
     distributed = world_size_from_environment() > 1 if distributed is None else distributed
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0   # torchrun restarted a failed job
     if resume and overwrite:
