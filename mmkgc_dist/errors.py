@@ -55,6 +55,11 @@ class NonFiniteModel(UserError):
     a perfect MRR of 1.0 — refused instead."""
 
 
+class TrialFailed(Exception):
+    """A study's trial that could not finish (its reason is the trial's ``failure`` attribute); the study goes on
+    (a worker's control flow, never shown to the user as an error)."""
+
+
 class RunInterrupted(Exception):
     """SIGTERM (what Slurm and torchrun send first) stopped training at a step boundary; the message says which
     checkpoint holds the run. Not an error of the user's: the command exits 143 (128 + SIGTERM)."""

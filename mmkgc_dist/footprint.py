@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from .errors import ConfigError
+
 FLOAT = 4
 TRAINED = 3           # value + Adam's two moments (lazy rows: gradients are per batch, not per table)
 DENSE = 4             # value + gradient + two moments
@@ -64,7 +66,7 @@ def check_fits(cfg, num_entities: int, num_relations: int, feature_dims: dict[st
              STEP: f"{cfg.train.batch_size} x {cfg.train.num_negatives} x {cfg.model.dim}",
              ALL: f"{cfg.train.batch_size} (train.negatives=all: every query against all {num_entities} "
                   f"entities)"}[key]
-    raise ValueError(f"{key}={value}: the model needs at least {_size(need)} per process ({_size(biggest)} of it "
+    raise ConfigError(f"{key}={value}: the model needs at least {_size(need)} per process ({_size(biggest)} of it "
                      f"from {key}; {num_entities} entities over {world_size} process(es)), this "
                      f"{'GPU' if getattr(device, 'type', 'cpu') == 'cuda' else 'machine'} has {_size(have)}; "
                      f"make {key} smaller or add ranks")

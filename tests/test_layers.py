@@ -4,7 +4,7 @@ import os
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mmkgc_dist")
 ALLOWED = {
-    "config": {"errors"}, "rng": set(), "optim": set(), "errors": set(), "host": set(), "footprint": set(),
+    "config": {"errors"}, "rng": set(), "optim": set(), "errors": set(), "host": set(), "footprint": {"errors"},
     "runtime": set(),
     "model": {"model"},
     "outputs": {"errors"},

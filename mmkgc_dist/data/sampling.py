@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..rng import counter_bits, shift_right, split_bits, stream_key
 from .statistics import exact_relation_table, head_probability
 
@@ -96,7 +97,7 @@ class DegreeDistribution:
     def __init__(self, degree: np.ndarray):
         total = float(degree.sum())
         if total <= 0:
-            raise ValueError("degree-proportional sampling needs at least one training triple")
+            raise ConfigError("degree-proportional sampling needs at least one training triple")
         self.cdf = np.cumsum(degree, dtype=np.float64) / total
 
     def draw(self, rng: np.random.Generator, size) -> np.ndarray:
@@ -114,7 +115,7 @@ class NegativeSampler:
                  degree: np.ndarray | None = None, side: str = "per_negative", seed: int = 0,
                  device: torch.device | str = "cpu", compile: bool = False):
         if num_entities > MAX_ENTITIES:
-            raise ValueError(f"negative sampling supports at most {MAX_ENTITIES:,} entities, got {num_entities:,}")
+            raise ConfigError(f"negative sampling supports at most {MAX_ENTITIES:,} entities, got {num_entities:,}")
         self.n, self.k, self.seed, self.device = num_entities, num_negatives, seed, torch.device(device)
         # The corruption side per negative (the reference's way) for per-positive candidates; chunk-shared
         # candidates serve many positives, so each positive keeps one side there.
@@ -132,10 +133,10 @@ class NegativeSampler:
         # Chunk-shared candidates cannot be filtered per positive (as in PyTorch-BigGraph): off there.
         self.filter = filter_negatives and mode == "per_positive"
         if self.filter and train is None:
-            raise ValueError("exact negative filtering needs the training triples in memory")
+            raise ConfigError("exact negative filtering needs the training triples in memory")
         if self.filter:
             if float(num_entities) ** 2 * num_relations >= 2 ** 62:
-                raise ValueError("graph too large for exact negative filtering; set train.filter_negatives=false")
+                raise ConfigError("graph too large for exact negative filtering; set train.filter_negatives=false")
             self.known = KnownTriples(triple_index(train, num_entities, num_relations), self.device)
         # The elementwise parts fuse into one loop each under torch.compile (5x on CPU; sizes vary by batch).
         wrap = (lambda fn: torch.compile(fn, dynamic=True)) if compile else (lambda fn: fn)

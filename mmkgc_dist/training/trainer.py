@@ -57,11 +57,8 @@ class Trainer:
         if self.use_mat and self.scoring.scorer.fusion != "adamf":
             raise ConfigError(f"mat.enabled: MAT fuses generated modalities with AdaMF; model.scoring="
                               f"{cfg.model.scoring} is a baseline with its own fusion — set mat.enabled=false")
-        try:
-            check_fits(cfg, data.num_entities, data.num_relations, {m: f.dim for m, f in features.items()},
-                       runtime.world_size, self.use_mat, runtime.device)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        check_fits(cfg, data.num_entities, data.num_relations, {m: f.dim for m, f in features.items()},
+                   runtime.world_size, self.use_mat, runtime.device)
         runtime.build(data, features, self.modalities, self.scoring, self.use_mat)
         self.stream = self._make_stream()
         self.statistics = TrainingStatistics(data, cfg.data.path,

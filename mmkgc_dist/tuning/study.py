@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import yaml
 
 from ..config import Config, _leaves, config_from, config_yaml, read_yaml_text
-from ..errors import ConfigError, OutputError, RunInterrupted, TrialsFailed, UserError
+from ..errors import ConfigError, OutputError, RunInterrupted, TrialFailed, TrialsFailed, UserError
 from ..outputs import MARKER, marker_kind, pid_alive, write_atomic, write_marker
 from .space import Param, base_values, check_space, sample
 from .storage import STUDY_UID, StorageRef, open_storage, storage_faults, storage_ref
@@ -102,10 +102,6 @@ class TuneOptions:
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError(f"tune: timeout={self.timeout!r}; expected seconds > 0")
         return self
-
-
-class TrialFailed(Exception):
-    """A trial that could not finish (its reason is the trial's ``failure`` attribute); the study goes on."""
 
 
 # ------------------------------------------------------------------------------------------ the study folder
