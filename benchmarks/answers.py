@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     from mmkgc_dist import load_run
-    from mmkgc_dist.neighbour_index import exact_answers, measure_recall
+    from mmkgc_dist.serving.neighbour_index import exact_answers, measure_recall
 
     overrides = [f"--data.path={args.data_path}"] if args.data_path else []
     t0 = time.time()

@@ -21,7 +21,7 @@ import torch
 from _common import REPO, SHARED_DATASETS, machine, new_plot, results_dir, save_plot, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.openke import read_openke
-from mmkgc_dist.trainers import local_trainer
+from mmkgc_dist.compose import local_trainer
 
 
 def main() -> int:

@@ -17,7 +17,7 @@ import torch
 from _common import SHARED_DATASETS, machine, results_dir, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.openke import read_openke
-from mmkgc_dist.trainers import local_trainer
+from mmkgc_dist.compose import local_trainer
 
 
 def main() -> int:

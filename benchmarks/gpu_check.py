@@ -74,7 +74,7 @@ def main() -> int:
 
 def eval_speed(data) -> dict:
     from mmkgc_dist.config import load_config
-    from mmkgc_dist.trainers import local_trainer
+    from mmkgc_dist.compose import local_trainer
 
     cfg = load_config(None, [("model.dim", "250"), ("model.modalities", "[]"), ("mat.enabled", "false"),
                              ("train.device", "cuda"), ("eval.batch_size", "1024")])

@@ -28,7 +28,7 @@ from _common import REPO, machine, mean_std, new_plot, results_dir, save_plot, v
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.build import build_dataset
 from mmkgc_dist.data.format import Features, load_dataset
-from mmkgc_dist.trainers import local_trainer
+from mmkgc_dist.compose import local_trainer
 
 
 

@@ -23,7 +23,7 @@ import time
 from _common import machine, mean_std, results_dir, variant_overrides, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.training.lifecycle import select_best
-from mmkgc_dist.trainers import local_trainer
+from mmkgc_dist.compose import local_trainer
 from modality import sweep_arguments, sweep_data
 
 FUSIONS = {"structure": "rotate", "adamf": "adamf", "adamf-mat": "adamf-mat"}     # configs/variants/<name>.yaml

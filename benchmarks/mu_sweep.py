@@ -25,7 +25,7 @@ import time
 from _common import machine, mean_std, new_plot, results_dir, save_plot, variant_overrides, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.training.lifecycle import select_best
-from mmkgc_dist.trainers import local_trainer
+from mmkgc_dist.compose import local_trainer
 from modality import drop_text, sweep_arguments, sweep_data
 
 TIES = ("realistic", "optimistic")

@@ -25,7 +25,7 @@ from _common import SHARED_DATASETS, machine, mean_std, results_dir, variant_ove
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.format import load_dataset
 from mmkgc_dist.data.openke import read_openke
-from mmkgc_dist.trainers import local_trainer
+from mmkgc_dist.compose import local_trainer
 
 PAPER = {  # filtered MRR / Hits@1 / Hits@10 from docs/method.md
     "db15k": {"rotate": (0.2928, 0.1787, 0.4966), "adamf-mat": (0.3514, 0.2530, 0.5292)},

@@ -23,7 +23,7 @@ import torch
 from _common import machine, results_dir, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.sampling import NegativeSampler
-from mmkgc_dist.trainers import local_trainer
+from mmkgc_dist.compose import local_trainer
 from throughput import db15k_shaped
 
 

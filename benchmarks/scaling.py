@@ -88,7 +88,7 @@ def worker(out: str, steps: int, mode: str, extra: list[str], warmup: int, gate:
     import torch
     from throughput import db15k_shaped
     from mmkgc_dist.config import load_config
-    from mmkgc_dist.trainers import distributed_trainer
+    from mmkgc_dist.compose import distributed_trainer
 
     torch.set_num_threads(1)
     clock = CollectiveClock()             # before anything binds the functions

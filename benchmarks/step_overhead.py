@@ -105,7 +105,7 @@ GRAPHS = {"db15k": (dict(), [("model.dim", "250"), ("train.batch_size", "1024"),
 
 def count_mode(data, size: list, mode: str, steps: int, extra: list | None = None) -> dict:
     from mmkgc_dist.config import load_config
-    from mmkgc_dist.trainers import local_trainer
+    from mmkgc_dist.compose import local_trainer
 
     cfg = load_config(None, size + [("train.filter_negatives", "true"), ("train.epochs", "1"),
                                     ("train.compile", "false")] + MODES[mode] + (extra or []))

@@ -25,7 +25,7 @@ import torch
 from _common import machine, results_dir, write_json
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.format import Features, KGData
-from mmkgc_dist.trainers import local_trainer
+from mmkgc_dist.compose import local_trainer
 
 MODES = {
     "exact": [("train.negatives", "per_positive")],

@@ -3,20 +3,20 @@ import sys as _sys
 
 __version__ = "0.1.0"
 if "torch" in _sys.modules:         # torch came first: flush before its worker threads start (see host.py)
-    from .host import flush_denormals as _flush_denormals
+    from .training.host import flush_denormals as _flush_denormals
     _flush_denormals()
 
 
 def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", overrides=()):
     """A trained run's model in this process (``predict``, ``score``, ``neighbours``); see predict.py."""
-    from .predict import load_run as load
+    from .serving.predict import load_run as load
     return load(run_dir, checkpoint, device, overrides)
 
 
 def read_embeddings(path: str, verify: bool = True):
     """An export folder (``mmkgc-dist export``) as arrays ordered by id, with a ``score`` method, every file checked
     against export.json's records (``verify``: digests too); see export.py."""
-    from .export import read_embeddings as read
+    from .serving.export import read_embeddings as read
     return read(path, verify)
 
 

@@ -88,7 +88,7 @@ class TrainResult:
     def model(self):
         """The trained model in this process (``load_run``): predict, score, neighbours."""
         if self._model is None:
-            from .predict import load_run
+            from .serving.predict import load_run
             self._model = load_run(self.run_dir, device=self.config.train.device)
         return self._model
 
@@ -119,41 +119,13 @@ def train(config=None, overrides=None, run_dir: str | None = None, resume: bool 
     if not all(callable(h) for h in (on_validation or ())):
         raise ConfigError("on_validation: expected callables hook(epoch, step, metrics)")
     cfg = config_from(config, overrides)          # a bad key or value is refused before torch is imported
-    from .data.build import build_dataset
-    from .parallel import make_runtime
+    from .compose import run_training
     from .parallel.env import world_size_from_environment
-    from .training.lifecycle import train_run
 
     distributed = world_size_from_environment() > 1 if distributed is None else distributed
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0   # torchrun restarted a failed job
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite: choose one (continue the run, or replace its results)")
-    how = "explicit" if resume else ("restart" if restarted else None)
-    if resume and not (run_dir or cfg.run.name):
-        raise ConfigError("--resume: which run? give --run-dir RUN (or --run.name=NAME); without one a new "
-                          "timestamped run would start")
-    if how:
-        cfg = _config_to_resume(cfg, config, overrides, run_dir)
-    # Bad data fails before the run folder is touched. Distributed ranks read their feature rows later.
-    data = build_dataset(cfg, feature_values=not distributed)
-    path, results = train_run(cfg, data, make_runtime(cfg, distributed), run_dir, how, overwrite,
-                              validation_hooks=list(on_validation or ()), show_progress=progress)
+    path, results = run_training(cfg, run_dir, resume, overwrite, distributed, on_validation, progress,
+                                 config=config, overrides=overrides)
     return TrainResult(path, cfg, results)
-
-
-def _config_to_resume(cfg: Config, config, overrides, run_dir: str | None) -> Config:
-    """A resumed run trains with the config it was created with (its config.yaml) plus the overrides given now,
-    which may change only what does not shape the model or its data (``config.resumed_config``). With a
-    ``config`` given, that config is compared instead. A folder without a run of ours: ``cfg`` as it is."""
-    from .config import resumed_config
-    from .run_folder import created_config
-
-    path = run_dir or (os.path.join(cfg.run.out_dir, cfg.run.name) if cfg.run.name else None)
-    created = created_config(path) if path else None
-    if created is None:
-        return cfg
-    asked = cfg if config is not None else config_from(os.path.join(path, "config.yaml"), overrides)
-    return resumed_config(created, asked)
 
 
 def evaluate(run_dir: str, splits=None, checkpoint: str | None = None, ties: str | None = None, overrides=None,
@@ -163,7 +135,7 @@ def evaluate(run_dir: str, splits=None, checkpoint: str | None = None, ties: str
     from .config import parse_overrides
     from .eval.evaluator import check_request
     from .parallel.env import world_size_from_environment
-    from .trained import load_trained
+    from .serving.trained import load_trained
 
     run_dir, checkpoint = _path_arg(run_dir, "run_dir"), _path_arg(checkpoint, "checkpoint", optional=True)
     splits = [splits] if isinstance(splits, str) else splits
@@ -186,7 +158,7 @@ def verify(path: str) -> dict:
         raise ConfigError(f"verify: path={path!r}; expected a folder path")
     path = os.fspath(path)
     if os.path.isfile(os.path.join(path, "export.json")):
-        from .export import export_problems
+        from .serving.export import export_problems
         checked, problems = export_problems(path)
         return {"kind": "export", "path": path, "checked": checked, "problems": problems}
     if os.path.isfile(os.path.join(path, "config.yaml")):

@@ -41,6 +41,11 @@ def cmd_tune(args, overrides) -> int:
     return 0
 
 
+def cmd_tune_trial(args, overrides) -> int:
+    from .tuning.trial import run_trial
+    return run_trial(args.storage, args.study, args.trial_id, args.run_dir, args.config, overrides)
+
+
 def cmd_verify(args, overrides) -> int:
     from .api import verify
     from .errors import DataError
@@ -63,7 +68,7 @@ def _load_trained(run_dir: str, checkpoint: str | None, overrides, distributed: 
     """The trained model of a run folder (``trained.TrainedModel``), in one process or on the ranks this command
     was launched on; a checkpoint of any world size loads."""
     from .parallel.env import world_size_from_environment
-    from .trained import load_trained
+    from .serving.trained import load_trained
 
     return load_trained(run_dir, checkpoint, overrides, distributed or world_size_from_environment() > 1)
 
@@ -114,7 +119,7 @@ def cmd_export(args, overrides) -> int:
 def cmd_predict(args, overrides) -> int:
     import json
 
-    from .predict import load_run
+    from .serving.predict import load_run
 
     given = [x is not None for x in (args.head, args.relation, args.tail)]
     if args.batch is not None:
@@ -384,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not train the base config's own values as the study's first trial")
     tu.set_defaults(fn=cmd_tune)
 
+    tt = sub.add_parser("tune-trial", help=argparse.SUPPRESS)      # one multi-rank trial (tuning/trial.py)
+    for name in ("--storage", "--study", "--run-dir", "--config"):
+        tt.add_argument(name, required=True)
+    tt.add_argument("--trial-id", type=int, required=True)
+    tt.set_defaults(fn=cmd_tune_trial)
     v = sub.add_parser("verify", help="check every file of a dataset, run folder or export against the bytes and "
                                       "SHA-256 recorded when it was written (exit 2 on any mismatch)")
     v.add_argument("paths", nargs="+", metavar="DATA|RUN|EXPORT")

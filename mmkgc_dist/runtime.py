@@ -8,6 +8,10 @@ DeepSpeed generators). ``parallel.make_runtime`` picks one.
 
 Life cycle: construct with the config (placement: ``rank``, ``world_size``, ``is_main``, ``device``), then
 ``build`` once; the model attributes exist from then on.
+
+The members come in groups, and callers use nothing else (``tests/test_layers.py`` walks the package and fails on
+any ``runtime.<name>`` outside this protocol): placement, the model it hosts, a global batch and its numbers,
+collectives, 1-vs-all training, reading the trained model, and checkpoint I/O.
 """
 from __future__ import annotations
 
@@ -36,6 +40,8 @@ class Runtime(Protocol):
     update_generator: Callable[[Tensor], None] | None      # one generator update from its loss
     sync_gradients: Callable[[], None] | None              # starts summing dense gradients over ranks
     table_state_kind: str                 # how the table optimizer's state is keyed in a checkpoint
+    table_optimizer_rule: str             # the table-optimizer rule (train.table_optimizer) a checkpoint records
+    zero_stage: int                       # ZeRO stage of the generators' optimizer (0: plain torch, or no MAT)
 
     def build(self, data, features: dict, modalities: list[str], scoring, use_mat: bool) -> None:
         """Tables (widths, rows and initial bounds from ``scoring``, a ``model.Scoring``), fusion, generators and
@@ -99,3 +105,10 @@ class Runtime(Protocol):
 
     def restore_state(self, state: dict, optimizer: bool) -> None:
         """Copy what a checkpoint load filled back where it is not already in place."""
+
+    def save_generator_shards(self, folder: str) -> None:
+        """The generators and their optimizer state partitioned over ranks (``zero_stage`` > 0 only) into
+        ``folder``; a collective."""
+
+    def load_generator_shards(self, folder: str) -> None:
+        """What ``save_generator_shards`` wrote, at the same ZeRO stage; a collective."""

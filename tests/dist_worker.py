@@ -13,7 +13,7 @@ from mmkgc_dist.eval.metrics import link_prediction_metrics
 from mmkgc_dist.eval.engine import filtered_ranks
 from mmkgc_dist.parallel.env import exit_distributed
 from mmkgc_dist.runtime import Runtime
-from mmkgc_dist.trainers import distributed_trainer
+from mmkgc_dist.compose import distributed_trainer
 
 TINY = ["--data.synthetic.num_entities=300", "--data.synthetic.num_triples=2400", "--model.dim=8",
         "--train.batch_size=64", "--train.num_negatives=8", "--mat.hidden=16", "--mat.noise_dim=4",

@@ -28,16 +28,22 @@ def main() -> None:
     data = generate(cfg.data.synthetic)
     if local:
         try:
-            from mmkgc_dist.trainers import local_trainer
-        except ImportError:                       # a checkout from before the runtimes (benchmarks/semantics.py)
-            from mmkgc_dist.training.trainer import Trainer as local_trainer
+            from mmkgc_dist.compose import local_trainer
+        except ImportError:                       # checkouts from before compose.py, then before the runtimes
+            try:
+                from mmkgc_dist.trainers import local_trainer
+            except ImportError:                       # a checkout from before the runtimes (benchmarks/semantics.py)
+                from mmkgc_dist.training.trainer import Trainer as local_trainer
         trainer, rank = local_trainer(cfg, data, run_dir, show_progress=False), 0
         tables = {"entity": trainer.runtime.tables.entity.weight, "relation": trainer.runtime.tables.relation.weight}
     else:
         try:
-            from mmkgc_dist.trainers import distributed_trainer
-        except ImportError:
-            from mmkgc_dist.parallel.trainer import DistributedTrainer as distributed_trainer
+            from mmkgc_dist.compose import distributed_trainer
+        except ImportError:                       # checkouts from before compose.py, then before the runtimes
+            try:
+                from mmkgc_dist.trainers import distributed_trainer
+            except ImportError:
+                from mmkgc_dist.parallel.trainer import DistributedTrainer as distributed_trainer
         trainer = distributed_trainer(cfg, data, run_dir, show_progress=False)
         rank = trainer.runtime.env.rank
         tables = {name: trainer.runtime.tables.full_table(name) for name in ("entity", "relation")}

@@ -54,7 +54,7 @@ def test_default_job_learns(repo, tmp_path):
     trained = json.load(open(os.path.join(run_dir, "results.json")))["test"]["mrr"]
     from mmkgc_dist.config import load_config
     from mmkgc_dist.data.synthetic import generate
-    from mmkgc_dist.trainers import local_trainer
+    from mmkgc_dist.compose import local_trainer
     cfg = load_config()
     untrained = local_trainer(cfg, generate(cfg.data.synthetic), None, show_progress=False).evaluate("test")["mrr"]
     assert trained >= 5 * untrained, (trained, untrained)

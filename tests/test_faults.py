@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mmkgc_dist.data.format import dataset_identity, manifest_files, read_manifest
-from mmkgc_dist.export import read_embeddings
+from mmkgc_dist.serving.export import read_embeddings
 from mmkgc_dist.checkpoint import list_checkpoints, verify
 from mmkgc_dist.checkpoint.catalogue import sha256
 from mmkgc_dist.outputs import resolve_output

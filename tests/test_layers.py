@@ -4,23 +4,27 @@ import os
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mmkgc_dist")
 ALLOWED = {
-    "config": {"errors"}, "rng": set(), "optim": set(), "errors": set(), "host": set(), "footprint": {"errors"},
-    "runtime": set(),
+    "config": {"errors"}, "rng": set(), "errors": set(), "runtime": set(),
+    "model.optim": set(),
     "model": {"model"},
     "outputs": {"errors"},
-    "checkpoint": {"errors", "outputs", "optim", "checkpoint"},
+    "checkpoint": {"errors", "outputs", "model.optim", "checkpoint"},
     "run_folder": {"errors", "outputs", "checkpoint", "config"},
     "data": {"config", "rng", "outputs", "data", "errors"},
-    "eval": {"model", "rng", "data", "config", "eval", "errors"},
-    "tables": {"model", "data", "rng"},
-    "training": {"config", "rng", "optim", "outputs", "checkpoint", "run_folder", "data", "eval", "model",
-                 "tables", "training", "host", "errors", "footprint", "runtime"},
-    "parallel": {"config", "rng", "optim", "outputs", "checkpoint", "data", "eval", "model", "tables", "parallel",
+    "eval": {"model", "model.optim", "rng", "data", "config", "eval", "errors"},
+    "training": {"config", "rng", "outputs", "checkpoint", "run_folder", "data", "eval", "model", "model.optim",
+                 "training", "errors", "runtime"},
+    "parallel": {"config", "rng", "outputs", "checkpoint", "data", "eval", "model", "model.optim", "parallel",
                  "errors", "runtime"},
+    # answers from a trained run: everything below but the training package (no trainer, no DeepSpeed)
+    "serving": {"config", "rng", "outputs", "checkpoint", "run_folder", "data", "eval", "model", "model.optim",
+                "parallel", "errors", "runtime", "serving"},
+    # a run composed from its config: beneath the API and the studies
+    "compose": {"config", "errors", "outputs", "run_folder", "data", "parallel", "training"},
+    "tuning": {"config", "errors", "outputs", "compose", "model", "parallel", "tuning"},
 }
-EXCEPTIONS: set = set()      # none: the trainer is handed its runtime (parallel.make_runtime builds it)
-
-
+TOP = ("__init__", "api", "cli")          # the floors above everything: they may import anything
+TOP_MODULES = 10                          # .py files directly in mmkgc_dist/ at most
 def _layer(module: str) -> str:
     for name in sorted(ALLOWED, key=len, reverse=True):
         if module == name or module.startswith(name + "."):
@@ -49,14 +53,76 @@ def test_layers_import_only_downwards():
             rel = os.path.relpath(path, PACKAGE)
             module = rel[:-3].replace(os.sep, ".")
             layer = _layer(module)
-            if layer not in ALLOWED:
-                continue                       # cli, api, tuning, export: the top may import anything
+            if layer in TOP:
+                continue                       # the API, the command line and the package's facade
+            assert layer in ALLOWED, f"{rel}: a module on no floor (add it to ALLOWED and docs/architecture.md)"
             for target in _imports(path, module):
                 target_layer = _layer(target)
                 if target_layer in ALLOWED[layer] or (rel, target_layer) in EXCEPTIONS:
                     continue
                 if target_layer:
                     bad.append(f"{rel} imports {target}")
+    assert not bad, bad
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """{module: modules of the package it imports}, counting imports inside functions too."""
+    graph = {}
+    for root, _, files in os.walk(PACKAGE):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(root, f)
+                module = os.path.relpath(path, PACKAGE)[:-3].replace(os.sep, ".")
+                module = module[:-len(".__init__")] if module.endswith(".__init__") else module
+                graph[module] = set()
+                for target in _imports(path, os.path.relpath(path, PACKAGE)[:-3].replace(os.sep, ".")):
+                    graph[module].add(target)
+    known = set(graph)
+    return {m: {t if t in known else t.rsplit(".", 1)[0] for t in targets} & known - {m}
+            for m, targets in graph.items()}
+
+
+def test_no_import_circle_anywhere_and_a_small_top():
+    graph = _import_graph()
+    state: dict = {}
+
+    def visit(module, path):
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                raise AssertionError(f"import circle: {' -> '.join(path[path.index(target):] + [target])}")
+            if target not in state:
+                visit(target, path + [target])
+        state[module] = "done"
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    top = sorted(f for f in os.listdir(PACKAGE) if f.endswith(".py"))
+    assert len(top) <= TOP_MODULES, f"{len(top)} modules at the top of the package: {top}"
+
+
+def test_runtime_callers_use_only_the_protocol():
+    """No ``runtime.<name>`` outside the protocol, and no ``getattr``/``hasattr``/``isinstance`` on a runtime:
+    a caller never asks which runtime it holds."""
+    Runtime, methods, attributes = _protocol_members()
+    members, bad = methods | attributes, []
+    for root, _, files in os.walk(PACKAGE):
+        for f in files:
+            path = os.path.join(root, f)
+            if not f.endswith(".py") or path.endswith(os.path.join("parallel", "local.py")) or \
+                    path.endswith(os.path.join("parallel", "distributed.py")):
+                continue
+            for node in ast.walk(ast.parse(open(path).read())):
+                holder = None
+                if isinstance(node, ast.Attribute):
+                    holder, name = node.value, node.attr
+                elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                        node.func.id in ("getattr", "hasattr", "isinstance") and node.args:
+                    holder, name = node.args[0], f"{node.func.id}(...)"
+                is_runtime = isinstance(holder, ast.Name) and holder.id == "runtime" or \
+                    isinstance(holder, ast.Attribute) and holder.attr == "runtime"
+                if is_runtime and name not in members:
+                    bad.append(f"{os.path.relpath(path, PACKAGE)}:{node.lineno}: {ast.unparse(node)}")
     assert not bad, bad
 
 
@@ -90,7 +156,7 @@ def test_both_runtimes_define_every_member_of_the_runtime_protocol_with_its_para
 def test_a_built_local_runtime_is_a_runtime_and_the_trainer_forwards_nothing():
     from mmkgc_dist.config import Config
     from mmkgc_dist.data.synthetic import generate
-    from mmkgc_dist.trainers import local_trainer
+    from mmkgc_dist.compose import local_trainer
 
     Runtime, _, _ = _protocol_members()
     cfg = Config()

@@ -192,7 +192,7 @@ def test_two_sided_distance_values_and_gradients():
 
 
 def test_lazy_adam_is_torch_adam_when_every_row_has_a_gradient_and_skips_rows_without():
-    from mmkgc_dist.optim import LazyAdam
+    from mmkgc_dist.model.optim import LazyAdam
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(6, 4))
     b = torch.nn.Parameter(a.detach().clone())
@@ -215,7 +215,7 @@ def test_lazy_adam_is_torch_adam_when_every_row_has_a_gradient_and_skips_rows_wi
 def test_table_optimizers_take_sparse_gradients_of_the_looked_up_rows():
     """Single-process tables hand their optimizer sparse gradients (the looked-up rows); the update must be the
     one of the same table with a dense gradient, rows looked up twice summed, rows not looked up left alone."""
-    from mmkgc_dist.optim import LazyAdam, RowwiseAdagrad
+    from mmkgc_dist.model.optim import LazyAdam, RowwiseAdagrad
     torch.manual_seed(0)
     init = torch.randn(10, 4)
     for rule in (lambda p: LazyAdam(p, lr=0.01), lambda p: RowwiseAdagrad(p, lr=0.05)):
@@ -238,7 +238,7 @@ def test_adam_rows_whole_table_run_and_gathered_paths_agree():
     """The whole-table shortcut (every row has a gradient), the runs and the gather/scatter path run the same
     kernel per element: a shard that misses a row and one that does not agree up to the last bit (the fused
     kernel's vector body and tail may round a multiply-add differently depending on where a block starts)."""
-    from mmkgc_dist.optim import adam_rows_
+    from mmkgc_dist.model.optim import adam_rows_
     torch.manual_seed(1)
     weight, m, v = torch.randn(8, 6), torch.randn(8, 6), torch.rand(8, 6)
     grad = torch.randn(8, 6)
@@ -258,7 +258,7 @@ def test_adam_rows_whole_table_run_and_gathered_paths_agree():
 
 
 def test_row_runs_by_hand():
-    from mmkgc_dist.optim import row_runs
+    from mmkgc_dist.model.optim import row_runs
     assert row_runs(torch.tensor([0, 2, 3, 7, 8, 9]), 64) == [(0, 0, 1), (2, 1, 2), (7, 3, 3)]
     assert row_runs(torch.tensor([5]), 64) == [(5, 0, 1)]
     assert row_runs(torch.tensor([], dtype=torch.long), 64) == []
@@ -266,7 +266,7 @@ def test_row_runs_by_hand():
 
 
 def test_rowwise_adagrad_by_hand():
-    from mmkgc_dist.optim import RowwiseAdagrad
+    from mmkgc_dist.model.optim import RowwiseAdagrad
     p = torch.nn.Parameter(torch.zeros(2, 3))
     opt = RowwiseAdagrad([p], lr=0.5)
     p.grad = torch.tensor([[1.0, 2.0, 2.0], [0.0, 0.0, 0.0]])

@@ -204,7 +204,7 @@ def test_load_run_predicts_without_the_trainer_or_deepspeed(run):
 def test_known_index_on_disk_matches_the_triples(tmp_path):
     """The sorted-key index (two passes, buckets split again past the memory bound) answers every (anchor,
     relation) query and membership test exactly as the triples do, for heavy-tailed anchors."""
-    from mmkgc_dist.data.known_index import KnownIndex, build_known_index
+    from mmkgc_dist.serving.known_index import KnownIndex, build_known_index
     rng = np.random.default_rng(0)
     n, r = 700, 9
     triples = np.stack([np.minimum(rng.zipf(1.2, 30000) - 1, n - 1), rng.integers(0, r, 30000),
@@ -270,7 +270,7 @@ def test_inverted_file_index_calibrates_nprobe_to_the_recall_target(model, tmp_p
     """The IVF kind (what 10^7 entities use): k-means cells, nprobe the smallest of a doubling sweep that reaches
     the recall target on the build's sample; a fresh sample measures close to it; a bad kind is one line."""
     pytest.importorskip("faiss")
-    from mmkgc_dist.neighbour_index import build_neighbour_index, exact_answers, exact_nearest, measure_recall
+    from mmkgc_dist.serving.neighbour_index import build_neighbour_index, exact_answers, exact_nearest, measure_recall
     table = model.joint
     index = build_neighbour_index(str(tmp_path / "ivf"), table, {"step": 1}, kind="ivf", metric="euclidean",
                                   sample=200)

@@ -412,7 +412,7 @@ def test_a_checkpoint_never_replaces_a_folder_the_tool_did_not_write(tmp_path):
     from mmkgc_dist.config import load_config
     from mmkgc_dist.errors import OutputError
     from mmkgc_dist.data.synthetic import generate
-    from mmkgc_dist.trainers import local_trainer
+    from mmkgc_dist.compose import local_trainer
     cfg = load_config(None, [("data.synthetic.num_entities", "100"), ("data.synthetic.num_triples", "600"),
                              ("model.dim", "8"), ("train.compile", "false"), ("train.threads", "1")])
     trainer = local_trainer(cfg, generate(cfg.data.synthetic), str(tmp_path / "run"), show_progress=False)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mmkgc_dist.config import load_config
 from mmkgc_dist.data.synthetic import generate
 from mmkgc_dist.model import SCORERS, Queries, Scorer, make_scorer, one_vs_all_loss, register_scorer, regularization
-from mmkgc_dist.trainers import local_trainer
+from mmkgc_dist.compose import local_trainer
 
 BUILT_IN = ("rotate", "transe", "distmult", "complex")
 
@@ -156,7 +156,7 @@ class EuclideanTranslation(Scorer):
 
 
 def test_a_scorer_defined_outside_the_package_trains_evaluates_and_predicts(tmp_path):
-    from mmkgc_dist.predict import load_run
+    from mmkgc_dist.serving.predict import load_run
     cfg = load_config(None, [p for p in SMALL if p[0] != "train.max_steps"] +
                       [("model.scoring", "test_transe_l2"), ("train.epochs", "2"),
                        ("run.out_dir", str(tmp_path)), ("model.modalities", "[]"), ("mat.enabled", "false")])

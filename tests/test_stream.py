@@ -339,7 +339,7 @@ def small_dataset(tmp_path_factory):
 
 def make_trainer(root, *extra):
     from mmkgc_dist.data.build import build_dataset
-    from mmkgc_dist.trainers import local_trainer
+    from mmkgc_dist.compose import local_trainer
     cfg = load_config(None, parse_overrides(SMALL + ["--data.source=parquet", f"--data.path={root}", *extra]))
     return local_trainer(cfg, build_dataset(cfg), show_progress=False)
 
@@ -594,7 +594,7 @@ def test_streamed_training_resumes_exactly(small_dataset, tmp_path, stop):
     """A streamed run stopped mid-epoch and resumed from its checkpoint lands on the same parameters as an
     uninterrupted run: the loader cursor plus the derived negative seeds are the whole data state."""
     from mmkgc_dist.data.build import build_dataset
-    from mmkgc_dist.trainers import local_trainer
+    from mmkgc_dist.compose import local_trainer
 
     def trainer(run_dir, *extra):
         cfg = load_config(None, parse_overrides(SMALL + ["--data.source=parquet", f"--data.path={small_dataset}",

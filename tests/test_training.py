@@ -9,7 +9,7 @@ from mmkgc_dist.config import load_config
 from mmkgc_dist.data.synthetic import generate
 from mmkgc_dist.errors import TrainingDiverged
 from mmkgc_dist.training.prefetch import to_device_ahead
-from mmkgc_dist.trainers import local_trainer
+from mmkgc_dist.compose import local_trainer
 
 SMALL = [("data.synthetic.num_entities", "600"), ("data.synthetic.num_triples", "6000"), ("model.dim", "16"),
          ("train.batch_size", "256"), ("train.num_negatives", "16"), ("train.compile", "false"),

@@ -14,9 +14,9 @@ from mmkgc_dist.config import load_config
 from mmkgc_dist.data.format import load_dataset, read_manifest, verify_dataset, write_dataset
 from mmkgc_dist.data.synthetic import generate
 from mmkgc_dist.errors import ConfigError, DataError, QueryError, UserError
-from mmkgc_dist.export import read_embeddings
-from mmkgc_dist.neighbour_index import build_neighbour_index
-from mmkgc_dist.predict import load_run
+from mmkgc_dist.serving.export import read_embeddings
+from mmkgc_dist.serving.neighbour_index import build_neighbour_index
+from mmkgc_dist.serving.predict import load_run
 
 GRAPH = [("data.synthetic.num_entities", "120"), ("data.synthetic.num_triples", "900"),
          ("data.synthetic.visual_dim", "8"), ("data.synthetic.text_dim", "8")]

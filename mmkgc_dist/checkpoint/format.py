@@ -35,7 +35,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from ..errors import CheckpointError, OutputError, TrainingDiverged
-from ..optim import load_optimizer_state
+from ..model.optim import load_optimizer_state
 from ..outputs import swap_in
 from .catalogue import checkpoint_at, digests, prune
 from .safe_load import dcp_reader_and_planner, safe_torch_load
@@ -51,14 +51,10 @@ def _reason(exc: BaseException) -> str:
     return " ".join(text.split())[:200]
 
 
-def _zero_stage(runtime) -> int:
-    return runtime.cfg.parallel.zero_stage if getattr(runtime, "engine", None) is not None else 0
-
-
 def _generator_state(runtime) -> dict | None:
     if runtime.generators is None:
         return None
-    at_stage_zero = _zero_stage(runtime) == 0
+    at_stage_zero = runtime.zero_stage == 0
     return {"module": runtime.generators.state_dict(),
             "optimizer": runtime.opt_generator.state_dict() if at_stage_zero else None}
 
@@ -97,9 +93,10 @@ def non_finite_values(runtime, block: int = 1 << 22) -> int:
     return runtime.total(count)
 
 
-def save(runtime, directory: str, cursor: dict) -> str:
+def save(runtime, directory: str, cursor: dict, keep: int = 0) -> str:
     """Write one checkpoint collectively (every rank calls this); returns its folder. A model with non-finite
-    weights is refused (TrainingDiverged): its ranking would be meaningless, and resuming would go nowhere."""
+    weights is refused (TrainingDiverged): its ranking would be meaningless, and resuming would go nowhere.
+    ``keep``: the newest checkpoints kept (train.keep_checkpoints; 0 = all)."""
     name = f"step-{cursor['step']:09d}"
     final, tmp = os.path.join(directory, name), os.path.join(directory, ".tmp-" + name)
     if os.path.exists(final) and not os.path.isfile(os.path.join(final, "meta.json")):
@@ -119,8 +116,8 @@ def save(runtime, directory: str, cursor: dict) -> str:
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.save(runtime.checkpoint_state(optimizer=True), checkpoint_id=os.path.join(tmp, "dcp"))
         generator = _generator_state(runtime)
-        if _zero_stage(runtime) > 0:
-            runtime.engine.save_checkpoint(os.path.join(tmp, "generator"), tag="generator", save_latest=False)
+        if runtime.zero_stage > 0:
+            runtime.save_generator_shards(os.path.join(tmp, "generator"))
         torch.save(_rng_state(runtime), os.path.join(tmp, f"rng-rank{runtime.rank}.pt"))
         if runtime.is_main:
             if runtime.dense_optimizer is not None:
@@ -130,8 +127,8 @@ def save(runtime, directory: str, cursor: dict) -> str:
         runtime.barrier()
         if runtime.is_main:
             meta = {"format": FORMAT, "cursor": cursor, "world_size": runtime.world_size,
-                    "table_optimizer": runtime.cfg.train.table_optimizer, "table_state": runtime.table_state_kind,
-                    "zero_stage": _zero_stage(runtime), "mat": generator is not None, "files": digests(tmp)}
+                    "table_optimizer": runtime.table_optimizer_rule, "table_state": runtime.table_state_kind,
+                    "zero_stage": runtime.zero_stage, "mat": generator is not None, "files": digests(tmp)}
             with open(os.path.join(tmp, "meta.json"), "w") as fh:
                 json.dump(meta, fh)
                 fh.flush()
@@ -144,7 +141,7 @@ def save(runtime, directory: str, cursor: dict) -> str:
                           f"intact") from exc
     runtime.barrier()
     if runtime.is_main:
-        for old in prune(directory, runtime.cfg.train.keep_checkpoints, final):
+        for old in prune(directory, keep, final):
             log.debug("removed old checkpoint %s (train.keep_checkpoints)", old)
     runtime.barrier()
     return final
@@ -163,10 +160,9 @@ def read_meta(ckpt) -> dict:
 def _check_fits(runtime, meta: dict, path: str, optimizer: bool) -> None:
     if not optimizer:
         return
-    cfg = runtime.cfg
-    if meta["table_optimizer"] != cfg.train.table_optimizer:
+    if meta["table_optimizer"] != runtime.table_optimizer_rule:
         raise CheckpointError(f"{path}: trained with train.table_optimizer={meta['table_optimizer']}; this run has "
-                              f"{cfg.train.table_optimizer} (set it back to resume)")
+                              f"{runtime.table_optimizer_rule} (set it back to resume)")
     if meta["table_state"] != runtime.table_state_kind:
         raise CheckpointError(f"{path}: its table-optimizer state is kept {meta['table_state']}; this run's layout "
                               f"keeps it {runtime.table_state_kind} (resume with the parallel.sharding it was written "
@@ -211,10 +207,9 @@ def load(runtime, path: str, streamed: bool, optimizer: bool = True) -> dict:
 def _load_generator(runtime, path: str, meta: dict, optimizer: bool) -> None:
     if runtime.generators is None or not meta["mat"]:
         return
-    saved, running = meta["zero_stage"], _zero_stage(runtime)
+    saved, running = meta["zero_stage"], runtime.zero_stage
     if optimizer and saved > 0 and saved == running:
-        runtime.engine.load_checkpoint(os.path.join(path, "generator"), tag="generator",
-                                       load_module_strict=True, load_optimizer_states=True)
+        runtime.load_generator_shards(os.path.join(path, "generator"))
         return
     state = safe_torch_load(os.path.join(path, "generator.pt"))
     runtime.generators.load_state_dict(state["module"])

@@ -66,7 +66,10 @@ def remote_fault(url: str, exc: BaseException) -> DataError | None:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if not scheme or scheme in ("file", "local"):
         return None
-    if isinstance(exc, ImportError) or (isinstance(exc, ValueError) and "Protocol not known" in str(exc)):
+    if isinstance(exc, ValueError) and "Protocol not known" in str(exc):
+        return DataError(f"{url}: cannot open: no filesystem reads {scheme}:// URLs (fsspec knows none by that "
+                         f"name; a typo?)")
+    if isinstance(exc, ImportError):
         extra = BACKENDS.get(scheme)
         hint = f"install the {extra} extra (EXTRAS={extra} bash scripts/install.sh, or pip install " \
                f"{'s3fs' if extra == 's3' else 'gcsfs'})" if extra else f"install fsspec's backend for {scheme}://"

@@ -1,7 +1,7 @@
 """Evaluation of a model held by a runtime: filtered ranking of a split by the one engine (engine.py) against
 this process's candidate shard, the known triples it filters, and the per-relation and per-category breakdown.
 Used alike by the trainer (validation, the final test) and by a trained model loaded without one
-(``mmkgc_dist.trained``)."""
+(``mmkgc_dist.serving.trained``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.sampling import DegreeDistribution
-from ..data.statistics import TrainingStatistics
+from ..data.training_statistics import TrainingStatistics
 from ..data.stream import rows_answering
 from .engine import rank_queries
 from .metrics import link_prediction_metrics, relation_categories

@@ -32,7 +32,7 @@ from ..eval.engine import CandidateShard
 from ..checkpoint.safe_load import safe_deepspeed_engine
 from ..model import MATGenerators
 from ..model.kgc import MultiModalKGC, unique_ids
-from ..optim import OptimizerGroup, load_table_state, table_optimizer, table_state
+from ..model.optim import OptimizerGroup, load_table_state, table_optimizer, table_state
 from ..rng import torch_seed
 from .embedder import OwnerEmbedder, owner_block
 from .env import (DistEnv, gather_rows_differentiable, global_softmax, init_distributed, max_over_ranks,
@@ -302,6 +302,21 @@ class DistributedRuntime:
         return box[0]
 
     # ------------------------------------------------------------------------------------ checkpoints
+    @property
+    def table_optimizer_rule(self) -> str:
+        return self.cfg.train.table_optimizer
+
+    @property
+    def zero_stage(self) -> int:
+        """parallel.zero_stage while a DeepSpeed engine steps the generators; 0 without MAT."""
+        return self.cfg.parallel.zero_stage if self.engine is not None else 0
+
+    def save_generator_shards(self, folder: str) -> None:
+        self.engine.save_checkpoint(folder, tag="generator", save_latest=False)
+
+    def load_generator_shards(self, folder: str) -> None:
+        self.engine.load_checkpoint(folder, tag="generator", load_module_strict=True, load_optimizer_states=True)
+
     @property
     def table_state_kind(self) -> str:
         """"rows": table-optimizer state by table row (optim.table_state names, as one process keeps it);

@@ -17,9 +17,9 @@ from ..errors import ConfigError
 from ..eval.engine import CandidateShard
 from ..model import MATGenerators
 from ..model.kgc import EmbeddedEntities, MultiModalKGC
-from ..optim import OptimizerGroup, load_table_state, table_optimizer, table_state
+from ..model.optim import OptimizerGroup, load_table_state, table_optimizer, table_state
 from ..rng import torch_seed
-from ..tables import FROZEN_DTYPES, LocalTables, pad_rows
+from .local_tables import FROZEN_DTYPES, LocalTables, pad_rows
 
 log = logging.getLogger("mmkgc_dist")
 
@@ -166,6 +166,17 @@ class LocalRuntime:
 
     # ------------------------------------------------------------------------------------ checkpoints
     table_state_kind = "rows"          # table-optimizer state by table row (see checkpoint.py)
+    zero_stage = 0                     # the generators' optimizer is plain torch Adam in one process
+
+    @property
+    def table_optimizer_rule(self) -> str:
+        return self.cfg.train.table_optimizer
+
+    def save_generator_shards(self, folder: str) -> None:
+        raise NotImplementedError("one process keeps the generators' optimizer whole (zero_stage 0)")
+
+    def load_generator_shards(self, folder: str) -> None:
+        raise NotImplementedError("one process keeps the generators' optimizer whole (zero_stage 0)")
 
     def _trainable_tables(self) -> dict[str, nn.Parameter]:
         tables = {"entity": self.tables.entity.weight, "relation": self.tables.relation.weight}

@@ -31,9 +31,9 @@ from ..config import ParallelConfig
 from ..data.format import Features
 from ..model.kgc import EntityRows
 from ..errors import ConfigError
-from ..optim import adagrad_rows_, adam_rows_, every_row
+from ..model.optim import adagrad_rows_, adam_rows_, every_row
 from ..rng import uniform_rows
-from ..tables import FROZEN_DTYPES, row_width
+from .local_tables import FROZEN_DTYPES, row_width
 from .env import DistEnv, allreduce_sum_hook
 
 

@@ -1,7 +1,7 @@
 """The run lifecycle, for one process and N ranks alike: open the run folder (rank 0, lock held; the others
 learn its name or the error through the runtime), build the trainer on the runtime it is handed, resume, fit,
 save, evaluate, write ``results.json``. ``cli.py`` only parses arguments and picks the runtime
-(``parallel.make_runtime``); a trained model for evaluate/export/predict is ``mmkgc_dist.trained``."""
+(``parallel.make_runtime``); a trained model for evaluate/export/predict is ``mmkgc_dist.serving.trained``."""
 from __future__ import annotations
 
 import json

@@ -20,12 +20,12 @@ from ..config import Config, to_dict
 from ..data.build import fused_modalities
 from ..data.format import KGData
 from ..data.sampling import NegativeSampler
-from ..data.statistics import TrainingStatistics
+from ..data.training_statistics import TrainingStatistics
 from ..data.stream import StreamingTriples, rows_answering
 from ..errors import ConfigError, RunInterrupted, TrainingDiverged
 from ..eval.evaluator import Evaluator
-from ..footprint import check_fits
-from ..host import tune_training_process
+from .footprint import check_fits
+from .host import tune_training_process
 from ..model import Scoring
 from ..rng import numpy_rng
 from ..run_folder import record_config
@@ -269,7 +269,8 @@ class Trainer:
         step at an epoch's end is a new cursor — epoch + 1, batch 0 — and is saved again)."""
         if self._saved is not None and self._saved[0] == self.cursor():
             return self._saved[1]
-        path = checkpoint.save(self.runtime, os.path.join(self.run_dir, "checkpoints"), self.cursor())
+        path = checkpoint.save(self.runtime, os.path.join(self.run_dir, "checkpoints"), self.cursor(),
+                               self.cfg.train.keep_checkpoints)
         self.logger.log("checkpoint", path=os.path.basename(path), **self.cursor())
         self._saved = (self.cursor(), path)
         return path

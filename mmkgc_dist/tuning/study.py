@@ -392,18 +392,17 @@ class Objective:
         return config_from(self.base, {**values, "eval.splits": []})     # trials are selected, never tested
 
     def _in_process(self, trial, values: dict, run_dir: str) -> dict:
-        from ..api import train
+        from ..compose import run_training
         cfg = self.trial_config(values)
-        result = train(cfg, run_dir=run_dir, on_validation=[PruningHook(trial, cfg.eval.select_by)],
-                       progress=self.opts.show_progress, distributed=False)
-        return result.results
+        return run_training(cfg, run_dir, validation_hooks=[PruningHook(trial, cfg.eval.select_by)],
+                            show_progress=self.opts.show_progress)[1]
 
     def _on_ranks(self, trial, values: dict, run_dir: str) -> dict:
         """The trial under torchrun (``tuning/trial.py``): rank 0 reports to the same trial through the storage."""
         overrides = [f"--{k}={v if isinstance(v, str) else json.dumps(v)}"
                      for k, v in {**values, "eval.splits": []}.items()]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={self.opts.nproc_per_trial}", "-m", "mmkgc_dist.tuning.trial",
+               f"--nproc_per_node={self.opts.nproc_per_trial}", "-m", "mmkgc_dist.cli", "tune-trial",
                "--storage", storage_ref(self.study_dir, self.opts.storage).url, "--study", trial.study.study_name,
                "--trial-id", str(trial._trial_id), "--run-dir", run_dir,
                "--config", os.path.join(self.study_dir, BASE_FILE), *overrides]

@@ -13,18 +13,18 @@ import socket
 
 import torch
 
-from . import checkpoint
-from .config import Config, load_config
-from .data.build import build_dataset, fused_modalities
-from .data.format import KGData, read_manifest
-from .data.statistics import TrainingStatistics
-from .errors import CheckpointError, ConfigError, DataError
-from .eval.evaluator import Evaluator
-from .model import Scoring
-from .outputs import FolderLock, local_path, pid_alive, resolve_output
-from .parallel import make_runtime
-from .run_folder import check_dataset, dataset_location, open_for_reading
-from .runtime import Runtime
+from .. import checkpoint
+from ..config import Config, load_config
+from ..data.build import build_dataset, fused_modalities
+from ..data.format import KGData, read_manifest
+from ..data.training_statistics import TrainingStatistics
+from ..errors import CheckpointError, ConfigError, DataError
+from ..eval.evaluator import Evaluator
+from ..model import Scoring
+from ..outputs import FolderLock, local_path, pid_alive, resolve_output
+from ..parallel import make_runtime
+from ..run_folder import check_dataset, dataset_location, open_for_reading
+from ..runtime import Runtime
 
 log = logging.getLogger("mmkgc_dist")
 LOAD_ATTEMPTS = 5            # checkpoints chosen again when a training run prunes the chosen one under the reader

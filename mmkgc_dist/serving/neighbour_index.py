@@ -18,9 +18,9 @@ import os
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .model.kernels import all_pairs_distance
-from .outputs import built_aside, write_atomic
+from ..errors import ConfigError
+from ..model.kernels import all_pairs_distance
+from ..outputs import built_aside, write_atomic
 
 META = "meta.json"
 

@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .errors import DataError, QueryError
-from .outputs import OutputBuilder, write_atomic
+from ..errors import DataError, QueryError
+from ..outputs import OutputBuilder, write_atomic
 
 
 def _vectors(t: torch.Tensor) -> pa.FixedSizeListArray:
@@ -84,7 +84,7 @@ NEIGHBOUR_INDEX = "neighbour-index"
 
 def _records(folder: str) -> dict:
     """{relative path: {bytes, sha256}} of every file of the export but export.json itself."""
-    from .data.records import file_record
+    from ..data.records import file_record
     out = {}
     for base, _, files in os.walk(folder):
         for f in files:
@@ -180,7 +180,7 @@ class Embeddings:
 
     def scorer(self):
         """The scoring function export.json names (exports that name none are RotatE's), with its constants."""
-        from .model import make_scorer
+        from ..model import make_scorer
         record = self.info["scoring"]
         scorer = make_scorer(record.get("name", "rotate"), record["dim"], record["gamma"], record.get("epsilon", 2.0))
         if "pairs" in record:               # the view scorers: which views meet (scorers/views.py)
@@ -260,7 +260,7 @@ def read_embeddings(path: str, verify: bool = True) -> Embeddings:
     """Read an export folder (a local path or any fsspec URL) back into arrays ordered by id. Every file is
     checked against the bytes and SHA-256 export.json records (``verify``: digests too, cached by file
     identity); a tampered, swapped, missing or malformed file is a DataError in one line."""
-    from .data.records import check_size, verify_files
+    from ..data.records import check_size, verify_files
 
     fs, root, info = _open_export(path)
     where = f"{path.rstrip('/')}/export.json"
@@ -285,7 +285,7 @@ def read_embeddings(path: str, verify: bool = True) -> Embeddings:
 
 def export_problems(path: str) -> tuple[int, list[str]]:
     """(files compared, problems): every file of an export against the bytes and SHA-256 export.json records."""
-    from .data.records import verify_files
+    from ..data.records import verify_files
     fs, root, info = _open_export(path)
     where = f"{path.rstrip('/')}/export.json"
     records = info.get("records") or {}
@@ -298,7 +298,7 @@ def _open_export(path: str):
     """(filesystem, root, export.json checked) of an export folder at a path or URL."""
     import fsspec
 
-    from .data.remote import remote_faults
+    from ..data.remote import remote_faults
     where = f"{path.rstrip('/')}/export.json"
     try:
         with remote_faults(path):

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .errors import DataError, QueryError
-from .outputs import atomic_file, check_output_file
+from ..errors import DataError, QueryError
+from ..outputs import atomic_file, check_output_file
 
 COLUMNS = ("head", "relation", "tail")
 ASKED = ("", "?")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 FLOAT = 4
 TRAINED = 3           # value + Adam's two moments (lazy rows: gradients are per batch, not per table)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .data.format import Features
-from .model.kgc import EntityRows
-from .rng import uniform_rows
+from ..data.format import Features
+from ..model.kgc import EntityRows
+from ..rng import uniform_rows
 
 
 def row_width(width: int) -> int:

@@ -26,10 +26,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .config import parse_overrides
-from .data.known_index import KnownIndex, build_known_index
-from .errors import QueryError
-from .outputs import derived_folder, derived_places
+from ..config import parse_overrides
+from .known_index import KnownIndex, build_known_index
+from ..errors import QueryError
+from ..outputs import derived_folder, derived_places
 from .export import checked_k
 from .neighbour_index import exact_nearest
 from .trained import TrainedModel, load_trained
@@ -154,14 +154,14 @@ class Predictor:
     def predict_queries(self, queries, k: int = 10, known: str = "mark") -> list[Predictions]:
         """Answers of many queries (head, relation, tail), each with one of the three asked (None, '' or '?'),
         in the order given (predict_batch.py)."""
-        from .predict_batch import predict_queries
+        from .batch import predict_queries
         k, known = checked_options(k, known, "predict_queries")
         return predict_queries(self, queries, k, known)
 
     def predict_file(self, src: str, out: str, k: int = 10, known: str = "mark", progress: bool = True) -> dict:
         """A query file (TSV/CSV/Parquet: head, relation, tail; one asked per row) answered into ``out``
         (Parquet or JSON lines), in chunks with a progress bar; counts and queries/s (predict_batch.py)."""
-        from .predict_batch import predict_file
+        from .batch import predict_file
         k, known = checked_options(k, known, "predict_file")
         for name, value in (("src", src), ("out", out)):
             if not isinstance(value, (str, os.PathLike)):
@@ -276,7 +276,7 @@ class Predictor:
     def _build_known_index(self, folder: str) -> KnownIndex:
         from tqdm import tqdm
 
-        from .data.stream import StreamingTriples
+        from ..data.stream import StreamingTriples
         data = self.model.data
         train = StreamingTriples(self._stream[0], "train", batch_size=1 << 20, shuffle=False, manifest=self._stream[1])
         total = train.total_rows + sum(len(t) for t in self._held)
