@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from mmkgc_dist.data.format import write_manifest
 from support import MINI as TINY, MINI_GRAPH as SMALL_GRAPH, REPO, Payload, cli, snapshot
 
 
@@ -111,6 +112,11 @@ def world(tmp_path_factory):
     heads = table.column("head").to_numpy().copy()
     heads[7] = 10 ** 6
     pq.write_table(table.set_column(0, "head", pa.array(heads)), part)
+    write_manifest(j("bad_ids_ds"), json.load(open(j("bad_ids_ds", "manifest.json"))))   # records that match it
+    # A dataset whose training part was replaced by its validation part after it was written (its record says not).
+    shutil.copytree(j("good"), j("replaced_part_ds"))
+    shutil.copy(j("good", "triples", "valid", "part-00000.parquet"),
+                j("replaced_part_ds", "triples", "train", "part-00000.parquet"))
     # A manifest whose entity count is a string (it would print "120 rows, manifest says 120").
     shutil.copytree(j("good"), j("str_count_ds"))
     manifest = json.load(open(j("str_count_ds", "manifest.json")))
@@ -228,6 +234,8 @@ CASES = [
     ("data-path-is-file", ["train", "--data.source=parquet", "--data.path=afile.txt", *TINY], "afile.txt: is a file; expected a dataset folder"),
     ("dataset-without-test", ["train", "--run-dir", "new_run", "--data.source=parquet", "--data.path=no_test_ds", *TINY], "eval.splits: the dataset no_test_ds has no test split"),
     ("stream-id-out-of-range", ["train", "--run-dir", "new_run", "--data.source=parquet", "--data.path=bad_ids_ds", "--data.loader=stream", "--train.filter_negatives=false", *TINY], "part-00000.parquet: row group 0, row 7: head id 1000000 out of range [0, 120)", "new_run"),
+    ("replaced-part", ["train", "--run-dir", "new_run", "--data.source=parquet", "--data.path=replaced_part_ds", "--data.verify=false", *TINY], "bytes, replaced_part_ds/manifest.json records", "new_run"),
+    ("verify-replaced-part", ["verify", "replaced_part_ds"], "verify: 1 of 1 folder(s) do not match their records"),
     # --- checkpoints (#2, #5, #8) -------------------------------------------------------------------------
     ("evaluate-checkpoint-folder", ["evaluate", "run", "--checkpoint", "run"], "run: not a checkpoint folder (no meta.json)"),
     ("evaluate-payload", ["evaluate", "run", "--checkpoint", "payload.pt"], "payload.pt: not a checkpoint folder (no meta.json)"),
