@@ -62,6 +62,7 @@ def test_scaling_model_reads_the_saved_measurements(tmp_path):
         assert one["efficiency"] == 1 and 0 < thirty_two["efficiency"] <= eight["efficiency"] < 1
 
 
+@pytest.mark.slow
 def test_model_space_script_smoke(tmp_path):
     """benchmarks/model_space.py on the generated graph, one step per variant: every row carries its protocol and
     the JSON its runs (both regimes and a baseline)."""

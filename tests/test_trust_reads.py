@@ -43,7 +43,7 @@ def streamed_run(tmp_path_factory):
 # ------------------------------------------------------------------------------------------ remote reads
 def test_remote_reads_are_bounded_in_time(monkeypatch):
     monkeypatch.setenv("MMKGC_DIST_CONNECT_TIMEOUT", "1")
-    monkeypatch.setenv("MMKGC_DIST_READ_TIMEOUT", "1")
+    monkeypatch.setenv("MMKGC_DIST_READ_TIMEOUT", "0.5")
     silent = socket.socket()                   # accepts every connection and never answers
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)

@@ -75,6 +75,7 @@ def test_space_file_kinds_conditions_and_errors():
         base_values(parse_space({"model.dim": {"type": "int", "low": 12, "high": 16}}), base)
 
 
+@pytest.mark.slow
 def test_bad_space_and_foreign_folder_fail_in_one_line_before_writing(tmp_path):
     space = write_space(str(tmp_path), {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
                                         "model.dim": {"type": "int", "low": 4, "high": 8}})
