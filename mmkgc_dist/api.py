@@ -129,23 +129,73 @@ def train(config=None, overrides=None, run_dir: str | None = None, resume: bool 
 
 
 def evaluate(run_dir: str, splits=None, checkpoint: str | None = None, ties: str | None = None, overrides=None,
-             distributed: bool | None = None) -> Metrics:
+             distributed: bool | None = None, output: str | None = None) -> Metrics:
     """Rank ``splits`` (default: the run's eval.splits) with a run folder's model — the checkpoint model
     selection chose, else the newest verified — as ``mmkgc-dist evaluate`` does; {split: metrics}."""
-    from .config import parse_overrides
     from .eval.evaluator import check_request
+
+    run_dir, checkpoint = _path_arg(run_dir, "run_dir"), _path_arg(checkpoint, "checkpoint", optional=True)
+    output = _path_arg(output, "output", optional=True)
+    splits = [splits] if isinstance(splits, str) else splits
+    check_request(splits or [], ties, splits or [])              # the options, before the model is loaded
+    if output:
+        from .outputs import check_output_file
+        check_output_file(output, "--output", _evaluation_output)
+    model = _trained(run_dir, checkpoint, overrides, distributed)
+    wanted = list(splits or model.cfg.eval.splits)
+    check_request(wanted, ties, model.data.splits)        # every split, before the first is ranked
+    metrics = Metrics({split: model.evaluate(split, ties=ties) for split in wanted})
+    if output and model.runtime.is_main:
+        import json
+
+        from .outputs import write_atomic
+        write_atomic(output, json.dumps(metrics, indent=2))
+    return metrics
+
+
+def export(run_dir: str, out: str, checkpoint: str | None = None, overrides=None, neighbour_index: bool = False,
+           overwrite: bool = False, distributed: bool | None = None) -> dict:
+    """Every entity's structural and joint rows and every relation's vector as Parquet in ``out`` (one part per
+    rank), with export.json, as ``mmkgc-dist export`` does; ``neighbour_index``: and a FAISS index of the joint
+    rows. Returns export.json's record."""
+    from .outputs import check_output
+
+    run_dir, out = _path_arg(run_dir, "run_dir"), _path_arg(out, "out")
+    checkpoint = _path_arg(checkpoint, "checkpoint", optional=True)
+    _flag_arg(neighbour_index, "neighbour_index"), _flag_arg(overwrite, "overwrite")
+    check_output(out, "export", (run_dir, checkpoint or ""), overwrite)
+    return _trained(run_dir, checkpoint, overrides, distributed).export(out, neighbour_index=neighbour_index)
+
+
+def _trained(run_dir: str, checkpoint: str | None, overrides, distributed: bool | None):
+    """A run folder's trained model, in this process or on the ranks this was launched on."""
+    from .config import parse_overrides
     from .parallel.env import world_size_from_environment
     from .serving.trained import load_trained
 
-    run_dir, checkpoint = _path_arg(run_dir, "run_dir"), _path_arg(checkpoint, "checkpoint", optional=True)
-    splits = [splits] if isinstance(splits, str) else splits
-    check_request(splits or [], ties, splits or [])              # the options, before the model is loaded
-    pairs = list(overrides.items()) if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
-    distributed = world_size_from_environment() > 1 if distributed is None else distributed
-    model = load_trained(run_dir, checkpoint, pairs, distributed)
-    wanted = list(splits or model.cfg.eval.splits)
-    check_request(wanted, ties, model.data.splits)        # every split, before the first is ranked
-    return Metrics({split: model.evaluate(split, ties=ties) for split in wanted})
+    if overrides is not None and not isinstance(overrides, (dict, list, tuple)):
+        raise ConfigError(f"overrides={overrides!r}; expected a mapping of dotted keys to values or --key=value "
+                          f"strings")
+    if isinstance(overrides, dict):
+        pairs = list(overrides.items())
+    elif overrides and all(isinstance(o, str) for o in overrides):
+        pairs = parse_overrides(list(overrides))
+    else:
+        pairs = list(overrides or [])
+    distributed = world_size_from_environment() > 1 if distributed is None else _flag_arg(distributed, "distributed")
+    return load_trained(run_dir, checkpoint, pairs, distributed)
+
+
+def _evaluation_output(path: str) -> bool:
+    """An earlier evaluation output (replaced without asking): a JSON object of {split: metrics with 'mrr'}."""
+    import json
+    try:
+        with open(path) as fh:
+            found = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and bool(found) and all(isinstance(v, dict) and "mrr" in v
+                                                           for v in found.values())
 
 
 def verify(path: str) -> dict:

@@ -1,15 +1,18 @@
-"""`mmkgc-dist` command line: train, tune, evaluate, predict, export, prepare data, text features, config schema.
+"""`mmkgc-dist` command line: train, tune, evaluate, predict, export, verify, prepare data, text features, config
+schema. Each command parses its arguments, calls the Python API (``api.py``) or the data functions
+(``data/prepare.py``), and prints; ``entry`` returns (exit code, error line) and only the console script exits.
 
 Every user error (bad data, bad config) ends in one line on stderr naming the file/row/key, exit code 2.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 
-from .config import describe, load_config, parse_overrides
+from .config import describe, parse_overrides
 from .errors import ConfigError, RunInterrupted, UserError
 
 log = logging.getLogger("mmkgc_dist")
@@ -64,53 +67,28 @@ def cmd_verify(args, overrides) -> int:
     return 0
 
 
-def _load_trained(run_dir: str, checkpoint: str | None, overrides, distributed: bool):
-    """The trained model of a run folder (``trained.TrainedModel``), in one process or on the ranks this command
-    was launched on; a checkpoint of any world size loads."""
-    from .parallel.env import world_size_from_environment
-    from .serving.trained import load_trained
-
-    return load_trained(run_dir, checkpoint, overrides, distributed or world_size_from_environment() > 1)
-
-
-def _evaluation_output(path: str) -> bool:
-    """An earlier `evaluate --output` file: a JSON object of {split: metrics with 'mrr'}."""
-    import json
-    try:
-        with open(path) as fh:
-            found = json.load(fh)
-    except (OSError, ValueError):
-        return False
-    return isinstance(found, dict) and bool(found) and all(isinstance(v, dict) and "mrr" in v
-                                                           for v in found.values())
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def cmd_evaluate(args, overrides) -> int:
-    from .outputs import check_output_file
-    from .training.lifecycle import format_metrics, write_json
+    from .api import evaluate
+    from .eval.metrics import format_metrics
 
-    if args.output:
-        check_output_file(args.output, "--output", _evaluation_output)
-    model = _load_trained(args.run_dir, args.checkpoint, overrides, args.distributed)
-    main = model.runtime.is_main
-    results = {}
-    for split in args.split or model.cfg.eval.splits:
-        results[split] = model.evaluate(split, ties=args.ties)
-        if main:
-            print(format_metrics(split, results[split]))
-    if args.output and main:
-        write_json(args.output, results)
+    metrics = evaluate(args.run_dir, args.split, args.checkpoint, args.ties, overrides, args.distributed or None,
+                       output=args.output)
+    if _is_main():
+        for split, values in metrics.items():
+            print(format_metrics(split, values))
     return 0
 
 
 def cmd_export(args, overrides) -> int:
-    from .outputs import check_output
+    from .api import export
 
-    inputs = (args.run_dir, args.checkpoint or "")
-    check_output(args.out, "export", inputs, args.overwrite)
-    model = _load_trained(args.run_dir, args.checkpoint, overrides, args.distributed)
-    info = model.export(args.out, neighbour_index=args.neighbour_index)
-    if model.runtime.is_main:
+    info = export(args.run_dir, args.out, args.checkpoint, overrides, args.neighbour_index, args.overwrite,
+                  args.distributed or None)
+    if _is_main():
         print(f"wrote {info['entities']} entity embeddings ({info['width']}-d) and {info['relations']['rows']} "
               f"relation vectors to {args.out} (scoring function: {args.out}/export.json)")
     return 0
@@ -150,100 +128,41 @@ def cmd_predict(args, overrides) -> int:
 
 
 def cmd_prepare(args, overrides) -> int:
-    from .data.format import write_dataset
+    from .data import prepare
 
-    from .outputs import check_output
-
+    if args.kind == "synthetic":
+        prepare.prepare_synthetic(args.out, overrides, args.overwrite)
+        print(f"wrote {args.out}")
+        return 0
+    if overrides:
+        raise ConfigError(f"unexpected options {overrides}")
     if args.kind == "openke":
-        check_output(args.out, "dataset", (args.src,), args.overwrite)    # before reading: fail fast
-        _convert_openke(args.src, args.out, args.overwrite, args.allow_duplicates, args.allow_overlap)
+        prepare.prepare_openke(args.src, args.out, args.overwrite, args.allow_duplicates, args.allow_overlap)
     elif args.kind == "dataset":
-        _prepare_recipe(args)
-    elif args.kind == "synthetic":
-        from .data.synthetic import generate
-        cfg = load_config(None, [(f"data.synthetic.{k}", v) for k, v in overrides])
-        overrides = []
-        write_dataset(generate(cfg.data.synthetic), args.out, source="synthetic", overwrite=args.overwrite)
+        prepare.prepare_recipe(args.name, args.out, args.base_url, args.overwrite, not args.no_text_features)
     elif args.kind == "triples":
-        from .data.convert import TextLayout, convert_triples
-        if args.header and args.no_header:
-            raise ConfigError("--header and --no-header: choose one")
-        layout = TextLayout(tuple(args.columns.split(",")), args.delimiter, args.header, args.skip_malformed,
-                            check_header=not args.no_header, strip_labels=args.strip_labels,
-                            allow_duplicates=args.allow_duplicates, allow_overlap=args.allow_overlap)
         sources = {s: getattr(args, s) for s in ("train", "valid", "test") if getattr(args, s)}
-        manifest = convert_triples(args.out, sources, layout, name=args.name, overwrite=args.overwrite)
-        for split, info in manifest["conversion"].items():
-            if isinstance(info, dict) and info["malformed_skipped"]:
-                print(f"{split}: skipped {info['malformed_skipped']} malformed rows (first: {info['first_skipped'][0]})")
-            if isinstance(info, dict) and info.get("labels_stripped"):
-                print(f"{split}: stripped surrounding whitespace from {info['labels_stripped']} labels")
-        print(f"{manifest['num_entities']} entities, {manifest['num_relations']} relations, "
-              + ", ".join(f"{s} {v['rows']}" for s, v in manifest["splits"].items())
-              + f" in {manifest['conversion']['seconds']:.1f}s")
+        manifest = prepare.prepare_triples(args.out, sources, args.columns, args.delimiter, args.header,
+                                           args.no_header, args.skip_malformed, args.strip_labels,
+                                           args.allow_duplicates, args.allow_overlap, args.name, args.overwrite)
+        print("\n".join(prepare.conversion_report(manifest)))
     elif args.kind == "features":
         from .data.features import add_features
         entry = add_features(args.dataset, args.modality, args.file, args.mask, args.skip_unknown)
         if entry["unknown_skipped"]:
             print(f"skipped {entry['unknown_skipped']} rows whose entity name is not in the dataset")
         print(f"{args.modality}: {entry['present']} entities with {entry['dim']}-d features")
-        args.out = args.dataset
-    if overrides:
-        raise ConfigError(f"unexpected options {overrides}")
-    print(f"wrote {args.out}")
+    print(f"wrote {args.dataset if args.kind == 'features' else args.out}")
     return 0
 
 
-def _convert_openke(src: str, out: str, overwrite: bool, allow_duplicates: bool, allow_overlap: bool,
-                    name: str | None = None, source: str | None = None, recipe: dict | None = None) -> None:
-    from .data.checks import check_splits
-    from .data.format import write_dataset
-    from .data.openke import SPLIT_FILES, read_openke
-
-    data = read_openke(src, name)
-    origin = {s: f"{(source or src).rstrip('/')}/{f}" for s, f in SPLIT_FILES.items()}
-    checks = check_splits(data.splits, origin, allow_duplicates, allow_overlap,
-                          describe=lambda row: f"{data.entity_names[row[0]]} {data.relation_names[row[1]]} "
-                                               f"{data.entity_names[row[2]]}")
-    write_dataset(data, out, source=source or src, overwrite=overwrite, inputs=(src,), checks=checks.as_manifest(),
-                  recipe=recipe)
-
-
-def _prepare_recipe(args) -> None:
-    """A benchmark by name: fetched (counts and digests checked), converted, text features where names are words."""
-    import tempfile
-
-    from .data.recipes import BASE_URL, COMMIT, fetch, recipe
-    from .outputs import check_output
-
-    r = recipe(args.name)
-    check_output(args.out, "dataset", (), args.overwrite)       # before the download: fail fast
-    base = args.base_url or BASE_URL
-    with tempfile.TemporaryDirectory(prefix="mmkgc-dist-recipe-") as folder:
-        digests = fetch(r, base, folder)
-        record = {"name": r.name, "url": f"{base.rstrip('/')}/{r.name}", "sha256": digests,
-                  "commit": COMMIT}             # the digests were checked against that commit's, at any URL
-        _convert_openke(folder, args.out, args.overwrite, r.allow_duplicates, r.allow_overlap, name=r.name,
-                        source=record["url"], recipe=record)
-    if r.text_names and not args.no_text_features:
-        args.dataset, args.model, args.batch_size, args.names = args.out, None, 256, "uri"
-        cmd_features(args, [])
-
-
 def cmd_features(args, overrides) -> int:
-    import pyarrow.parquet as pq
+    from .data.prepare import text_features_from_names
 
     if overrides:
         raise ConfigError(f"unexpected options {overrides}")
-    from .data.features import add_dense_features
-    from .data.format import _join, read_manifest
-    from .data.text import encode_names
-
-    manifest = read_manifest(args.dataset)
-    names = pq.read_table(_join(args.dataset, manifest["entities"]), columns=["name"]).column("name").to_pylist()
-    features = encode_names(names, model_path=args.model, batch_size=args.batch_size, name_style=args.names)
-    add_dense_features(args.dataset, "text", features, origin="text features from entity names")
-    print(f"wrote text features ({features.dim}-d) into {args.dataset}")
+    dim = text_features_from_names(args.dataset, args.model, args.batch_size, args.names)
+    print(f"wrote text features ({dim}-d) into {args.dataset}")
     return 0
 
 
@@ -412,7 +331,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:
         """A usage mistake is one line too (``--help`` shows the usage)."""
-        _fail(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def positive_int(text: str) -> int:
@@ -452,44 +371,54 @@ def _dataset_output_options(p: argparse.ArgumentParser) -> None:
                         "of failing")
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    log.setLevel(logging.INFO)   # our own messages; libraries (TorchRec's TBE) stay at WARNING
-    argv = sys.argv[1:] if argv is None else argv
-    args, rest = build_parser().parse_known_args(argv)
-    return run_command(lambda: args.fn(args, parse_overrides(rest)))
-
-
-def run_command(call) -> int:
-    """Run a command's function with the command line's error contract: a UserError is one line and exit 2,
-    SIGTERM's stop exit 143; a process group is closed on every rank."""
+def entry(argv: list[str]) -> tuple[int, str | None]:
+    """Parse and run one command: (exit code, the one line for stderr or None). It never exits the process, so
+    tests call the command line in process; only ``main``, the console script, exits. The error contract: a
+    UserError (and a usage mistake) is one line and 2, a full disk or a permission names the path (2), SIGTERM's
+    stop is 143, a reader that left the pipe 141."""
     try:
-        code = call()
+        args, rest = build_parser().parse_known_args(argv)
+        code = args.fn(args, parse_overrides(rest))
+    except SystemExit as exc:                      # --help printed its text
+        return (exc.code if isinstance(exc.code, int) else 0), None
     except UserError as exc:
-        _fail(_one_line(str(exc)))
+        return 2, f"error: {_one_line(str(exc))}"
     except BrokenPipeError:      # `mmkgc-dist config | head`: the reader left; stop quietly, as a C tool would
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        os._exit(141)
+        return 141, None
     except OSError as exc:       # disk full, permissions, a file where a folder belongs: name the path
         where = f"{exc.filename}: " if exc.filename else ""
-        _fail(f"{where}{_one_line(exc.strerror or str(exc))}")
+        return 2, f"error: {where}{_one_line(exc.strerror or str(exc))}"
     except RunInterrupted as exc:
-        _fail(_one_line(str(exc)), code=143, prefix="")
+        return 143, _one_line(str(exc))
+    return code or 0, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script: ``entry``, then its line on stderr and the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)   # our own messages; libraries (TorchRec's TBE) stay at WARNING
+    code, line = entry(sys.argv[1:] if argv is None else argv)
+    if line is not None or code == 141:
+        _exit_now(code, line)
     if "torch.distributed" in sys.modules:      # data commands never start a process group
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():
             from .parallel.env import exit_distributed
-            exit_distributed(code or 0)
+            exit_distributed(code)
     return code
 
 
-def _fail(message: str, code: int = 2, prefix: str = "error: ") -> None:
-    """One error line, exit 2 — at once: nothing is left to write, and an interpreter shutdown after an error
-    can abort (SIGABRT, "terminate called without an active exception") on a library's still-joinable
+def _exit_now(code: int, line: str | None) -> None:
+    """Print the error line and exit at once: nothing is left to write, and an interpreter shutdown after an
+    error can abort (SIGABRT, "terminate called without an active exception") on a library's still-joinable
     native thread, which would turn the documented exit code 2 into -6."""
-    print(f"{prefix}{message}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    if code == 141:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    else:
+        print(line, file=sys.stderr)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
     os._exit(code)
 
 

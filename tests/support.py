@@ -26,6 +26,26 @@ def cli(*args, cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+def cli_in_process(*args, cwd) -> subprocess.CompletedProcess:
+    """``mmkgc-dist ARGS`` in this process, in ``cwd``, output captured: ``cli.entry`` never exits, so a command's
+    exit code and its one error line are read without starting an interpreter (the exit codes of the console
+    script itself are pinned by a few subprocess tests in test_cli.py)."""
+    import contextlib
+    import io
+
+    from mmkgc_dist.cli import entry
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code, line = entry([str(a) for a in args])
+            if line:
+                print(line, file=sys.stderr)
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 class Payload:
     """Unpickling this runs ``touch MARKER``: the attack every loader must refuse."""
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from mmkgc_dist.data.format import write_manifest
-from support import MINI as TINY, MINI_GRAPH as SMALL_GRAPH, REPO, Payload, cli, snapshot
+from support import MINI as TINY, MINI_GRAPH as SMALL_GRAPH, REPO, Payload, cli, cli_in_process, snapshot
 
 
 # ------------------------------------------------------------------------------------------ the world
@@ -295,7 +295,7 @@ def test_bad_input(world, truncated_run, case):
     name, args, expected, may_create = (*case, None)[:4]
     args = [a.replace(W, world) for a in args]
     before = snapshot(world)
-    res = cli(*args, cwd=world)
+    res = cli_in_process(*args, cwd=world)
     if may_create:      # an error found while streaming comes after the new run folder was made
         shutil.rmtree(os.path.join(world, may_create), ignore_errors=True)
     after = snapshot(world)

@@ -69,12 +69,12 @@ class KGData:
 # ----------------------------------------------------------------------------------------- writing
 def write_dataset(data: KGData, out_dir: str, source: str = "", row_group_rows: int = ROW_GROUP_ROWS,
                   overwrite: bool = False, inputs: tuple[str, ...] = (), checks: dict | None = None,
-                  recipe: dict | None = None) -> None:
-    """``data`` as a dataset folder. ``checks`` (duplicates/overlap counts the caller allowed) and ``recipe``
-    (where a benchmark came from, with its file digests) are recorded in the manifest."""
+                  recipe: dict | None = None) -> dict:
+    """``data`` as a dataset folder; its manifest. ``checks`` (duplicates/overlap counts the caller allowed) and
+    ``recipe`` (where a benchmark came from, with its file digests) are recorded in the manifest."""
     validate(data, origin=source or "in-memory dataset")
     extra = {k: v for k, v in (("checks", checks), ("recipe", recipe)) if v}
-    build_dataset_folder(out_dir, inputs, overwrite,
+    return build_dataset_folder(out_dir, inputs, overwrite,
                          lambda root: {**_write_contents(data, root, source, row_group_rows), **extra})
 
 

@@ -110,3 +110,11 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(out)
+
+
+def format_metrics(split: str, m: dict) -> str:
+    """One line of a split's metrics, as the command line prints them."""
+    hits = "  ".join(f"Hits@{k[5:]} {m[k]:.4f}" for k in metric_keys(m) if k.startswith("hits@"))
+    amri = f"  AMRI {m['amri']:.4f}" if "amri" in m else ""
+    return (f"{split:>5} [{m['protocol']}, ties={m['ties']}]  MRR {m['mrr']:.4f}  MR {m['mr']:.1f}  {hits}{amri}  "
+            f"({m['count']} ranks)")

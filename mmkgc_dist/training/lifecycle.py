@@ -11,7 +11,7 @@ import os
 from ..config import Config
 from ..errors import CheckpointError, DataError, UserError
 from ..data.format import KGData
-from ..eval.metrics import markdown_report, metric_keys
+from ..eval.metrics import format_metrics, markdown_report
 from ..checkpoint import list_checkpoints, newest_verified
 from ..outputs import write_atomic
 from ..run_folder import check_dataset, dataset_location, holds_run, open_for_training, record_dataset
@@ -22,13 +22,6 @@ log = logging.getLogger("mmkgc_dist")
 
 def write_json(path: str, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2))
-
-
-def format_metrics(split: str, m: dict) -> str:
-    hits = "  ".join(f"Hits@{k[5:]} {m[k]:.4f}" for k in metric_keys(m) if k.startswith("hits@"))
-    amri = f"  AMRI {m['amri']:.4f}" if "amri" in m else ""
-    return (f"{split:>5} [{m['protocol']}, ties={m['ties']}]  MRR {m['mrr']:.4f}  MR {m['mr']:.1f}  {hits}{amri}  "
-            f"({m['count']} ranks)")
 
 
 def describe_dataset(data: KGData) -> str:
