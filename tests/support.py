@@ -19,7 +19,16 @@ MINI = ["--data.synthetic.num_entities=120", "--data.synthetic.num_triples=900",
 MINI_GRAPH = ["--num_entities=120", "--num_triples=900", "--visual_dim=8", "--text_dim=8"]   # prepare synthetic
 
 
-def cli(*args, cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
+def cli(*args, cwd, env=None, timeout=600, fresh=False) -> subprocess.CompletedProcess:
+    """``mmkgc-dist ARGS``, output captured: in this process (``cli_in_process``) unless a fresh interpreter is
+    needed — ``fresh``, an environment of its own (fault points, threads), or ``--distributed`` (a process group
+    must not outlive the command in the test process)."""
+    if not fresh and env is None and "--distributed" not in map(str, args):
+        return cli_in_process(*args, cwd=cwd)
+    return cli_subprocess(*args, cwd=cwd, env=env, timeout=timeout)
+
+
+def cli_subprocess(*args, cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
     """``mmkgc-dist ARGS`` in a fresh interpreter (one thread, no progress bars), output captured."""
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, TQDM_DISABLE="1", **(env or {}))
     return subprocess.run([sys.executable, "-m", "mmkgc_dist.cli", *map(str, args)], cwd=cwd, env=full_env,
@@ -33,8 +42,15 @@ def cli_in_process(*args, cwd) -> subprocess.CompletedProcess:
     import contextlib
     import io
 
+    import logging
+
     from mmkgc_dist.cli import entry
     out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    logger = logging.getLogger("mmkgc_dist")      # the tool's log lines, as the console script prints them
+    handler, level = logging.StreamHandler(err), logger.level
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -43,6 +59,8 @@ def cli_in_process(*args, cwd) -> subprocess.CompletedProcess:
                 print(line, file=sys.stderr)
     finally:
         os.chdir(here)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 

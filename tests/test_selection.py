@@ -82,9 +82,10 @@ def test_mlflow_tracker_offline_file_store(tmp_path):
     pytest.importorskip("mlflow")
     args = ["--run-dir", "r", *TINY, "--run.mlflow_uri=file:./mlruns", "--run.mlflow_experiment=tests",
             "--train.log_every=1", "--eval.every_epochs=1"]
-    first = cli("train", *args, "--train.epochs=1", cwd=tmp_path)
+    # fresh interpreters: MLflow keeps process-wide state (its store, keyed by the relative URI)
+    first = cli("train", *args, "--train.epochs=1", cwd=tmp_path, fresh=True)
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = cli("train", *args, "--train.epochs=2", "--resume", cwd=tmp_path)
+    resumed = cli("train", *args, "--train.epochs=2", "--resume", cwd=tmp_path, fresh=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     from mlflow.tracking import MlflowClient
