@@ -117,3 +117,26 @@ def test_text_features_from_names(tmp_path):
     assert f.values.shape == (3, 384) and f.present.all()
     cos = f.values @ f.values.T / np.outer(np.linalg.norm(f.values, axis=1), np.linalg.norm(f.values, axis=1))
     assert cos[0, 1] > cos[0, 2]          # Paris is closer to France than to Banana
+
+
+def test_console_script_exit_codes(repo, tmp_path):
+    """What the console script itself pins (every other command-line test runs ``cli.entry`` in process): a bad
+    key is one line and 2 — read before torch is imported, so refused at once —, a reader that left the pipe is
+    141, success is 0."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=repo)
+    script = [sys.executable, "-m", "mmkgc_dist.cli"]
+    res = subprocess.run([*script, "train", "--train.lr=inf"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr == "error: train.lr: must be a finite number, got inf\n", res.stderr
+    imported = subprocess.run([*script, "train", "--train.lr=inf"], cwd=tmp_path, capture_output=True, text=True,
+                              env=dict(env, PYTHONPROFILEIMPORTTIME="1"), timeout=60).stderr
+    modules = [line.rsplit("|", 1)[-1].strip() for line in imported.splitlines() if line.startswith("import time")]
+    assert "yaml" in modules and "torch" not in modules            # the config is refused before torch loads
+    read, write = os.pipe()
+    os.close(read)                               # the reader is gone before the first line is written
+    proc = subprocess.run([*script, "config"], cwd=tmp_path, env=env, stdout=write, stderr=subprocess.PIPE,
+                          timeout=60)
+    os.close(write)
+    assert proc.returncode == 141 and not proc.stderr, proc.stderr
+    ok = subprocess.run([*script, "config"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.startswith("data.source = ")
