@@ -83,6 +83,18 @@ def test_dataset_files_are_checked_against_the_manifest(world, tmp_path):
     flip_a_byte(victim)
     problems = api.verify(str(tmp_path / "r2"))["problems"]
     assert len(problems) == 1 and "does not match the digest" in problems[0]
+    # records that are not records, a recorded file that is gone, a recorded path that leaves the folder
+    shutil.copytree(world / "ds", tmp_path / "ds3")
+    manifest = json.load(open(tmp_path / "ds3" / "manifest.json"))
+    entities, relations = manifest["entities"], manifest["relations"]
+    manifest["files"][entities] = "not a record"
+    manifest["files"]["../outside.parquet"] = {"bytes": 1, "sha256": "0" * 64}
+    (tmp_path / "ds3" / "manifest.json").write_text(json.dumps(manifest))
+    os.remove(tmp_path / "ds3" / relations)
+    problems = api.verify(str(tmp_path / "ds3"))["problems"]
+    assert any("is not {bytes, sha256}" in p for p in problems) and any("relations.parquet: missing" in p
+                                                                         for p in problems)
+    assert any("'../outside.parquet' leaves the folder; not read" in p for p in problems)
 
 
 def test_exports_are_checked_and_an_index_is_bound_to_its_vectors(world, tmp_path):
@@ -97,7 +109,12 @@ def test_exports_are_checked_and_an_index_is_bound_to_its_vectors(world, tmp_pat
              "swapped": lambda e: shutil.copy(e / "relations.parquet", e / info["files"][0]),
              "not JSON": lambda e: (e / "export.json").write_text("{oops"),
              "no part list": lambda e: (e / "export.json").write_text(json.dumps({**info, "files": "x"})),
-             "a path outside": lambda e: (e / "export.json").write_text(json.dumps({**info, "files": ["../x"]}))}
+             "a path outside": lambda e: (e / "export.json").write_text(json.dumps({**info, "files": ["../x"]})),
+             "entities not a count": lambda e: (e / "export.json").write_text(json.dumps({**info, "entities": "9"})),
+             "relations not a file": lambda e: (e / "export.json").write_text(json.dumps({**info, "relations": 3})),
+             "records not a map": lambda e: (e / "export.json").write_text(json.dumps({**info, "records": [1]})),
+             "not an object": lambda e: (e / "export.json").write_text("[1, 2]"),
+             "no export.json": lambda e: (e / "export.json").unlink()}
     for name, damage in cases.items():
         e = tmp_path / name.replace(" ", "-")
         shutil.copytree(world / "emb", e)
@@ -136,7 +153,11 @@ def test_approximate_answers_never_return_invalid_ids(world, tmp_path):
 
 def test_the_python_api_checks_arguments_before_work(world, tmp_path):
     model = load_run(str(world / "r"))
-    for call, message in ((lambda: model.predict(head=0, relation=0, k="3"), "k='3'; expected a whole number"),
+    for call, message in ((lambda: model.predict_queries(5), "expected a list of (head, relation, tail) rows"),
+                          (lambda: model.predict_queries([(0, 1)]), "query 0: expected a (head, relation, tail) row"),
+                          (lambda: model.predict_file(5, "x.jsonl"), "src=5; expected a file path"),
+                          (lambda: model.score(None), "score: expected a non-empty list"),
+                          (lambda: model.predict(head=0, relation=0, k="3"), "k='3'; expected a whole number"),
                           (lambda: model.predict(head=0, relation=0, k=0), "k=0"),
                           (lambda: model.predict(head=0, relation=0, k=True), "k=True"),
                           (lambda: model.predict(head=0, relation=0, known="drop"), "known='drop'"),

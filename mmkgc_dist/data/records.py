@@ -63,14 +63,17 @@ def verify_files(root: str, records: dict, where: str, use_cache: bool = True, f
     fs, base = _filesystem(root, fs)
     cache = _Cache() if use_cache else None
     names = sorted(records)
-    bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(names, desc="verify", unit="file", disable=None)
+        names = tqdm(names, desc="verify", unit="file", disable=None)
     for rel in names:
         record = records[rel]
         path = f"{base.rstrip('/')}/{rel}"
         shown = f"{root.rstrip('/')}/{rel}"
+        if not isinstance(rel, str) or not rel or rel.startswith(("/", "\\")) or "://" in rel or \
+                ".." in rel.replace("\\", "/").split("/"):
+            problems.append(f"{where}: the recorded path {str(rel)[:200]!r} leaves the folder; not read")
+            continue
         if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
             problems.append(f"{shown}: the record in {where} is not {{bytes, sha256}}")
             continue
@@ -86,10 +89,6 @@ def verify_files(root: str, records: dict, where: str, use_cache: bool = True, f
         if digest != record["sha256"]:
             problems.append(f"{shown}: its SHA-256 differs from the one {where} records (same size: the content "
                             f"was changed)")
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
     if cache is not None:
         cache.save()
     return problems
