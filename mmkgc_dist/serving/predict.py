@@ -153,14 +153,14 @@ class Predictor:
 
     def predict_queries(self, queries, k: int = 10, known: str = "mark") -> list[Predictions]:
         """Answers of many queries (head, relation, tail), each with one of the three asked (None, '' or '?'),
-        in the order given (predict_batch.py)."""
+        in the order given (serving/batch.py)."""
         from .batch import predict_queries
         k, known = checked_options(k, known, "predict_queries")
         return predict_queries(self, queries, k, known)
 
     def predict_file(self, src: str, out: str, k: int = 10, known: str = "mark", progress: bool = True) -> dict:
         """A query file (TSV/CSV/Parquet: head, relation, tail; one asked per row) answered into ``out``
-        (Parquet or JSON lines), in chunks with a progress bar; counts and queries/s (predict_batch.py)."""
+        (Parquet or JSON lines), in chunks with a progress bar; counts and queries/s (serving/batch.py)."""
         from .batch import predict_file
         k, known = checked_options(k, known, "predict_file")
         for name, value in (("src", src), ("out", out)):
