@@ -169,19 +169,11 @@ def export(run_dir: str, out: str, checkpoint: str | None = None, overrides=None
 
 def _trained(run_dir: str, checkpoint: str | None, overrides, distributed: bool | None):
     """A run folder's trained model, in this process or on the ranks this was launched on."""
-    from .config import parse_overrides
+    from .config import override_pairs
     from .parallel.env import world_size_from_environment
     from .serving.trained import load_trained
 
-    if overrides is not None and not isinstance(overrides, (dict, list, tuple)):
-        raise ConfigError(f"overrides={overrides!r}; expected a mapping of dotted keys to values or --key=value "
-                          f"strings")
-    if isinstance(overrides, dict):
-        pairs = list(overrides.items())
-    elif overrides and all(isinstance(o, str) for o in overrides):
-        pairs = parse_overrides(list(overrides))
-    else:
-        pairs = list(overrides or [])
+    pairs = override_pairs(overrides)
     distributed = world_size_from_environment() > 1 if distributed is None else _flag_arg(distributed, "distributed")
     return load_trained(run_dir, checkpoint, pairs, distributed)
 

@@ -499,19 +499,24 @@ def load_config(path: str | None = None, overrides: list[tuple[str, str]] | None
     return _config_tree(_read_yaml(path) if path else {}, overrides)
 
 
-def config_from(config=None, overrides=None) -> Config:
-    """The Python API's config: ``config`` is None (the defaults), a YAML path, a mapping of sections or a
-    ``Config``; ``overrides`` maps dotted keys to values (``{"train.lr": 3e-3}``) or is a list of (key, value)
-    pairs or ``--key=value`` strings."""
+def override_pairs(overrides) -> list[tuple]:
+    """The API's overrides — a mapping of dotted keys to values, (key, value) pairs or ``--key=value`` strings —
+    as (key, value) pairs; ConfigError for anything else."""
     if overrides is not None and not isinstance(overrides, (dict, list, tuple)):
         raise ConfigError(f"overrides: expected a mapping of dotted keys to values (or --key=value strings), got "
                           f"{type(overrides).__name__}")
     if isinstance(overrides, dict):
-        pairs = list(overrides.items())
-    elif overrides and all(isinstance(o, str) for o in overrides):
-        pairs = parse_overrides(list(overrides))
-    else:
-        pairs = list(overrides or [])
+        return list(overrides.items())
+    if overrides and all(isinstance(o, str) for o in overrides):
+        return parse_overrides(list(overrides))
+    return list(overrides or [])
+
+
+def config_from(config=None, overrides=None) -> Config:
+    """The Python API's config: ``config`` is None (the defaults), a YAML path, a mapping of sections or a
+    ``Config``; ``overrides`` maps dotted keys to values (``{"train.lr": 3e-3}``) or is a list of (key, value)
+    pairs or ``--key=value`` strings."""
+    pairs = override_pairs(overrides)
     if config is None or isinstance(config, (str, os.PathLike)):
         return load_config(os.fspath(config) if config is not None else None, pairs)
     if isinstance(config, Config):

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError
+from .records import stays_inside
 from .remote import remote_faults
 from .statistics import TripleStatistics, exact_relation_table
 
@@ -318,13 +319,6 @@ def read_manifest(root: str) -> dict:
     return manifest
 
 
-def _inside(rel) -> bool:
-    """A manifest path must stay inside the dataset: relative, no '..', no drive or scheme."""
-    if not isinstance(rel, str) or not rel or rel.startswith(("/", "\\")) or "://" in rel or ":" in rel[:3]:
-        return False
-    return ".." not in rel.replace("\\", "/").split("/")
-
-
 def _check_manifest_paths(path: str, manifest: dict) -> None:
     fields = [("entities", manifest.get("entities", "entities.parquet")),
               ("relations", manifest.get("relations", "relations.parquet"))]
@@ -340,7 +334,7 @@ def _check_manifest_paths(path: str, manifest: dict) -> None:
             raise DataError(f"{path}: modalities.{m}: expected an object")
         fields.append((f"modalities.{m}.file", info.get("file")))
     for key, rel in fields:
-        if not _inside(rel):
+        if not stays_inside(rel):
             raise DataError(f"{path}: field {key} is {rel!r}; expected a relative path inside the dataset")
 
 

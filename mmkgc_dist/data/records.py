@@ -25,6 +25,14 @@ CACHE_LIMIT = 100_000          # entries kept; the oldest half is dropped beyond
 _lock = threading.Lock()
 
 
+def stays_inside(rel) -> bool:
+    """A recorded path must stay inside its folder: relative, no '..', no drive or scheme (the one rule for
+    manifests, export.json and their file records)."""
+    if not isinstance(rel, str) or not rel or rel.startswith(("/", "\\")) or "://" in rel or ":" in rel[:3]:
+        return False
+    return ".." not in rel.replace("\\", "/").split("/")
+
+
 def file_record(path: str) -> dict:
     """{bytes, sha256} of a local file, as a writer records it."""
     from ..outputs import file_sha256
@@ -70,8 +78,7 @@ def verify_files(root: str, records: dict, where: str, use_cache: bool = True, f
         record = records[rel]
         path = f"{base.rstrip('/')}/{rel}"
         shown = f"{root.rstrip('/')}/{rel}"
-        if not isinstance(rel, str) or not rel or rel.startswith(("/", "\\")) or "://" in rel or \
-                ".." in rel.replace("\\", "/").split("/"):
+        if not stays_inside(rel):
             problems.append(f"{where}: the recorded path {str(rel)[:200]!r} leaves the folder; not read")
             continue
         if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):

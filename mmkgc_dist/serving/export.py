@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from ..data.records import stays_inside
 from ..errors import DataError, QueryError
 from ..outputs import OutputBuilder, write_atomic
 
@@ -155,11 +156,8 @@ def _write_parts(runtime, entity_names, modalities, step: int, tmp: str, chunk: 
         info["relations"] = {"rows": relations.num_rows, "file": "relations.parquet"}
         info["scoring"] = scoring
     runtime.barrier()
-    if rank == 0:
-        if relations is not None:
-            pq.write_table(relations, os.path.join(tmp, "relations.parquet"))
-        with open(os.path.join(tmp, "export.json"), "w") as fh:
-            json.dump(info, fh, indent=2)
+    if rank == 0 and relations is not None:
+        pq.write_table(relations, os.path.join(tmp, "relations.parquet"))
     return info
 
 
@@ -319,20 +317,16 @@ def _check_info(info, where: str) -> None:
     if not isinstance(info, dict):
         raise DataError(f"{where}: expected a JSON object")
     files = info.get("files")
-    if not isinstance(files, list) or not all(isinstance(f, str) and _inside(f) for f in files):
+    if not isinstance(files, list) or not all(stays_inside(f) for f in files):
         raise DataError(f"{where}: field 'files' must list the part files inside the folder")
     if not isinstance(info.get("entities"), int) or isinstance(info.get("entities"), bool) or info["entities"] < 0:
         raise DataError(f"{where}: field 'entities' must be a whole number >= 0")
     if "relations" in info and not (isinstance(info["relations"], dict) and
                                     isinstance(info["relations"].get("file"), str) and
-                                    _inside(info["relations"]["file"])):
+                                    stays_inside(info["relations"]["file"])):
         raise DataError(f"{where}: field 'relations' must be {{rows, file}} with a file inside the folder")
     if "records" in info and not isinstance(info["records"], dict):
         raise DataError(f"{where}: field 'records' must map files to {{bytes, sha256}}")
-
-
-def _inside(rel: str) -> bool:
-    return bool(rel) and not rel.startswith(("/", "\\")) and "://" not in rel and ".." not in rel.split("/")
 
 
 def _read_part(fs, root: str, path: str, rel: str, columns=("id", "name", "joint", "structural")) -> pa.Table:
