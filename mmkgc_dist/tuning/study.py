@@ -307,13 +307,13 @@ def fail_orphaned_trials(study) -> list[int]:
     now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, pid = t.user_attrs.get("worker_host"), t.user_attrs.get("worker_pid")
-        if host is None:
+        if host is None or not isinstance(pid, int):       # killed before (or while) claiming it
             age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
             if age < UNREGISTERED_GRACE_S:
                 continue
             why = (f"interrupted: no worker claimed it {age:.0f} s after it started (its worker stopped before "
                    f"the trial began); nothing was trained")
-        elif host != here or not isinstance(pid, int) or pid_alive(pid):
+        elif host != here or pid_alive(pid):
             continue
         else:
             last = max(t.intermediate_values) if t.intermediate_values else None
