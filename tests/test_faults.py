@@ -38,6 +38,12 @@ def _child(argv, cwd, log):
     sys.stdout = open(1, "w", buffering=1, closefd=False)
     sys.stderr = open(2, "w", buffering=1, closefd=False)
     logging.getLogger().handlers.clear()
+    # tqdm's write lock is a semaphore shared with the parent across fork: a child killed while holding it would
+    # leave every later progress bar of the test process (torch.compile's among them) waiting forever
+    import threading
+
+    from tqdm import tqdm
+    tqdm.set_lock(threading.RLock())
     from mmkgc_dist.cli import main
     try:
         code = main(argv)
