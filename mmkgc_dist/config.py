@@ -36,8 +36,9 @@ class SyntheticConfig:
     latent_dim: int = _f(4, "complex dimension of the planted latent geometry")
     visual_dim: int = _f(128, "width of the generated visual features")
     text_dim: int = _f(64, "width of the generated text features")
-    visual_missing: float = _f(0.3, "fraction of entities without a visual feature")
-    text_missing: float = _f(0.2, "fraction of entities without a text feature")
+    visual_missing: float = _f(0.3, "fraction of entities without a visual feature (1: the graph has no visual "
+                               "modality)")
+    text_missing: float = _f(0.2, "fraction of entities without a text feature (1: the graph has no text modality)")
     feature_noise: float = _f(0.1, "std of Gaussian noise added to features (relative to signal)")
     valid_fraction: float = _f(0.05, "fraction of triples held out for validation")
     test_fraction: float = _f(0.05, "fraction of triples held out for testing")
@@ -75,7 +76,9 @@ class ModelConfig:
     regularizer: str = _f("none", "regulariser of the positives' factors: 'none', 'n3' (nuclear 3-norm) or 'l2'",
                           choices=("none", "n3", "l2"))
     regularizer_weight: float = _f(0.0, "weight of model.regularizer in the loss")
-    modalities: list = _f(["visual", "text"], "modalities fused with the structure; [] = structure-only")
+    modalities: list | str = _f("auto", "modalities fused with the structure: 'auto' = every modality the dataset "
+                                "has; a list (e.g. [visual, text]) = exactly those, each required of the "
+                                "dataset; [] = structure-only")
     raw_features: str = _f("trainable", "'trainable' (paper: feature tables are fine-tuned) or 'frozen'",
                            choices=("trainable", "frozen"))
 
@@ -239,8 +242,8 @@ _POSITIVE = {
 _NON_NEGATIVE = {"train.max_steps", "train.keep_checkpoints", "train.checkpoint_every_steps", "train.threads", "train.checkpoint_every",
                  "eval.every_epochs", "train.early_stopping.patience", "train.early_stopping.min_delta", "mat.mu", "data.synthetic.feature_noise", "model.epsilon", "eval.sampled_uniform",
                  "eval.sampled_degree", "eval.max_queries", "train.seed", "data.synthetic.seed", "model.regularizer_weight"}
-_FRACTIONS = {"train.label_smoothing", "data.synthetic.visual_missing", "data.synthetic.text_missing",
-              "data.synthetic.valid_fraction", "data.synthetic.test_fraction"}
+_FRACTIONS = {"train.label_smoothing", "data.synthetic.valid_fraction", "data.synthetic.test_fraction"}
+_SHARES = {"data.synthetic.visual_missing", "data.synthetic.text_missing"}          # [0, 1]
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -269,6 +272,8 @@ def _validate_tree(node, prefix: str) -> None:
             raise ConfigError(f"{key}: must be >= 0, got {value!r}")
         if key in _FRACTIONS and not 0.0 <= value < 1.0:
             raise ConfigError(f"{key}: must be in [0, 1), got {value!r}")
+        if key in _SHARES and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key}: must be in [0, 1], got {value!r}")
 
 
 def _check_type(key: str, value, expected) -> None:
@@ -287,19 +292,40 @@ def _check_type(key: str, value, expected) -> None:
     else:
         ok = isinstance(value, expected)
     if not ok:
-        raise ConfigError(f"{key}: expected {expected.__name__}, got {type(value).__name__} ({value!r})")
+        raise ConfigError(f"{key}: expected {getattr(expected, '__name__', str(expected))}, got "
+                          f"{type(value).__name__} ({value!r})")
+
+
+def fused_modalities(cfg: Config, available) -> list[str]:
+    """The modalities a run fuses, given those its dataset has: model.modalities=auto → all of them (in
+    KNOWN_MODALITIES order); a list → exactly those, and a ConfigError naming any the dataset lacks (a run never
+    falls back silently to fewer modalities than it was asked for)."""
+    asked = cfg.model.modalities
+    if asked == "auto":
+        return [m for m in KNOWN_MODALITIES if m in available]
+    missing = [m for m in asked if m not in available]
+    if missing:
+        have = [m for m in KNOWN_MODALITIES if m in available]
+        raise ConfigError(f"model.modalities={list(asked)}: the dataset has no {' or '.join(missing)} features (it "
+                          f"has {have or 'none'}); add them (mmkgc-dist features images|text, prepare features) "
+                          f"or set model.modalities to auto or {have}")
+    return list(asked)
 
 
 def _cross_checks(cfg: Config) -> None:
-    for key, items in (("model.modalities", cfg.model.modalities), ("eval.splits", cfg.eval.splits),
+    if isinstance(cfg.model.modalities, str) and cfg.model.modalities != "auto":
+        raise ConfigError(f"model.modalities: expected 'auto' or a list of modalities ({list(KNOWN_MODALITIES)}), "
+                          f"got {cfg.model.modalities!r}")
+    asked = [] if cfg.model.modalities == "auto" else cfg.model.modalities
+    for key, items in (("model.modalities", asked), ("eval.splits", cfg.eval.splits),
                        ("parallel.sharding", list(cfg.parallel.sharding.values()) + list(cfg.parallel.sharding))):
         for item in items:
             if not isinstance(item, str):
                 raise ConfigError(f"{key}: expected names, got {type(item).__name__} ({item!r})")
-    for m in cfg.model.modalities:
+    for m in asked:
         if m not in KNOWN_MODALITIES:
             raise ConfigError(f"model.modalities: unknown modality {m!r}; known: {list(KNOWN_MODALITIES)}")
-    if len(set(cfg.model.modalities)) != len(cfg.model.modalities):
+    if len(set(asked)) != len(asked):
         raise ConfigError(f"model.modalities: duplicates in {cfg.model.modalities}")
     if cfg.data.synthetic.num_entities < 2:
         raise ConfigError(f"data.synthetic.num_entities: a generated graph needs at least 2 entities (no self-loops), "
@@ -336,7 +362,7 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError("train.label_smoothing: smooths the 1-vs-all cross-entropy; set train.negatives=all")
     if not isinstance(cfg.model.scoring, str) or not cfg.model.scoring:
         raise ConfigError(f"model.scoring: expected a scoring function's name, got {cfg.model.scoring!r}")
-    if cfg.mat.enabled and not cfg.model.modalities:
+    if cfg.mat.enabled and cfg.model.modalities == []:
         raise ConfigError("mat.enabled: MAT generates modality embeddings and needs model.modalities; "
                           "set mat.enabled=false for structure-only runs")
     for s in cfg.eval.splits:

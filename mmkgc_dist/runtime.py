@@ -48,8 +48,9 @@ class Runtime(Protocol):
         optimizers, with the same initial values at any world size."""
 
     # ---- a global batch and its numbers
-    def split(self, batch: np.ndarray, sampler, counters: tuple[int, ...]):
-        """This process's part of a global batch, with its negatives (``NegativeBatch.share`` set)."""
+    def batch_slice(self, size: int) -> tuple[int, int]:
+        """This process's rows ``[lo, hi)`` of a global batch of ``size`` rows (disjoint, covering, in rank
+        order)."""
 
     def reduce_metrics(self, metrics: dict) -> dict:
         """A step's metrics (device tensors, each this process's share) summed over ranks, as plain numbers."""

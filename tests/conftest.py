@@ -57,15 +57,3 @@ def db15k():
     return path
 
 
-def run_gloo_ranks(target, world: int, tmp_path, timeout: float = 120) -> None:
-    """Spawn ``world`` real processes running ``target(rank, rendezvous_file, out_folder)`` (a gloo file
-    rendezvous); each must exit 0 within ``timeout`` seconds."""
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=target, args=(r, str(tmp_path / "rendezvous"), str(tmp_path))) for r in range(world)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=timeout)
-        assert p.exitcode == 0

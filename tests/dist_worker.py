@@ -14,10 +14,9 @@ from mmkgc_dist.eval.engine import filtered_ranks
 from mmkgc_dist.parallel.env import exit_distributed
 from mmkgc_dist.runtime import Runtime
 from mmkgc_dist.compose import distributed_trainer
+from support import TINY as BASE, settings   # tests/ is this script's folder
 
-TINY = ["--data.synthetic.num_entities=300", "--data.synthetic.num_triples=2400", "--model.dim=8",
-        "--train.batch_size=64", "--train.num_negatives=8", "--mat.hidden=16", "--mat.noise_dim=4",
-        "--train.compile=false", "--train.threads=1", "--train.log_every=1"]
+TINY = settings(BASE, "--train.log_every=1")
 
 
 def digest(module: torch.nn.Module) -> dict:

@@ -8,16 +8,41 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
-# A graph and model small enough for a command-line run in seconds (predict, selection, trust).
+# The tests' configs, one vocabulary: a base size named for what it is for, and a test's own changes on top of it
+# (``settings(TINY, "--train.epochs=1")``, later keys winning). A test file defines no graph or model of its own.
+# A graph and model small enough for a command-line run in seconds (predict, selection, trust, ranks).
 TINY = ["--data.synthetic.num_entities=300", "--data.synthetic.num_triples=2400", "--model.dim=8",
         "--train.batch_size=64", "--train.num_negatives=8", "--mat.hidden=16", "--mat.noise_dim=4",
         "--train.compile=false", "--train.threads=1", "--train.epochs=2"]
-# Smaller still, one epoch: the bad-input and safety cases, which run the command line once per case.
+# Smaller still, one epoch: the bad-input, safety and fault cases, which run a command once per case.
 MINI = ["--data.synthetic.num_entities=120", "--data.synthetic.num_triples=900", "--model.dim=8",
         "--train.epochs=1", "--train.batch_size=128", "--train.num_negatives=4", "--mat.hidden=16",
         "--mat.noise_dim=4", "--train.compile=false", "--train.threads=1", "--eval.batch_size=64"]
 MINI_GRAPH = ["--num_entities=120", "--num_triples=900", "--visual_dim=8", "--text_dim=8"]   # prepare synthetic
+MINI_GRAPH_CONFIG = ["--data.synthetic." + item[2:] for item in MINI_GRAPH]                 # the same, as config
+# Large enough that a few epochs measurably learn (tests that compare a trained model with an untrained one).
+LEARNING = ["--data.synthetic.num_entities=600", "--data.synthetic.num_triples=6000", "--model.dim=16",
+            "--train.batch_size=256", "--train.num_negatives=16", "--mat.hidden=32", "--mat.noise_dim=8",
+            "--train.compile=false", "--train.threads=1"]
 
+
+def settings(base, *changes) -> list[str]:
+    """``base`` with ``changes`` (``--key=value`` items) applied: one item per key, later keys winning."""
+    merged = {}
+    for item in [*base, *changes]:
+        key, _, value = item.partition("=")
+        merged[key] = value
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def pairs(base, *changes) -> list[tuple[str, str]]:
+    """``settings`` as (key, value) pairs, the form ``load_config`` takes."""
+    return [(item[2:].partition("=")[0], item.partition("=")[2]) for item in settings(base, *changes)]
+
+
+def overrides(base, *changes) -> dict[str, str]:
+    """``settings`` as the API's ``overrides`` mapping."""
+    return dict(pairs(base, *changes))
 
 def cli(*args, cwd, env=None, timeout=600, fresh=False) -> subprocess.CompletedProcess:
     """``mmkgc-dist ARGS``, output captured: in this process (``cli_in_process``) unless a fresh interpreter is
@@ -90,3 +115,17 @@ def snapshot(root: str) -> dict:
         for d in dirs:
             out[os.path.relpath(os.path.join(base, d), root) + "/"] = "dir"
     return out
+
+
+def run_gloo_ranks(target, world: int, tmp_path, timeout: float = 120) -> None:
+    """Spawn ``world`` real processes running ``target(rank, rendezvous_file, out_folder)`` (a gloo file
+    rendezvous); each must exit 0 within ``timeout`` seconds."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=(r, str(tmp_path / "rendezvous"), str(tmp_path))) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=timeout)
+        assert p.exitcode == 0

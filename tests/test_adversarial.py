@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import run_gloo_ranks
+from support import run_gloo_ranks
 from mmkgc_dist.model import batch_adversarial_loss
 
 POSITIVE = [2.0, 1.0, 3.0, 0.5, -0.2, 1.5]

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from mmkgc_dist.data.format import write_manifest
-from support import MINI as TINY, MINI_GRAPH as SMALL_GRAPH, REPO, Payload, cli, cli_in_process, snapshot
+from support import MINI, MINI_GRAPH, REPO, Payload, cli, cli_in_process, snapshot
 
 
 # ------------------------------------------------------------------------------------------ the world
@@ -55,11 +55,11 @@ def world(tmp_path_factory):
     _write(j("t.tsv"), "a\tr\tb\nb\tr\tc\nc\tq\ta\n")
     _write(j("trdir", "t.tsv"), "a\tr\tb\n")
     # Datasets and a trained run, made by the tool itself.
-    for args in (["prepare", "synthetic", "good", *SMALL_GRAPH],
+    for args in (["prepare", "synthetic", "good", *MINI_GRAPH],
                  ["prepare", "triples", "no_test_ds", "--train", "t.tsv"]):
         res = cli(*args, cwd=w)
         assert res.returncode == 0, res.stderr
-    res = cli("train", "--run-dir", "run", "--data.source=parquet", "--data.path=good", *TINY, cwd=w)
+    res = cli("train", "--run-dir", "run", "--data.source=parquet", "--data.path=good", *MINI, cwd=w)
     assert res.returncode == 0, res.stderr
     # Bad triple files.
     _write(j("empty.tsv"), "")
@@ -225,16 +225,16 @@ CASES = [
     ("keep-checkpoints-negative", ["train", "--train.keep_checkpoints=-1"], "train.keep_checkpoints: must be >= 0"),
     ("resume-prefix", ["train", "--resum"], "override '--resum': missing value"),
     # --- run folders (#4) ---------------------------------------------------------------------------------
-    ("train-into-used-run", ["train", "--run-dir", "run", "--data.source=parquet", "--data.path=good", *TINY], "run: holds another run (checkpoints up to step"),
-    ("train-into-user-folder", ["train", "--run-dir", "userdir", *TINY], "userdir: folder is not empty and was not made by mmkgc-dist"),
-    ("train-run-dir-is-file", ["train", "--run-dir", "afile.txt", *TINY], "--run-dir afile.txt: exists and is not a folder"),
-    ("train-out-dir-is-file", ["train", "--run.out_dir=afile.txt", *TINY], "run.out_dir afile.txt: a file is in the way"),
-    ("train-locked-run", ["train", "--run-dir", "run_locked", "--resume", "--data.source=parquet", "--data.path=good", *TINY], "run_locked: run folder is in use by pid 1 on another-host"),
-    ("train-resume-and-overwrite", ["train", "--run-dir", "run", "--resume", "--overwrite", *TINY], "--resume and --overwrite: choose one"),
-    ("data-path-is-file", ["train", "--data.source=parquet", "--data.path=afile.txt", *TINY], "afile.txt: is a file; expected a dataset folder"),
-    ("dataset-without-test", ["train", "--run-dir", "new_run", "--data.source=parquet", "--data.path=no_test_ds", *TINY], "eval.splits: the dataset no_test_ds has no test split"),
-    ("stream-id-out-of-range", ["train", "--run-dir", "new_run", "--data.source=parquet", "--data.path=bad_ids_ds", "--data.loader=stream", "--train.filter_negatives=false", *TINY], "part-00000.parquet: row group 0, row 7: head id 1000000 out of range [0, 120)", "new_run"),
-    ("replaced-part", ["train", "--run-dir", "new_run", "--data.source=parquet", "--data.path=replaced_part_ds", "--data.verify=false", *TINY], "bytes, replaced_part_ds/manifest.json records", "new_run"),
+    ("train-into-used-run", ["train", "--run-dir", "run", "--data.source=parquet", "--data.path=good", *MINI], "run: holds another run (checkpoints up to step"),
+    ("train-into-user-folder", ["train", "--run-dir", "userdir", *MINI], "userdir: folder is not empty and was not made by mmkgc-dist"),
+    ("train-run-dir-is-file", ["train", "--run-dir", "afile.txt", *MINI], "--run-dir afile.txt: exists and is not a folder"),
+    ("train-out-dir-is-file", ["train", "--run.out_dir=afile.txt", *MINI], "run.out_dir afile.txt: a file is in the way"),
+    ("train-locked-run", ["train", "--run-dir", "run_locked", "--resume", "--data.source=parquet", "--data.path=good", *MINI], "run_locked: run folder is in use by pid 1 on another-host"),
+    ("train-resume-and-overwrite", ["train", "--run-dir", "run", "--resume", "--overwrite", *MINI], "--resume and --overwrite: choose one"),
+    ("data-path-is-file", ["train", "--data.source=parquet", "--data.path=afile.txt", *MINI], "afile.txt: is a file; expected a dataset folder"),
+    ("dataset-without-test", ["train", "--run-dir", "new_run", "--data.source=parquet", "--data.path=no_test_ds", *MINI], "eval.splits: the dataset no_test_ds has no test split"),
+    ("stream-id-out-of-range", ["train", "--run-dir", "new_run", "--data.source=parquet", "--data.path=bad_ids_ds", "--data.loader=stream", "--train.filter_negatives=false", *MINI], "part-00000.parquet: row group 0, row 7: head id 1000000 out of range [0, 120)", "new_run"),
+    ("replaced-part", ["train", "--run-dir", "new_run", "--data.source=parquet", "--data.path=replaced_part_ds", "--data.verify=false", *MINI], "bytes, replaced_part_ds/manifest.json records", "new_run"),
     ("verify-replaced-part", ["verify", "replaced_part_ds"], "verify: 1 of 1 folder(s) do not match their records"),
     # --- checkpoints (#2, #5, #8) -------------------------------------------------------------------------
     ("evaluate-checkpoint-folder", ["evaluate", "run", "--checkpoint", "run"], "run: not a checkpoint folder (no meta.json)"),
@@ -256,12 +256,12 @@ CASES = [
     ("config-duplicate-key", ["train", "--config", "dup_keys.yaml"], "'lr' given twice (first on line 2)"),
     ("negative-seed", ["train", "--train.seed=-3"], "train.seed: must be >= 0"),
     ("synthetic-one-entity", ["train", "--data.synthetic.num_entities=1"], "data.synthetic.num_entities: a generated graph needs at least 2"),
-    ("absurd-dim", ["train", "--run-dir", "new_run", *TINY, "--model.dim=1000000000"], "x model.dim=128 x 4 x 1000000000: the model needs at least", "new_run"),
-    ("absurd-generator", ["train", "--run-dir", "new_run", *TINY, "--mat.hidden=100000000000"], "mat.hidden=100000000000: the model needs at least", "new_run"),
-    ("absurd-one-vs-all-batch", ["train", "--run-dir", "new_run", *TINY, "--train.negatives=all", "--train.batch_size=1000000000000"], "train.batch_size=1000000000000 (train.negatives=all: every query against all 120 entities): the model needs at least", "new_run"),
-    ("unknown-scorer", ["train", "--run-dir", "new_run", *TINY, "--model.scoring=rotatee"], "model.scoring: unknown scoring function 'rotatee'; registered: complex, distmult, ikrl, rotate, tbkgc", "new_run"),
-    ("baseline-with-mat", ["train", "--run-dir", "new_run", *TINY, "--model.scoring=ikrl"], "mat.enabled: MAT fuses generated modalities with AdaMF; model.scoring=ikrl is a baseline", "new_run"),
-    ("smoothing-without-all", ["train", *TINY, "--train.label_smoothing=0.1"], "train.label_smoothing: smooths the 1-vs-all cross-entropy; set train.negatives=all"),
+    ("absurd-dim", ["train", "--run-dir", "new_run", *MINI, "--model.dim=1000000000"], "x model.dim=128 x 4 x 1000000000: the model needs at least", "new_run"),
+    ("absurd-generator", ["train", "--run-dir", "new_run", *MINI, "--mat.hidden=100000000000"], "mat.hidden=100000000000: the model needs at least", "new_run"),
+    ("absurd-one-vs-all-batch", ["train", "--run-dir", "new_run", *MINI, "--train.negatives=all", "--train.batch_size=1000000000000"], "train.batch_size=1000000000000 (train.negatives=all: every query against all 120 entities): the model needs at least", "new_run"),
+    ("unknown-scorer", ["train", "--run-dir", "new_run", *MINI, "--model.scoring=rotatee"], "model.scoring: unknown scoring function 'rotatee'; registered: complex, distmult, ikrl, rotate, tbkgc", "new_run"),
+    ("baseline-with-mat", ["train", "--run-dir", "new_run", *MINI, "--model.scoring=ikrl"], "mat.enabled: MAT fuses generated modalities with AdaMF; model.scoring=ikrl is a baseline", "new_run"),
+    ("smoothing-without-all", ["train", *MINI, "--train.label_smoothing=0.1"], "train.label_smoothing: smooths the 1-vs-all cross-entropy; set train.negatives=all"),
     ("feature-null-id", ["prepare", "features", "good", "--modality", "visual", "null_id.parquet"], "null_id.parquet: row 1: field 'id' is null"),
     ("manifest-entities-not-int", ["evaluate", "run", "--data.path=str_count_ds"], "field 'num_entities' is '120' (str); expected a whole number"),
     ("evaluate-output-into-dataset", ["evaluate", "run", "--output", "good/manifest.json"], "is inside the mmkgc-dist dataset"),

@@ -6,11 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from support import TINY as BASE, settings
 
 VENV_BIN = os.path.dirname(sys.executable)
-TINY = ["--data.synthetic.num_entities=400", "--data.synthetic.num_triples=3000", "--model.dim=16",
-        "--train.epochs=2", "--train.batch_size=256", "--train.num_negatives=8", "--mat.hidden=32",
-        "--train.compile=false"]
+TINY = settings(BASE, "--train.epochs=2")
 
 
 def run(args, cwd, timeout=600):
@@ -111,11 +110,12 @@ def test_prepare_db15k_and_features(repo, tmp_path, db15k):
 @pytest.mark.slow
 def test_text_features_from_names(tmp_path):
     pytest.importorskip("sentence_transformers")
-    from mmkgc_dist.data.text import encode_names
-    f = encode_names(["<http://dbpedia.org/resource/Paris>", "<http://dbpedia.org/resource/France>",
-                      "<http://dbpedia.org/resource/Banana>"], show_progress=False)
-    assert f.values.shape == (3, 384) and f.present.all()
-    cos = f.values @ f.values.T / np.outer(np.linalg.norm(f.values, axis=1), np.linalg.norm(f.values, axis=1))
+    from mmkgc_dist.data.openke import readable_name
+    from mmkgc_dist.data.text import TextEncoder
+    values, _ = TextEncoder(cache=False).encode([readable_name(f"<http://dbpedia.org/resource/{n}>")
+                                                 for n in ("Paris", "France", "Banana")])
+    assert values.shape == (3, 384)
+    cos = values @ values.T / np.outer(np.linalg.norm(values, axis=1), np.linalg.norm(values, axis=1))
     assert cos[0, 1] > cos[0, 2]          # Paris is closer to France than to Banana
 
 

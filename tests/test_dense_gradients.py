@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import run_gloo_ranks
+from support import run_gloo_ranks
 
 GRADS = {0: {"a": [1.0, 2.0], "b": None, "c": None, "d": [[0.5, 0.5]], "e": [0.0]},
          1: {"a": [3.0, -1.0], "b": [4.0], "c": None, "d": [[1.5, -0.5]], "e": None}}

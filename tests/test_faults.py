@@ -19,11 +19,10 @@ from mmkgc_dist.serving.export import read_embeddings
 from mmkgc_dist.checkpoint import list_checkpoints, verify
 from mmkgc_dist.checkpoint.catalogue import sha256
 from mmkgc_dist.outputs import resolve_output
+from support import MINI, settings
 
 TRIALS = int(os.environ.get("FAULT_TRIALS", 50))
-SMALL = ["--data.synthetic.num_entities=120", "--data.synthetic.num_triples=900", "--model.dim=8",
-         "--train.batch_size=64", "--train.num_negatives=4", "--mat.hidden=16", "--mat.noise_dim=4",
-         "--train.compile=false", "--train.threads=1", "--eval.max_queries=40", "--train.log_every=1"]
+SMALL = settings(MINI, "--train.batch_size=64", "--eval.max_queries=40", "--train.log_every=1")
 
 
 def _child(argv, cwd, log):

@@ -9,12 +9,11 @@ import sys
 import time
 
 import pytest
+from support import TINY as BASE, settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
-TINY = ["--data.synthetic.num_entities=400", "--data.synthetic.num_triples=3000", "--model.dim=16",
-        "--train.batch_size=256", "--train.num_negatives=8", "--mat.hidden=32", "--train.compile=false",
-        "--eval.splits=[test]"]
+TINY = settings(BASE, "--eval.splits=[test]")
 
 
 def env():

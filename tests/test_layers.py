@@ -6,7 +6,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ALLOWED = {
     "config": {"errors"}, "rng": set(), "errors": set(), "runtime": set(),
     "model.optim": set(),
-    "model": {"model"},
+    "model": {"model", "errors", "config"},
     "outputs": {"errors"},
     "checkpoint": {"errors", "outputs", "model.optim", "checkpoint"},
     "run_folder": {"errors", "outputs", "checkpoint", "config"},
@@ -58,7 +58,7 @@ def test_layers_import_only_downwards():
             assert layer in ALLOWED, f"{rel}: a module on no floor (add it to ALLOWED and docs/architecture.md)"
             for target in _imports(path, module):
                 target_layer = _layer(target)
-                if target_layer in ALLOWED[layer] or (rel, target_layer) in EXCEPTIONS:
+                if target_layer in ALLOWED[layer]:
                     continue
                 if target_layer:
                     bad.append(f"{rel} imports {target}")
@@ -141,7 +141,7 @@ def test_both_runtimes_define_every_member_of_the_runtime_protocol_with_its_para
     from mmkgc_dist.parallel.local import LocalRuntime
 
     Runtime, methods, attributes = _protocol_members()
-    assert {"build", "split", "reduce_metrics", "candidate_shard", "checkpoint_state"} <= methods
+    assert {"build", "batch_slice", "reduce_metrics", "candidate_shard", "checkpoint_state"} <= methods
     for cls in (LocalRuntime, DistributedRuntime):
         for name in sorted(methods):
             assert hasattr(cls, name), f"{cls.__name__} lacks {name}"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from support import MINI as TINY, MINI_GRAPH as SMALL_GRAPH, REPO, Payload, cli, snapshot
+from support import MINI, MINI_GRAPH, REPO, Payload, cli, snapshot
 
 from mmkgc_dist.data.format import load_dataset, read_manifest
 from mmkgc_dist.outputs import FolderLock, resolve_output
@@ -48,7 +48,7 @@ def test_replacement_killed_at_each_point_leaves_one_complete_version(tmp_path, 
 
 
 def test_dataset_folder_has_ordinary_permissions(tmp_path):
-    res = cli("prepare", "synthetic", "ds", *SMALL_GRAPH, cwd=tmp_path)
+    res = cli("prepare", "synthetic", "ds", *MINI_GRAPH, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert os.stat(tmp_path / "ds").st_mode & 0o777 == 0o777 & ~_umask()
 
@@ -62,7 +62,7 @@ def _umask() -> int:
 # ------------------------------------------------------------------------------ features
 @pytest.mark.slow
 def test_feature_import_deletes_only_its_own_files(tmp_path):
-    assert cli("prepare", "synthetic", "ds", *SMALL_GRAPH, cwd=tmp_path).returncode == 0
+    assert cli("prepare", "synthetic", "ds", *MINI_GRAPH, cwd=tmp_path).returncode == 0
     np.save(tmp_path / "v.npy", np.ones((120, 3), np.float32))
     before = read_manifest(str(tmp_path / "ds"))["modalities"]["visual"]["file"]
     (tmp_path / "ds" / "features" / "visual-deadbeef.parquet").write_bytes(b"orphan of a crashed import")
@@ -78,7 +78,7 @@ def test_feature_import_deletes_only_its_own_files(tmp_path):
 
 @pytest.mark.slow
 def test_feature_import_holds_the_dataset_lock(tmp_path):
-    assert cli("prepare", "synthetic", "ds", *SMALL_GRAPH, cwd=tmp_path).returncode == 0
+    assert cli("prepare", "synthetic", "ds", *MINI_GRAPH, cwd=tmp_path).returncode == 0
     np.save(tmp_path / "v.npy", np.ones((120, 3), np.float32))
     with FolderLock(str(tmp_path / "ds"), "dataset"):
         res = cli("prepare", "features", "ds", "--modality", "visual", "v.npy", cwd=tmp_path)
@@ -113,7 +113,7 @@ def test_default_run_names_are_unique_within_one_second(tmp_path):
 
 @pytest.mark.slow
 def test_run_folder_lifecycle_overwrite_resume_and_pruning(tmp_path):
-    args = ["--run-dir", "r", *TINY, "--train.checkpoint_every_steps=2", "--train.keep_checkpoints=2",
+    args = ["--run-dir", "r", *MINI, "--train.checkpoint_every_steps=2", "--train.keep_checkpoints=2",
             "--train.epochs=2"]
     first = cli("train", *args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -136,7 +136,7 @@ def test_run_folder_lifecycle_overwrite_resume_and_pruning(tmp_path):
 def trained(tmp_path_factory):
     """A single-process run with three checkpoints."""
     w = tmp_path_factory.mktemp("trained")
-    res = cli("train", "--run-dir", "r", *TINY, "--train.checkpoint_every_steps=3", "--train.epochs=2",
+    res = cli("train", "--run-dir", "r", *MINI, "--train.checkpoint_every_steps=3", "--train.epochs=2",
               "--train.keep_checkpoints=3", cwd=w)
     assert res.returncode == 0, res.stderr
     return w
@@ -163,7 +163,7 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning(trained, tmp_path, 
     ref = cli("evaluate", str(run), "--checkpoint", str(older), "--output", str(tmp_path / "ref.json"), cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr
     assert json.load(open(tmp_path / "m.json")) == json.load(open(tmp_path / "ref.json"))
-    res = cli("train", "--run-dir", str(run), *TINY, "--train.epochs=2", "--resume", cwd=tmp_path)
+    res = cli("train", "--run-dir", str(run), *MINI, "--train.epochs=2", "--resume", cwd=tmp_path)
     assert res.returncode == 0 and f"checkpoint {newest} is damaged" in res.stderr, res.stderr
     exp = cli("export", str(run), str(tmp_path / "emb"), "--checkpoint", str(older), cwd=tmp_path)
     assert exp.returncode == 0, exp.stderr
@@ -183,7 +183,7 @@ def test_planted_payload_never_runs(trained, tmp_path):
     assert ev.returncode == 0 and "step-000000999 is damaged (dense_optimizer.pt" in ev.stderr, \
         ev.stderr
     _forge_digests(planted)
-    _one_error(cli("train", "--run-dir", str(run), *TINY, "--resume", cwd=tmp_path), "refused to load")
+    _one_error(cli("train", "--run-dir", str(run), *MINI, "--resume", cwd=tmp_path), "refused to load")
     assert not marker.exists()
 
 
@@ -192,7 +192,7 @@ def test_planted_payload_never_runs(trained, tmp_path):
 def dist_run(tmp_path_factory):
     """A distributed (TorchRec + DeepSpeed) run of one process: its checkpoint is a DCP folder."""
     w = tmp_path_factory.mktemp("dist")
-    res = cli("train", "--distributed", "--run-dir", "r", *TINY, "--train.max_steps=3", "--parallel.zero_stage=2",
+    res = cli("train", "--distributed", "--run-dir", "r", *MINI, "--train.max_steps=3", "--parallel.zero_stage=2",
               cwd=w, timeout=600)        # ZeRO 2: the generator checkpoint has its optimizer-state file too
     assert res.returncode == 0, res.stderr[-3000:]
     return w
@@ -230,7 +230,7 @@ def test_payload_in_each_distributed_checkpoint_file(dist_run, tmp_path, target)
     # generators' own file where no DeepSpeed engine of the same ZeRO stage does (one process)
     ranks = [] if target == "generator.pt" else ["--distributed"]
     args = ["evaluate", str(run), "--checkpoint", str(ckpt)] if target == "dcp/.metadata" else \
-        ["train", *ranks, "--run-dir", str(run), *TINY, "--train.max_steps=4", "--parallel.zero_stage=2",
+        ["train", *ranks, "--run-dir", str(run), *MINI, "--train.max_steps=4", "--parallel.zero_stage=2",
          "--resume"]
     _one_error(cli(*args, cwd=tmp_path, timeout=600), "refused")
     assert not marker.exists()
@@ -278,7 +278,7 @@ def small_disk(tmp_path):
         pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip() or 'mount failed'}); the disk-full "
                     f"cases need one")
     yield mount
-    subprocess.run(["umount", str(mount)], capture_output=True)
+    subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)    # lazy: a closed-late handle cannot pin it
 
 
 def _fill(mount, leave: int):
@@ -292,7 +292,7 @@ def _fill(mount, leave: int):
                                            (0, "No space left on device")])
 def test_disk_full_is_one_line_and_leaves_no_partial_file(small_disk, tmp_path, leave, message):
     _fill(small_disk, leave)
-    res = cli("train", "--run-dir", str(small_disk / "r"), *TINY, cwd=tmp_path)
+    res = cli("train", "--run-dir", str(small_disk / "r"), *MINI, cwd=tmp_path)
     _one_error(res, message)
     leftovers = [f for f in os.listdir(small_disk / "r" / "checkpoints")] \
         if (small_disk / "r" / "checkpoints").exists() else []

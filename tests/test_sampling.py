@@ -20,11 +20,12 @@ def graph(seed=0, rows=6000):
 
 
 def slices_at(world: int, batch: np.ndarray, sampler: NegativeSampler, counters=(3, 5)):
-    """What every rank of a ``world``-rank job holds for this global batch, through the runtime's split."""
+    """What every rank of a ``world``-rank job holds for this global batch, through the runtime's batch slice."""
     parts = []
     for rank in range(world):
         runtime = SimpleNamespace(env=SimpleNamespace(rank=rank, world_size=world))
-        parts.append(DistributedRuntime.split(runtime, batch, sampler, counters))
+        lo, hi = DistributedRuntime.batch_slice(runtime, len(batch))
+        parts.append((batch[lo:hi], sampler.sample(batch[lo:hi], counters, offset=lo, share=(hi - lo) / len(batch))))
     return parts
 
 

@@ -12,6 +12,7 @@ from mmkgc_dist.config import load_config
 from mmkgc_dist.data.synthetic import generate
 from mmkgc_dist.model import SCORERS, Queries, Scorer, make_scorer, one_vs_all_loss, register_scorer, regularization
 from mmkgc_dist.compose import local_trainer
+from support import MINI, pairs
 
 BUILT_IN = ("rotate", "transe", "distmult", "complex")
 
@@ -111,10 +112,9 @@ def test_one_vs_all_loss_is_cross_entropy_from_its_parts(smoothing):
     assert ours.item() == pytest.approx(F.cross_entropy(scores, answers, label_smoothing=smoothing).item(), abs=1e-6)
 
 
-SMALL = [("data.synthetic.num_entities", "200"), ("data.synthetic.num_triples", "1600"), ("model.dim", "8"),
-         ("train.batch_size", "64"), ("train.num_negatives", "8"), ("train.compile", "false"),
-         ("mat.hidden", "16"), ("mat.noise_dim", "4"), ("train.threads", "1"), ("train.max_steps", "1"),
-         ("mat.mu", "0.5")]
+SMALL = pairs(MINI, "--data.synthetic.num_entities=200", "--data.synthetic.num_triples=1600",
+              "--train.batch_size=64", "--train.num_negatives=8", "--train.max_steps=1", "--mat.mu=0.5")
+
 
 
 @pytest.mark.parametrize("detach", [False, True])

@@ -22,6 +22,7 @@ from mmkgc_dist.data.sampling import DegreeDistribution, NegativeSampler
 from mmkgc_dist.data.statistics import TripleStatistics, exact_relation_table, head_probability
 from mmkgc_dist.data.stream import StreamingTriples, rows_answering
 from mmkgc_dist.data.synthetic import generate
+from support import TINY, settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -324,9 +325,8 @@ def test_degree_proportional_negatives_follow_degrees():
 
 
 # ------------------------------------------------------------------------------------------ trainers
-SMALL = ["--data.synthetic.num_entities=300", "--data.synthetic.num_triples=3000", "--model.dim=16",
-         "--train.batch_size=128", "--train.num_negatives=16", "--mat.hidden=32", "--train.compile=false",
-         "--train.threads=1"]
+SMALL = settings(TINY, "--data.synthetic.num_triples=3000", "--model.dim=16", "--train.batch_size=128",
+                 "--train.num_negatives=16", "--mat.hidden=32")
 
 
 @pytest.fixture(scope="module")

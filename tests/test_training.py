@@ -10,10 +10,9 @@ from mmkgc_dist.data.synthetic import generate
 from mmkgc_dist.errors import TrainingDiverged
 from mmkgc_dist.training.prefetch import to_device_ahead
 from mmkgc_dist.compose import local_trainer
+from support import LEARNING, pairs
 
-SMALL = [("data.synthetic.num_entities", "600"), ("data.synthetic.num_triples", "6000"), ("model.dim", "16"),
-         ("train.batch_size", "256"), ("train.num_negatives", "16"), ("train.compile", "false"),
-         ("mat.hidden", "32"), ("mat.noise_dim", "8"), ("train.threads", "1")]
+SMALL = pairs(LEARNING)
 
 
 def make(tmp_path=None, *extra):

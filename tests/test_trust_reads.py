@@ -8,11 +8,9 @@ import subprocess
 import threading
 import time
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from mmkgc_dist import api, checkpoint
 from mmkgc_dist.config import load_config
@@ -21,12 +19,11 @@ from mmkgc_dist.data.synthetic import generate
 from mmkgc_dist.errors import CheckpointError, ConfigError, DataError, QueryError, UserError
 from mmkgc_dist.serving.export import read_embeddings
 from mmkgc_dist.serving.predict import load_run
+from support import MINI, MINI_GRAPH_CONFIG, overrides, pairs
 
-GRAPH = [("data.synthetic.num_entities", "120"), ("data.synthetic.num_triples", "900"),
-         ("data.synthetic.visual_dim", "8"), ("data.synthetic.text_dim", "8")]
-TRAIN = {"model.dim": 8, "train.epochs": 2, "train.batch_size": 128, "train.num_negatives": 4, "mat.hidden": 16,
-         "mat.noise_dim": 4, "train.compile": False, "train.threads": 1, "eval.batch_size": 64,
-         "eval.splits": ["test"], "train.checkpoint_every_steps": 3, "train.keep_checkpoints": 2}
+GRAPH = pairs(MINI_GRAPH_CONFIG)
+TRAIN = overrides(MINI, "--train.epochs=2", "--eval.splits=[test]", "--train.checkpoint_every_steps=3",
+                  "--train.keep_checkpoints=2")
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,10 @@ from mmkgc_dist.errors import ConfigError, DataError, QueryError, UserError
 from mmkgc_dist.serving.export import read_embeddings
 from mmkgc_dist.serving.neighbour_index import build_neighbour_index
 from mmkgc_dist.serving.predict import load_run
+from support import MINI, MINI_GRAPH_CONFIG, overrides, pairs
 
-GRAPH = [("data.synthetic.num_entities", "120"), ("data.synthetic.num_triples", "900"),
-         ("data.synthetic.visual_dim", "8"), ("data.synthetic.text_dim", "8")]
-TRAIN = {"model.dim": 8, "train.epochs": 1, "train.batch_size": 128, "train.num_negatives": 4, "mat.hidden": 16,
-         "mat.noise_dim": 4, "train.compile": False, "train.threads": 1, "eval.batch_size": 64,
-         "eval.splits": ["test"]}
+GRAPH = pairs(MINI_GRAPH_CONFIG)
+TRAIN = overrides(MINI, "--train.epochs=1", "--eval.splits=[test]")
 
 
 def flip_a_byte(path) -> None:

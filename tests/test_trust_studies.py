@@ -2,7 +2,6 @@
 the search space means what it says (conditions in any order, scalar choices only, a worker whose every trial
 failed exits non-zero). The binding cases run no trial: they open the study as a worker does."""
 import os
-import sqlite3
 
 import pytest
 

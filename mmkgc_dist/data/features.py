@@ -4,10 +4,14 @@ Accepted layouts:
   .npy      [N, dim] float array, one row per entity id; a row of all-NaN marks a missing entity
             (the only NaN allowed); an optional separate mask file (.npy bool [N]) marks presence.
             Local files are memory-mapped, so a file larger than memory is read chunk by chunk.
-  .pt       a tensor [N, dim], or a dict {"features": [n, dim], "ids": [n]} of present entities;
-            loaded with ``weights_only=True`` (no pickled code runs).
+  .pt/.pth  a tensor [N, dim], or a dict {"features": [n, dim], "ids": [n]} of present entities;
+            loaded with ``weights_only=True`` (no pickled code runs). The AdaMF-MAT reference's released
+            ``<dataset>-visual.pth`` / ``-textual.pth`` are such tensors, row i = entity i of its entity2id.txt.
   .parquet  a key column, ``id`` (int) or ``name`` (entity name as in entities.parquet), and
             ``feature`` (list<float>); present entities only; read record batch by record batch.
+
+A file whose rows follow another entity order (the reference's entity2id.txt, a list of names) is mapped
+through ``row_names``: file row (or id) i is the entity named by line i, looked up by name in the dataset.
 
 ``add_features`` streams any of them into a prepared dataset without touching its triples;
 ``load_features`` assembles the dense matrix for in-memory use.
@@ -28,39 +32,87 @@ import pyarrow.parquet as pq
 from ..errors import DataError
 from .remote import check_reachable
 from ..outputs import local_path, real_path, refuse_links, within
-from .format import (FORMAT_VERSION, FeatureChecks, Features, _join, first_null, manifest_files, read_manifest,
-                     recorded_path,
-                     write_manifest)
+from .format import (FORMAT_VERSION, FeatureChecks, Features, first_null, manifest_files, read_manifest,
+                     recorded_path, write_manifest)
 
 CHUNK_ROWS = 1 << 16
 log = logging.getLogger("mmkgc_dist")
 
 
 def feature_chunks(path: str, num_entities: int, mask_path: str | None = None, names: pa.Array | None = None,
-                   skip_unknown: bool = False, report: dict | None = None, chunk_rows: int = CHUNK_ROWS):
-    """(first file row, file row numbers, entity ids, float32 rows) of the present entities, checked."""
+                   skip_unknown: bool = False, report: dict | None = None, chunk_rows: int = CHUNK_ROWS,
+                   row_ids: np.ndarray | None = None):
+    """(first file row, file row numbers, entity ids, float32 rows) of the present entities, checked.
+    ``row_ids``: the dataset id of each of the file's own ids (-1: not in the dataset), when the file follows
+    another entity order (``rows_by_name``)."""
+    report = report if report is not None else {}
+    file_entities = num_entities if row_ids is None else len(row_ids)
     if path.endswith(".npy"):
-        source = _dense_chunks(path, _load_npy(path, mmap=True), num_entities, chunk_rows)
-    elif path.endswith(".pt"):
-        source = _pt_chunks(path, num_entities, chunk_rows)
+        source = _dense_chunks(path, _load_npy(path, mmap=True), file_entities, chunk_rows)
+    elif path.endswith((".pt", ".pth")):
+        source = _pt_chunks(path, file_entities, chunk_rows)
     elif path.endswith(".parquet"):
-        source = _parquet_chunks(path, names, skip_unknown, report if report is not None else {}, chunk_rows)
+        source = _parquet_chunks(path, names, skip_unknown, report, chunk_rows)
     else:
-        raise DataError(f"{path}: unknown feature file type; expected .npy, .pt or .parquet")
+        raise DataError(f"{path}: unknown feature file type; expected .npy, .pt, .pth or .parquet")
     mask = None
     if mask_path is not None:
         mask = _load_npy(mask_path)
-        if mask.shape != (num_entities,) or mask.dtype != bool:
-            raise DataError(f"{mask_path}: expected a bool mask of shape ({num_entities},), "
+        if mask.shape != (file_entities,) or mask.dtype != bool:
+            raise DataError(f"{mask_path}: expected a bool mask of shape ({file_entities},), "
                             f"got {mask.dtype} {mask.shape}")
     check = FeatureChecks(path, num_entities)
     for first, file_rows, ids, rows in source:
         if mask is not None:
-            inside = (ids >= 0) & (ids < num_entities)
+            inside = (ids >= 0) & (ids < file_entities)
             keep = ~inside | mask[np.where(inside, ids, 0)]     # out-of-range ids still reach the check
             file_rows, ids, rows = file_rows[keep], ids[keep], rows[keep]
+        if row_ids is not None:
+            file_rows, ids, rows = _through_order(path, file_rows, ids, rows, row_ids, skip_unknown, report)
         check(first, file_rows, ids, rows)
         yield first, file_rows, ids, rows
+
+
+def _through_order(path, file_rows, ids, rows, row_ids: np.ndarray, skip_unknown: bool, report: dict):
+    """The file's ids mapped to the dataset's through ``row_ids``; unknown entities refused or skipped."""
+    outside = np.flatnonzero((ids < 0) | (ids >= len(row_ids)))
+    if len(outside):
+        raise DataError(f"{path}: row {file_rows[outside[0]]}: id {ids[outside[0]]} is beyond the {len(row_ids)} "
+                        f"names of --row-names")
+    return _known_only(row_ids[ids], file_rows, rows, skip_unknown, report,
+                       lambda i, n: f"{path}: row {file_rows[i]}: its entity (line {ids[i]} of --row-names) is not "
+                                    f"in the dataset ({n} such rows in this chunk); pass --skip-unknown to skip and "
+                                    f"count them")
+
+
+def _known_only(ids, file_rows, rows, skip_unknown: bool, report: dict, describe):
+    """(file rows, ids, rows) of the entities in the dataset (id >= 0); the first unknown one is refused with
+    ``describe(index, count)``, or every unknown one skipped and counted (``skip_unknown``)."""
+    unknown = np.flatnonzero(ids < 0)
+    if len(unknown) and not skip_unknown:
+        raise DataError(describe(int(unknown[0]), len(unknown)))
+    report["unknown_skipped"] = report.get("unknown_skipped", 0) + len(unknown)
+    keep = ids >= 0
+    return file_rows[keep], ids[keep], rows[keep]
+
+
+def rows_by_name(path: str, names: pa.Array) -> np.ndarray:
+    """Dataset id of each line of an entity-order file: OpenKE's entity2id.txt (a count, then 'name id' lines)
+    or one name per line; -1 where the name is not in the dataset."""
+    from .openke import read_dictionary
+    check_reachable(path)
+    try:
+        with fsspec.open(path, "r", encoding="utf-8") as fh:
+            first = fh.readline().strip()
+            order = read_dictionary(path) if first.isdigit() else \
+                [first] + [line.rstrip("\n") for line in fh]
+    except FileNotFoundError:
+        raise DataError(f"--row-names {path}: file not found")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"--row-names {path}: not UTF-8 text ({exc})")
+    order = [n for n in order if n != ""] if not first.isdigit() else order
+    return pc.index_in(pa.array(order, pa.string()), value_set=names).fill_null(-1).to_numpy(
+        zero_copy_only=False).astype(np.int64)
 
 
 def load_features(path: str, num_entities: int, mask_path: str | None = None) -> Features:
@@ -192,30 +244,29 @@ def _parquet_chunks(path: str, names: pa.Array | None, skip_unknown: bool, repor
             else:
                 found = pc.index_in(batch.column("name"), value_set=names)
                 ids = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-                unknown = np.flatnonzero(ids < 0)
-                if len(unknown) and not skip_unknown:
-                    raise DataError(f"{path}: row {start + unknown[0]}: entity name "
-                                    f"{batch.column('name')[int(unknown[0])].as_py()!r} is not in the dataset "
-                                    f"({len(unknown)} unknown names in rows {start}..{start + len(batch) - 1})")
-                report["unknown_skipped"] = report.get("unknown_skipped", 0) + len(unknown)
-                keep = ids >= 0
-                file_rows, ids, rows = file_rows[keep], ids[keep], rows[keep]
+                file_rows, ids, rows = _known_only(
+                    ids, file_rows, rows, skip_unknown, report,
+                    lambda i, n: f"{path}: row {start + i}: entity name {batch.column('name')[i].as_py()!r} is not "
+                                 f"in the dataset ({n} unknown names in rows {start}..{start + len(batch) - 1})")
             yield start, file_rows, ids, rows
             start += len(batch)
 
 
 def add_features(root: str, modality: str, path: str, mask_path: str | None = None,
-                 skip_unknown: bool = False) -> dict:
-    """Stream a feature file into a prepared (local) dataset as ``modality``; triples are not touched."""
-    for given, what in ((path, "FILE"), (mask_path, "--mask")):
+                 skip_unknown: bool = False, row_names: str | None = None) -> dict:
+    """Stream a feature file into a prepared (local) dataset as ``modality``; triples are not touched.
+    ``row_names``: the file's entity order (``rows_by_name``) when it is not the dataset's."""
+    for given, what in ((path, "FILE"), (mask_path, "--mask"), (row_names, "--row-names")):
         if given and local_path(given) is not None and within(real_path(local_path(given)), real_path(root)):
             raise DataError(f"{what} {given}: is inside the dataset {root}; give a file outside it (the dataset's "
                             f"own files are replaced by the import)")
     with DatasetEdit(root) as manifest:
         entities = pq.read_table(recorded_path(root, manifest, manifest["entities"]))
+        names = entities.column("name").combine_chunks()
         report: dict = {}
-        chunks = feature_chunks(path, manifest["num_entities"], mask_path,
-                                entities.column("name").combine_chunks(), skip_unknown, report)
+        row_ids = rows_by_name(row_names, names) if row_names else None
+        chunks = feature_chunks(path, manifest["num_entities"], mask_path, names, skip_unknown, report,
+                                row_ids=row_ids)
         entry = write_feature_chunks(root, modality, chunks, path, manifest, entities)
     return {**entry, "unknown_skipped": report.get("unknown_skipped", 0)}
 

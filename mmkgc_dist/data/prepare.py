@@ -89,17 +89,10 @@ def prepare_synthetic(out: str, settings: list[tuple[str, str]] = (), overwrite:
 
 def text_features_from_names(dataset: str, model: str | None = None, batch_size: int = 256,
                              names: str = "uri") -> int:
-    """Text features encoded from the entity names with a sentence-transformers model, added to the dataset;
+    """Text features encoded from the entity names (data/text.py: cached, resumable), added to the dataset;
     their width."""
-    import pyarrow.parquet as pq
+    from .text import extract_texts
 
-    from .features import add_dense_features
-    from .format import read_manifest, recorded_path
-    from .text import encode_names
-
-    manifest = read_manifest(dataset)
-    table = pq.read_table(recorded_path(dataset, manifest, manifest["entities"]), columns=["name"])
-    features = encode_names(table.column("name").to_pylist(), model_path=model, batch_size=batch_size,
-                            name_style=names)
-    add_dense_features(dataset, "text", features, origin="text features from entity names")
-    return features.dim
+    summary = extract_texts(dataset, None, model=model, batch_size=batch_size, name_style=names,
+                            show_progress=False)
+    return summary["dim"]

@@ -143,8 +143,15 @@ class NegativeSampler:
         self._uniform_draws, self._candidate_keys = wrap(uniform_draws), wrap(candidate_keys)
         self._screen = wrap(self.known.screen) if self.filter else None
 
-    def sample(self, batch: np.ndarray | Tensor, counters: tuple[int, ...], offset: int = 0) -> NegativeBatch:
-        batch = torch.as_tensor(batch, device=self.device)
+    def sample(self, batch: np.ndarray | Tensor, counters: tuple[int, ...], offset: int = 0,
+               share: float = 1.0) -> NegativeBatch:
+        """Negatives of ``batch``, whose first row is at position ``offset`` of the global batch; ``share``: this
+        process's fraction of the global batch (weights its loss)."""
+        negatives = self._negatives(torch.as_tensor(batch, device=self.device), counters, offset)
+        negatives.share = share
+        return negatives
+
+    def _negatives(self, batch: Tensor, counters: tuple[int, ...], offset: int) -> NegativeBatch:
         if self.mode == "all":          # 1-vs-all: every entity is a candidate, nothing to draw
             return NegativeBatch(torch.zeros(len(batch), dtype=torch.bool, device=self.device),
                                  torch.zeros(len(batch), 0, dtype=torch.long, device=self.device), 0, "all")

@@ -67,7 +67,8 @@ def generate(cfg: SyntheticConfig) -> KGData:
         values = _view(latent, dim, cfg.feature_noise, rng)
         present = rng.random(n) >= missing
         values[~present] = 0.0
-        features[name] = Features(values, present)
+        if missing < 1.0:                   # missing for every entity: the graph has no such modality
+            features[name] = Features(values, present)
     return KGData(n, cfg.num_relations, {s: t.astype(np.int64) for s, t in splits.items()},
                   [f"entity_{i:06d}" for i in range(n)], [f"relation_{i:04d}" for i in range(cfg.num_relations)],
                   features, name=f"synthetic-seed{cfg.seed}",

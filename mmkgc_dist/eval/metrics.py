@@ -77,7 +77,7 @@ def metric_keys(m: dict) -> list[str]:
 def markdown_report(results: dict, per_relation_rows: int = 50) -> str:
     """results.json's evaluations as markdown tables: overall and head vs tail, per category, per relation
     (the ``per_relation_rows`` relations with the most queries; all of them stay in results.json)."""
-    lines = []
+    lines = model_header(results["model"]) if "model" in results else []
     for split, m in results.items():
         if not isinstance(m, dict) or "mrr" not in m:
             continue
@@ -99,6 +99,14 @@ def markdown_report(results: dict, per_relation_rows: int = 50) -> str:
                       _table(["relation", "category", *keys, "queries"],
                              [[name, v.get("category", ""), *_values(v, keys)] for name, v in top]), ""]
     return "\n".join(lines)
+
+
+def model_header(model: dict) -> list[str]:
+    """What the run fused: one row per modality with its width and coverage."""
+    rows = [["structure", f"d={model['dim']}", "100%"]] + \
+        [[m, str(v["dim"]), f"{v['coverage']:.1%} ({v['entities']})"] for m, v in model["fused"].items()]
+    return [f"## model — {model['scoring']}, model.modalities={model['asked']}, MAT "
+            f"{'on' if model['mat'] else 'off'}", "", _table(["modality", "dim", "coverage (entities)"], rows), ""]
 
 
 def _values(m: dict, keys: list[str]) -> list[str]:

@@ -195,14 +195,9 @@ class DistributedRuntime:
         dist.all_gather_object(parts, rows)
         return np.concatenate(parts)
 
-    def split(self, batch: np.ndarray, sampler, counters: tuple[int, ...]):
-        """This rank's disjoint slice of a global batch and its negatives, drawn here for the slice alone: the
-        sampler's draws are keyed by global position, so any world size trains on identical data (chunk-shared
-        chunks are keyed by their first position: identical whenever the slices split into whole chunks)."""
-        lo, hi = slice_bounds(len(batch), self.env.rank, self.env.world_size)
-        negatives = sampler.sample(batch[lo:hi], counters, offset=lo)
-        negatives.share = (hi - lo) / len(batch)
-        return batch[lo:hi], negatives
+    def batch_slice(self, size: int) -> tuple[int, int]:
+        """This rank's disjoint rows of a global batch."""
+        return slice_bounds(size, self.env.rank, self.env.world_size)
 
     @staticmethod
     def batch_softmax(logits: torch.Tensor) -> torch.Tensor:

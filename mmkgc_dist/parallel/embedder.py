@@ -19,12 +19,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.nn.functional import all_to_all_single as differentiable_all_to_all
 
+from ..data.extraction import owner_block
 from ..model.kgc import EmbeddedEntities, unique_ids
-
-
-def owner_block(num_entities: int, world_size: int) -> int:
-    """Rows per owner: rank r owns ids [r·block, (r+1)·block) — TorchRec's row-wise layout."""
-    return -(-num_entities // world_size)
 
 
 class OwnerEmbedder:

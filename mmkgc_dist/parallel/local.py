@@ -95,9 +95,9 @@ class LocalRuntime:
         torch_seed(cfg.train.seed, "generator_noise", self.rank)
 
     # ------------------------------------------------------------------------------------ data and collectives
-    def split(self, batch: np.ndarray, sampler, counters: tuple[int, ...]):
-        """This process's part of a global batch, with its negatives: all of it."""
-        return batch, sampler.sample(batch, counters)
+    def batch_slice(self, size: int) -> tuple[int, int]:
+        """One process holds the whole global batch."""
+        return 0, size
 
     def reduce_metrics(self, metrics: dict) -> dict:
         """Plain numbers (the step keeps its losses on the device; reading them waits for the device)."""

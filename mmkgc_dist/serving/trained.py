@@ -15,12 +15,13 @@ import torch
 
 from .. import checkpoint
 from ..config import Config, load_config
-from ..data.build import build_dataset, fused_modalities
+from ..data.build import build_dataset
 from ..data.format import KGData, read_manifest
 from ..data.training_statistics import TrainingStatistics
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, DataError
 from ..eval.evaluator import Evaluator
 from ..model import Scoring
+from ..model.assembly import assemble_model
 from ..outputs import FolderLock, local_path, pid_alive, resolve_output
 from ..parallel import make_runtime
 from ..run_folder import check_dataset, dataset_location, open_for_reading
@@ -68,12 +69,7 @@ def load_trained(run_dir: str, checkpoint_path: str | None = None, overrides=(),
     data = build_dataset(cfg, feature_values=not distributed)      # ranks read their own feature rows
     check_dataset(run_dir, data, dataset_location(cfg))
     runtime = make_runtime(cfg, distributed, env)
-    modalities = fused_modalities(cfg, data)
-    try:
-        scoring = Scoring.build(cfg.model, data.num_relations, len(modalities), cfg.train.compile)
-    except (LookupError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
-    runtime.build(data, {m: data.features[m] for m in modalities}, modalities, scoring, use_mat=False)
+    model = assemble_model(cfg, data, runtime, training=False)
     for attempt in range(LOAD_ATTEMPTS):
         try:
             cursor = checkpoint.load(runtime, ckpt.path, cfg.data.loader == "stream", optimizer=False)
@@ -86,7 +82,7 @@ def load_trained(run_dir: str, checkpoint_path: str | None = None, overrides=(),
                      ckpt.path)
             ckpt = trained_checkpoint(run_dir, None, overrides)[1]
     log.info("loaded %s (epoch %d, step %d)", ckpt.path, cursor["epoch"], cursor["step"])
-    return TrainedModel(cfg, data, runtime, scoring, modalities, cursor["step"], ckpt.path, run_dir)
+    return TrainedModel(cfg, data, runtime, model.scoring, model.modalities, cursor["step"], ckpt.path, run_dir)
 
 
 def trained_checkpoint(run_dir: str, checkpoint_path: str | None, overrides) -> tuple[Config, checkpoint.Checkpoint]:

@@ -14,7 +14,8 @@ from ..data.format import KGData
 from ..eval.metrics import format_metrics, markdown_report
 from ..checkpoint import list_checkpoints, newest_verified
 from ..outputs import write_atomic
-from ..run_folder import check_dataset, dataset_location, holds_run, open_for_training, record_dataset
+from ..run_folder import (check_dataset, dataset_location, holds_run, open_for_training, record_config,
+                          record_dataset)
 from .trainer import Trainer
 
 log = logging.getLogger("mmkgc_dist")
@@ -28,6 +29,26 @@ def describe_dataset(data: KGData) -> str:
     mods = ", ".join(f"{m} {int(f.present.sum())}/{data.num_entities}" for m, f in data.features.items()) or "none"
     splits = ", ".join(f"{s} {len(t)}" for s, t in data.splits.items())
     return f"dataset {data.name}: {data.num_entities} entities, {data.num_relations} relations, {splits}; modalities {mods}"
+
+
+def fusion_record(cfg: Config, data: KGData, modalities: list[str], use_mat: bool) -> dict:
+    """What a run fuses (results.json ``model``): each modality's width and coverage (share of entities that
+    have the feature), and whether MAT trains against it."""
+    fused = {m: {"dim": int(data.features[m].dim), "entities": int(data.features[m].present.sum()),
+                 "coverage": round(float(data.features[m].present.sum()) / max(data.num_entities, 1), 4)}
+             for m in modalities}
+    return {"scoring": cfg.model.scoring, "dim": cfg.model.dim, "asked": cfg.model.modalities, "fused": fused,
+            "mat": use_mat}
+
+
+def fusion_line(record: dict) -> str:
+    """The run's first line: what is fused, how wide, for how many entities."""
+    parts = [f"{m} ({v['dim']}-d, {v['coverage']:.1%} of entities)" for m, v in record["fused"].items()]
+    if not parts:
+        why = "model.modalities=[]" if record["asked"] == [] else "the dataset has no modality features"
+        return f"fusing: structure only ({why}); scoring {record['scoring']}"
+    return (f"fusing: structure + {' + '.join(parts)} with AdaMF" + ("; MAT on" if record["mat"] else "; MAT off") +
+            f" (model.modalities={record['asked']}); scoring {record['scoring']}")
 
 
 def open_run_folder(cfg: Config, runtime, run_dir: str | None, resume: bool, overwrite: bool):
@@ -64,6 +85,7 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: s
                     raise CheckpointError(verdict[1])
                 check_dataset(run_dir, data, dataset_location(cfg))
                 record_dataset(run_dir, data, dataset_location(cfg))
+                record_config(run_dir, cfg)
             except UserError as exc:
                 problem = exc                  # shared as it is: every rank raises the same class
         verdict, problem = runtime.share((verdict, problem))
@@ -74,6 +96,8 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: s
         if trainer.batches_per_epoch() == 0:      # an untrained model's metrics are not a result
             raise DataError(f"{dataset_location(cfg)}: the training split is empty; nothing to train")
         say = print if runtime.is_main else (lambda *a, **k: None)
+        fusion = fusion_record(cfg, data, trainer.modalities, trainer.use_mat)
+        say(fusion_line(fusion))
         plan = runtime.plan_report()
         if plan and runtime.is_main:
             say(plan[0])
@@ -90,7 +114,7 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: s
         summary = trainer.fit()
         trainer.save()
         say(f"trained {summary['steps']} steps in {summary['seconds']:.1f}s; run folder {run_dir}")
-        results = {"train": summary}
+        results = {"model": fusion, "train": summary}
         if trainer.selection.active:
             results["selection"] = select_best(trainer, run_dir, say)
         if trainer.stopped_by:

@@ -17,16 +17,15 @@ from tqdm import tqdm
 
 from .. import checkpoint
 from ..config import Config, to_dict
-from ..data.build import fused_modalities
 from ..data.format import KGData
 from ..data.sampling import NegativeSampler
 from ..data.training_statistics import TrainingStatistics
 from ..data.stream import StreamingTriples, rows_answering
-from ..errors import ConfigError, RunInterrupted, TrainingDiverged
+from ..errors import RunInterrupted, TrainingDiverged
 from ..eval.evaluator import Evaluator
 from .footprint import check_fits
 from .host import tune_training_process
-from ..model import Scoring
+from ..model.assembly import assemble_model
 from ..rng import numpy_rng
 from ..run_folder import record_config
 from ..runtime import Runtime
@@ -47,19 +46,10 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         tune_training_process()
-        self.modalities = fused_modalities(cfg, data)
-        try:
-            self.scoring = Scoring.build(cfg.model, data.num_relations, len(self.modalities), cfg.train.compile)
-        except (LookupError, ValueError) as exc:
-            raise ConfigError(str(exc)) from None
-        features = {m: data.features[m] for m in self.modalities}
-        self.use_mat = cfg.mat.enabled and bool(self.modalities)
-        if self.use_mat and self.scoring.scorer.fusion != "adamf":
-            raise ConfigError(f"mat.enabled: MAT fuses generated modalities with AdaMF; model.scoring="
-                              f"{cfg.model.scoring} is a baseline with its own fusion — set mat.enabled=false")
-        check_fits(cfg, data.num_entities, data.num_relations, {m: f.dim for m, f in features.items()},
-                   runtime.world_size, self.use_mat, runtime.device)
-        runtime.build(data, features, self.modalities, self.scoring, self.use_mat)
+        fits = lambda dims, use_mat: check_fits(cfg, data.num_entities, data.num_relations, dims,  # noqa: E731
+                                                runtime.world_size, use_mat, runtime.device)
+        model = assemble_model(cfg, data, runtime, training=True, before_build=fits)
+        self.modalities, self.scoring, self.use_mat = model.modalities, model.scoring, model.use_mat
         self.stream = self._make_stream()
         self.statistics = TrainingStatistics(data, cfg.data.path,
                                              self.stream.manifest if self.stream is not None else None)
@@ -67,11 +57,7 @@ class Trainer:
         self.step_fn = TrainStep(cfg, runtime, self.scoring, data.num_entities)
         self.evaluator = Evaluator(cfg, data, runtime, self.scoring, self.statistics, show_progress)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
-        writes = run_dir if runtime.is_main else None
-        if writes:
-            os.makedirs(writes, exist_ok=True)
-            record_config(writes, cfg)
-        self.logger = make_trackers(writes, cfg.run, _flat(to_dict(cfg)))
+        self._logger = None            # opened at the first record: constructing a trainer writes nothing
         self.selection = ModelSelection(cfg, os.path.join(run_dir, "checkpoints") if run_dir else None,
                                         runtime.is_main)
         self._valid_in_train: np.ndarray | None = None
@@ -80,6 +66,16 @@ class Trainer:
         # stops training there (a tuning study's pruner). The verdict reaches every rank.
         self.validation_hooks: list = []
         self.stopped_by: str | None = None
+
+    @property
+    def logger(self):
+        """The run's trackers (training/trackers.py), opened on rank 0 at the first record."""
+        if self._logger is None:
+            writes = self.run_dir if self.runtime.is_main else None
+            if writes:
+                os.makedirs(writes, exist_ok=True)
+            self._logger = make_trackers(writes, self.cfg.run, _flat(to_dict(self.cfg)))
+        return self._logger
 
     # ------------------------------------------------------------------------------------ data
     def _make_stream(self) -> StreamingTriples | None:
@@ -104,13 +100,11 @@ class Trainer:
                                compile=cfg.compile)
 
     def streamed_batches(self):
-        """This rank's batches from the streaming loader, from the cursor on, with their negatives."""
+        """This rank's batches from the streaming loader, from the cursor on: (counters, rows, offset, share)."""
         self.stream.load_state_dict({"epoch": self.epoch, "batch": self.batch_in_epoch})
         numbered = ((self.stream.batch - 1, batch) for batch in self.stream)
         for index, batch in to_device_ahead(numbered, self.runtime.device):
-            negatives = self.sampler.sample(batch, (self.epoch, index, self.runtime.rank))
-            negatives.share = self.stream.batch_share(index)
-            yield batch, negatives
+            yield (self.epoch, index, self.runtime.rank), batch, 0, self.stream.batch_share(index)
 
     # ------------------------------------------------------------------------------------ training
     # The data stream is random-access: the epoch's order and each batch's negatives come from seeds
@@ -129,13 +123,19 @@ class Trainer:
         for index in range(self.batch_in_epoch, self.batches_per_epoch()):
             yield index, train[order[index * bs:(index + 1) * bs]]
 
-    def batches(self):
-        """Shuffled batches of the training triples with their negatives (nothing is dropped)."""
-        if self.stream is not None:
-            yield from self.streamed_batches()
-            return
+    def memory_batches(self):
+        """This process's slices of the shuffled global batches, from the cursor on: (counters, rows, offset,
+        share). Negatives are keyed by global position, so any world size trains on identical data."""
         for index, batch in to_device_ahead(self.global_batches(), self.runtime.device):
-            yield self.runtime.split(batch, self.sampler, (self.epoch, index))
+            lo, hi = self.runtime.batch_slice(len(batch))
+            yield (self.epoch, index), batch[lo:hi], lo, (hi - lo) / len(batch)
+
+    def batches(self):
+        """This process's training rows with their negatives (nothing is dropped); ``NegativeBatch.share``, its
+        part of the global batch, weights its loss."""
+        rank_batches = self.streamed_batches() if self.stream is not None else self.memory_batches()
+        for counters, rows, offset, share in rank_batches:
+            yield rows, self.sampler.sample(rows, counters, offset=offset, share=share)
 
     def fit(self) -> dict:
         """Train to the configured end. On SIGTERM the run stops at a step boundary all ranks agree on (the next
@@ -269,6 +269,9 @@ class Trainer:
         step at an epoch's end is a new cursor — epoch + 1, batch 0 — and is saved again)."""
         if self._saved is not None and self._saved[0] == self.cursor():
             return self._saved[1]
+        if self.runtime.is_main:           # a checkpoint goes with the config that rebuilds its model (written once)
+            os.makedirs(self.run_dir, exist_ok=True)
+            record_config(self.run_dir, self.cfg)
         path = checkpoint.save(self.runtime, os.path.join(self.run_dir, "checkpoints"), self.cursor(),
                                self.cfg.train.keep_checkpoints)
         self.logger.log("checkpoint", path=os.path.basename(path), **self.cursor())

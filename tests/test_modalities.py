@@ -1,0 +1,71 @@
+"""Honest runs: model.modalities=auto fuses what the dataset has; a modality asked for and missing is a one-line
+error; the first line, results.json and results.md say what was fused, how wide, and for how many entities."""
+import json
+
+from support import MINI, cli, settings
+
+
+def test_a_modality_the_dataset_lacks_is_a_one_line_error(tmp_path):
+    r = cli("train", "--run-dir", tmp_path / "r", *settings(MINI, "--model.modalities=[visual,text]",
+                                                            "--data.synthetic.visual_missing=1"), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "model.modalities=['visual', 'text']: the dataset has no visual features (it has ['text'])" in r.stderr
+    assert len([line for line in r.stderr.splitlines() if line.strip()]) == 1
+    assert not (tmp_path / "r").exists()                   # refused before the run folder is made
+
+
+def test_auto_fuses_what_the_dataset_has_and_every_result_says_so(tmp_path):
+    r = cli("train", "--run-dir", tmp_path / "r", *settings(MINI, "--data.synthetic.visual_missing=1",
+                                                            "--data.synthetic.text_missing=0.25",
+                                                            "--data.synthetic.text_dim=8"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].startswith("fusing: structure + text (8-d, ")
+    model = json.loads((tmp_path / "r" / "results.json").read_text())["model"]
+    assert list(model["fused"]) == ["text"] and model["asked"] == "auto" and model["mat"] is True
+    assert model["fused"]["text"]["dim"] == 8 and 0.6 < model["fused"]["text"]["coverage"] < 0.9
+    assert model["fused"]["text"]["entities"] == round(model["fused"]["text"]["coverage"] * 120)
+    report = (tmp_path / "r" / "results.md").read_text()
+    assert report.startswith("## model — rotate, model.modalities=auto, MAT on")
+    assert "| text | 8 |" in report
+
+
+def test_structure_only_says_why(tmp_path):
+    r = cli("train", "--run-dir", tmp_path / "r", *settings(MINI, "--model.modalities=[]", "--mat.enabled=false"),
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "fusing: structure only (model.modalities=[]); scoring rotate"
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["model"]["fused"] == {}
+
+
+def test_the_references_pth_files_import_through_their_entity_order(tmp_path):
+    """A released ``<dataset>-visual.pth`` ([N, dim] tensor, row i = entity i of the reference's entity2id.txt)
+    whose order is not the dataset's: mapped by name; a row count that fits neither is refused naming the shape."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from mmkgc_dist.data.features import load_features
+    from mmkgc_dist.data.format import read_manifest, recorded_path
+    from support import MINI_GRAPH
+
+    ds = str(tmp_path / "ds")
+    assert cli("prepare", "synthetic", ds, *MINI_GRAPH, cwd=tmp_path).returncode == 0
+    m = read_manifest(ds)
+    names = pq.read_table(recorded_path(ds, m, m["entities"])).column("name").to_pylist()
+    order = np.random.default_rng(0).permutation(len(names))            # the reference's own entity order
+    values = torch.randn(len(names), 6)
+    torch.save(values, tmp_path / "DB-visual.pth")
+    (tmp_path / "entity2id.txt").write_text(f"{len(names)}\n" + "".join(f"{names[e]}\t{i}\n"
+                                                                        for i, e in enumerate(order)))
+    r = cli("prepare", "features", ds, "--modality", "visual", tmp_path / "DB-visual.pth",
+            "--row-names", tmp_path / "entity2id.txt", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = read_manifest(ds)
+    f = load_features(f"{ds}/{m['modalities']['visual']['file']}", m["num_entities"])
+    assert f.present.all() and np.allclose(f.values[order], values.numpy())
+    torch.save(values[:-1], tmp_path / "short.pth")                      # without --row-names: our order, N rows
+    r = cli("prepare", "features", ds, "--modality", "visual", tmp_path / "short.pth", cwd=tmp_path)
+    assert r.returncode == 2 and f"expected shape ({len(names)}, dim), got ({len(names) - 1}, 6)" in r.stderr
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "code.pth")   # a pickled module: never unpickled
+    r = cli("prepare", "features", ds, "--modality", "visual", tmp_path / "code.pth", cwd=tmp_path)
+    assert r.returncode == 2 and "weights_only=True" in r.stderr
