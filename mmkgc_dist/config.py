@@ -140,8 +140,9 @@ class TrainConfig:
     adversarial_temperature: float = _f(2.0, "self-adversarial softmax temperature alpha")
     seed: int = _f(42, "seed of initialisation and sampling")
     threads: int = _f(0, "torch intra-op threads (0 = leave torch's default)")
-    compile: bool = _f(True, "torch.compile the scoring kernels (RotatE's fused distance kernels, the others' "
-                       "generic ones)")
+    compile: bool | str = _f("auto", "torch.compile the scoring kernels and the negative sampler: 'auto' = on "
+                             "CUDA (where it pays), off on CPU (where the first step's compilation costs more "
+                             "than it saves on a typical run); true / false to force")
     device: str = _f("auto", "single-process device: 'auto' (CUDA when visible), 'cpu' or 'cuda'; distributed "
                      "runs use one device per rank", choices=("auto", "cpu", "cuda"))
     log_every: int = _f(20, "steps between JSONL metric records")
@@ -296,6 +297,13 @@ def _check_type(key: str, value, expected) -> None:
                           f"{type(value).__name__} ({value!r})")
 
 
+def compile_on(cfg: Config, device) -> bool:
+    """Whether the kernels are compiled on ``device`` (train.compile: auto → on CUDA only)."""
+    if cfg.train.compile == "auto":
+        return getattr(device, "type", str(device)) == "cuda"
+    return bool(cfg.train.compile)
+
+
 def fused_modalities(cfg: Config, available) -> list[str]:
     """The modalities a run fuses, given those its dataset has: model.modalities=auto → all of them (in
     KNOWN_MODALITIES order); a list → exactly those, and a ConfigError naming any the dataset lacks (a run never
@@ -313,6 +321,8 @@ def fused_modalities(cfg: Config, available) -> list[str]:
 
 
 def _cross_checks(cfg: Config) -> None:
+    if isinstance(cfg.train.compile, str) and cfg.train.compile != "auto":
+        raise ConfigError(f"train.compile: expected true, false or 'auto', got {cfg.train.compile!r}")
     if isinstance(cfg.model.modalities, str) and cfg.model.modalities != "auto":
         raise ConfigError(f"model.modalities: expected 'auto' or a list of modalities ({list(KNOWN_MODALITIES)}), "
                           f"got {cfg.model.modalities!r}")

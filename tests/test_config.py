@@ -41,7 +41,8 @@ def test_every_field_has_help():
     (("train.negatives", "every"), "train.negatives: expected one of"),
     (("model.modalities", "[audio]"), "unknown modality 'audio'"),
     (("data.source", "parquet"), "data.path: required"),
-    (("data.synthetic.visual_missing", "1.5"), "must be in [0, 1)"),
+    (("data.synthetic.visual_missing", "1.5"), "must be in [0, 1]"),
+    (("train.label_smoothing", "1.0"), "must be in [0, 1)"),
 ])
 def test_bad_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):

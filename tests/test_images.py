@@ -135,3 +135,24 @@ def test_a_killed_extraction_resumes_without_encoding_the_finished_parts_again(t
     assert summary["pieces_reused"] >= len(finished) and summary["present"] == 120
     assert not {f[:-len(".parquet")] for f in finished} & set(seen)       # none of them encoded again
     assert len(seen) == 12 - summary["pieces_reused"]
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_extract_the_rows_of_one_process(tmp_path):
+    """Each rank encodes the pieces whose entities it owns (row-wise blocks) and writes its own parts; rank 0
+    merges them: the dataset's rows equal a one-process extraction's."""
+    ds, names = _dataset(tmp_path)
+    imgs = tmp_path / "imgs"
+    _images(imgs, names, skip={2, 77})
+    args = ["features", "images", ds, "--images", str(imgs), "--workers", "0", "--piece-entities", "16"]
+    assert cli(*args, cwd=tmp_path).returncode == 0
+    alone, present_alone = _features(ds)
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "--module", "mmkgc_dist.cli", *args, "--restart"], env=env, capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote visual features") == 1                       # rank 0 merged, once
+    both, present_both = _features(ds)
+    assert np.array_equal(present_both, present_alone) and present_alone.sum() == 118
+    assert np.allclose(both, alone, atol=1e-5)

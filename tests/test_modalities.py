@@ -33,7 +33,8 @@ def test_structure_only_says_why(tmp_path):
     r = cli("train", "--run-dir", tmp_path / "r", *settings(MINI, "--model.modalities=[]", "--mat.enabled=false"),
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[0] == "fusing: structure only (model.modalities=[]); scoring rotate"
+    assert r.stdout.splitlines()[0] == ("fusing: structure only (model.modalities=[]); scoring rotate; torch.compile off "
+                                        "(train.compile=false)")
     assert json.loads((tmp_path / "r" / "results.json").read_text())["model"]["fused"] == {}
 
 

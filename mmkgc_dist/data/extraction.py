@@ -101,12 +101,13 @@ def write_piece(folder: str, piece: Piece, result: PieceResult) -> dict:
     return record
 
 
-def run_pieces(folder: str, pieces: list[Piece], encode, progress=None) -> tuple[int, int]:
-    """Encode each piece without a verified part (``encode(piece) -> PieceResult``); (done now, reused)."""
+def run_pieces(folder: str, pieces: list[Piece], encode, progress=None, fresh: bool = False) -> tuple[int, int]:
+    """Encode each piece without a verified part (every piece with ``fresh``: each rank redoes its own, so no
+    rank removes parts another is writing); ``encode(piece) -> PieceResult``. (done now, reused)."""
     os.makedirs(folder, exist_ok=True)
     done = reused = 0
     for piece in pieces:
-        if verified(folder, piece) is not None:
+        if not fresh and verified(folder, piece) is not None:
             reused += 1
             if progress is not None:
                 progress(piece, None)
@@ -195,13 +196,12 @@ def extract(root: str, modality: str, identity: dict, encode, items_in, origin: 
     rank, world = rank_and_world()
     num_entities = read_manifest(root)["num_entities"]
     folder = job_folder(root, modality, identity)
-    if restart and rank == 0 and os.path.isdir(folder):
-        remove_job(folder)
     pieces = plan(num_entities, rank, world, piece_entities)
     with tqdm(total=sum(items_in(p) for p in pieces), unit=unit, disable=not show_progress, dynamic_ncols=True,
               desc=f"{modality}" + (f" rank {rank}/{world}" if world > 1 else "")) as bar:
         done, reused = run_pieces(folder, pieces, lambda p: encode(p, bar.update),
-                                  progress=lambda p, r: bar.update(items_in(p)) if r is None else None)
+                                  progress=lambda p, r: bar.update(items_in(p)) if r is None else None,
+                                  fresh=restart)
     if reused:
         log.info("%s: %d of %d pieces were already encoded (kept from an earlier, interrupted run)", modality,
                  reused, len(pieces))

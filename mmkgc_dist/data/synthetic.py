@@ -41,10 +41,16 @@ def _view(latent: np.ndarray, dim: int, noise: float, rng: np.random.Generator) 
     return (clean + noise * clean.std() * rng.normal(size=clean.shape)).astype(np.float32)
 
 
+def planted_latent(cfg: SyntheticConfig) -> np.ndarray:
+    """The entities' latent phases φ [n, k] of the graph ``generate(cfg)`` makes (its first draw): what a
+    benchmark renders into images whose content decides edges the structure alone cannot place."""
+    return np.random.default_rng(cfg.seed).uniform(0, 2 * np.pi, size=(cfg.num_entities, cfg.latent_dim))
+
+
 def generate(cfg: SyntheticConfig) -> KGData:
     rng = np.random.default_rng(cfg.seed)
     n, k = cfg.num_entities, cfg.latent_dim
-    latent = rng.uniform(0, 2 * np.pi, size=(n, k))
+    latent = rng.uniform(0, 2 * np.pi, size=(n, k))             # = planted_latent(cfg)
     rotations = rng.uniform(0, 2 * np.pi, size=(cfg.num_relations, k))
 
     popularity = 1.0 / (np.arange(n) + 10.0) ** 0.9

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..config import fused_modalities
+from ..config import compile_on, fused_modalities
 from ..errors import ConfigError
 from .scoring import Scoring
 
@@ -26,7 +26,7 @@ def assemble_model(cfg, data, runtime, training: bool,
     dims, use_mat)`` runs before any table is allocated (the trainer's memory check)."""
     modalities = fused_modalities(cfg, data.features)
     try:
-        scoring = Scoring.build(cfg.model, data.num_relations, len(modalities), cfg.train.compile)
+        scoring = Scoring.build(cfg.model, data.num_relations, len(modalities), compile_on(cfg, runtime.device))
     except (LookupError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     use_mat = training and cfg.mat.enabled and bool(modalities)

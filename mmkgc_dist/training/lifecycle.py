@@ -8,7 +8,7 @@ import json
 import logging
 import os
 
-from ..config import Config
+from ..config import Config, compile_on
 from ..errors import CheckpointError, DataError, UserError
 from ..data.format import KGData
 from ..eval.metrics import format_metrics, markdown_report
@@ -31,24 +31,25 @@ def describe_dataset(data: KGData) -> str:
     return f"dataset {data.name}: {data.num_entities} entities, {data.num_relations} relations, {splits}; modalities {mods}"
 
 
-def fusion_record(cfg: Config, data: KGData, modalities: list[str], use_mat: bool) -> dict:
+def fusion_record(cfg: Config, data: KGData, modalities: list[str], use_mat: bool, device) -> dict:
     """What a run fuses (results.json ``model``): each modality's width and coverage (share of entities that
     have the feature), and whether MAT trains against it."""
     fused = {m: {"dim": int(data.features[m].dim), "entities": int(data.features[m].present.sum()),
                  "coverage": round(float(data.features[m].present.sum()) / max(data.num_entities, 1), 4)}
              for m in modalities}
     return {"scoring": cfg.model.scoring, "dim": cfg.model.dim, "asked": cfg.model.modalities, "fused": fused,
-            "mat": use_mat}
+            "mat": use_mat, "compiled": compile_on(cfg, device), "compile_setting": cfg.train.compile}
 
 
 def fusion_line(record: dict) -> str:
     """The run's first line: what is fused, how wide, for how many entities."""
     parts = [f"{m} ({v['dim']}-d, {v['coverage']:.1%} of entities)" for m, v in record["fused"].items()]
+    compiled = f"; torch.compile {'on' if record['compiled'] else 'off'} (train.compile={str(record['compile_setting']).lower()})"
     if not parts:
         why = "model.modalities=[]" if record["asked"] == [] else "the dataset has no modality features"
-        return f"fusing: structure only ({why}); scoring {record['scoring']}"
+        return f"fusing: structure only ({why}); scoring {record['scoring']}{compiled}"
     return (f"fusing: structure + {' + '.join(parts)} with AdaMF" + ("; MAT on" if record["mat"] else "; MAT off") +
-            f" (model.modalities={record['asked']}); scoring {record['scoring']}")
+            f" (model.modalities={record['asked']}); scoring {record['scoring']}{compiled}")
 
 
 def open_run_folder(cfg: Config, runtime, run_dir: str | None, resume: bool, overwrite: bool):
@@ -96,7 +97,7 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: s
         if trainer.batches_per_epoch() == 0:      # an untrained model's metrics are not a result
             raise DataError(f"{dataset_location(cfg)}: the training split is empty; nothing to train")
         say = print if runtime.is_main else (lambda *a, **k: None)
-        fusion = fusion_record(cfg, data, trainer.modalities, trainer.use_mat)
+        fusion = fusion_record(cfg, data, trainer.modalities, trainer.use_mat, runtime.device)
         say(fusion_line(fusion))
         plan = runtime.plan_report()
         if plan and runtime.is_main:

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from .. import checkpoint
-from ..config import Config, to_dict
+from ..config import Config, compile_on, to_dict
 from ..data.format import KGData
 from ..data.sampling import NegativeSampler
 from ..data.training_statistics import TrainingStatistics
@@ -97,7 +97,7 @@ class Trainer:
                                cfg.chunk_size, cfg.filter_negatives, head_prob=head_prob,
                                degree=degree if cfg.negative_entities == "degree" else None, side=cfg.corruption_side,
                                seed=cfg.seed, device=self.runtime.device,
-                               compile=cfg.compile)
+                               compile=compile_on(self.cfg, self.runtime.device))
 
     def streamed_batches(self):
         """This rank's batches from the streaming loader, from the cursor on: (counters, rows, offset, share)."""
