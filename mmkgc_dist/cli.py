@@ -33,7 +33,7 @@ def cmd_tune(args, overrides) -> int:
                  study_name=args.study_name or "", pruner=args.pruner, pruner_startup=args.pruner_startup,
                  sampler=args.sampler, seed=args.seed, worker=args.worker, nproc_per_trial=args.nproc_per_trial,
                  heartbeat=args.heartbeat, timeout=args.timeout, max_failures=args.max_failures,
-                 baseline=not args.no_baseline)
+                 baseline=not args.no_baseline, keep_checkpoints=args.keep_checkpoints)
     best = study.best
     where = os.path.join(args.study_dir, "summary.md")
     if best is None:
@@ -109,11 +109,15 @@ def cmd_predict(args, overrides) -> int:
     model = load_run(args.run_dir, args.checkpoint, overrides=[f"--{k}={v}" for k, v in overrides])
     known = "filter" if args.filter_known else "mark"
     if args.batch is not None:
-        done = model.predict_file(args.batch, args.output, k=args.top, known=known)
-        print(f"answered {done['queries']} queries ({done['answers']} answers, {done['queries_per_s']:.1f} "
-              f"queries/s) into {args.output}")
+        done = model.predict_file(args.batch, args.output, k=args.top, known=known, strict=args.strict)
+        print(f"answered {done['answered']} of {done['queries']} queries ({done['answers']} answers, "
+              f"{done['queries_per_s']:.1f} queries/s) into {args.output}" +
+              (f"; {done['unknown']} could not be answered (listed with the reason in {done['unknown_file']})"
+               if done["unknown"] else ""))
         return 0
-    found = model.predict(head=args.head, relation=args.relation, tail=args.tail, k=args.top, known=known)
+    head, relation, tail = (int_id(v, name) if args.ids and v is not None else v
+                            for v, name in ((args.head, "--head"), (args.relation, "--relation"), (args.tail, "--tail")))
+    found = model.predict(head=head, relation=relation, tail=tail, k=args.top, known=known)
     if args.json:
         print(json.dumps({"head": args.head, "relation": args.relation, "tail": args.tail, "step": model.step,
                           "predictions": [p.as_dict() for p in found]}, indent=2))
@@ -125,6 +129,13 @@ def cmd_predict(args, overrides) -> int:
     for p in found:
         print(f"{p.rank:>4}  {p.score:>10.4f}  {'*' if p.known else ' '} {p.name}")
     return 0
+
+
+def int_id(text: str, flag: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: --ids takes integer ids (the dataset's entity/relation ids)") from None
 
 
 def cmd_prepare(args, overrides) -> int:
@@ -199,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a run folder's checkpoint")
     e.add_argument("run_dir")
-    e.add_argument("--checkpoint", help="checkpoint folder step-N/ (default: newest verified in RUN_DIR/checkpoints)")
+    e.add_argument("--checkpoint", help="checkpoint folder step-N/ (default: the one model selection chose, "
+                                        "RUN_DIR/checkpoints/best.json, else the newest verified)")
     _distributed_option(e)
     e.add_argument("--split", action="append", choices=("train", "valid", "test"))
     e.add_argument("--ties", choices=("realistic", "optimistic", "pessimistic"))
@@ -210,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "vector to Parquet (one entity part per rank under torchrun)")
     x.add_argument("run_dir")
     x.add_argument("out", help="output folder")
-    x.add_argument("--checkpoint", help="checkpoint folder step-N/ (default: newest verified in RUN_DIR/checkpoints)")
+    x.add_argument("--checkpoint", help="checkpoint folder step-N/ (default: the one model selection chose, "
+                                        "RUN_DIR/checkpoints/best.json, else the newest verified)")
     _distributed_option(x)
     x.add_argument("--overwrite", action="store_true", help="replace an earlier export at OUT")
     x.add_argument("--neighbour-index", action="store_true",
@@ -221,16 +234,23 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("predict", help="rank the tails of (HEAD, RELATION, ?), the heads of (?, RELATION, TAIL) or "
                                        "the relations of (HEAD, ?, TAIL); --batch for a file of queries")
     q.add_argument("run_dir")
-    q.add_argument("--head", help="entity name")
-    q.add_argument("--tail", help="entity name")
-    q.add_argument("--relation", help="relation name (leave it out with --head and --tail: relations are predicted)")
+    q.add_argument("--head", help="entity: its name, or a short form when only one name has it (a DBpedia URI's "
+                                  "last segment: Barack_Obama or 'barack obama'); an id with --ids")
+    q.add_argument("--tail", help="entity, as --head")
+    q.add_argument("--relation", help="relation, as --head (leave it out with --head and --tail: relations are "
+                                      "predicted)")
+    q.add_argument("--ids", action="store_true", help="--head/--relation/--tail are integer ids")
+    q.add_argument("--strict", action="store_true",
+                   help="--batch: refuse the file at its first query naming an unknown entity or relation (default: "
+                        "answer the others and list those in OUTPUT_STEM.unknown.jsonl)")
     q.add_argument("--batch", help="query file (TSV/CSV with a header, or Parquet): columns head, relation, tail, "
                                    "one of them empty or '?' per row")
     q.add_argument("--output", help="--batch: answers file, .parquet or JSON lines (.jsonl)")
     q.add_argument("--top", type=positive_int, default=10, help="how many answers (default 10)")
     q.add_argument("--filter-known", action="store_true",
                    help="leave out answers that form a known triple (train/valid/test); by default they are marked")
-    q.add_argument("--checkpoint", help="checkpoint folder step-N/ (default: newest verified in RUN_DIR/checkpoints)")
+    q.add_argument("--checkpoint", help="checkpoint folder step-N/ (default: the one model selection chose, "
+                                        "RUN_DIR/checkpoints/best.json, else the newest verified)")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     q.set_defaults(fn=cmd_predict)
 
@@ -351,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="this worker stops after this many failed trials (default: --trials)")
     tu.add_argument("--no-baseline", action="store_true",
                     help="do not train the base config's own values as the study's first trial")
+    tu.add_argument("--keep-checkpoints", choices=("selected", "all"), default="selected",
+                    help="what a finished trial keeps: its selected checkpoint only (default; a study's disk grows "
+                         "by one checkpoint per trial), or every checkpoint its training kept")
     tu.set_defaults(fn=cmd_tune)
 
     tt = sub.add_parser("tune-trial", help=argparse.SUPPRESS)      # one multi-rank trial (tuning/trial.py)

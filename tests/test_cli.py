@@ -86,10 +86,15 @@ def test_prepare_bad_openke_writes_nothing(repo, tmp_path):
 def test_prepare_db15k_and_features(repo, tmp_path, db15k):
     out = str(tmp_path / "db15k")
     res = mmkgc(repo, "prepare", "openke", db15k, out)
-    assert res.returncode == 2 and "valid2id.txt: data row 12" in res.stderr and "--allow-duplicates" in res.stderr
+    # every problem at once: its file, count, first row and the flag that accepts it, in one line
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "3 problem(s) in the splits" in res.stderr and "8719 valid rows also in train" in res.stderr
+    assert "valid2id.txt: 2423 duplicate rows in valid, the first data row 12" in res.stderr
+    assert "test2id.txt: 824 test rows also in valid" in res.stderr
+    assert "pass --allow-duplicates and --allow-overlap" in res.stderr
     assert not os.path.exists(out)
     res = mmkgc(repo, "prepare", "openke", db15k, out, "--allow-duplicates")
-    assert res.returncode == 2 and "is also a train triple" in res.stderr and "--allow-overlap" in res.stderr
+    assert res.returncode == 2 and "824 test rows also in valid" in res.stderr and "duplicate" not in res.stderr
     res = mmkgc(repo, "prepare", "openke", db15k, out, "--allow-duplicates", "--allow-overlap")
     assert res.returncode == 0, res.stderr
     manifest = json.load(open(os.path.join(out, "manifest.json")))

@@ -21,7 +21,7 @@ ALLOWED = {
                 "parallel", "errors", "runtime", "serving"},
     # a run composed from its config: beneath the API and the studies
     "compose": {"config", "errors", "outputs", "run_folder", "data", "parallel", "training"},
-    "tuning": {"config", "errors", "outputs", "compose", "model", "parallel", "tuning"},
+    "tuning": {"config", "errors", "outputs", "checkpoint", "compose", "model", "parallel", "tuning"},
 }
 TOP = ("__init__", "api", "cli")          # the floors above everything: they may import anything
 TOP_MODULES = 10                          # .py files directly in mmkgc_dist/ at most

@@ -336,13 +336,22 @@ def test_predict_file_answers_every_query_as_single_queries_do(model, tmp_path):
     assert model.predict_queries([(q[0] or None, q[1] if q[1] != "?" else None, q[2] or None) for q in queries],
                                  k=4)[2] == expected[2]
 
-    # bad rows name the row and nothing is written
-    src.write_text("head\trelation\ttail\nentity_000010\trelation_0003\t\nentity_10\trelation_0003\t\n")
+    # a query that cannot be answered is listed with its row and reason; the others are answered
+    src.write_text("head\trelation\ttail\nentity_000010\trelation_0003\t\nentity_10\trelation_0003\t\n"
+                   "entity_000010\t\t\n")
+    done = model.predict_file(str(src), str(tmp_path / "p.jsonl"), progress=False)
+    assert (done["queries"], done["answered"], done["unknown"]) == (3, 1, 2)
+    listed = [json.loads(line) for line in open(tmp_path / "p.unknown.jsonl")]
+    assert [(u["row"], u["head"]) for u in listed] == [(2, "entity_10"), (3, "entity_000010")]
+    assert listed[0]["reason"].startswith("unknown entity 'entity_10'")
+    assert "exactly one of head, relation, tail" in listed[1]["reason"]
+    assert {json.loads(line)["query"] for line in open(tmp_path / "p.jsonl")} == {0}
+    # strict: the first such query refuses the file, naming its row, and nothing is written
     with pytest.raises(QueryError, match=r"q.tsv: data row 2 \(line 3\): unknown entity 'entity_10'"):
-        model.predict_file(str(src), str(tmp_path / "b.jsonl"), progress=False)
+        model.predict_file(str(src), str(tmp_path / "b.jsonl"), progress=False, strict=True)
     src.write_text("head\trelation\ttail\nentity_000010\t\t\n")
-    with pytest.raises(DataError, match=r"data row 1 \(line 2\): .*exactly one of head, relation, tail"):
-        model.predict_file(str(src), str(tmp_path / "b.jsonl"), progress=False)
+    with pytest.raises(QueryError, match=r"data row 1 \(line 2\): .*exactly one of head, relation, tail"):
+        model.predict_file(str(src), str(tmp_path / "b.jsonl"), progress=False, strict=True)
     src.write_text("subject\trelation\ttail\nentity_000010\trelation_0003\t\n")
     with pytest.raises(DataError, match=r"no column\(s\) \['head'\]"):
         model.predict_file(str(src), str(tmp_path / "b.jsonl"), progress=False)
@@ -359,7 +368,12 @@ def test_predict_batch_and_relations_from_the_command_line(run, tmp_path):
     (tmp_path / "q.csv").write_text("head,relation,tail\nentity_000010,relation_0003,\n,relation_0001,entity_000005\n")
     res = cli("predict", run, "--batch", tmp_path / "q.csv", "--output", tmp_path / "a.jsonl", "--top", "3",
               cwd=tmp_path)
-    assert res.returncode == 0 and "answered 2 queries (6 answers" in res.stdout, res.stderr[-2000:]
+    assert res.returncode == 0 and "answered 2 of 2 queries (6 answers" in res.stdout, res.stderr[-2000:]
+    by_id = cli("predict", run, "--head", "10", "--relation", "3", "--ids", "--json", cwd=tmp_path)
+    by_name = cli("predict", run, "--head", "entity_000010", "--relation", "relation_0003", "--json", cwd=tmp_path)
+    by_short = cli("predict", run, "--head", "Entity 000010", "--relation", "relation_0003", "--json", cwd=tmp_path)
+    answers = [json.loads(r.stdout)["predictions"] for r in (by_id, by_name, by_short)]
+    assert answers[0] == answers[1] == answers[2] and len(answers[0]) == 10
     res = cli("predict", run, "--head", "entity_000010", "--tail", "entity_000042", "--json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(json.loads(res.stdout)["predictions"]) == 10
@@ -399,3 +413,16 @@ def test_streamed_two_rank_run_answers_from_an_on_disk_index(tmp_path):
     built = index.stat().st_mtime_ns
     again = load_run(str(tmp_path / "r"), overrides=[f"--data.path={tmp_path / 'ds'}"])
     assert again.predict_queries(queries[:3], k=300) == found[:3] and index.stat().st_mtime_ns == built
+
+
+def test_short_names_resolve_when_one_name_has_them_and_list_the_candidates_otherwise():
+    from mmkgc_dist.serving.predict import Vocabulary
+    names = ["<http://dbpedia.org/resource/Paris>", "<http://example.org/city#Paris>",
+             "<http://dbpedia.org/resource/Barack_Obama>", "<http://dbpedia.org/resource/S%C3%A3o_Paulo>"]
+    vocabulary = Vocabulary("entity", names)
+    assert vocabulary.id("Barack_Obama") == vocabulary.id("barack obama") == vocabulary.id(names[2]) == 2
+    assert vocabulary.id("São Paulo") == 3 and vocabulary.id(1) == 1
+    with pytest.raises(QueryError, match=r"entity 'Paris' is ambiguous: 2 names .*resource/Paris.*city#Paris"):
+        vocabulary.id("Paris")
+    with pytest.raises(QueryError, match=r"unknown entity 'Barack Obamaa'.*closest known"):
+        vocabulary.id("Barack Obamaa")

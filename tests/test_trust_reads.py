@@ -116,7 +116,7 @@ def test_batch_answers_are_written_atomically(streamed_run, tmp_path):
                                       "entity_000001\trelation_0001\t\nnobody\trelation_0001\t\n")
     for out in ("late.parquet", "late.jsonl"):
         with pytest.raises(QueryError, match="data row 3 .*unknown entity 'nobody'"):
-            model.predict_file(str(tmp_path / "late.tsv"), str(tmp_path / out), progress=False)
+            model.predict_file(str(tmp_path / "late.tsv"), str(tmp_path / out), progress=False, strict=True)
     assert sorted(os.listdir(tmp_path)) == ["a.jsonl", "a.parquet", "bad.parquet", "late.tsv", "q.parquet"]
 
 

@@ -120,6 +120,8 @@ def test_study_runs_continues_prunes_and_best_yaml_reproduces(tmp_path):
         assert [h["value"] for h in results["selection"]["history"]] == \
             [t.intermediate_values[e] for e in sorted(t.intermediate_values)]
         assert ("stopped" in results) == (t.state.name == "PRUNED")
+        kept = sorted(f for f in os.listdir(run / "checkpoints") if f.startswith("step-"))
+        assert kept == [results["selection"]["selected"]["checkpoint"]]      # a trial keeps its selected one
     summary = (tmp_path / "study" / "summary.md").read_text()
     assert "Hand-set config (trial 0" in summary and "| pruned |" in summary
     for plot in ("history", "importances", "parallel"):

@@ -182,6 +182,18 @@ def prune(directory: str, keep: int, just_written: str | None = None) -> list[st
     return [c.path for c in removed]
 
 
+def keep_selected(directory: str) -> list[str]:
+    """Delete every checkpoint but the one model selection chose (best.json), or, without a selection, the
+    newest verified one: what a finished study trial keeps. Only our own checkpoint names are deleted."""
+    found = list_checkpoints(directory)
+    best = selected_checkpoint(directory)
+    kept = next((c for c in found if os.path.basename(c.path) == best), None) or newest_verified(directory)
+    removed = [c for c in found if kept is None or c.path != kept.path]
+    for ckpt in removed:
+        delete(ckpt)
+    return [c.path for c in removed]
+
+
 def read_selection(directory: str) -> dict | None:
     """Model selection's record (``checkpoints/best.json``, training/selection.py), checked: None when there is
     none; CheckpointError naming the file when it is malformed or names anything but one of the run's own

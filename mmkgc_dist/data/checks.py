@@ -1,7 +1,8 @@
 """Checks on whole splits that a user may or may not mean: duplicate triples within a split, and evaluation
 triples that also occur in an earlier split (valid or test in train, test in valid).
 
-Both are errors by default (naming the file and data row); ``--allow-duplicates`` / ``--allow-overlap`` keep
+Both are errors by default, reported together in one message (each naming the file, its count and first data
+row); ``--allow-duplicates`` / ``--allow-overlap`` keep
 the rows, and the counts go into the manifest's ``checks`` and onto the terminal. Nothing is dropped.
 """
 from __future__ import annotations
@@ -66,26 +67,30 @@ class SplitChecks:
 
 def check_splits(splits: dict[str, np.ndarray], origin: dict[str, str], allow_duplicates: bool = False,
                  allow_overlap: bool = False, describe=None) -> SplitChecks:
-    """Count duplicates and overlaps; raise DataError for the first one the user did not allow.
-    ``origin`` names each split's file; ``describe(row)`` renders a triple for messages."""
+    """Count duplicates and overlaps; one DataError listing every kind the user did not allow (each with its
+    count, its first row and the flag that accepts it), so a dataset is fixed in one pass, not one error at a
+    time. ``origin`` names each split's file; ``describe(row)`` renders a triple for messages."""
     describe = describe or (lambda row: " ".join(str(int(v)) for v in row))
-    result = SplitChecks()
+    result, problems = SplitChecks(), []
     for split, triples in splits.items():
         count, first, earlier = repeated_rows(triples)
         result.duplicates[split] = count
         if count and not allow_duplicates:
-            raise DataError(f"{origin[split]}: data row {first + 1} ({describe(triples[first])}) repeats data row "
-                            f"{earlier + 1}; {count} duplicate rows in {split} — pass --allow-duplicates to keep "
-                            f"them (counted in the manifest)")
+            problems.append(f"{origin[split]}: {count} duplicate rows in {split}, the first data row {first + 1} "
+                            f"({describe(triples[first])}) repeating data row {earlier + 1} (--allow-duplicates "
+                            f"keeps them)")
     for split, other in OVERLAPS:
         if split not in splits or other not in splits:
             continue
         count, first = rows_in(splits[split], splits[other])
         result.overlap[f"{split}_in_{other}"] = count
         if count and not allow_overlap:
-            raise DataError(f"{origin[split]}: data row {first + 1} ({describe(splits[split][first])}) is also a "
-                            f"{other} triple; {count} {split} rows occur in {other} — pass --allow-overlap to keep "
-                            f"them (counted in the manifest)")
+            problems.append(f"{origin[split]}: {count} {split} rows also in {other}, the first data row {first + 1} "
+                            f"({describe(splits[split][first])}) (--allow-overlap keeps them)")
+    if problems:
+        flags = sorted({p[p.rindex("(--") + 1:p.rindex(" keeps")] for p in problems})
+        raise DataError(f"{len(problems)} problem(s) in the splits: " + "; ".join(problems) +
+                        f" — fix the files, or pass {' and '.join(flags)} to keep the rows (counted in the manifest)")
     for line in report_lines(result):
         log.warning(line)
     return result

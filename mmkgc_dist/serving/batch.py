@@ -6,7 +6,9 @@ queries are read, scored and written in chunks of ``eval.batch_size`` (memory bo
 file), grouped by what they ask (tails, heads, relations), with a progress bar. The answers — one row per (query,
 answer): ``query`` (the query's 0-based position in the file), ``head``/``relation``/``tail`` as given,
 ``asked``, ``rank``, ``answer``, ``answer_id``, ``score``, ``known`` — go to Parquet (``.parquet``) or JSON lines
-(any other name), written to a temporary name and renamed when complete.
+(any other name), written to a temporary name and renamed when complete. Queries that cannot be answered (an
+unknown name, nothing or two things asked) are listed, with their data row and the reason, in
+``<output stem>.unknown.jsonl``; the others are answered (``strict``: the first such query refuses the file).
 """
 from __future__ import annotations
 
@@ -105,8 +107,12 @@ def _check_columns(path: str, names: list[str]) -> None:
                         f"(found {names})")
 
 
-def predict_file(predictor, src: str, out: str, k: int = 10, known: str = "mark", progress: bool = True) -> dict:
-    """Answer every query of ``src`` into ``out``; {"queries", "answers", "seconds", "queries_per_s"}."""
+def predict_file(predictor, src: str, out: str, k: int = 10, known: str = "mark", progress: bool = True,
+                 strict: bool = False) -> dict:
+    """Answer every query of ``src`` into ``out``. A query naming an unknown entity or relation (or asking
+    none or several) is left out and listed with its data row and reason in ``unknown_file(out)`` — or, with
+    ``strict``, refused with a DataError naming its row before anything is written.
+    {"queries", "answered", "unknown", "unknown_file", "answers", "seconds", "queries_per_s"}."""
     import time
 
     from tqdm import tqdm
@@ -114,24 +120,68 @@ def predict_file(predictor, src: str, out: str, k: int = 10, known: str = "mark"
     if not os.path.isfile(src):
         raise DataError(f"--batch {src}: not found")
     check_output_file(out, "--output", is_answers_file)
+    side = unknown_file(out)
+    check_output_file(side, "the unknown-queries file", is_unknown_file)
     total = _parquet_file(src).metadata.num_rows if src.endswith(".parquet") else None
-    t0, done, answers = time.time(), 0, 0
+    t0, done, answers, unknown = time.time(), 0, 0, []
     bar = tqdm(total=total, desc="predict", unit="query", disable=not progress, mininterval=1.0)
     try:
         with atomic_file(out) as temp, _Writer(temp, parquet=out.endswith(".parquet")) as writer:
             for rows in read_queries(src, predictor.batch_size):
-                try:
-                    found = predict_queries(predictor, rows, k, known, where=f"{src} row")
-                except (QueryError, DataError) as exc:
-                    raise type(exc)(_locate(src, rows, done, predictor, exc)) from None
-                answers += writer.write(done, rows, found)
+                good = []
+                for i, query in enumerate(rows):
+                    problem = query_problem(predictor, query)
+                    if problem is None:
+                        good.append(i)
+                        continue
+                    line = "" if src.endswith(".parquet") else f" (line {done + i + 2})"
+                    if strict:
+                        raise QueryError(f"{src}: data row {done + i + 1}{line}: {problem}")
+                    unknown.append({"query": done + i, "row": done + i + 1, **dict(zip(COLUMNS, map(_plain, query))),
+                                    "reason": problem})
+                found = predict_queries(predictor, [rows[i] for i in good], k, known, where=f"{src} row")
+                answers += writer.write([done + i for i in good], [rows[i] for i in good], found)
                 done += len(rows)
                 bar.update(len(rows))
     finally:
         bar.close()
+    if unknown:
+        with atomic_file(side) as temp, open(temp, "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in unknown)
     seconds = time.time() - t0
-    return {"queries": done, "answers": answers, "seconds": round(seconds, 3),
+    return {"queries": done, "answered": done - len(unknown), "unknown": len(unknown),
+            "unknown_file": side if unknown else None, "answers": answers, "seconds": round(seconds, 3),
             "queries_per_s": round(done / max(seconds, 1e-9), 1)}
+
+
+def query_problem(predictor, query) -> str | None:
+    """Why a query cannot be answered (what it asks, or a name or id it gives), or None."""
+    try:
+        asked = asked_of(query, "")
+        for column, value in zip(COLUMNS, query):
+            if column != asked:
+                (predictor.relations if column == "relation" else predictor.entities).id(value)
+    except (QueryError, DataError) as bad:
+        return str(bad).lstrip(": ")
+    return None
+
+
+def unknown_file(out: str) -> str:
+    """Where the queries a batch could not answer are listed: ``answers.parquet`` → ``answers.unknown.jsonl``."""
+    return os.path.splitext(out)[0] + ".unknown.jsonl"
+
+
+UNKNOWN_FIELDS = ("query", "row", "head", "relation", "tail", "reason")
+
+
+def is_unknown_file(path: str) -> bool:
+    """An earlier batch's list of unanswered queries (replaced without asking)."""
+    try:
+        with open(path) as fh:
+            first = json.loads(fh.readline() or "null")
+        return isinstance(first, dict) and set(first) == set(UNKNOWN_FIELDS)
+    except (OSError, ValueError):
+        return False
 
 
 def _parquet_file(path: str) -> pq.ParquetFile:
@@ -139,20 +189,6 @@ def _parquet_file(path: str) -> pq.ParquetFile:
         return pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet query file ({' '.join(str(exc).split())[:200]})") from None
-
-
-def _locate(src: str, rows: list, offset: int, predictor, exc: Exception) -> str:
-    """The message of a bad query, naming its data row (1-based; a CSV/TSV header is line 1, the row line + 1)."""
-    for i, query in enumerate(rows):
-        try:
-            asked = asked_of(query, "")
-            for column, value in zip(COLUMNS, query):
-                if column != asked:
-                    (predictor.relations if column == "relation" else predictor.entities).id(value)
-        except (QueryError, DataError) as bad:
-            line = "" if src.endswith(".parquet") else f" (line {offset + i + 2})"
-            return f"{src}: data row {offset + i + 1}{line}: {str(bad).lstrip(': ')}"
-    return f"{src}: {exc}"
 
 
 def is_answers_file(path: str) -> bool:
@@ -185,11 +221,12 @@ class _Writer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def write(self, offset: int, rows: list, found: list) -> int:
-        records = [{"query": offset + i, "head": _plain(q[0]), "relation": _plain(q[1]), "tail": _plain(q[2]),
-                    "asked": asked_of(q, ""),
+    def write(self, positions: list[int], rows: list, found: list) -> int:
+        """Answer rows of the queries at ``positions`` (0-based rows of the query file)."""
+        records = [{"query": at, "head": _plain(q[0]), "relation": _plain(q[1]), "tail": _plain(q[2]),
+                   "asked": asked_of(q, ""),
                     "rank": p.rank, "answer": p.name, "answer_id": p.id, "score": p.score, "known": p.known}
-                   for i, (q, answers) in enumerate(zip(rows, found)) for p in answers]
+                   for at, q, answers in zip(positions, rows, found) for p in answers]
         for r in records:
             r[r["asked"]] = None
         if self.parquet is not None:

@@ -76,12 +76,24 @@ def checked_options(k, known, where: str) -> tuple[int, str]:
     return checked_k(k, where), known
 
 
+def short_name(name: str) -> str:
+    """What people type for a name: a URI's last segment (``<http://dbpedia.org/resource/Barack_Obama>`` →
+    ``barack obama``), URL-decoded, underscores as spaces, case-folded."""
+    from urllib.parse import unquote
+    tail = str(name).strip().strip("<>").rstrip("/")
+    tail = tail.rsplit("/", 1)[-1].rsplit("#", 1)[-1]
+    return " ".join(unquote(tail).replace("_", " ").split()).casefold()
+
+
 class Vocabulary:
-    """Names ↔ ids of one kind (entity or relation); unknown names get the closest known ones."""
+    """Names ↔ ids of one kind (entity or relation). A name is found as given, else by its short form
+    (``short_name``: ``Barack_Obama`` or ``barack obama`` for a DBpedia URI) when exactly one name has it; an
+    ambiguous short form lists the candidates, an unknown name the closest known ones."""
 
     def __init__(self, kind: str, names: Sequence[str]):
         self.kind, self.names = kind, list(names)
         self.ids = {name: i for i, name in enumerate(self.names)}
+        self._short: dict[str, list[int]] | None = None        # built at the first name not found as given
 
     def id(self, key) -> int:
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
@@ -90,18 +102,37 @@ class Vocabulary:
             return int(key)
         if key in self.ids:
             return self.ids[key]
+        found = self.by_short().get(short_name(key), []) if isinstance(key, str) and key.strip() else []
+        if len(found) == 1:
+            return found[0]
+        if found:
+            listed = ", ".join(repr(self.names[i]) for i in found[:8])
+            raise QueryError(f"{self.kind} {key!r} is ambiguous: {len(found)} names have that short form "
+                             f"({listed}{', ...' if len(found) > 8 else ''}); give the full name")
         close = self.closest(str(key))
         hint = f"; closest known: {', '.join(repr(c) for c in close)}" if close else ""
         raise QueryError(f"unknown {self.kind} {key!r} ({len(self.names)} known{hint})")
 
+    def by_short(self) -> dict[str, list[int]]:
+        if self._short is None:
+            self._short = {}
+            for i, name in enumerate(self.names):
+                self._short.setdefault(short_name(name), []).append(i)
+        return self._short
+
     def closest(self, key: str, n: int = 5) -> list[str]:
-        """Known names that differ only in case, then names holding ``key``, then difflib's closest."""
+        """Known names that differ only in case, then names holding ``key``, then difflib's closest — by full
+        name and by short form (``short_name``)."""
         lower = key.lower()
         found = [name for name in self.names if name.lower() == lower]
         found += sorted((name for name in self.names if lower in name.lower() and name not in found),
                         key=lambda name: (len(name) - len(key), name))[:n]
         if len(found) < n:
             found += [c for c in difflib.get_close_matches(key, self.names, n=n, cutoff=0.5) if c not in found]
+        if len(found) < n:
+            shorts = self.by_short()
+            for short in difflib.get_close_matches(short_name(key), list(shorts), n=n, cutoff=0.6):
+                found += [self.names[i] for i in shorts[short] if self.names[i] not in found]
         return found[:n]
 
     def ids_of(self, keys) -> np.ndarray:
@@ -158,16 +189,18 @@ class Predictor:
         k, known = checked_options(k, known, "predict_queries")
         return predict_queries(self, queries, k, known)
 
-    def predict_file(self, src: str, out: str, k: int = 10, known: str = "mark", progress: bool = True) -> dict:
+    def predict_file(self, src: str, out: str, k: int = 10, known: str = "mark", progress: bool = True,
+                     strict: bool = False) -> dict:
         """A query file (TSV/CSV/Parquet: head, relation, tail; one asked per row) answered into ``out``
-        (Parquet or JSON lines), in chunks with a progress bar; counts and queries/s (serving/batch.py)."""
+        (Parquet or JSON lines), in chunks with a progress bar; counts and queries/s (serving/batch.py).
+        Queries it cannot answer are listed in ``<out stem>.unknown.jsonl`` (``strict``: refused instead)."""
         from .batch import predict_file
         k, known = checked_options(k, known, "predict_file")
         for name, value in (("src", src), ("out", out)):
             if not isinstance(value, (str, os.PathLike)):
                 raise QueryError(f"predict_file: {name}={value!r}; expected a file path")
         src, out = os.fspath(src), os.fspath(out)
-        return predict_file(self, src, out, k, known, progress)
+        return predict_file(self, src, out, k, known, progress, strict)
 
     def _predict_relations(self, head, tail, k: int, known: str):
         batch = isinstance(head, (list, tuple, np.ndarray))

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from ..checkpoint import keep_selected
 from ..config import Config, _leaves, config_from, config_yaml, read_yaml_text
 from ..errors import ConfigError, OutputError, RunInterrupted, TrialFailed, TrialsFailed, UserError
 from ..outputs import MARKER, marker_kind, pid_alive, write_atomic, write_marker
@@ -43,6 +44,7 @@ STUDY_FILE = "study.yaml"
 BASE_FILE = "base.yaml"
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random")
+KEEP = ("selected", "all")          # what a finished trial keeps of its checkpoints
 
 
 @dataclass
@@ -62,6 +64,7 @@ class TuneOptions:
     max_failures: int = 0
     baseline: bool = True
     show_progress: bool = True
+    keep_checkpoints: str = "selected"        # "selected": a finished trial keeps only its selected checkpoint
 
     @classmethod
     def of(cls, **options) -> "TuneOptions":
@@ -74,6 +77,8 @@ class TuneOptions:
 
     def check(self) -> "TuneOptions":
         """ConfigError naming the option that cannot be used (the Python API has no argparse in front)."""
+        if self.keep_checkpoints not in KEEP:
+            raise ConfigError(f"tune: keep_checkpoints={self.keep_checkpoints!r}; expected one of {', '.join(KEEP)}")
         for name in ("storage", "study_name", "pruner", "sampler"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"tune: {name}={getattr(self, name)!r}; expected a string")
@@ -377,6 +382,10 @@ class Objective:
                 reason = f"{type(exc).__name__}: {reason}"
             trial.set_user_attr("failure", reason)
             raise TrialFailed(reason) from exc
+        if self.opts.keep_checkpoints == "selected":       # a study's disk grows by one checkpoint per trial
+            removed = keep_selected(os.path.join(run_dir, "checkpoints"))
+            log.info("tune: trial %d keeps its selected checkpoint (%d others removed; --keep-checkpoints all "
+                     "keeps them)", trial.number, len(removed))
         selected = (results.get("selection") or {}).get("selected")
         if results.get("stopped"):
             trial.set_user_attr("stopped", results["stopped"]["why"])
