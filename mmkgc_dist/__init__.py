@@ -38,6 +38,13 @@ def tune(space, study_dir: str, config=None, overrides=None, trials: int = 20, *
     return run(space, study_dir, config, overrides, trials, **options)
 
 
+def compare(*paths, plot: str | None = "compare.png") -> list[dict]:
+    """Runs (or a study's trials) side by side as ``mmkgc-dist compare`` shows them; their validation curves
+    into ``plot``. See api.py."""
+    from .api import compare as run
+    return run(*paths, plot=plot)
+
+
 def verify(path: str) -> dict:
     """Every file of a dataset, run folder or export against its recorded bytes and SHA-256, as ``mmkgc-dist
     verify`` does: {kind, path, checked, problems}. See api.py."""

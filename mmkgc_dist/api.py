@@ -191,6 +191,15 @@ def _evaluation_output(path: str) -> bool:
                                                            for v in found.values())
 
 
+def compare(*paths, plot: str | None = "compare.png") -> list[dict]:
+    """Runs side by side (``mmkgc-dist compare``): a row per run (a study folder stands for its trials) with
+    what it fused, its protocol, its selected epoch and its metrics; their validation curves into ``plot``."""
+    from .serving.compare import compare as compare_runs
+    if not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):
+        raise ConfigError(f"compare: expected run or study folders, got {paths!r}")
+    return compare_runs(paths, plot)[0]
+
+
 def verify(path: str) -> dict:
     """Every file of a dataset folder, a run folder or an export against the bytes and SHA-256 recorded when it
     was written (digests computed afresh, not from the cache), as ``mmkgc-dist verify`` does:

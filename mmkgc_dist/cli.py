@@ -49,6 +49,18 @@ def cmd_tune_trial(args, overrides) -> int:
     return run_trial(args.storage, args.study, args.trial_id, args.run_dir, args.config, overrides)
 
 
+def cmd_compare(args, overrides) -> int:
+    from .serving.compare import compare
+
+    if overrides:
+        raise ConfigError(f"unexpected options {overrides}")
+    rows, text = compare(args.paths, None if args.no_plot else args.plot)
+    print(text)
+    if not args.no_plot:
+        print(f"validation curves: {args.plot}")
+    return 0
+
+
 def cmd_verify(args, overrides) -> int:
     from .api import verify
     from .errors import DataError
@@ -196,7 +208,9 @@ def cmd_config(args, overrides) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     p = _Parser(prog="mmkgc-dist", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"mmkgc-dist {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train (dotted overrides like --train.lr=1e-3 follow the options)")
@@ -385,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "SHA-256 recorded when it was written (exit 2 on any mismatch)")
     v.add_argument("paths", nargs="+", metavar="DATA|RUN|EXPORT")
     v.set_defaults(fn=cmd_verify)
+    cm = sub.add_parser("compare", help="runs side by side: fused modalities, protocol, selected epoch, metrics; "
+                                        "and a plot of their validation curves (a study folder: its trials)")
+    cm.add_argument("paths", nargs="+", metavar="RUN|STUDY")
+    cm.add_argument("--plot", default="compare.png", help="PNG of the validation curves (default compare.png)")
+    cm.add_argument("--no-plot", action="store_true", help="print the table only")
+    cm.set_defaults(fn=cmd_compare)
     c = sub.add_parser("config", help="print every config key with its default and help")
     c.set_defaults(fn=cmd_config)
     return p

@@ -25,7 +25,8 @@ def test_auto_fuses_what_the_dataset_has_and_every_result_says_so(tmp_path):
     assert model["fused"]["text"]["dim"] == 8 and 0.6 < model["fused"]["text"]["coverage"] < 0.9
     assert model["fused"]["text"]["entities"] == round(model["fused"]["text"]["coverage"] * 120)
     report = (tmp_path / "r" / "results.md").read_text()
-    assert report.startswith("## model — rotate, model.modalities=auto, MAT on")
+    assert report.startswith("# r\n") and "## model — rotate, model.modalities=auto, MAT on" in report
+    assert "- model: rotate, d=8, modalities fused: text 8-d" in report and "- protocol: test: filtered" in report
     assert "| text | 8 |" in report
 
 
@@ -70,3 +71,21 @@ def test_the_references_pth_files_import_through_their_entity_order(tmp_path):
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "code.pth")   # a pickled module: never unpickled
     r = cli("prepare", "features", ds, "--modality", "visual", tmp_path / "code.pth", cwd=tmp_path)
     assert r.returncode == 2 and "weights_only=True" in r.stderr
+
+
+def test_a_run_says_each_validation_and_compare_puts_runs_side_by_side(tmp_path):
+    runs = []
+    for name, extra in (("a", ["--model.modalities=[]", "--mat.enabled=false"]), ("b", [])):
+        r = cli("train", "--run-dir", tmp_path / name, *settings(MINI, "--train.epochs=2", "--eval.every_epochs=1",
+                                                                 *extra), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "valid epoch 1 (step" in r.stdout and "valid epoch 2 (step" in r.stdout
+        runs.append(tmp_path / name)
+    r = cli("compare", *runs, "--plot", tmp_path / "curves.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    header, _, *rows = r.stdout.splitlines()[:4]
+    assert header.split()[:6] == ["run", "dataset", "model", "fused", "mat", "split"]
+    assert "structure" in rows[0] and "visual, text" in rows[1] and "filtered" in rows[1]
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    r = cli("compare", tmp_path / "nowhere", cwd=tmp_path)
+    assert r.returncode == 2 and "neither a run folder" in r.stderr

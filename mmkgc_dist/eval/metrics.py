@@ -77,7 +77,7 @@ def metric_keys(m: dict) -> list[str]:
 def markdown_report(results: dict, per_relation_rows: int = 50) -> str:
     """results.json's evaluations as markdown tables: overall and head vs tail, per category, per relation
     (the ``per_relation_rows`` relations with the most queries; all of them stay in results.json)."""
-    lines = model_header(results["model"]) if "model" in results else []
+    lines = run_header(results) + (model_header(results["model"]) if "model" in results else [])
     for split, m in results.items():
         if not isinstance(m, dict) or "mrr" not in m:
             continue
@@ -99,6 +99,27 @@ def markdown_report(results: dict, per_relation_rows: int = 50) -> str:
                       _table(["relation", "category", *keys, "queries"],
                              [[name, v.get("category", ""), *_values(v, keys)] for name, v in top]), ""]
     return "\n".join(lines)
+
+
+def run_header(results: dict) -> list[str]:
+    """The report's opening: which run, on which data, which model, under which protocol, which epoch."""
+    run, model = results.get("run"), results.get("model")
+    if not run or not model:
+        return []
+    fused = ", ".join(f"{m} {v['dim']}-d ({v['coverage']:.0%})" for m, v in model["fused"].items()) or "none"
+    tested = [f"{s}: {m['protocol']}, ties={m['ties']}" for s, m in results.items()
+              if isinstance(m, dict) and "protocol" in m]
+    selected = ((results.get("selection") or {}).get("selected") or {})
+    lines = [f"# {run['name']}", "",
+             f"- dataset: {run['dataset']} ({run['entities']:,} entities, {run['relations']:,} relations) at "
+             f"`{run['data']}`",
+             f"- model: {model['scoring']}, d={model['dim']}, modalities fused: {fused}, MAT "
+             f"{'on' if model['mat'] else 'off'}",
+             f"- protocol: {'; '.join(tested) or 'not tested'}"]
+    if selected:
+        lines.append(f"- selected: epoch {selected['epoch']} (step {selected['step']}, valid "
+                     f"{results['selection']['metric']} {selected['value']:.4f})")
+    return lines + [""]
 
 
 def model_header(model: dict) -> list[str]:

@@ -115,7 +115,10 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: s
         summary = trainer.fit()
         trainer.save()
         say(f"trained {summary['steps']} steps in {summary['seconds']:.1f}s; run folder {run_dir}")
-        results = {"model": fusion, "train": summary}
+        results = {"run": {"name": os.path.basename(os.path.normpath(run_dir)), "dataset": data.name,
+                           "data": dataset_location(cfg), "entities": data.num_entities,
+                           "relations": data.num_relations, "dataset_identity": data.identity},
+                   "model": fusion, "train": summary}
         if trainer.selection.active:
             results["selection"] = select_best(trainer, run_dir, say)
         if trainer.stopped_by:

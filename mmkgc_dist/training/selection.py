@@ -89,6 +89,15 @@ class ModelSelection:
         delta = self.cfg.train.early_stopping.min_delta
         return value < best["value"] - delta if self.lower_is_better else value > best["value"] + delta
 
+    def last_line(self) -> str:
+        """The latest validation run in one line: its value, the best so far, the runs without a gain."""
+        last, best = self.state["history"][-1], self.state["best"]
+        patience = self.cfg.train.early_stopping.patience
+        waited = self.state["without_gain"]
+        gain = "new best" if waited == 0 else f"best {best['value']:.4f} at epoch {best['epoch']}; {waited} " \
+            f"run(s) without a gain" + (f" (patience {patience})" if patience else "")
+        return f"valid epoch {last['epoch']} (step {last['step']}): {self.metric} {last['value']:.4f} — {gain}"
+
     def observe(self, metrics: dict, epoch: int, step: int, save) -> None:
         """One validation run: record it; on a gain ``save()`` a checkpoint and name it the best."""
         value = float(metrics[self.metric])

@@ -214,6 +214,8 @@ class Trainer:
             metrics = self.evaluate_for_selection()
             self.logger.log("eval", epoch=self.epoch, step=self.step, **_flat(metrics))
             self.selection.observe(metrics, self.epoch, self.step, self.save if self.run_dir else lambda: None)
+            if self.runtime.is_main:
+                tqdm.write(self.selection.last_line())       # one line per validation run, above the bar
             self._ask_hooks(metrics)
         if self.run_dir and cfg.train.checkpoint_every and self.epoch % cfg.train.checkpoint_every == 0:
             self.save()
