@@ -208,6 +208,9 @@ class RunConfig:
     mlflow_uri: str = _f("", "also track the run in MLflow at this tracking URI (e.g. file:./mlruns, or a "
                          "server's http URL; needs mlflow-skinny); empty = off")
     mlflow_experiment: str = _f("mmkgc-dist", "MLflow experiment name")
+    trackers: list = _f([], "more trackers by name, from installed plugins (entry-point group "
+                        "mmkgc_dist.trackers: name = module:Class, built as Class(run_dir, params) with "
+                        "log(kind, **fields) and close())")
 
 
 @dataclass
@@ -327,7 +330,7 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"model.modalities: expected 'auto' or a list of modalities ({list(KNOWN_MODALITIES)}), "
                           f"got {cfg.model.modalities!r}")
     asked = [] if cfg.model.modalities == "auto" else cfg.model.modalities
-    for key, items in (("model.modalities", asked), ("eval.splits", cfg.eval.splits),
+    for key, items in (("model.modalities", asked), ("eval.splits", cfg.eval.splits), ("run.trackers", cfg.run.trackers),
                        ("parallel.sharding", list(cfg.parallel.sharding.values()) + list(cfg.parallel.sharding))):
         for item in items:
             if not isinstance(item, str):
@@ -569,7 +572,36 @@ def _config_tree(tree: dict, overrides) -> Config:
     return _from_dict(Config, tree, "").validate()
 
 
+def packaged_configs() -> str:
+    """The folder of the recipes shipped with the package (configs/: db15k, mkgw, default, variants/): inside
+    the installed wheel (mmkgc_dist/configs), or the checkout's configs/ beside the package."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    inside = os.path.join(here, "configs")
+    return inside if os.path.isdir(inside) else os.path.join(os.path.dirname(here), "configs")
+
+
+def config_path(name: str) -> str:
+    """``--config``: a YAML path, or a shipped recipe by name (``db15k``, ``variants/rotate``)."""
+    if os.path.exists(name):
+        return name
+    stem = name[:-5] if name.endswith(".yaml") else name
+    shipped = os.path.join(packaged_configs(), f"{stem}.yaml")
+    if re.fullmatch(r"(variants/)?[A-Za-z0-9_.-]+", stem) and os.path.isfile(shipped):
+        return shipped
+    return name                # read_yaml_file names it as not found
+
+
+def shipped_config_names() -> list[str]:
+    folder = packaged_configs()
+    names = [f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")] if os.path.isdir(folder) else []
+    return sorted(names)
+
+
 def _read_yaml(path: str) -> dict:
+    if path and config_path(path) == path and not os.path.exists(path) and re.fullmatch(r"[A-Za-z0-9_.-]+", path):
+        raise ConfigError(f"config file {path}: not found (neither a file nor a shipped recipe; shipped: "
+                          f"{', '.join(shipped_config_names())})")
+    path = config_path(path) if path else path
     tree = read_yaml_file(path, "config file") if path else {}
     if tree is None:
         tree = {}

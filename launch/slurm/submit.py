@@ -17,7 +17,15 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
+REPO = os.path.dirname(os.path.dirname(HERE))       # the checkout (run from it) or site-packages/mmkgc_dist
+
+
+def importable() -> None:
+    """mmkgc_dist importable: installed (wheel, editable), or from the checkout this script is in."""
+    try:
+        import mmkgc_dist  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, REPO)
 RUN_FLAGS = ("--resume", "--overwrite")      # train's own flags, passed through after --
 
 
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
 
-    sys.path.insert(0, REPO)
+    importable()
     from mmkgc_dist.config import load_config, parse_overrides
     from mmkgc_dist.errors import ConfigError
     try:
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from mmkgc_dist.outputs import marker_kind, write_marker
     from mmkgc_dist.run_folder import holds_run
-    run_dir = os.path.abspath(args.run_dir or os.path.join(REPO, "runs", f"{args.job_name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    run_dir = os.path.abspath(args.run_dir or os.path.join("runs", f"{args.job_name}-{time.strftime('%Y%m%d-%H%M%S')}"))
     if os.path.lexists(run_dir) and not os.path.isdir(run_dir):
         print(f"error: --run-dir {run_dir}: exists and is not a folder", file=sys.stderr)
         return 2

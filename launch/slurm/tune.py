@@ -20,10 +20,11 @@ import shlex
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-from submit import positive_int, write_job  # noqa: E402
+try:
+    from .submit import importable, positive_int, write_job        # installed: mmkgc_dist.launch.slurm.tune
+except ImportError:                                                 # run as a script from the checkout
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from submit import importable, positive_int, write_job  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
 
-    sys.path.insert(0, REPO)
+    importable()
     from mmkgc_dist.config import config_from, parse_overrides
     from mmkgc_dist.errors import UserError
     from mmkgc_dist.tuning.space import base_values, check_space, read_space

@@ -93,6 +93,7 @@ def train_run(cfg: Config, data: KGData, runtime, run_dir: str | None, resume: s
         if problem:
             raise problem
         trainer = Trainer(cfg, data, runtime, run_dir, show_progress)
+        trainer.logger                         # the run's trackers start now: a plugin's fault stops it here
         trainer.validation_hooks.extend(validation_hooks)
         if trainer.batches_per_epoch() == 0:      # an untrained model's metrics are not a result
             raise DataError(f"{dataset_location(cfg)}: the training split is empty; nothing to train")

@@ -120,6 +120,28 @@ class Trackers:
         self.trackers = []
 
 
+PLUGIN_GROUP = "mmkgc_dist.trackers"     # entry points of installed distributions: name = module:TrackerClass
+
+
+def plugin_tracker(name: str, run_dir: str, params: dict):
+    """An installed plugin's tracker (``run.trackers``), built as ``Class(run_dir, params)``."""
+    from importlib.metadata import entry_points
+
+    from ..errors import ConfigError
+    found = {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+    if name not in found:
+        raise ConfigError(f"run.trackers: unknown tracker {name!r}; installed: {sorted(found) or 'none'} "
+                          f"(plugins declare the entry-point group {PLUGIN_GROUP!r})")
+    try:
+        tracker = found[name].load()(run_dir, params)
+    except Exception as exc:       # noqa: BLE001 — a plugin can fail in any way
+        raise ConfigError(f"run.trackers: the tracker {name!r} ({found[name].value}) failed to start: "
+                          f"{type(exc).__name__}: {exc}")
+    if not (callable(getattr(tracker, "log", None)) and callable(getattr(tracker, "close", None))):
+        raise ConfigError(f"run.trackers: {name!r} ({found[name].value}) has no log(kind, **fields) and close()")
+    return tracker
+
+
 def make_trackers(run_dir: str | None, run_cfg, params: dict) -> Trackers:
     if not run_dir:
         return Trackers([])
@@ -128,4 +150,5 @@ def make_trackers(run_dir: str | None, run_cfg, params: dict) -> Trackers:
         trackers.append(TensorBoardTracker(os.path.join(run_dir, "tensorboard")))
     if run_cfg.mlflow_uri:
         trackers.append(MLflowTracker(run_cfg.mlflow_uri, run_cfg.mlflow_experiment, run_dir, params))
+    trackers += [plugin_tracker(name, run_dir, params) for name in run_cfg.trackers]
     return Trackers(trackers)

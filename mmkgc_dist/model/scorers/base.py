@@ -36,10 +36,39 @@ def register_scorer(name: str) -> Callable[[type], type]:
     return add
 
 
+PLUGIN_GROUP = "mmkgc_dist.scorers"      # entry points of installed distributions: name = module:ScorerClass
+
+
+def plugin_scorers() -> dict:
+    """Scorers other distributions declare under the ``mmkgc_dist.scorers`` entry-point group, by name (not
+    loaded: a plugin's module is imported only when its name is asked for)."""
+    from importlib.metadata import entry_points
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
+def scorer_class(name: str) -> type["Scorer"]:
+    """The scorer registered as ``name``: built in, registered in this process, or an installed plugin's.
+    LookupError names what is known (the callers turn it into a ConfigError)."""
+    if name in SCORERS:
+        return SCORERS[name]
+    plugins = plugin_scorers()
+    if name not in plugins:
+        known = sorted(set(SCORERS) | set(plugins))
+        raise LookupError(f"model.scoring: unknown scoring function {name!r}; registered: {', '.join(known)} "
+                          f"(plugins declare the entry-point group {PLUGIN_GROUP!r})")
+    entry = plugins[name]
+    try:
+        cls = entry.load()
+    except Exception as exc:        # noqa: BLE001 — a plugin's import can fail in any way
+        raise LookupError(f"model.scoring={name!r}: the plugin {entry.value} (distribution "
+                          f"{getattr(entry.dist, 'name', '?')}) failed to load: {type(exc).__name__}: {exc}")
+    if not (isinstance(cls, type) and issubclass(cls, Scorer)):
+        raise LookupError(f"model.scoring={name!r}: the plugin {entry.value} is not a Scorer subclass")
+    return register_scorer(name)(cls) if SCORERS.get(name) is not cls else cls
+
+
 def make_scorer(name: str, dim: int, gamma: float, epsilon: float) -> "Scorer":
-    if name not in SCORERS:         # the callers turn it into a ConfigError (model/ imports nothing above it)
-        raise LookupError(f"model.scoring: unknown scoring function {name!r}; registered: {', '.join(sorted(SCORERS))}")
-    return SCORERS[name](dim, gamma, epsilon)
+    return scorer_class(name)(dim, gamma, epsilon)
 
 
 class Scorer:
