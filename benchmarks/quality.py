@@ -45,7 +45,8 @@ def run_one(name: str, data, variant: str, seed: int, args) -> dict:
     recipe = os.path.join(repo, "configs", RECIPES.get(name, "db15k.yaml"))
     overrides = variant_overrides(variant) + [("train.seed", str(seed)), ("train.epochs", str(args.epochs)),
                                      ("train.lr", str(args.lr)), ("train.device", args.device),
-                                     ("train.max_steps", str(args.max_steps))]
+                                     ("train.max_steps", str(args.max_steps))] + \
+        [tuple(item.split("=", 1)) for item in args.set]
     cfg = load_config(recipe, overrides)
     trainer = local_trainer(cfg, data, None, show_progress=sys.stderr.isatty())
     start = time.time()
@@ -91,6 +92,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-steps", type=int, default=0, help="cap each run (smoke tests)")
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE config override for every run")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     specs = args.data or [f"db15k={os.path.join(SHARED_DATASETS, 'DB15K')}",

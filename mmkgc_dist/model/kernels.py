@@ -112,6 +112,9 @@ def chunk_shared_distance(query: Tensor, rows: Tensor, index: Tensor) -> Tensor:
     return diff.pow(2).sum(3).clamp_min(MODULUS_FLOOR).sqrt().sum(-1).view(-1, k)   # autograd: no inf·0 at 0
 
 
+EAGER_BLOCK = 1 << 23          # floats of one eager all-pairs difference block (32 MiB)
+
+
 def all_pairs_distance(query: Tensor, candidates: Tensor) -> Tensor:
     """dist[b, n] against every candidate row (evaluation)."""
     diff = (query.unsqueeze(1) - candidates.unsqueeze(0)).unflatten(-1, (2, -1))
@@ -176,4 +179,11 @@ class DistanceKernels:
 
     def all_pairs(self, query: Tensor, candidates: Tensor) -> Tensor:
         self._dyn(query, candidates)
-        return self._all_pairs(query, candidates)
+        if self.compiled:               # one fused loop: nothing [B, N, 2d]-sized is ever materialised
+            return self._all_pairs(query, candidates)
+        # eager: the difference tensor is [B, n, 2d]; candidates go in blocks that keep it near EAGER_BLOCK floats
+        block = max(1, EAGER_BLOCK // max(1, query.shape[0] * query.shape[-1]))
+        if block >= len(candidates):
+            return self._all_pairs(query, candidates)
+        return torch.cat([self._all_pairs(query, candidates[i:i + block])
+                          for i in range(0, len(candidates), block)], dim=1)
