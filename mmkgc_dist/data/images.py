@@ -58,8 +58,8 @@ class ImageIndex:
 
 
 def _local_names(names: pa.Array) -> pa.Array:
-    """A URI's last segment (after ``/`` or ``#``); a plain name stays as it is."""
-    return pc.replace_substring_regex(names, pattern=r"^.*[/#]", replacement="")
+    """A URI's last segment (after ``/`` or ``#``, without N-Triples' angle brackets); a plain name stays as it is."""
+    return pc.replace_substring_regex(names, pattern=r"^.*[/#]|>$", replacement="")
 
 
 def match_entities(keys: list[str], names: pa.Array) -> np.ndarray:
@@ -127,13 +127,20 @@ def _table_index(source: str, names: pa.Array) -> ImageIndex:
         raise DataError(f"--images {source}: expected columns 'entity' and 'path' (or 'url'/'image'), have "
                         f"{table.column_names}")
     for c in ("entity", column):
-        nulls = np.flatnonzero(table.column(c).is_null().to_numpy(zero_copy_only=False))
-        if len(nulls):
-            raise DataError(f"--images {source}: row {nulls[0]}: '{c}' is empty ({len(nulls)} such rows)")
+        empty = empty_rows(table.column(c))
+        if len(empty):
+            raise DataError(f"--images {source}: row {empty[0]}: '{c}' is empty ({len(empty)} such rows)")
     keys = [str(k) for k in table.column("entity").to_pylist()]
     base = source.rsplit("/", 1)[0] if "/" in source else "."
     paths = [p if "://" in p or p.startswith("/") else f"{base}/{p}" for p in map(str, table.column(column).to_pylist())]
     return _indexed(keys, paths, [None] * len(paths), names)
+
+
+def empty_rows(column) -> np.ndarray:
+    """Rows of a table column that are null or blank."""
+    text = pc.cast(column, pa.string())
+    blank = pc.or_kleene(pc.is_null(text), pc.equal(pc.utf8_trim_whitespace(text), ""))
+    return np.flatnonzero(blank.fill_null(True).to_numpy(zero_copy_only=False))
 
 
 def _indexed(keys: list[str], paths: list[str], sizes: list, names: pa.Array) -> ImageIndex:

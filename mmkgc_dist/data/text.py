@@ -63,7 +63,7 @@ def table_index(source: str, column: str, names: pa.Array) -> TextIndex:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    from .images import match_entities
+    from .images import empty_rows, match_entities
     from .remote import check_reachable
     check_reachable(source)
     try:
@@ -79,9 +79,9 @@ def table_index(source: str, column: str, names: pa.Array) -> TextIndex:
         if c not in table.column_names:
             raise DataError(f"--texts {source}: no column {c!r} (have {table.column_names}); the table needs "
                             f"'entity' and the text column given by --column")
-    nulls = np.flatnonzero(table.column("entity").is_null().to_numpy(zero_copy_only=False))
-    if len(nulls):
-        raise DataError(f"--texts {source}: row {nulls[0]}: 'entity' is empty ({len(nulls)} such rows)")
+    empty = empty_rows(table.column("entity"))
+    if len(empty):
+        raise DataError(f"--texts {source}: row {empty[0]}: 'entity' is empty ({len(empty)} such rows)")
     keys = [str(k) for k in table.column("entity").to_pylist()]
     texts = ["" if t is None else str(t) for t in table.column(column).to_pylist()]
     ids = match_entities(keys, names)
