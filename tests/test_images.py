@@ -81,7 +81,7 @@ def test_images_with_a_corrupt_file_a_bomb_a_truncated_file_and_an_entity_withou
     good.write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])             # truncated, its only image
     # one image under two entities: entity 20's file is entity 3's
     (imgs / names[20] / "a.png").write_bytes((imgs / names[3] / "a.png").read_bytes())
-    r = cli("features", "images", ds, "--images", imgs, "--workers", "0", "--piece-entities", "16", cwd=tmp_path)
+    r = cli("features", "images", ds, "--images", imgs, "--workers", "1", "--piece-entities", "16", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "117 of 120 entities (3 without a usable image, masked)" in r.stdout
     values, present = _features(ds)

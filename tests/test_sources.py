@@ -103,7 +103,8 @@ def test_rank_zero_waits_for_the_others_parts_in_bounded_time(tmp_path):
     from mmkgc_dist.data.extraction import PieceResult, plan, wait_for_all, write_piece
     pieces = plan(40, 0, 1, piece=16)
     assert [(p.first, p.stop) for p in pieces] == [(0, 16), (16, 32), (32, 40)]
-    assert [p.first for p in plan(40, 1, 2, piece=16)] == [32]            # rank 1 owns ids 20..39
+    assert [(p.first, p.stop) for p in plan(40, 0, 2, piece=16)] == [(0, 16), (16, 20)]   # rank 0 owns 0..19
+    assert [(p.first, p.stop) for p in plan(40, 1, 2, piece=16)] == [(20, 32), (32, 40)]
     write_piece(str(tmp_path), pieces[0], PieceResult(np.array([1, 2]), np.ones((2, 3), np.float32), {"n": 2}))
     with pytest.raises(DataError, match="2 of 3 parts were not written .*first missing: part-000000000016"):
         wait_for_all(str(tmp_path), pieces, timeout_s=0.2, poll_s=0.05)

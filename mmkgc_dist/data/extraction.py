@@ -2,8 +2,7 @@
 taking the pieces whose entities it owns (row-wise ownership, ``owner_block``), resumable after a kill, merged
 into the dataset by one crash-safe switch of its manifest.
 
-The plan is fixed by the entity count alone: piece ``i`` holds entity ids ``[i·P, (i+1)·P)``; a piece belongs to
-the rank that owns its first id. Each piece is encoded, pooled per entity and written to
+The plan: the grid of ``P`` entity ids cut at each rank's owned block; a rank encodes the pieces of its block. Each piece is encoded, pooled per entity and written to
 ``DATA/.extract/<job>/part-<first>-<stop>.parquet`` under a temporary name and renamed, then recorded in a
 sidecar ``.json`` (its size, SHA-256, counts and failures). A rerun — of the same job, at any world size — skips
 every piece whose part verifies against its record, so a killed extraction costs only the pieces it was inside.
@@ -59,10 +58,16 @@ class PieceResult:
 
 
 def plan(num_entities: int, rank: int, world_size: int, piece: int = PIECE_ENTITIES) -> list[Piece]:
-    """This rank's pieces: those whose first entity it owns."""
+    """This rank's pieces: the fixed grid of ``piece`` ids cut at the rank's owned block, so every rank gets
+    its share of the work and a piece away from the blocks' edges has the same name at any world size."""
     block = owner_block(num_entities, world_size)
     lo, hi = min(rank * block, num_entities), min((rank + 1) * block, num_entities)
-    return [Piece(f, min(f + piece, num_entities)) for f in range(0, num_entities, piece) if lo <= f < hi]
+    return [Piece(max(f, lo), min(f + piece, hi)) for f in range(lo - lo % piece, hi, piece)]
+
+
+def every_piece(num_entities: int, world_size: int, piece: int = PIECE_ENTITIES) -> list[Piece]:
+    """Every rank's pieces, in id order: what rank 0 merges."""
+    return [p for rank in range(world_size) for p in plan(num_entities, rank, world_size, piece)]
 
 
 def job_folder(root: str, modality: str, identity: dict) -> str:
@@ -207,7 +212,7 @@ def extract(root: str, modality: str, identity: dict, encode, items_in, origin: 
                  reused, len(pieces))
     if rank != 0:
         return None
-    records = wait_for_all(folder, plan(num_entities, 0, 1, piece_entities), wait_timeout_s)
+    records = wait_for_all(folder, every_piece(num_entities, world, piece_entities), wait_timeout_s)
     counts, failures = summarise(records)
     with DatasetEdit(root) as manifest:
         entities = pq.read_table(recorded_path(root, manifest, manifest["entities"]))

@@ -196,23 +196,39 @@ def _transform(image, size: int, mean, std) -> np.ndarray:
     return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).transpose(2, 0, 1).copy()
 
 
-class _Images:
-    """A map-style dataset of image locations for torch's DataLoader: decoding runs in its worker processes."""
+class Decoders:
+    """The decoding processes of one extraction job, forked once for all its pieces (as torch's DataLoader forks
+    its workers; they run PIL and numpy only, never torch). A batch is decoded while the one before it is encoded
+    (two batches in flight at most: memory does not grow with the piece or the job). ``workers`` 0 decodes in
+    this process."""
 
-    def __init__(self, paths: list[str], encoder, max_bytes: int, max_pixels: int):
-        self.paths, self.size, self.mean, self.std = paths, encoder.image_size, encoder.mean, encoder.std
-        self.max_bytes, self.max_pixels = max_bytes, max_pixels
+    def __init__(self, workers: int, encoder, max_bytes: int, max_pixels: int):
+        import functools
+        import multiprocessing
 
-    def __len__(self) -> int:
-        return len(self.paths)
+        self.decode = functools.partial(decode, size=encoder.image_size, mean=encoder.mean, std=encoder.std,
+                                        max_bytes=max_bytes, max_pixels=max_pixels)
+        self.pool = multiprocessing.get_context("fork").Pool(workers) if workers > 0 else None
 
-    def __getitem__(self, i: int):
-        pixels, reason = decode(self.paths[i], self.size, self.mean, self.std, self.max_bytes, self.max_pixels)
-        return i, pixels, reason
+    def batches(self, paths: list[str], batch_size: int):
+        """(first index, [(pixels or None, reason or None), ...]) per batch of ``paths``, in order."""
+        windows = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+        pending = self._submit(windows[0]) if windows else None
+        for k in range(len(windows)):
+            done = pending.get() if self.pool is not None else pending
+            pending = self._submit(windows[k + 1]) if k + 1 < len(windows) else None
+            yield k * batch_size, done
 
+    def _submit(self, window: list[str]):
+        if self.pool is None:
+            return [self.decode(p) for p in window]
+        return self.pool.map_async(self.decode, window, chunksize=max(1, len(window) // 8))
 
-def _collate(items):
-    return items
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+            self.pool = None
 
 
 # ------------------------------------------------------------------------------------------------ encoders
@@ -296,32 +312,24 @@ def load_encoder(spec: str = "efficientnet-lite0", weights: str | None = None, i
 
 
 # ------------------------------------------------------------------------------------------------ one piece
-def encode_piece(piece: Piece, index: ImageIndex, encoder: ImageEncoder, batch_size: int, workers: int,
-                 max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, on_images=None) -> PieceResult:
+def encode_piece(piece: Piece, index: ImageIndex, encoder: ImageEncoder, batch_size: int, decoders: Decoders,
+                 on_images=None) -> PieceResult:
     """The pooled features of the piece's entities that have at least one readable image. Each distinct image
     is decoded and encoded once (an image shared by two entities gives both the same row)."""
-    import torch
-
     ids, paths = index.between(piece.first, piece.stop)
     distinct = sorted(set(paths))
     position = {p: i for i, p in enumerate(distinct)}
     vectors: list = [None] * len(distinct)
     failures, failed = [], {}
-    if distinct:
-        loader = torch.utils.data.DataLoader(_Images(distinct, encoder, max_bytes, max_pixels),
-                                             batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                                             persistent_workers=False)
-        for items in loader:
-            good = [(i, x) for i, x, reason in items if reason is None]
-            for i, _, reason in items:
-                if reason is not None:
-                    failed[i] = reason
-            if good:
-                feats = encoder(np.stack([x for _, x in good]), pad_to=batch_size)
-                for (i, _), f in zip(good, feats):
-                    vectors[i] = f
-            if on_images is not None:
-                on_images(len(items))
+    for first, decoded in decoders.batches(distinct, batch_size):
+        good = [(first + j, pixels) for j, (pixels, reason) in enumerate(decoded) if reason is None]
+        failed.update({first + j: reason for j, (_, reason) in enumerate(decoded) if reason is not None})
+        if good:
+            feats = encoder(np.stack([x for _, x in good]), pad_to=batch_size)
+            for (i, _), f in zip(good, feats):
+                vectors[i] = f
+        if on_images is not None:
+            on_images(len(decoded))
     by_entity: dict[int, list] = {}
     for entity, path in zip(ids.tolist(), paths):
         i = position[path]
@@ -363,14 +371,20 @@ def extract_images(root: str, source: str, modality: str = "visual", encoder: st
     identity = {"kind": "images", "images": index.identity, "encoder": model.identity,
                 "limits": [max_bytes, max_pixels]}
 
+    decoders = Decoders(workers, model, max_bytes, max_pixels)
+
     def encode(piece, advance):
-        return encode_piece(piece, index, model, batch_size, workers, max_bytes, max_pixels, on_images=advance)
+        return encode_piece(piece, index, model, batch_size, decoders, on_images=advance)
 
     def items_in(piece):
         return len(set(index.between(piece.first, piece.stop)[1]))
 
-    summary = extract(root, modality, identity, encode, items_in, f"images of {source} ({model.identity['encoder']})",
-                      "img", restart=restart, show_progress=show_progress, piece_entities=piece_entities)
+    try:
+        summary = extract(root, modality, identity, encode, items_in,
+                          f"images of {source} ({model.identity['encoder']})", "img", restart=restart,
+                          show_progress=show_progress, piece_entities=piece_entities)
+    finally:
+        decoders.close()
     if summary is not None:
         summary["unmatched_keys"] = len(index.unmatched)
     return summary
