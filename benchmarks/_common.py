@@ -30,6 +30,13 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def write_report(path: str, lines: list[str]) -> None:
+    """A benchmark's markdown table: written to ``path`` and printed."""
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def new_plot(size=(6, 4)):
     """A figure and axes on the non-interactive backend (benchmarks run headless)."""
     import matplotlib

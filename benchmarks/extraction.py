@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from _common import REPO, machine, results_dir, write_json
+from _common import REPO, machine, results_dir, write_json, write_report
 
 
 def make_images(folder: str, names: list[str], seed: int = 0) -> None:
@@ -116,8 +116,7 @@ def main() -> int:
         lines.append(f"| {r['images']:,} | {r['ranks']} × {r['threads_per_rank']} | {r['workers']} | {r['seconds']} | "
                      f"{r['images_per_s']} | {r['peak_pss_mib']:.0f} MiB |")
     lines.append(f"\n2 ranks vs 1 (one thread each, no decoding workers): {result['two_vs_one']}×")
-    open(os.path.join(out, "extraction.md"), "w").write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(os.path.join(out, "extraction.md"), lines)
     return 0
 
 

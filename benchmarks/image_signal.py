@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from _common import machine, results_dir, write_json
+from _common import machine, results_dir, write_json, write_report
 
 GRAPH = {"latent_dim": 2, "num_relations": 8, "visual_missing": 1.0, "text_missing": 1.0, "seed": 7}
 
@@ -107,8 +107,7 @@ def main() -> int:
     for name, s in summary.items():
         std = f" ± {s['mrr_std']:.4f}" if s["mrr_std"] is not None else ""
         lines.append(f"| {name} | {s['mrr_mean']:.4f}{std} | {s['hits@10_mean']:.4f} | {s['seeds']} |")
-    open(os.path.join(out, "image_signal.md"), "w").write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(os.path.join(out, "image_signal.md"), lines)
     return 0
 
 
