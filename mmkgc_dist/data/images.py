@@ -112,16 +112,26 @@ def _folder_index(fs, root: str, source: str, names: pa.Array) -> ImageIndex:
     return _indexed(keys, paths, sizes, names)
 
 
-def _table_index(source: str, names: pa.Array) -> ImageIndex:
+def read_keyed_table(source: str, flag: str, text_columns=()) -> pa.Table:
+    """A CSV or Parquet table of entity keys (``--images``, ``--texts``) at any fsspec URL; ``entity`` and
+    ``text_columns`` read as text from a CSV; one-line DataErrors naming ``flag``."""
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
     try:
         with fsspec.open(source, "rb") as fh:
-            table = pq.read_table(fh) if source.endswith(".parquet") else pcsv.read_csv(
-                fh, convert_options=pcsv.ConvertOptions(column_types={"entity": pa.string()}))
+            if source.endswith(".parquet"):
+                return pq.read_table(fh)
+            types = {c: pa.string() for c in ("entity", *text_columns)}
+            return pcsv.read_csv(fh, convert_options=pcsv.ConvertOptions(column_types=types))
+    except FileNotFoundError:
+        raise DataError(f"{flag} {source}: file not found")
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"--images {source}: not a readable {'Parquet' if source.endswith('.parquet') else 'CSV'} "
+        raise DataError(f"{flag} {source}: not a readable {'Parquet' if source.endswith('.parquet') else 'CSV'} "
                         f"table ({exc})")
+
+
+def _table_index(source: str, names: pa.Array) -> ImageIndex:
+    table = read_keyed_table(source, "--images")
     column = next((c for c in ("path", "url", "image") if c in table.column_names), None)
     if "entity" not in table.column_names or column is None:
         raise DataError(f"--images {source}: expected columns 'entity' and 'path' (or 'url'/'image'), have "

@@ -22,7 +22,6 @@ import os
 import sqlite3
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 
@@ -60,21 +59,10 @@ def names_index(names: list[str], name_style: str = "uri") -> TextIndex:
 
 
 def table_index(source: str, column: str, names: pa.Array) -> TextIndex:
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
-    from .images import empty_rows, match_entities
+    from .images import empty_rows, match_entities, read_keyed_table
     from .remote import check_reachable
     check_reachable(source)
-    try:
-        with fsspec.open(source, "rb") as fh:
-            table = pq.read_table(fh) if source.endswith(".parquet") else pcsv.read_csv(
-                fh, convert_options=pcsv.ConvertOptions(column_types={"entity": pa.string(), column: pa.string()}))
-    except FileNotFoundError:
-        raise DataError(f"--texts {source}: file not found")
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"--texts {source}: not a readable {'Parquet' if source.endswith('.parquet') else 'CSV'} "
-                        f"table ({exc})")
+    table = read_keyed_table(source, "--texts", (column,))
     for c in ("entity", column):
         if c not in table.column_names:
             raise DataError(f"--texts {source}: no column {c!r} (have {table.column_names}); the table needs "
