@@ -23,6 +23,16 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
+def peak_rss_mib() -> float:
+    """This process's own peak resident memory since exec (VmHWM), MiB; not rusage's ru_maxrss, which for a
+    child starts from the parent's RSS at fork time."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def write_json(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:

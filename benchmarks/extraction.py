@@ -2,6 +2,12 @@
 images/s per process, 2 ranks vs 1 (torchrun, one thread each), and peak memory as the image count grows.
 
     python benchmarks/extraction.py [--sizes 1000,4000,16000] [--ranks-at 2000] [--workers 1] [--threads 2]
+                                    [--memory-sizes 1000,10000,100000]
+
+``--memory-sizes`` repeats the size sweep with a small TorchScript encoder (average-pool to 4×4, one linear layer,
+64-d) that the benchmark writes: the pipeline (listing, decoding workers, batching, Parquet parts, the merge) is
+the same, and the image count it can reach in minutes shows whether memory grows with it; the model's own
+memory is a constant on top (the EfficientNet rows).
 
 Each run is its own process tree; its peak memory is the largest sum of PSS over the tree (ranks and decoding
 workers; PSS counts a page shared by forked processes once in total, where summing RSS would count it in each),
@@ -70,14 +76,27 @@ def measured(cmd: list[str], env: dict) -> tuple[float, float, str]:
     return time.perf_counter() - start, peak / 2**20, out
 
 
-def extract(ds: str, imgs: str, ranks: int, threads: int, workers: int) -> dict:
-    args = ["features", "images", ds, "--images", imgs, "--workers", str(workers), "--restart"]
+def tiny_encoder(path: str) -> str:
+    """A small TorchScript image model ([B, 3, h, w] -> [B, 64]), written to ``path``."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, 64)).eval()
+    torch.jit.script(model).save(path)
+    return path
+
+
+def extract(ds: str, imgs: str, ranks: int, threads: int, workers: int, encoder: str | None = None) -> dict:
+    args = ["features", "images", ds, "--images", imgs, "--workers", str(workers), "--restart"] + \
+        (["--encoder", encoder] if encoder else [])
     cmd = [sys.executable, "-m", "mmkgc_dist.cli", *args] if ranks == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
          "--module", "mmkgc_dist.cli", *args]
     seconds, rss, out = measured(cmd, _env(threads))
     n = int(out.split(" images,")[0].rsplit(" ", 1)[-1])
-    return {"images": n, "ranks": ranks, "threads_per_rank": threads, "workers": workers,
+    return {"images": n, "encoder": "tiny TorchScript (64-d)" if encoder else "efficientnet-lite0 (1280-d)",
+            "ranks": ranks, "threads_per_rank": threads, "workers": workers,
             "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1),
             "images_per_s_per_process": round(n / seconds / ranks, 1), "peak_pss_mib": round(rss, 1)}
 
@@ -88,34 +107,43 @@ def main() -> int:
     ap.add_argument("--ranks-at", type=int, default=2000, help="image count of the 1-rank vs 2-rank comparison")
     ap.add_argument("--workers", type=int, default=1, help="decoding processes per rank")
     ap.add_argument("--threads", type=int, default=2, help="threads of the one-process size sweep")
+    ap.add_argument("--memory-sizes", default="", help="image counts of the sweep with the small encoder")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="extraction-")
     rows, scaling = [], []
+    sweeps = [(int(s), None) for s in args.sizes.split(",") if s]
+    if args.memory_sizes:
+        os.makedirs(work, exist_ok=True)
+        tiny = tiny_encoder(os.path.join(work, "tiny.pt"))
+        sweeps += [(int(s), tiny) for s in args.memory_sizes.split(",")]
     try:
-        for n in [int(s) for s in args.sizes.split(",")]:
+        for n, encoder in sweeps:
             ds, imgs = make_dataset(work, n)
-            rows.append(extract(ds, imgs, 1, args.threads, args.workers))
+            rows.append(extract(ds, imgs, 1, args.threads, args.workers, encoder))
             print(rows[-1], flush=True)
             shutil.rmtree(ds), shutil.rmtree(imgs)
-        ds, imgs = make_dataset(work, args.ranks_at)
-        for ranks in (1, 2, 1, 2):                 # alternated: the ratio is read within one invocation
-            scaling.append(extract(ds, imgs, ranks, 1, 0))
-            print(scaling[-1], flush=True)
+        if args.ranks_at:
+            ds, imgs = make_dataset(work, args.ranks_at)
+            for ranks in (1, 2, 1, 2):                 # alternated: the ratio is read within one invocation
+                scaling.append(extract(ds, imgs, ranks, 1, 0))
+                print(scaling[-1], flush=True)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     one = [r["images_per_s"] for r in scaling if r["ranks"] == 1]
     two = [r["images_per_s"] for r in scaling if r["ranks"] == 2]
     result = {"machine": machine(), "encoder": "efficientnet-lite0 (1280-d)", "sizes": rows, "scaling": scaling,
-              "two_vs_one": round(float(np.mean(two) / np.mean(one)), 3)}
+              "two_vs_one": round(float(np.mean(two) / np.mean(one)), 3) if scaling else None}
     out = results_dir("extraction")
     write_json(os.path.join(out, "extraction.json"), result)
-    lines = ["| images | ranks × threads | workers | seconds | images/s | peak PSS (tree) |", "|---|---|---|---|---|---|"]
+    lines = ["| images | encoder | ranks × threads | workers | seconds | images/s | peak PSS (tree) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows + scaling:
-        lines.append(f"| {r['images']:,} | {r['ranks']} × {r['threads_per_rank']} | {r['workers']} | {r['seconds']} | "
-                     f"{r['images_per_s']} | {r['peak_pss_mib']:.0f} MiB |")
-    lines.append(f"\n2 ranks vs 1 (one thread each, no decoding workers): {result['two_vs_one']}×")
+        lines.append(f"| {r['images']:,} | {r['encoder']} | {r['ranks']} × {r['threads_per_rank']} | {r['workers']} | "
+                     f"{r['seconds']} | {r['images_per_s']} | {r['peak_pss_mib']:.0f} MiB |")
+    if scaling:
+        lines.append(f"\n2 ranks vs 1 (one thread each, no decoding workers): {result['two_vs_one']}×")
     write_report(os.path.join(out, "extraction.md"), lines)
     return 0
 

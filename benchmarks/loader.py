@@ -19,7 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, results_dir, write_json  # noqa: E402
+from _common import machine, peak_rss_mib, results_dir, write_json  # noqa: E402
 
 CHUNK = 1 << 22
 
@@ -47,16 +47,6 @@ def generate(path: str, edges: int, entities: int, relations: int, seed: int = 0
                 return pc.binary_join_element_wise(prefix, pc.cast(pa.array(ids), pa.string()), "")
             out.write_table(pa.table([label("Q", heads), label("P", rels), label("Q", tails)], schema=schema))
     os.replace(path + ".tmp", path)
-
-
-def peak_rss_mib() -> float:
-    """This process's own high-water RSS (VmHWM). Not the rusage of a child: that starts from the
-    parent's RSS at fork time and would charge the generator's memory to the child."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def start_child(args: list[str]) -> subprocess.Popen:

@@ -44,9 +44,10 @@ def grid(args) -> list[tuple[str, list[tuple[str, str]]]]:
     return cells
 
 
-def protocol(cfg, args) -> str:
-    """What a row's number depends on besides the model, in one line."""
-    features = ", ".join(cfg.model.modalities) if cfg.model.modalities else "none (structure only)"
+def protocol(cfg, args, fused: list[str]) -> str:
+    """What a row's number depends on besides the model, in one line (``fused``: the modalities the run fused,
+    which ``model.modalities: auto`` leaves to the dataset)."""
+    features = ", ".join(fused) if fused else "none (structure only)"
     selection = f"best of validation every {args.select_every} epochs" if args.select_every else "last model"
     negatives = "1-vs-all cross-entropy" if cfg.train.negatives == "all" else \
         f"{cfg.train.num_negatives} {cfg.train.negatives} negatives, self-adversarial"
@@ -65,7 +66,7 @@ def run(args, data, recipe, label: str, overrides, seed: int) -> dict:
         trainer = local_trainer(cfg, data, run_dir if args.select_every else None, show_progress=sys.stderr.isatty())
         start = time.time()
         fit = trainer.fit()
-        result = {"variant": label, "seed": seed, "protocol": protocol(cfg, args), "overrides": overrides,
+        result = {"variant": label, "seed": seed, "protocol": protocol(cfg, args, trainer.modalities), "overrides": overrides,
                   "train_seconds": round(time.time() - start, 1), "epochs_trained": fit["epochs"]}
         if args.select_every:
             report = select_best(trainer, run_dir, lambda line: print(line, file=sys.stderr))

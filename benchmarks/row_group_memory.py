@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, results_dir, write_json  # noqa: E402
+from _common import machine, peak_rss_mib, results_dir, write_json  # noqa: E402
 
 
 def write(root: str, edges: int, group_rows: int) -> None:
@@ -41,15 +40,6 @@ def stream_child(root: str, window: int) -> None:
     stream = StreamingTriples(root, batch_size=4096, window_rows=window, workers=2, prefetch=1)
     rows = sum(len(b) for b in stream)
     print(json.dumps({"rows": rows, "seconds": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib()}))
-
-
-def peak_rss_mib() -> float:
-    """This process's peak RSS since exec (VmHWM; ru_maxrss would also count the parent's image it forked from)."""
-    try:
-        with open("/proc/self/status") as fh:
-            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:

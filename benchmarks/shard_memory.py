@@ -23,15 +23,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from _common import machine, results_dir, write_json  # noqa: E402
-
-
-def peak_rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from _common import machine, peak_rss_mib, results_dir, write_json  # noqa: E402
 
 
 def child(mode: str, rows: int, dim: int, feature_path: str, feature_dim: int, out: str) -> None:

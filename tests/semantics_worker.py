@@ -1,7 +1,9 @@
 """Worker for the one-semantics test: trains the default job for N steps in one process (``--local``) or as
 one rank of a torchrun world, and writes the initial tables' digests and the per-step global losses.
 ``--resume RUN`` first continues from RUN's newest checkpoint, ``--save RUN`` saves one at the end; both that and
-``--eval-only`` (no training) add the test-split metrics (checkpoints move between world sizes)."""
+``--eval-only`` (no training) add the test-split metrics (checkpoints move between world sizes).
+``--features`` also writes each modality's trained rows, one per entity (``features-<rank>.pt``), and the
+number of rows this process's modality tables hold (sparse tables)."""
 import hashlib
 import json
 import os
@@ -19,7 +21,8 @@ def digest(t: torch.Tensor) -> str:
 
 def main() -> None:
     out, local, eval_only = sys.argv[1], "--local" in sys.argv, "--eval-only" in sys.argv
-    args = [a for a in sys.argv[2:] if a not in ("--local", "--eval-only")]
+    features = "--features" in sys.argv
+    args = [a for a in sys.argv[2:] if a not in ("--local", "--eval-only", "--features")]
     paths = {flag: args[args.index(flag) + 1] for flag in ("--save", "--resume") if flag in args}
     overrides = [a for i, a in enumerate(args) if a not in paths and a not in paths.values()]
     run_dir = paths.get("--save") or paths.get("--resume")
@@ -70,6 +73,17 @@ def main() -> None:
         trainer.save()
     if "--save" in paths or eval_only:
         result["metrics"] = trainer.evaluate("test")
+    if features:
+        result["modality_rows"], trained = {}, {}
+        for m in trainer.modalities:
+            if local:
+                rows = trainer.runtime.tables.features[m].weight
+                trained[m] = trainer.runtime.tables.modality_rows(m, torch.arange(trainer.data.num_entities))
+            else:
+                rows = trainer.runtime.tables._weight(m).local_shards()[0].tensor
+                trained[m] = trainer.runtime.tables.full_table(m)
+            result["modality_rows"][m] = rows.shape[0]
+        torch.save({m: t.detach().clone() for m, t in trained.items()}, os.path.join(out, f"features-{rank}.pt"))
     with open(os.path.join(out, f"{'local' if local else 'rank'}-{rank}.json"), "w") as fh:
         json.dump(result, fh)
     if not local:       # barrier + destroy + immediate exit: a rank's teardown can otherwise abort (SIGABRT)

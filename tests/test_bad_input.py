@@ -143,6 +143,9 @@ def world(tmp_path_factory):
     meta = json.load(open(j("format1", "step-000000005", "meta.json")))
     meta.pop("format", None)
     _write(j("format1", "step-000000005", "meta.json"), json.dumps(meta))
+    # Format 2: a row of the trainable modality tables for every entity (format 3 keeps the present rows only).
+    shutil.copytree(good_ckpt, j("format2", "step-000000005"))
+    _write(j("format2", "step-000000005", "meta.json"), json.dumps({**meta, "format": 2}))
     shutil.copytree(j("run"), j("run_locked"))
     _write(j("run_locked", ".lock"), json.dumps({"pid": 1, "host": "another-host", "since": "earlier"}))
     return w
@@ -242,7 +245,8 @@ CASES = [
     ("evaluate-truncated", ["evaluate", "run", "--checkpoint", "truncated/checkpoints/step-000000008"], "step-000000008: checkpoint failed verification: dcp/__0_0.distcp has 1000 bytes"),
     ("evaluate-empty-checkpoint", ["evaluate", "run", "--checkpoint", "empty_ckpt/step-000000001"], "checkpoint failed verification: meta.json unreadable"),
     ("evaluate-single-file-checkpoint", ["evaluate", "run", "--checkpoint", "legacy/step-000000004.pt"], "step-000000004.pt: not a checkpoint folder (no meta.json); give a step-N/ folder of a run's checkpoints/ (single-file checkpoints of versions before checkpoint format 2 are not read)"),
-    ("evaluate-format-1-checkpoint", ["evaluate", "run", "--checkpoint", "format1/step-000000005"], "step-000000005: checkpoint format 1; this version reads format 2"),
+    ("evaluate-format-1-checkpoint", ["evaluate", "run", "--checkpoint", "format1/step-000000005"], "step-000000005: checkpoint format 1; this version reads format 3"),
+    ("evaluate-format-2-modality-tables", ["evaluate", "run", "--checkpoint", "format2/step-000000005"], "step-000000005: checkpoint format 2 holds a row of the trainable text, visual table(s) for every entity"),
     ("evaluate-not-a-run", ["evaluate", "userdir"], "userdir: no config.yaml"),
     ("evaluate-missing-run", ["evaluate", "no_such_run"], "no_such_run: not a run folder (not found)"),
     ("evaluate-no-good-checkpoint", ["evaluate", "truncated_run"], "truncated_run/checkpoints: no complete, verified checkpoint found"),

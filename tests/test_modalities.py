@@ -89,3 +89,42 @@ def test_a_run_says_each_validation_and_compare_puts_runs_side_by_side(tmp_path)
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     r = cli("compare", tmp_path / "nowhere", cwd=tmp_path)
     assert r.returncode == 2 and "neither a run folder" in r.stderr
+
+
+def test_sparse_rows_place_present_entities_on_their_owners_and_save_them_in_id_order():
+    """feature_rows.SparseRows with plain arrays: each owner's present entities fill its block of the padded
+    table in id order, the canonical spans of every rank's shard tile [0, P) exactly once in id order, and the
+    padded table filled from a dense reader holds each present entity's row where ``table_rows_of`` says."""
+    import numpy as np
+    import torch
+
+    from mmkgc_dist.parallel.feature_rows import SparseRows
+
+    rng = np.random.default_rng(0)
+    present = rng.random(103) < 0.2
+    dense = rng.standard_normal((103, 5)).astype(np.float32)
+    for world in (1, 2, 3, 8):
+        rows = SparseRows(present, world)
+        assert rows.total == present.sum() and rows.table_rows == world * rows.rows_per_block
+        assert rows.rows_per_block == max(max(rows.counts), 1) and sum(rows.counts) == rows.total
+        ids = torch.from_numpy(np.flatnonzero(present))
+        where = rows.table_rows_of(ids)
+        assert len(set(where.tolist())) == len(ids) and (where // rows.rows_per_block == ids // rows.block).all()
+        padded = rows.padded_values(lambda lo, hi: dense[lo:hi], span=7)(0, rows.table_rows)
+        assert torch.equal(padded[where], torch.from_numpy(dense[present]))
+        padding = torch.ones(rows.table_rows, dtype=torch.bool)
+        padding[where] = False
+        assert not padded[padding].any()                                     # padding rows stay zero
+        covered = []
+        for rank in range(world):
+            block = rows.block_rows(rank)
+            owned = present[rows.starts[rank]:rows.starts[rank + 1]]
+            assert (block[~torch.from_numpy(owned)] == -1).all()
+            assert block[torch.from_numpy(owned)].tolist() == list(range(rows.counts[rank]))
+            first = rank * rows.rows_per_block
+            covered += [(at, at + stop - start) for start, stop, at in
+                        rows.canonical_spans(first, rows.rows_per_block)]
+        assert sorted(covered) == covered and [a for a, _ in covered] == [0] + [b for _, b in covered][:-1]
+        assert (covered[-1][1] if covered else 0) == rows.total
+    none = SparseRows(np.zeros(10, bool), 2)
+    assert none.total == 0 and none.rows_per_block == 1 and none.canonical_spans(0, 2) == []

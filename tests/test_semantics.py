@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "semantics_worker.py")
@@ -85,6 +86,36 @@ def test_checkpoints_move_between_world_sizes(curves, tmp_path):
         assert len(run["losses"]) == 5 and worst <= 2e-3, (name, worst)
     for key in ("mrr", "mr", "hits@1", "hits@10"):
         assert evaluated["metrics"][key] == pytest.approx(two_saved["metrics"][key], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_sparse_modality_tables_same_at_any_world_size(tmp_path):
+    """At 20% visual coverage a modality table holds rows only for the entities that have the feature — in one
+    process exactly those, on each of two ranks about a fifth of its owned block (the dense table held every
+    owned entity) — and both train the same model: the same loss curve, the same trained feature rows, zeros for
+    every entity without the feature."""
+    extra = ("--data.synthetic.visual_missing=0.8", "--train.max_steps=10", "--features")
+    one, two = launch(tmp_path / "one", None, *extra), launch(tmp_path / "two", 2, *extra)
+    from mmkgc_dist.config import load_config
+    from mmkgc_dist.data.synthetic import generate
+
+    data = generate(load_config(None, [("data.synthetic.visual_missing", "0.8")]).data.synthetic)
+    present = data.features["visual"].present
+    assert 0.15 < present.mean() < 0.25
+    assert one["modality_rows"]["visual"] == present.sum()
+    owned = -(-data.num_entities // 2)
+    assert two["modality_rows"]["visual"] <= 0.3 * owned, two["modality_rows"]
+    assert one["initial"] == two["initial"]
+    worst = max(abs(a - b) / abs(b) for a, b in zip(two["losses"], one["losses"]))
+    assert len(two["losses"]) == 10 and worst <= 0.02, worst
+    trained = [torch.load(tmp_path / run / name, weights_only=True)
+               for run, name in (("one", "features-0.pt"), ("two", "features-0.pt"))]
+    visual = [t["visual"] for t in trained]
+    moved = (visual[0] - torch.from_numpy(data.features["visual"].values)).abs().max()
+    apart = (visual[0] - visual[1]).abs().max()
+    print(f"visual rows: moved up to {moved:.2e} in 10 steps; one process vs 2 ranks up to {apart:.2e}")
+    assert moved > 1e-3 and apart <= 0.05 * moved, (moved, apart)      # summation order, through Adam
+    assert not visual[1][~torch.from_numpy(present)].any()
 
 
 @pytest.mark.slow

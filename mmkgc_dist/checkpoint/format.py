@@ -2,7 +2,10 @@
 
 Layout of one checkpoint (``checkpoints/step-NNNNNNNNN/``):
     dcp/                 torch.distributed.checkpoint, reshardable (written by N ranks or one process, read by M):
-                           tables.<table>      trainable tables at TorchRec's row width (a multiple of 4)
+                           tables.<table>      trainable tables at TorchRec's row width (a multiple of 4); a
+                                               modality's holds the rows of the entities that have it, in id
+                                               order (parallel/feature_rows.py; format 3 — format 2 had a row
+                                               per entity)
                            optimizer.<table>.* their optimizer state at the table's own width (optim.table_state)
                            dense.*             the AdaMF fusion weights
                            fused_optimizer     only for layouts updated by FBGEMM's fused row-wise Adagrad
@@ -41,7 +44,9 @@ from .catalogue import checkpoint_at, digests, prune
 from .safe_load import dcp_reader_and_planner, safe_torch_load
 
 log = logging.getLogger("mmkgc_dist")
-FORMAT = 2
+FORMAT = 3
+# Format 2 differs only in its trainable modality tables (a row per entity): one without them reads as format 3.
+READABLE = (2, FORMAT)
 
 
 def _reason(exc: BaseException) -> str:
@@ -151,7 +156,7 @@ def read_meta(ckpt) -> dict:
     """The checkpoint's meta.json, checked for this format (older layouts get a one-line error)."""
     with open(ckpt.record) as fh:
         meta = json.load(fh)
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in READABLE:
         raise CheckpointError(f"{ckpt.path}: checkpoint format {meta.get('format', 1)}; this version reads format "
                               f"{FORMAT} (use the version that wrote it to evaluate or export it)")
     return meta
@@ -178,6 +183,12 @@ def load(runtime, path: str, streamed: bool, optimizer: bool = True) -> dict:
     meta = read_meta(ckpt)
     _check_fits(runtime, meta, path, optimizer)
     state = runtime.checkpoint_state(optimizer)
+    dense_modalities = sorted(set(state["tables"]) - {"entity", "relation"})
+    if meta["format"] == 2 and dense_modalities:
+        raise CheckpointError(f"{path}: checkpoint format 2 holds a row of the trainable {', '.join(dense_modalities)} "
+                              f"table(s) for every entity; this version keeps rows only for the entities that have "
+                              f"the feature (format 3): evaluate or export it with the version that wrote it, or "
+                              f"retrain")
     reader, planner = dcp_reader_and_planner(os.path.join(ckpt.path, "dcp"))
     reader.read_metadata()                                # refused here, with our message, if not plain data
     try:

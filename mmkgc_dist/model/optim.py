@@ -200,38 +200,46 @@ def table_optimizer(name: str, params: list, lr: float, adagrad_lr: float):
 # "<table>.exp_avg", "<table>.exp_avg_sq", "<table>.step" (adam) or "<table>.sum" (rowwise_adagrad), at the
 # table's own width. ``LazyAdam``/``RowwiseAdagrad`` here and ``parallel.tables.ShardedRowOptimizer`` write and
 # read the same names, so a checkpoint of one process resumes on N ranks and back.
-def table_state(opt, params: dict[str, Tensor], widths: dict[str, int]) -> dict[str, Tensor]:
-    """The named state of a dense-gradient table optimizer (zeros for tables not stepped yet). Tensors that
-    are the optimizer's own are returned as they are, so a checkpoint load can fill them in place."""
+def table_state(opt, params: dict[str, Tensor], widths: dict[str, int],
+                rows: dict[str, int] | None = None) -> dict[str, Tensor]:
+    """The named state of a dense-gradient table optimizer (zeros for tables not stepped yet), of the first
+    ``rows[name]`` rows of a table (default: all; a modality table's placeholder row is not saved). Tensors
+    that are the optimizer's own are returned as they are (or as views of their first rows), so a checkpoint
+    load can fill them in place."""
     out = {}
     for name, p in params.items():
-        state, width = opt.state.get(p, {}), widths[name]
+        state, width, count = opt.state.get(p, {}), widths[name], (rows or {}).get(name, p.shape[0])
         if isinstance(opt, LazyAdam):
             out[f"{name}.step"] = state.get("step", torch.zeros((), dtype=torch.int64))
             for key in ("exp_avg", "exp_avg_sq"):
                 moment = state.get(key)
-                out[f"{name}.{key}"] = moment[:, :width].contiguous() if moment is not None \
-                    else torch.zeros(p.shape[0], width, device=p.device)
+                out[f"{name}.{key}"] = moment[:count, :width].contiguous() if moment is not None \
+                    else torch.zeros(count, width, device=p.device)
         else:
-            out[f"{name}.sum"] = state["sum"] if "sum" in state else torch.zeros(p.shape[0], device=p.device)
+            out[f"{name}.sum"] = state["sum"][:count] if "sum" in state else torch.zeros(count, device=p.device)
     return out
 
 
 @torch.no_grad()
 def load_table_state(opt, params: dict[str, Tensor], values: dict[str, Tensor]) -> None:
-    """Install named state (as ``table_state`` returns it, filled by a checkpoint load) into ``opt``."""
+    """Install named state (as ``table_state`` returns it, filled by a checkpoint load) into ``opt``; state
+    of fewer rows than the table fills its first rows."""
+    def installed(current: Tensor | None, value: Tensor, shape: tuple[int, ...], device) -> Tensor:
+        value = value.to(device, torch.float32)
+        if current is not None and current.data_ptr() == value.data_ptr():
+            return current                                   # filled in place
+        whole = torch.zeros(shape, device=device)
+        whole[tuple(slice(0, n) for n in value.shape)] = value
+        return whole
+
     for name, p in params.items():
         state = opt.state[p]
         if isinstance(opt, LazyAdam):
             state["step"] = values[f"{name}.step"].to("cpu", torch.int64, copy=True)   # a host counter
             for key in ("exp_avg", "exp_avg_sq"):
-                value = values[f"{name}.{key}"].to(p.device, torch.float32)
-                if state.get(key) is None or state[key].data_ptr() != value.data_ptr():
-                    full = torch.zeros_like(p)
-                    full[:, :value.shape[1]] = value
-                    state[key] = full
+                state[key] = installed(state.get(key), values[f"{name}.{key}"], p.shape, p.device)
         else:
-            state["sum"] = values[f"{name}.sum"].to(p.device, torch.float32)
+            state["sum"] = installed(state.get("sum"), values[f"{name}.sum"], p.shape[:1], p.device)
 
 
 def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:

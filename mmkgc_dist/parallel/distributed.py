@@ -322,7 +322,8 @@ class DistributedRuntime:
         """The tensors of the checkpoint format (checkpoint.py) as this rank holds them: its shards of the
         trainable tables and of their optimizer state, the replicated tables and the fusion weights."""
         tables = self.tables
-        state = {"tables": {name: tables._weight(name) for name, trainable in tables.trainable.items() if trainable},
+        state = {"tables": {name: tables.saved(name) for name, trainable in tables.trainable.items()
+                            if trainable and (name not in tables.sparse or tables.sparse[name].total)},
                  "dense": self.model.state_dict()}
         if optimizer:
             named = tables.row_optimizer.sharded_state() if tables.row_optimizer is not None else {}
@@ -336,6 +337,8 @@ class DistributedRuntime:
     def restore_state(self, state: dict, optimizer: bool) -> None:
         """Tables, fusion weights and sharded optimizer state were filled in place by the load; install the
         rest."""
+        for name, loaded in state["tables"].items():
+            self.tables.restore_replicated(name, loaded)
         if not optimizer:
             return
         if self.replicated_optimizer is not None:

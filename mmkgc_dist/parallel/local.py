@@ -179,18 +179,25 @@ class LocalRuntime:
         raise NotImplementedError("one process keeps the generators' optimizer whole (zero_stage 0)")
 
     def _trainable_tables(self) -> dict[str, nn.Parameter]:
+        """The tables a checkpoint holds; a modality table that no entity has is left out (nothing to save)."""
         tables = {"entity": self.tables.entity.weight, "relation": self.tables.relation.weight}
-        tables.update({m: t.weight for m, t in self.tables.features.items() if t.weight.requires_grad})
+        tables.update({m: t.weight for m, t in self.tables.features.items()
+                       if t.weight.requires_grad and self.tables.saved_rows(m)})
         return tables
+
+    def _saved_rows(self) -> dict[str, int]:
+        """Rows saved of each modality table: the present entities' (feature_rows.py), at every world size."""
+        return {m: self.tables.saved_rows(m) for m in self.tables.features}
 
     def checkpoint_state(self, optimizer: bool) -> dict:
         """The tensors of the checkpoint format (checkpoint.py): tables at TorchRec's row width, fusion
         weights, and with ``optimizer`` the table optimizer's named state."""
-        tables = self._trainable_tables()
-        state = {"tables": {name: pad_rows(p.detach()) for name, p in tables.items()},
+        tables, saved = self._trainable_tables(), self._saved_rows()
+        state = {"tables": {name: pad_rows(p.detach()[:saved.get(name, len(p))]) for name, p in tables.items()},
                  "dense": self.model.state_dict()}
         if optimizer:
-            state["optimizer"] = table_state(self.table_optimizer, tables, {n: p.shape[1] for n, p in tables.items()})
+            state["optimizer"] = table_state(self.table_optimizer, tables, {n: p.shape[1] for n, p in tables.items()},
+                                             saved)
         return state
 
     @torch.no_grad()
@@ -200,6 +207,6 @@ class LocalRuntime:
         for name, p in tables.items():
             loaded = state["tables"][name]
             if loaded.data_ptr() != p.data_ptr():
-                p.copy_(loaded[:, :p.shape[1]])
+                p[:len(loaded)].copy_(loaded[:, :p.shape[1]])
         if optimizer:
             load_table_state(self.table_optimizer, tables, state["optimizer"])

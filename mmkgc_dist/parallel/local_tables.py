@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..data.format import Features
 from ..model.kgc import EntityRows
 from ..rng import uniform_rows
+from .feature_rows import SparseRows, scatter_present
 
 
 def row_width(width: int) -> int:
@@ -45,20 +46,36 @@ class LocalTables(nn.Module):
         # trainer built from the same data would start from the first one's trained features).
         # Frozen features may be stored in half precision (parallel.frozen_dtype): half the memory and the
         # bytes read per lookup; rows are widened to fp32 when looked up.
-        def table(values):
-            if trainable_features:
-                return torch.tensor(values)
-            return torch.from_numpy(values).to(frozen_dtype)
+        # A modality's table holds the rows of the entities that have it, in id order (feature_rows.py).
+        self.sparse = {m: SparseRows(f.present, 1) for m, f in features.items()}
+
+        def table(f, rows: SparseRows):
+            values = torch.from_numpy(f.values[f.present])        # a copy: the dataset is never written
+            if not rows.total:                                    # no entity has it: one row, never looked up
+                values = torch.zeros(1, f.dim)
+            return values if trainable_features else values.to(frozen_dtype)
         self.features = nn.ModuleDict({
-            m: nn.Embedding.from_pretrained(table(f.values), freeze=not trainable_features, sparse=True)
+            m: nn.Embedding.from_pretrained(table(f, self.sparse[m]), freeze=not trainable_features, sparse=True)
             for m, f in features.items()})
         for m, f in features.items():
             self.register_buffer(f"present_{m}", torch.from_numpy(f.present.copy()))
+            self.register_buffer(f"rows_{m}", self.sparse[m].block_rows(0))
 
     def lookup(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EntityRows, Tensor]:
         """Rows of the given entities and relations (one call: the sharded version is one collective)."""
         return self.entities(entity_ids), self.relation(relation_ids)
 
     def entities(self, ids: Tensor) -> EntityRows:
-        return EntityRows(self.entity(ids), {m: t(ids).float() for m, t in self.features.items()},
+        return EntityRows(self.entity(ids), {m: self.modality_rows(m, ids) for m in self.features},
                           {m: getattr(self, f"present_{m}")[ids] for m in self.features})
+
+    def modality_rows(self, modality: str, ids: Tensor) -> Tensor:
+        """[len(ids), dim] float rows of one modality: the table's rows of the entities that have it, zeros
+        for the others (only present rows are looked up, so only they get a gradient)."""
+        rows = getattr(self, f"rows_{modality}")[ids]
+        hit = (rows >= 0).nonzero().squeeze(1)
+        return scatter_present(len(ids), hit, self.features[modality](rows[hit].long()))
+
+    def saved_rows(self, modality: str) -> int:
+        """Rows of a modality's table that a checkpoint holds: the present entities' (no placeholder row)."""
+        return self.sparse[modality].total

@@ -8,7 +8,9 @@ on the rows each owner looked up (TorchRec's fused step is then a no-op; FBGEMM'
 a non-row-wise layout falls back to FBGEMM's fused row-wise Adagrad. Frozen feature tables live in a
 separate collection type whose sharder has no optimizer state, their output is detached, and they may
 be stored in fp16. Initial rows are drawn per shard (rng.uniform_rows). Presence masks are small (one bool
-per entity and modality) and replicated.
+per entity and modality) and replicated. A modality's table holds rows only for the entities that have the
+feature, padded per owner so row-wise sharding keeps them on their owners; checkpoints hold the present rows in id
+order at every world size (feature_rows.py).
 """
 from __future__ import annotations
 
@@ -32,7 +34,9 @@ from ..data.format import Features
 from ..model.kgc import EntityRows
 from ..errors import ConfigError
 from ..model.optim import adagrad_rows_, adam_rows_, every_row
+from ..data.extraction import owner_block
 from ..rng import uniform_rows
+from .feature_rows import SparseRows, scatter_present
 from .local_tables import FROZEN_DTYPES, row_width
 from .env import DistEnv, allreduce_sum_hook
 
@@ -91,12 +95,16 @@ class ShardedTables(nn.Module):
                  cfg: ParallelConfig, seed: int, table_optimizer: str, lr: float, adagrad_lr: float):
         super().__init__()
         self.env, self.modalities = env, list(features)
+        # the first entity this rank owns (embedder.owner_block): row-wise entity rows are indexed from it
+        self.first_entity = min(env.rank * owner_block(num_entities, env.world_size), num_entities)
+        self.sparse = {m: SparseRows(f.present, env.world_size) for m, f in features.items()}
         frozen_dtype = dtype_to_data_type(FROZEN_DTYPES[cfg.frozen_dtype])     # one table of the choices
         entity_width, relation_width = widths             # the scorer's (scorers/base.py)
         specs = {"entity": (num_entities, entity_width, True, DataType.FP32),
                  "relation": (num_relations, relation_width, True, DataType.FP32)}
         for m, f in features.items():
-            specs[m] = (num_entities, f.dim, trainable_features, DataType.FP32 if trainable_features else frozen_dtype)
+            specs[m] = (self.sparse[m].table_rows, f.dim, trainable_features,
+                        DataType.FP32 if trainable_features else frozen_dtype)
         self.trainable = {name: spec[2] for name, spec in specs.items()}
         # TorchRec kernels need widths that are multiples of 4 (d=250 relations are not): pad, slice on lookup.
         self.widths = {name: spec[1] for name, spec in specs.items()}
@@ -142,28 +150,27 @@ class ShardedTables(nn.Module):
                          lambda r0, r1: uniform_rows(seed, "relation_init", r0, r1, relation_width,
                                                                      relation_bound))
         for m, f in features.items():          # each rank reads only its rows of the feature file
-            self.init_shards(m, lambda r0, r1, f=f: torch.from_numpy(np.ascontiguousarray(f.rows(r0, r1))))
+            self.init_shards(m, self.sparse[m].padded_values(f.rows))
             self.register_buffer(f"present_{m}", torch.from_numpy(f.present.copy()))
+            self.register_buffer(f"rows_{m}", self.sparse[m].block_rows(env.rank))
         trainable_rows = [t for t in specs if t != "relation" and self.trainable[t]]
-        self.row_optimizer = ShardedRowOptimizer(self, trainable_rows, table_optimizer, lr, adagrad_lr, num_entities,
-                                                 env) if rows_by_owner else None
-        self.local_rows = self._owner_blocks(chosen, num_entities)
+        self.row_optimizer = ShardedRowOptimizer(self, trainable_rows, table_optimizer, lr, adagrad_lr) \
+            if rows_by_owner else None
+        self.local_rows = self._owner_blocks(chosen)
         self.relation_weight = next((p for n, p in self.dmp.named_parameters() if n.split(".")[0] == "relation"),
                                     None) if self.local_rows else None
 
-    def _owner_blocks(self, chosen: dict[str, str], num_entities: int) -> bool:
+    def _owner_blocks(self, chosen: dict[str, str]) -> bool:
         """True when every entity-indexed table is row-wise in the owners' blocks (embedder.owner_block) and
         relations are replicated: then a lookup of owned ids reads the local shards directly (``lookup_owned``)."""
-        from .embedder import owner_block
-
         if chosen.get("relation") != "data_parallel" or self.row_optimizer is None:
             return False
-        first = min(self.env.rank * owner_block(num_entities, self.env.world_size), num_entities)
         for name, kind in chosen.items():
             if name == "relation":
                 continue
+            expected = self.env.rank * self.sparse[name].rows_per_block if name in self.sparse else self.first_entity
             shards = self._weight(name).local_shards() if kind == "row_wise" else None
-            if not shards or len(shards) != 1 or shards[0].metadata.shard_offsets != [first, 0]:
+            if not shards or len(shards) != 1 or shards[0].metadata.shard_offsets != [expected, 0]:
                 return False
         return True
 
@@ -197,17 +204,58 @@ class ShardedTables(nn.Module):
         return [list(weight.shape)]
 
     def full_table(self, name: str) -> Tensor:
-        """Gather a whole table onto every rank (tests and small-graph tools only)."""
+        """Gather a whole table onto every rank (tests and small-graph tools only); a modality's as one row per
+        entity, zeros where absent."""
         weight = self._weight(name)
         if not hasattr(weight, "local_shards"):
-            return weight.detach().clone().float()[:, :self.widths[name]]
-        rows, width = weight.size()
-        full = torch.zeros(rows, width)
-        for shard in weight.local_shards():
-            (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-            full[r0:r0 + nr, c0:c0 + nc] = shard.tensor.float()
-        dist.all_reduce(full)   # shards are disjoint: the sum assembles the table
-        return full[:, :self.widths[name]]
+            full = weight.detach().clone().float()
+        else:
+            full = torch.zeros(*weight.size())
+            for shard in weight.local_shards():
+                (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                full[r0:r0 + nr, c0:c0 + nc] = shard.tensor.float()
+            dist.all_reduce(full)   # shards are disjoint: the sum assembles the table
+        full = full[:, :self.widths[name]]
+        if name not in self.sparse:
+            return full
+        sparse, dense = self.sparse[name], torch.zeros(len(self.sparse[name].present), self.widths[name])
+        present = torch.from_numpy(sparse.present)
+        dense[present] = full[sparse.table_rows_of(present.nonzero().squeeze(1))]
+        return dense
+
+    def saved(self, name: str, state: list[Tensor] | None = None, trailing: list[int] | None = None):
+        """A table as checkpoints hold it: a ShardedTensor over this rank's shards whose pieces are views, so a
+        load fills them in place. With ``state`` (one tensor per local shard, rows as the shard's, of trailing
+        shape ``trailing``): optimizer state kept beside the rows, in the same layout. Modality tables are saved
+        canonically, the present rows in id order (feature_rows.py); a replicated one as a copy of those rows
+        (``restore_replicated`` puts a loaded copy back)."""
+        from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, ShardMetadata
+
+        weight, sparse = self._weight(name), self.sparse.get(name)
+        if not hasattr(weight, "local_shards"):
+            return weight[self._present_table_rows(name)] if sparse else weight
+        shards = weight.local_shards()
+        tensors = [s.tensor for s in shards] if state is None else state
+        trailing = list(weight.size()[1:]) if state is None else trailing
+        pieces = []
+        for shard, tensor in zip(shards, tensors):
+            (r0, c0), (nr, _) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+            columns = [c0] if state is None else [0] * len(trailing)
+            for start, stop, at in sparse.canonical_spans(r0, nr) if sparse else [(0, nr, r0)]:
+                piece = tensor[start:stop]
+                pieces.append(Shard(piece, ShardMetadata([at, *columns], list(piece.shape), shard.metadata.placement)))
+        return ShardedTensor._init_from_local_shards(pieces, sparse.total if sparse else weight.size(0), *trailing)
+
+    def _present_table_rows(self, name: str) -> Tensor:
+        present = torch.from_numpy(self.sparse[name].present)
+        return self.sparse[name].table_rows_of(present.nonzero().squeeze(1))
+
+    @torch.no_grad()
+    def restore_replicated(self, name: str, loaded: Tensor) -> None:
+        """Put a loaded copy of a replicated modality table's present rows (``saved``) back into the table."""
+        weight = self._weight(name)
+        if name in self.sparse and not hasattr(weight, "local_shards"):
+            weight[self._present_table_rows(name)] = loaded.to(weight.dtype)
 
     def plan_summary(self) -> str:
         return str(self.plan)
@@ -222,20 +270,26 @@ class ShardedTables(nn.Module):
 
     # ---------------------------------------------------------------------------------- lookup
     def lookup(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EntityRows, Tensor]:
-        features = {"entity": _jagged("entity", entity_ids), "relation": _jagged("relation", relation_ids)}
+        """Rows of any ids through TorchRec's lookup (a collective every rank makes); a modality's table is
+        asked for the present entities only."""
+        ids = {"entity": entity_ids, "relation": relation_ids}
+        hits = {}
         for m in self.modalities:
-            features[m] = _jagged(m, entity_ids)
-        out = self.dmp(features)
-        counts = {"entity": len(entity_ids), "relation": len(relation_ids), **{m: len(entity_ids) for m in self.modalities}}
-        rows = {name: out[name][name].values()[:counts[name], :self.widths[name]] for name in features}
-        for m in self.modalities:
-            rows[m] = rows[m].float() if self.trainable[m] else rows[m].detach().float()
+            hits[m] = getattr(self, f"present_{m}")[entity_ids].nonzero().squeeze(1)
+            ids[m] = self.sparse[m].table_rows_of(entity_ids[hits[m]])
+        out = self.dmp({name: _jagged(name, i) for name, i in ids.items()})
+        rows = {name: out[name][name].values()[:len(i), :self.widths[name]] for name, i in ids.items()}
         if self.row_optimizer is not None:
             for name in self.row_optimizer.names:
-                self.row_optimizer.capture(name, entity_ids, rows[name])
-        entity = EntityRows(rows["entity"], {m: rows[m] for m in self.modalities},
-                            {m: getattr(self, f"present_{m}")[entity_ids] for m in self.modalities})
-        return entity, rows["relation"]
+                first = self.env.rank * self.sparse[name].rows_per_block if name in self.sparse else self.first_entity
+                self.row_optimizer.capture(name, ids[name] - first, rows[name])
+        for m in self.modalities:
+            rows[m] = scatter_present(len(entity_ids), hits[m], rows[m] if self.trainable[m] else rows[m].detach())
+        return self._entity_rows(entity_ids, rows), rows["relation"]
+
+    def _entity_rows(self, entity_ids: Tensor, rows: dict[str, Tensor]) -> EntityRows:
+        return EntityRows(rows["entity"], {m: rows[m] for m in self.modalities},
+                          {m: getattr(self, f"present_{m}")[entity_ids] for m in self.modalities})
 
     def lookup_owned(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EntityRows, Tensor]:
         """``lookup`` of ids this rank owns (the owner-computes fusion asks for nothing else). In the owners'
@@ -244,19 +298,23 @@ class ShardedTables(nn.Module):
         replica's ``.grad`` (summed over ranks with the dense gradients, see DistributedRuntime)."""
         if not self.local_rows:
             return self.lookup(entity_ids, relation_ids)
-        local = entity_ids - self.row_optimizer.first_row
-        rows = {}
-        for name in ["entity", *self.modalities]:
-            shard = self._weight(name).local_shards()[0].tensor.detach()
-            # every owned row asked for (small graphs): the shard itself, no gather
-            block = shard[:, :self.widths[name]] if every_row(local, len(shard)) else shard[local, :self.widths[name]]
-            if self.trainable[name]:
-                block = block.requires_grad_(torch.is_grad_enabled())
-                self.row_optimizer.capture(name, entity_ids, block)
-            rows[name] = block.float()
-        entity = EntityRows(rows["entity"], {m: rows[m] for m in self.modalities},
-                            {m: getattr(self, f"present_{m}")[entity_ids] for m in self.modalities})
-        return entity, self.relation_rows(relation_ids)
+        local = entity_ids - self.first_entity
+        rows = {"entity": self._owned_block("entity", local)}
+        for m in self.modalities:
+            table_rows = getattr(self, f"rows_{m}")[local]          # −1: the entity has no row
+            hit = (table_rows >= 0).nonzero().squeeze(1)
+            rows[m] = scatter_present(len(entity_ids), hit, self._owned_block(m, table_rows[hit].long()))
+        return self._entity_rows(entity_ids, rows), self.relation_rows(relation_ids)
+
+    def _owned_block(self, name: str, local: Tensor) -> Tensor:
+        """Rows ``local`` of this rank's shard (every row asked for, as on small graphs: the shard itself, no
+        gather), their gradient captured for the row optimizer when the table trains."""
+        shard = self._weight(name).local_shards()[0].tensor.detach()
+        block = shard[:, :self.widths[name]] if every_row(local, len(shard)) else shard[local, :self.widths[name]]
+        if self.trainable[name]:
+            block = block.requires_grad_(torch.is_grad_enabled())
+            self.row_optimizer.capture(name, local, block)
+        return block.float()
 
     def relation_rows(self, relation_ids: Tensor) -> Tensor:
         """Rows of the replicated relation table (owners' row layout only)."""
@@ -276,13 +334,9 @@ class ShardedRowOptimizer:
     used the rows — and ``step`` updates the local shard. The optimizer state lives beside the shard and is
     saved as ShardedTensors of the same row layout, so torch.distributed.checkpoint reshards it with the table."""
 
-    def __init__(self, tables: "ShardedTables", names: list[str], rule: str, lr: float, adagrad_lr: float,
-                 num_entities: int, env: DistEnv):
-        from .embedder import owner_block
-
+    def __init__(self, tables: "ShardedTables", names: list[str], rule: str, lr: float, adagrad_lr: float):
         self.tables, self.names, self.rule = tables, names, rule
         self.lr = lr if rule == "adam" else adagrad_lr
-        self.first_row = min(env.rank * owner_block(num_entities, env.world_size), num_entities)
         self.step_count = torch.zeros((), dtype=torch.int64)
         self.pending: list[tuple[str, Tensor, Tensor]] = []
         self._state: dict[str, dict[str, Tensor]] | None = None
@@ -302,9 +356,10 @@ class ShardedRowOptimizer:
         shards = self.tables._weight(name).local_shards()
         return shards[0].tensor if shards else torch.zeros(0, self.tables.widths[name])
 
-    def capture(self, name: str, ids: Tensor, rows: Tensor) -> None:
+    def capture(self, name: str, local: Tensor, rows: Tensor) -> None:
+        """Keep the gradient of ``rows``, rows ``local`` (sorted, unique) of this rank's shard of ``name``."""
         if rows.requires_grad and torch.is_grad_enabled():
-            rows.register_hook(lambda grad, name=name, ids=ids: self.pending.append((name, ids, grad)))
+            rows.register_hook(lambda grad, name=name, local=local: self.pending.append((name, local, grad)))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.pending.clear()
@@ -312,9 +367,8 @@ class ShardedRowOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         self.step_count += 1
-        for name, ids, grad in self.pending:
-            weight, state, local = self._shard(name)[:, :self.tables.widths[name]], self.state[name], \
-                ids - self.first_row
+        for name, local, grad in self.pending:
+            weight, state = self._shard(name)[:, :self.tables.widths[name]], self.state[name]
             if self.rule == "adam":
                 adam_rows_(weight, state["exp_avg"], state["exp_avg_sq"], local, grad.float(),
                            int(self.step_count), self.lr)
@@ -325,17 +379,12 @@ class ShardedRowOptimizer:
     def sharded_state(self) -> dict:
         """The state under optim.table_state's names, as ShardedTensors over this rank's rows: a checkpoint
         load (any world size, one process included) fills it in place."""
-        from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, ShardMetadata
-
         out = {}
         for name in self.names:
+            if name in self.tables.sparse and not self.tables.sparse[name].total:
+                continue                       # a modality no entity has: nothing to save (as in one process)
             if self.rule == "adam":
                 out[f"{name}.step"] = self.step_count
-            weight = self.tables._weight(name)
             for which, tensor in self.state[name].items():
-                size = [weight.size(0), *tensor.shape[1:]]
-                shards = [Shard(tensor, ShardMetadata([s.metadata.shard_offsets[0], *([0] * (tensor.dim() - 1))],
-                                                      list(tensor.shape), s.metadata.placement))
-                          for s in weight.local_shards()]
-                out[f"{name}.{which}"] = ShardedTensor._init_from_local_shards(shards, *size)
+                out[f"{name}.{which}"] = self.tables.saved(name, [tensor], list(tensor.shape[1:]))
         return out

@@ -2,7 +2,7 @@
 is refused in one line naming the key and the bytes instead of failing deep in an allocation.
 
 The estimate counts what is certain to exist on one process: its share of the entity-indexed tables (with Adam's
-two moments where they train), the relation table, the fusion projections and the generators (each with a
+two moments where they train; a modality's table has rows only for the entities that have the feature), the relation table, the fusion projections and the generators (each with a
 gradient and two moments), and one step's score block (batch x negatives x 2d floats, a few times over for
 autograd). It is a lower bound: a run refused here could not have run; one accepted may still need more.
 """
@@ -22,15 +22,18 @@ ALL_COPIES = 4        # scores, exp(scores − max), their gradients: [2B, entit
 
 
 def terms(cfg, num_entities: int, num_relations: int, feature_dims: dict[str, int], world_size: int,
-          use_mat: bool) -> dict[str, int]:
-    """{config key responsible: bytes} on one process."""
+          use_mat: bool, feature_entities: dict[str, int] | None = None) -> dict[str, int]:
+    """{config key responsible: bytes} on one process. ``feature_entities``: how many entities have each
+    modality (default: all)."""
     width = 2 * cfg.model.dim
     rows = -(-num_entities // world_size)
     features = TRAINED if cfg.model.raw_features == "trainable" else 1
     out = {"model.dim": rows * width * FLOAT * TRAINED + num_relations * cfg.model.dim * FLOAT * TRAINED
            + sum(d * width for d in feature_dims.values()) * FLOAT * DENSE}
     if feature_dims:
-        out["model.modalities"] = rows * sum(feature_dims.values()) * FLOAT * features
+        have = feature_entities or {}
+        out["model.modalities"] = sum(-(-have.get(m, num_entities) // world_size) * d
+                                      for m, d in feature_dims.items()) * FLOAT * features
     if use_mat:
         per_modality = (cfg.mat.noise_dim + width) * cfg.mat.hidden + cfg.mat.hidden * width
         out["mat.hidden"] = len(feature_dims) * per_modality * FLOAT * DENSE
@@ -54,9 +57,9 @@ def available_bytes(device) -> int | None:
 
 
 def check_fits(cfg, num_entities: int, num_relations: int, feature_dims: dict[str, int], world_size: int,
-               use_mat: bool, device) -> None:
+               use_mat: bool, device, feature_entities: dict[str, int] | None = None) -> None:
     """Raise ValueError (a ConfigError at the call site) when the estimate exceeds the device's memory."""
-    found = terms(cfg, num_entities, num_relations, feature_dims, world_size, use_mat)
+    found = terms(cfg, num_entities, num_relations, feature_dims, world_size, use_mat, feature_entities)
     have = available_bytes(device)
     need = sum(found.values())
     if have is None or need <= have:

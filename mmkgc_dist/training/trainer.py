@@ -46,8 +46,9 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         tune_training_process()
-        fits = lambda dims, use_mat: check_fits(cfg, data.num_entities, data.num_relations, dims,  # noqa: E731
-                                                runtime.world_size, use_mat, runtime.device)
+        fits = lambda dims, use_mat: check_fits(  # noqa: E731
+            cfg, data.num_entities, data.num_relations, dims, runtime.world_size, use_mat, runtime.device,
+            {m: int(data.features[m].present.sum()) for m in dims})
         model = assemble_model(cfg, data, runtime, training=True, before_build=fits)
         self.modalities, self.scoring, self.use_mat = model.modalities, model.scoring, model.use_mat
         self.stream = self._make_stream()
