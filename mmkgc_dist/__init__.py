@@ -7,10 +7,12 @@ if "torch" in _sys.modules:         # torch came first: flush before its worker 
     _flush_denormals()
 
 
-def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", overrides=()):
-    """A trained run's model in this process (``predict``, ``score``, ``neighbours``); see predict.py."""
+def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", overrides=(), **encoders):
+    """A trained run's model in this process (``predict``, ``score``, ``neighbours``, also for entities the graph
+    does not hold, by their text or image); ``encoders``: ``text_model``, ``image_encoder``, ``image_weights``
+    where the dataset's features were not made by the packaged models. See predict.py."""
     from .serving.predict import load_run as load
-    return load(run_dir, checkpoint, device, overrides)
+    return load(run_dir, checkpoint, device, overrides, **encoders)
 
 
 def read_embeddings(path: str, verify: bool = True):

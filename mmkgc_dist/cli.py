@@ -111,6 +111,12 @@ def cmd_predict(args, overrides) -> int:
 
     from .serving.predict import load_run
 
+    content = {k: v for k, v in (("text", args.new_text), ("image", args.new_image), ("name", args.new_name))
+               if v is not None}
+    if "text" in content or "image" in content:
+        setattr(args, args.new_as, content)                  # the new entity takes its place in the query
+    elif content:
+        raise ConfigError("predict --new-name: give the new entity's --new-text and/or --new-image")
     given = [x is not None for x in (args.head, args.relation, args.tail)]
     if args.batch is not None:
         if any(given) or not args.output:
@@ -118,7 +124,8 @@ def cmd_predict(args, overrides) -> int:
                               "--relation or --tail (the file holds the queries)")
     elif sum(given) != 2:
         raise ConfigError("predict: give two of --head, --relation, --tail (the third is predicted), or --batch FILE")
-    model = load_run(args.run_dir, args.checkpoint, overrides=[f"--{k}={v}" for k, v in overrides])
+    model = load_run(args.run_dir, args.checkpoint, overrides=[f"--{k}={v}" for k, v in overrides],
+                     text_model=args.text_model, image_encoder=args.image_encoder, image_weights=args.image_weights)
     known = "filter" if args.filter_known else "mark"
     if args.batch is not None:
         done = model.predict_file(args.batch, args.output, k=args.top, known=known, strict=args.strict)
@@ -127,15 +134,18 @@ def cmd_predict(args, overrides) -> int:
               (f"; {done['unknown']} could not be answered (listed with the reason in {done['unknown_file']})"
                if done["unknown"] else ""))
         return 0
-    head, relation, tail = (int_id(v, name) if args.ids and v is not None else v
+    head, relation, tail = (int_id(v, name) if args.ids and v is not None and not isinstance(v, dict) else v
                             for v, name in ((args.head, "--head"), (args.relation, "--relation"), (args.tail, "--tail")))
     found = model.predict(head=head, relation=relation, tail=tail, k=args.top, known=known)
+    # as typed; the new entity by the name its answers show
+    shown = {"head": found.head if isinstance(args.head, dict) else args.head,
+             "tail": found.tail if isinstance(args.tail, dict) else args.tail}
     if args.json:
-        print(json.dumps({"head": args.head, "relation": args.relation, "tail": args.tail, "step": model.step,
+        print(json.dumps({**shown, "relation": args.relation, "step": model.step, "new_entity": content or None,
                           "predictions": [p.as_dict() for p in found]}, indent=2))
         return 0
     asked_kind = "tails" if args.tail is None else ("heads" if args.head is None else "relations")
-    asked = f"({args.head or '?'}, {args.relation or '?'}, {args.tail or '?'})"
+    asked = f"({shown['head'] or '?'}, {args.relation or '?'}, {shown['tail'] or '?'})"
     print(f"top {len(found)} {asked_kind} of {asked} (step {model.step}; "
           f"* = a known triple of the dataset{', filtered out' if args.filter_known else ''})")
     for p in found:
@@ -266,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", help="checkpoint folder step-N/ (default: the one model selection chose, "
                                         "RUN_DIR/checkpoints/best.json, else the newest verified)")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    new = q.add_argument_group("an entity the graph does not hold, by its content (it takes the --new-as place; "
+                               "give one of the other two)")
+    new.add_argument("--new-text", help="its text (encoded by the model the dataset's text features were made with)")
+    new.add_argument("--new-image", help="its image, a path or URL (encoded like the dataset's images)")
+    new.add_argument("--new-name", help="the name its answers show (default: <new entity>)")
+    new.add_argument("--new-as", choices=("head", "tail"), default="head", help="its place in the query")
+    new.add_argument("--text-model", help="the dataset's sentence-transformers folder, if not the packaged MiniLM")
+    new.add_argument("--image-encoder", help="the dataset's TorchScript image encoder (or Lite name)")
+    new.add_argument("--image-weights", help="weights of the dataset's image encoder, if not the packaged Lite0")
     q.set_defaults(fn=cmd_predict)
 
     pr = sub.add_parser("prepare", help="convert data into the Parquet dataset format")

@@ -81,6 +81,9 @@ class ModelConfig:
                                 "dataset; [] = structure-only")
     raw_features: str = _f("trainable", "'trainable' (paper: feature tables are fine-tuned) or 'frozen'",
                            choices=("trainable", "frozen"))
+    structure_dropout: float = _f(0.0, "share of the entities whose structural embedding each training batch "
+                                  "leaves out of the fusion (masked like a missing modality), so the model learns "
+                                  "to answer for an entity from its text and images alone (new entities); [0, 1)")
 
 
 @dataclass
@@ -247,7 +250,7 @@ _NON_NEGATIVE = {"train.max_steps", "train.keep_checkpoints", "train.checkpoint_
                  "eval.every_epochs", "train.early_stopping.patience", "train.early_stopping.min_delta", "mat.mu", "data.synthetic.feature_noise", "model.epsilon", "eval.sampled_uniform",
                  "eval.sampled_degree", "eval.max_queries", "train.seed", "data.synthetic.seed", "model.regularizer_weight"}
 _FRACTIONS = {"train.label_smoothing", "data.synthetic.valid_fraction", "data.synthetic.test_fraction"}
-_SHARES = {"data.synthetic.visual_missing", "data.synthetic.text_missing"}          # [0, 1]
+_SHARES = {"data.synthetic.visual_missing", "data.synthetic.text_missing", "model.structure_dropout"}   # [0, 1]
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -324,6 +327,9 @@ def fused_modalities(cfg: Config, available) -> list[str]:
 
 
 def _cross_checks(cfg: Config) -> None:
+    if cfg.model.structure_dropout >= 1.0:
+        raise ConfigError(f"model.structure_dropout: must be below 1 (a share of entities per batch), got "
+                          f"{cfg.model.structure_dropout!r}")
     if isinstance(cfg.train.compile, str) and cfg.train.compile != "auto":
         raise ConfigError(f"train.compile: expected true, false or 'auto', got {cfg.train.compile!r}")
     if isinstance(cfg.model.modalities, str) and cfg.model.modalities != "auto":

@@ -50,6 +50,38 @@ def test_fusion_ignores_absent_modality_rows():
     assert torch.allclose(joint, s) and torch.allclose(weights[:, 1], torch.zeros(2))
 
 
+def test_a_missing_structure_is_masked_like_a_missing_modality():
+    """structure=False (a dropped or new entity): the joint row is the attention-weighted sum of the projected
+    modalities alone and no gradient reaches the structural row; structure dropout keeps the structure of an
+    entity that has no other modality, and decides by (seed, batch, id) only."""
+    from mmkgc_dist.model.dropout import STRUCTURE, StructureDropout
+    from mmkgc_dist.model.fusion import masked_attention
+
+    torch.manual_seed(0)
+    fusion = AdaMFFusion(4, {"v": 3, "t": 5})
+    structural = torch.randn(2, 4, requires_grad=True)
+    features = {"v": torch.randn(2, 3), "t": torch.randn(2, 5)}
+    masks = {"v": torch.tensor([True, True]), "t": torch.tensor([True, False]),
+             STRUCTURE: torch.tensor([False, True])}
+    joint, weights = fusion(structural, features, masks)
+    projected = fusion.project(features)
+    alone = torch.stack([projected["v"][0], projected["t"][0]])
+    w = masked_attention(alone.unsqueeze(0), torch.ones(1, 2, dtype=torch.bool), fusion.attention)[0]
+    assert torch.allclose(joint[0], w[0] * alone[0] + w[1] * alone[1], atol=1e-6)
+    assert weights[0, 0] == 0 and weights[1, 2] == 0
+    joint.sum().backward()
+    assert not structural.grad[0].any() and structural.grad[1].any()
+    dropout = StructureDropout(0.5, seed=3)
+    ids, present = torch.arange(1000), {"v": torch.arange(1000) % 10 != 0}
+    assert dropout.keep(ids, present) is None                   # no batch key: every structure kept
+    dropout.key = (0, 7)
+    keep = dropout.keep(ids, present)
+    assert keep[~present["v"]].all() and 0.4 < 1 - keep[present["v"]].float().mean() < 0.6
+    assert torch.equal(keep[500:], dropout.keep(ids[500:], {"v": present["v"][500:]}))   # by id alone
+    dropout.key = (0, 8)
+    assert not torch.equal(dropout.keep(ids, present), keep)
+
+
 def test_self_adversarial_loss_hand_computed():
     pos = torch.tensor([2.0])
     neg = torch.tensor([[0.0, 1.0]])

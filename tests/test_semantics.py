@@ -146,6 +146,21 @@ def test_variants_without_mat_same_at_any_world_size(tmp_path, variant, extra):
 
 
 @pytest.mark.slow
+def test_structure_dropout_same_at_any_world_size(tmp_path):
+    """Structure dropout decides by (seed, batch, entity id), so the owner of an entity's rows drops it exactly
+    when one process would: two ranks follow one process as tightly as without dropout, and the curve is not
+    the one without dropout (half the structures leave the fusion)."""
+    extra = ("--mat.enabled=false", "--train.max_steps=10")
+    dropped = (*extra, "--model.structure_dropout=0.5")
+    one, two = launch(tmp_path / "one", None, *dropped), launch(tmp_path / "two", 2, *dropped)
+    plain = launch(tmp_path / "plain", None, *extra)
+    worst = max(abs(a - b) / abs(b) for a, b in zip(two["losses"], one["losses"]))
+    moved = max(abs(a - b) / abs(b) for a, b in zip(plain["losses"], one["losses"]))
+    print(f"structure dropout 0.5: 2 ranks vs one process {worst:.2e}; vs no dropout {moved:.2e}")
+    assert len(two["losses"]) == 10 and worst <= 1e-3 and moved >= 1e-2, (worst, moved)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("case, triples, steps, extra, tolerance", [
     ("a 1-row last batch, MAT at mu=0.5: one rank holds none of it", 151, 5, ("--mat.mu=0.5",), 1e-2),
     ("an odd last batch without MAT: ranks hold 16 and 17 rows", 149, 4, ("--mat.enabled=false",), 1e-4)])

@@ -378,7 +378,7 @@ def extract_images(root: str, source: str, modality: str = "visual", encoder: st
                     len(index.unmatched), ", ".join(map(repr, index.unmatched[:3])))
     model = load_encoder(encoder, weights, device=device)
     workers = max(0, min(4, (os.cpu_count() or 1) - 1)) if workers is None else workers
-    identity = {"kind": "images", "images": index.identity, "encoder": model.identity,
+    identity = {"kind": "images", "images": index.identity, "encoder": model.identity, "batch": batch_size,
                 "limits": [max_bytes, max_pixels]}
 
     decoders = Decoders(workers, model, max_bytes, max_pixels)

@@ -89,6 +89,7 @@ class NegativeBatch:
                                      # "all": no drawn negatives (1-vs-all), ``entities`` is [B, 0]
     chunk_size: int = 1
     share: float = 1.0        # this process's fraction of the global batch's positives (weights its loss)
+    key: tuple = ()           # the global batch's counters: the same on every rank (structure dropout's key)
 
 
 class DegreeDistribution:
@@ -148,7 +149,7 @@ class NegativeSampler:
         """Negatives of ``batch``, whose first row is at position ``offset`` of the global batch; ``share``: this
         process's fraction of the global batch (weights its loss)."""
         negatives = self._negatives(torch.as_tensor(batch, device=self.device), counters, offset)
-        negatives.share = share
+        negatives.share, negatives.key = share, tuple(counters)
         return negatives
 
     def _negatives(self, batch: Tensor, counters: tuple[int, ...], offset: int) -> NegativeBatch:

@@ -29,6 +29,9 @@ def assemble_model(cfg, data, runtime, training: bool,
         scoring = Scoring.build(cfg.model, data.num_relations, len(modalities), compile_on(cfg, runtime.device))
     except (LookupError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
+    if training and cfg.model.structure_dropout and not modalities:
+        raise ConfigError(f"model.structure_dropout={cfg.model.structure_dropout}: a structure-only model has "
+                          f"nothing to fuse in its place; fuse a modality or set it to 0")
     use_mat = training and cfg.mat.enabled and bool(modalities)
     if use_mat and scoring.scorer.fusion != "adamf":
         raise ConfigError(f"mat.enabled: MAT fuses generated modalities with AdaMF; model.scoring="

@@ -1,15 +1,18 @@
 """AdaMF: project each modality into the structural space, weight modalities by a shared attention
-vector, and sum. Missing modalities are masked out of the softmax (the reference code cannot)."""
+vector, and sum. Missing modalities are masked out of the softmax (the reference code cannot) — the structure
+too, when ``masks`` says it is missing (a dropped or a new entity's: dropout.py)."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from .dropout import STRUCTURE
+
 
 def masked_attention(embeddings: Tensor, present: Tensor, attention: Tensor) -> Tensor:
     """Softmax over modalities of w·tanh(x_m), with absent modalities at weight 0.
 
-    embeddings [U, M, W], present bool [U, M] (column 0, structure, always True), attention [W].
+    embeddings [U, M, W], present bool [U, M] (column 0 the structure; every row needs one True), attention [W].
     """
     logits = torch.tanh(embeddings) @ attention
     logits = logits.masked_fill(~present, float("-inf"))
@@ -35,8 +38,10 @@ class AdaMFFusion(nn.Module):
         ``detach_attention`` keeps gradients out of the attention vector (the generator's update).
         """
         stacked = torch.stack([structural] + [modal[m] for m in self.modalities], dim=1)
-        ones = torch.ones_like(structural[:, 0], dtype=torch.bool)
-        present = torch.stack([ones] + [masks[m] for m in self.modalities], dim=1)
+        structure = masks.get(STRUCTURE)        # absent for a dropped or a new entity's structure (dropout.py)
+        if structure is None:
+            structure = torch.ones_like(structural[:, 0], dtype=torch.bool)
+        present = torch.stack([structure] + [masks[m] for m in self.modalities], dim=1)
         attention = self.attention.detach() if detach_attention else self.attention
         weights = masked_attention(stacked, present, attention)
         # masked_fill keeps an absent modality's (possibly garbage) row out of the sum entirely.

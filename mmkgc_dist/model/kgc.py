@@ -6,16 +6,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .dropout import STRUCTURE, StructureDropout
 from .fusion import AdaMFFusion
 from .views import ViewFusion
 
 
 @dataclass
 class EntityRows:
-    """Looked-up rows of a set of entities: structural [U, 2d], raw features and presence masks per modality."""
+    """Looked-up rows of a set of entities: structural [U, 2d], raw features and presence masks per modality;
+    ``ids``, the entities' ids where the lookup knows them (structure dropout decides by id)."""
     structural: Tensor
     features: dict[str, Tensor]
     masks: dict[str, Tensor]
+    ids: Tensor | None = None
 
 
 @dataclass
@@ -50,6 +53,7 @@ class MultiModalKGC(nn.Module):
         else:
             self.fusion = AdaMFFusion(width, feature_dims) if fusion == "adamf" else \
                 ViewFusion(width, feature_dims, fusion)
+        self.structure_dropout: StructureDropout | None = None      # set by the training step (dropout.py)
 
     def embed(self, rows: EntityRows) -> tuple[Tensor, Tensor | None]:
         if self.fusion is None:
@@ -57,6 +61,12 @@ class MultiModalKGC(nn.Module):
         return self.fusion(rows.structural, rows.features, rows.masks)
 
     def forward(self, rows: EntityRows) -> tuple[Tensor, Tensor | None]:
+        """``embed``, with the training step's structure dropout when one is active (lookups of a step fuse
+        through here; evaluation calls ``embed``)."""
+        if self.fusion is not None and self.structure_dropout is not None and rows.ids is not None:
+            keep = self.structure_dropout.keep(rows.ids, rows.masks)
+            if keep is not None:
+                rows = EntityRows(rows.structural, rows.features, {**rows.masks, STRUCTURE: keep}, rows.ids)
         return self.embed(rows)
 
     def embed_fake(self, structural: Tensor, masks: dict[str, Tensor], fakes: dict[str, Tensor],

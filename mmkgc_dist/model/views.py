@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import STRUCTURE
+
 
 class ViewFusion(nn.Module):
     def __init__(self, width: int, feature_dims: dict[str, int], kind: str):
@@ -39,6 +41,8 @@ class ViewFusion(nn.Module):
     def fuse(self, structural: Tensor, modal: dict[str, Tensor], masks: dict[str, Tensor],
              detach_attention: bool = False) -> tuple[Tensor, None]:
         present = [modal[m] * masks[m].unsqueeze(-1).to(modal[m].dtype) for m in self.modalities]
+        if masks.get(STRUCTURE) is not None:          # a dropped or new entity's structure: a zero view
+            structural = structural * masks[STRUCTURE].unsqueeze(-1).to(structural.dtype)
         if self.kind == "ikrl":
             views = [structural, *present]
         else:

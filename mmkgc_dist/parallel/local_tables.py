@@ -67,7 +67,7 @@ class LocalTables(nn.Module):
 
     def entities(self, ids: Tensor) -> EntityRows:
         return EntityRows(self.entity(ids), {m: self.modality_rows(m, ids) for m in self.features},
-                          {m: getattr(self, f"present_{m}")[ids] for m in self.features})
+                          {m: getattr(self, f"present_{m}")[ids] for m in self.features}, ids)
 
     def modality_rows(self, modality: str, ids: Tensor) -> Tensor:
         """[len(ids), dim] float rows of one modality: the table's rows of the entities that have it, zeros

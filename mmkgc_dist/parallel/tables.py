@@ -289,7 +289,7 @@ class ShardedTables(nn.Module):
 
     def _entity_rows(self, entity_ids: Tensor, rows: dict[str, Tensor]) -> EntityRows:
         return EntityRows(rows["entity"], {m: rows[m] for m in self.modalities},
-                          {m: getattr(self, f"present_{m}")[entity_ids] for m in self.modalities})
+                          {m: getattr(self, f"present_{m}")[entity_ids] for m in self.modalities}, entity_ids)
 
     def lookup_owned(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EntityRows, Tensor]:
         """``lookup`` of ids this rank owns (the owner-computes fusion asks for nothing else). In the owners'

@@ -8,11 +8,17 @@ neighbours. A checkpoint of any world size loads (one checkpoint format, checkpo
     model.predict(relation="capitalOf", tail="France", k=10)         # ranked heads
     model.score([("Paris", "capitalOf", "France")])
     model.neighbours("Paris", k=10, space="joint")
+    model.predict(head={"text": "a river port on the Seine"}, relation="capitalOf", k=10)   # an entity it lacks
 
 Scores are the run's scoring function f(h, r, t) (``model.scoring``: RotatE's γ − Σ_k |h_k e^{iθ_k} − t_k| by
 default) on the fused (joint) entity embeddings, the same function training and evaluation use; higher is more
 plausible. ``known`` marks (default) or filters answers
 that form a triple of the dataset's train/valid/test splits.
+
+Where an entity is asked by name or id, a mapping of its content may stand instead — ``{"text": ...}``,
+``{"image": path}``, ``{"features": {modality: vector}}``, ``"name"`` to show — for an entity the graph does not
+hold: its rows are made by the dataset's own encoders and fused with its structure missing (serving/content.py);
+nothing is known of it, so none of its answers is marked or filtered as known.
 """
 from __future__ import annotations
 
@@ -30,6 +36,9 @@ from .known_index import KnownIndex, build_known_index
 from ..errors import QueryError
 from ..outputs import derived_folder, derived_places
 from .export import checked_k
+from ..model.dropout import STRUCTURE
+from ..model.kgc import EntityRows
+from .content import Content, ContentEncoder, is_content
 from .neighbour_index import exact_nearest
 from .trained import TrainedModel, load_trained
 
@@ -147,7 +156,8 @@ class Vocabulary:
 class Predictor:
     """A trained model held in one process: joint and structural entity embeddings, relation phases."""
 
-    def __init__(self, model: TrainedModel):
+    def __init__(self, model: TrainedModel, text_model: str | None = None, image_encoder: str | None = None,
+                 image_weights: str | None = None):
         self.model, self.cfg, self.step = model, model.cfg, model.step
         self.scoring = model.scoring
         self.entities = Vocabulary("entity", model.data.entity_names)
@@ -163,6 +173,43 @@ class Predictor:
         self._stream = (model.cfg.data.path, stats.manifest) if stats.streamed else None
         self._held = [t for t in model.data.splits.values() if len(t)]
         self.batch_size = model.cfg.eval.batch_size
+        dataset = model.cfg.data.path if model.cfg.data.source == "parquet" else None
+        self.content = ContentEncoder(dataset, {m: model.data.features[m].dim for m in model.modalities},
+                                      text_model, image_encoder, image_weights)
+
+    # ------------------------------------------------------------------------------------ entities
+    def _anchors(self, anchors: list) -> tuple[np.ndarray, torch.Tensor, list[str]]:
+        """(ids, joint rows, names) of entities given by name or id, or by content (a mapping: id −1, rows
+        fused from the content with the structure missing)."""
+        new = [i for i, a in enumerate(anchors) if is_content(a)]
+        if new and not self.model.modalities:
+            raise QueryError("new entity: this run is structure-only (it fuses no modality), so it cannot place an "
+                             "entity the graph does not hold")
+        ids = np.array([-1 if is_content(a) else self.entities.id(a) for a in anchors], dtype=np.int64)
+        rows = self.joint[torch.from_numpy(np.maximum(ids, 0))]
+        names = [self.entities.names[i] if i >= 0 else "" for i in ids]
+        if new:
+            contents = [self.content.encode(anchors[i]) for i in new]
+            rows = rows.clone()
+            rows[torch.tensor(new)] = self.embed_content(contents)
+            for i, c in zip(new, contents):
+                names[i] = c.name
+        return ids, rows, names
+
+    @torch.no_grad()
+    def embed_content(self, contents: list[Content]) -> torch.Tensor:
+        """Joint rows of new entities: their modality rows fused with the structure missing."""
+        n, runtime = len(contents), self.model.runtime
+        features, masks = {}, {STRUCTURE: torch.zeros(n, dtype=torch.bool)}
+        for m, dim in self.content.dims.items():
+            have = [c.features.get(m) for c in contents]
+            masks[m] = torch.tensor([v is not None for v in have])
+            features[m] = torch.from_numpy(np.stack([v if v is not None else np.zeros(dim, np.float32)
+                                                     for v in have]))
+        device = runtime.device
+        rows = EntityRows(torch.zeros(n, self.structural.shape[1], device=device),
+                          {m: t.to(device) for m, t in features.items()}, {m: t.to(device) for m, t in masks.items()})
+        return runtime.model.embed(rows)[0].float().to(self.joint.device)
 
     # ------------------------------------------------------------------------------------ queries
     def predict(self, head=None, relation=None, tail=None, k: int = 10, known: str = "mark"):
@@ -179,10 +226,11 @@ class Predictor:
         relations = list(relation) if isinstance(relation, (list, tuple, np.ndarray)) else [relation] * len(anchors)
         if len(relations) != len(anchors):
             raise QueryError(f"predict: {len(anchors)} entities but {len(relations)} relations")
-        anchor_ids, relation_ids = self.entities.ids_of(anchors), self.relations.ids_of(relations)
-        found = self._top(anchor_ids, relation_ids, "tail" if head is not None else "head",
+        anchor_ids, anchor_rows, anchor_names = self._anchors(anchors)
+        relation_ids = self.relations.ids_of(relations)
+        found = self._top(anchor_ids, anchor_rows, relation_ids, "tail" if head is not None else "head",
                           min(k, len(self.entities.names)), known)
-        named = [(self.entities.names[a], self.relations.names[r]) for a, r in zip(anchor_ids, relation_ids)]
+        named = [(a, self.relations.names[r]) for a, r in zip(anchor_names, relation_ids)]
         found = [Predictions(answers, a if head is not None else None, r, a if head is None else None)
                  for answers, (a, r) in zip(found, named)]
         return found if batch else found[0]
@@ -214,28 +262,30 @@ class Predictor:
             tails = [tail] * len(heads)
         if len(heads) != len(tails):
             raise QueryError(f"predict: {len(heads)} heads but {len(tails)} tails")
-        h, t = self.entities.ids_of(heads), self.entities.ids_of(tails)
-        found = self._top_relations(h, t, min(k, len(self.relations.names)), known)
-        out = [Predictions(answers, self.entities.names[a], None, self.entities.names[b])
-               for answers, a, b in zip(found, h, t)]
+        (h, h_rows, h_names), (t, t_rows, t_names) = self._anchors(heads), self._anchors(tails)
+        found = self._top_relations(h, h_rows, t, t_rows, min(k, len(self.relations.names)), known)
+        out = [Predictions(answers, a, None, b) for answers, a, b in zip(found, h_names, t_names)]
         return out if batch else out[0]
 
     @torch.no_grad()
-    def _top_relations(self, heads: np.ndarray, tails: np.ndarray, k: int, known: str) -> list[list[Prediction]]:
-        """Every relation scored for each (head, ?, tail): f(h, r, t) over the dataset's relations."""
+    def _top_relations(self, heads: np.ndarray, head_rows: torch.Tensor, tails: np.ndarray, tail_rows: torch.Tensor,
+                       k: int, known: str) -> list[list[Prediction]]:
+        """Every relation scored for each (head, ?, tail): f(h, r, t) over the dataset's relations. An id −1 (a
+        new entity) has no known triple."""
         count = len(self.relations.names)
         rows = self.relation_rows[:count]
         out = []
         step = max(1, self.batch_size * 64 // max(count, 1))
         for start in range(0, len(heads), step):
             h, t = heads[start:start + step], tails[start:start + step]
-            score = self.scoring.scorer.score(self.joint[torch.from_numpy(h)].unsqueeze(1), rows.unsqueeze(0),
-                                              self.joint[torch.from_numpy(t)].unsqueeze(1)).float().cpu()
+            score = self.scoring.scorer.score(head_rows[start:start + step].unsqueeze(1), rows.unsqueeze(0),
+                                              tail_rows[start:start + step].unsqueeze(1)).float().cpu()
             flagged = np.zeros(score.shape, dtype=bool)
             if known != "keep":
                 grid = np.broadcast_to(np.arange(count), score.shape)
-                flagged = self.known_index().contains(np.repeat(h, count), grid.reshape(-1),
-                                                      np.repeat(t, count)).reshape(score.shape)
+                flagged = self.known_index().contains(np.repeat(np.maximum(h, 0), count), grid.reshape(-1),
+                                                      np.repeat(np.maximum(t, 0), count)).reshape(score.shape)
+                flagged &= ((h >= 0) & (t >= 0))[:, None]
                 if known == "filter":
                     score[torch.from_numpy(flagged)] = float("-inf")
             best = torch.topk(score, k, dim=1)
@@ -245,18 +295,25 @@ class Predictor:
                             if v != float("-inf")])
         return out
 
-    def _top(self, anchors: np.ndarray, relations: np.ndarray, direction: str, k: int, known: str):
+    def _top(self, anchors: np.ndarray, anchor_rows: torch.Tensor, relations: np.ndarray, direction: str, k: int,
+             known: str):
+        """The answers of (anchor, relation) queries; an anchor id −1 (a new entity) has no known answer."""
         out = []
         index = self.known_index() if known != "keep" else None
         for start in range(0, len(anchors), self.batch_size):
             a, r = anchors[start:start + self.batch_size], relations[start:start + self.batch_size]
-            excluded = index.pairs(direction, a, r) if known == "filter" else None
-            distance, entity = self._nearest(a, r, direction, k, excluded)
+            excluded = None
+            if known == "filter":
+                held = np.flatnonzero(a >= 0)
+                rows, cols = index.pairs(direction, a[held], r[held])
+                excluded = (held[rows], cols)
+            distance, entity = self._nearest(anchor_rows[start:start + self.batch_size], r, direction, k, excluded)
             flagged = np.zeros(entity.shape, dtype=bool)
             if index is not None:
-                answers, anchor = entity.numpy(), np.repeat(a[:, None], k, axis=1)
+                answers, anchor = entity.numpy(), np.repeat(np.maximum(a, 0)[:, None], k, axis=1)
                 h, t = (anchor, answers) if direction == "tail" else (answers, anchor)
                 flagged = index.contains(h.reshape(-1), np.repeat(r, k), t.reshape(-1)).reshape(entity.shape)
+                flagged &= (a >= 0)[:, None]
             for q in range(len(a)):
                 out.append([Prediction(i + 1, int(e), self.entities.names[int(e)],
                                        float(self.scoring.scorer.bias - d), bool(flagged[q, i]))
@@ -265,13 +322,13 @@ class Predictor:
         return out
 
     @torch.no_grad()
-    def _nearest(self, anchors: np.ndarray, relations: np.ndarray, direction: str, k: int,
+    def _nearest(self, anchors: torch.Tensor, relations: np.ndarray, direction: str, k: int,
                  excluded: tuple[np.ndarray, np.ndarray] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``k`` best answers of each query as (negated similarity, entity), lower first: the entities are
-        scored in chunks with a running top-k, so memory is queries × chunk, not queries × entities.
-        ``excluded``: (query row, entity) pairs left out (known answers under known="filter")."""
-        query = self.scoring.queries.evaluation_query(self.joint[torch.from_numpy(anchors)],
-                                                      torch.from_numpy(relations), self.relation_rows,
+        """The ``k`` best answers of each query (its anchor's joint row, a relation) as (negated similarity,
+        entity), lower first: the entities are scored in chunks with a running top-k, so memory is queries ×
+        chunk, not queries × entities. ``excluded``: (query row, entity) pairs left out (known answers under
+        known="filter")."""
+        query = self.scoring.queries.evaluation_query(anchors, torch.from_numpy(relations), self.relation_rows,
                                                       head=direction == "head")
         count = self.joint.shape[0]
         chunk = self.entity_chunk or max(1024, (1 << 24) // max(len(anchors), 1))
@@ -347,10 +404,13 @@ class Predictor:
             raise QueryError(f"neighbours: space={space!r}; expected one of {', '.join(SPACES)}")
         k = checked_k(k, "neighbours")
         batch = isinstance(entity, (list, tuple, np.ndarray))
-        ids = self.entities.ids_of(list(entity) if batch else [entity])
+        ids, joint, names = self._anchors(list(entity) if batch else [entity])
+        if space == "structural" and (ids < 0).any():
+            raise QueryError("neighbours: a new entity has no structural row; ask space='joint'")
         table = self.joint if space == "joint" else self.structural
         k = min(k, len(table) - 1)
-        queries, metric = table[torch.from_numpy(ids)], self.scoring.scorer.neighbour_metric
+        queries, metric = (joint if space == "joint" else table[torch.from_numpy(ids)]), \
+            self.scoring.scorer.neighbour_metric
         if approximate:
             index = self.neighbour_index(space)
             before = index.fallbacks
@@ -362,7 +422,7 @@ class Predictor:
             distance, found = exact_nearest(table, queries, k, exclude=ids, metric=metric)
         out = [Predictions([Prediction(n + 1, int(e), self.entities.names[int(e)], -float(d))
                             for n, (d, e) in enumerate(zip(row_d.tolist(), row_e.tolist())) if d != float("inf")],
-                           head=self.entities.names[i]) for i, row_d, row_e in zip(ids, distance, found)]
+                           head=name) for name, row_d, row_e in zip(names, distance, found)]
         return out if batch else out[0]
 
     def neighbour_index(self, space: str = "joint"):
@@ -396,10 +456,14 @@ class Predictor:
         return index
 
 
-def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", overrides=()) -> Predictor:
+def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", overrides=(),
+             text_model: str | None = None, image_encoder: str | None = None,
+             image_weights: str | None = None) -> Predictor:
     """The model of a run folder — at ``checkpoint``, else the one model selection chose (best.json), else the
     newest verified — in this process, whatever world size trained it. ``overrides``: dotted config overrides
-    (e.g. ``["--data.path=..."]`` when the dataset has moved). Neither the trainer nor DeepSpeed is imported."""
+    (e.g. ``["--data.path=..."]`` when the dataset has moved). Neither the trainer nor DeepSpeed is imported.
+    ``text_model``, ``image_encoder``, ``image_weights``: the encoders of the dataset's features where they are
+    not the packaged ones, for entities given by content (checked against the dataset's record)."""
     for name, value in (("run_dir", run_dir), ("checkpoint", checkpoint)):
         if not (isinstance(value, (str, os.PathLike)) or (value is None and name == "checkpoint")):
             raise QueryError(f"load_run: {name}={value!r}; expected a path")
@@ -409,4 +473,5 @@ def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", 
         raise QueryError(f"load_run: overrides={overrides!r}; expected a list of --key=value strings")
     checkpoint = os.fspath(checkpoint) if checkpoint is not None else None
     return Predictor(load_trained(os.fspath(run_dir), checkpoint,
-                                  parse_overrides([f"--train.device={device}", *overrides])))
+                                  parse_overrides([f"--train.device={device}", *overrides])),
+                     text_model, image_encoder, image_weights)

@@ -26,6 +26,7 @@ from ..config import Config
 from ..data.sampling import NegativeBatch
 from ..model import (Scoring, batch_adversarial_loss, one_vs_all_loss, pairwise_sigmoid_loss, regularization,
                      self_adversarial_loss)
+from ..model.dropout import StructureDropout
 from ..model.kgc import EmbeddedEntities, unique_ids
 
 
@@ -77,10 +78,22 @@ class TrainStep:
         self.batch_softmax, self.sync_gradients = runtime.batch_softmax, runtime.sync_gradients
         self.mu = cfg.mat.mu if self.generators is not None else 0.0
         self.timer = PhaseTimer()
+        if cfg.model.structure_dropout:          # the fusion leaves out a seeded share of structures per batch
+            self.model.structure_dropout = StructureDropout(cfg.model.structure_dropout, cfg.train.seed)
 
     def __call__(self, batch: np.ndarray | Tensor, negatives: NegativeBatch) -> dict:
         """One step on this process's part of a global batch; returns its metrics as device tensors, each this
         process's share of the global value (summed over ranks when read)."""
+        dropout = self.model.structure_dropout
+        if dropout is None:
+            return self._step(batch, negatives)
+        dropout.key = negatives.key[:2]          # (epoch, batch): the global batch's, on every rank
+        try:
+            return self._step(batch, negatives)
+        finally:
+            dropout.key = None                   # evaluation and answers fuse every structure
+
+    def _step(self, batch: np.ndarray | Tensor, negatives: NegativeBatch) -> dict:
         timer = self.timer
         triples = torch.as_tensor(batch, device=self.device)    # already there when prefetched (prefetch.py)
         cand = negatives.entities.to(self.device)
