@@ -179,6 +179,9 @@ def cmd_prepare(args, overrides) -> int:
                                            args.no_header, args.skip_malformed, args.strip_labels,
                                            args.allow_duplicates, args.allow_overlap, args.name, args.overwrite)
         print("\n".join(prepare.conversion_report(manifest)))
+    elif args.kind == "inductive":
+        from .data.inductive import prepare_inductive, summary_line
+        print(summary_line(prepare_inductive(args.src, args.out, args.share, args.seed, args.overwrite)))
     elif args.kind == "features":
         from .data.features import add_features
         entry = add_features(args.dataset, args.modality, args.file, args.mask, args.skip_unknown, args.row_names)
@@ -323,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = psub.add_parser("synthetic", help="the generated default graph (--num_entities=... etc. override)")
     s.add_argument("out")
     s.add_argument("--overwrite", action="store_true", help="replace a dataset this tool wrote at OUT")
+    ind = psub.add_parser("inductive", help="a dataset → one whose seeded share of entities is unseen: held out with "
+                                             "all their triples, validation and test made of the triples that touch "
+                                             "exactly one of them (data/inductive.py)")
+    ind.add_argument("src", help="a prepared dataset with modality features")
+    ind.add_argument("out")
+    ind.add_argument("--share", type=float, default=0.1, help="share of all entities held out (default 0.1)")
+    ind.add_argument("--seed", type=int, default=1)
+    ind.add_argument("--overwrite", action="store_true", help="replace a dataset this tool wrote at OUT")
     f = psub.add_parser("features", help="add/replace a modality from .npy/.pt/.pth/.parquet")
     f.add_argument("dataset")
     f.add_argument("--modality", required=True, choices=("visual", "text"))

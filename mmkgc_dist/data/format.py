@@ -1,7 +1,8 @@
 """The on-disk dataset: a folder (local path or any fsspec URL) of Parquet files plus a manifest.
 
     manifest.json            format name + version, counts, splits, modalities (see docs/dataset-format.md)
-    entities.parquet         id:int64, name:string, degree:int64 (train), has_<modality>:bool
+    entities.parquet         id:int64, name:string, degree:int64 (train), has_<modality>:bool, unseen:bool
+                             (only in a dataset of ``prepare inductive``)
     relations.parquet        id:int64, name:string, count, distinct_heads/tails, tails_per_head, heads_per_tail
     triples/<split>/part-NNNNN.parquet   head:int64, relation:int64, tail:int64 (row groups of ≤1M rows)
     features/<modality>.parquet          id:int64, feature:fixed_size_list<float32>[dim]  (present rows only)
@@ -65,16 +66,18 @@ class KGData:
     features: dict[str, Features] = field(default_factory=dict)
     name: str = "dataset"
     identity: str = ""        # the dataset version's digest (``dataset_identity``); runs record it
+    unseen: np.ndarray | None = None   # bool [N]: entities held out by ``prepare inductive`` (placed by content)
 
 
 # ----------------------------------------------------------------------------------------- writing
 def write_dataset(data: KGData, out_dir: str, source: str = "", row_group_rows: int = ROW_GROUP_ROWS,
                   overwrite: bool = False, inputs: tuple[str, ...] = (), checks: dict | None = None,
-                  recipe: dict | None = None) -> dict:
-    """``data`` as a dataset folder; its manifest. ``checks`` (duplicates/overlap counts the caller allowed) and
-    ``recipe`` (where a benchmark came from, with its file digests) are recorded in the manifest."""
+                  recipe: dict | None = None, inductive: dict | None = None) -> dict:
+    """``data`` as a dataset folder; its manifest. ``checks`` (duplicates/overlap counts the caller allowed),
+    ``recipe`` (where a benchmark came from, with its file digests) and ``inductive`` (the unseen entities' draw,
+    inductive.py) are recorded in the manifest."""
     validate(data, origin=source or "in-memory dataset")
-    extra = {k: v for k, v in (("checks", checks), ("recipe", recipe)) if v}
+    extra = {k: v for k, v in (("checks", checks), ("recipe", recipe), ("inductive", inductive)) if v}
     return build_dataset_folder(out_dir, inputs, overwrite,
                          lambda root: {**_write_contents(data, root, source, row_group_rows), **extra})
 
@@ -126,6 +129,8 @@ def _write_contents(data: KGData, root: str, source: str, row_group_rows: int) -
                    "degree": pa.array(stats.degrees(n))}
     for m, feats in data.features.items():
         entity_cols[f"has_{m}"] = pa.array(feats.present.astype(bool))
+    if data.unseen is not None:
+        entity_cols["unseen"] = pa.array(data.unseen.astype(bool))
     write_name_tables(root, entity_cols, data.relation_names, exact_relation_table(
         data.splits.get("train", np.zeros((0, 3), np.int64)), data.num_relations))
     splits = {}
@@ -503,8 +508,10 @@ def load_dataset(root: str, modalities: list[str] | None = None, skip_splits: tu
         if m not in manifest["modalities"]:
             continue  # a modality absent from the data is missing for every entity (handled by the model)
         features[m] = read_features(root, manifest, m) if feature_values else lazy_features(root, manifest, m, ents)
+    unseen = ents.column("unseen").to_numpy(zero_copy_only=False).astype(bool) \
+        if "unseen" in ents.column_names else None
     data = KGData(n, r, splits, ents.column("name").to_pylist(), rels.column("name").to_pylist(),
-                  features, manifest.get("name", "dataset"), dataset_identity(manifest))
+                  features, manifest.get("name", "dataset"), dataset_identity(manifest), unseen)
     validate(data, origin=root)
     return data
 

@@ -65,6 +65,8 @@ class MultiModalKGC(nn.Module):
         through here; evaluation calls ``embed``)."""
         if self.fusion is not None and self.structure_dropout is not None and rows.ids is not None:
             keep = self.structure_dropout.keep(rows.ids, rows.masks)
+            if keep is not None and STRUCTURE in rows.masks:      # a structure already missing stays missing
+                keep = keep & rows.masks[STRUCTURE]
             if keep is not None:
                 rows = EntityRows(rows.structural, rows.features, {**rows.masks, STRUCTURE: keep}, rows.ids)
         return self.embed(rows)

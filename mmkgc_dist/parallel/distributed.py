@@ -144,7 +144,7 @@ class DistributedRuntime:
         self.tables = ShardedTables(env, data.num_entities, scoring.relation_rows, (width, scorer.relation_width),
                                     scorer.entity_init_bound, scorer.relation_init_bound, features,
                                     cfg.model.raw_features == "trainable", cfg.parallel, cfg.train.seed,
-                                    cfg.train.table_optimizer, cfg.train.lr, cfg.train.adagrad_lr)
+                                    cfg.train.table_optimizer, cfg.train.lr, cfg.train.adagrad_lr, data.unseen)
         torch_seed(cfg.train.seed, "dense_init")   # the planner/DMP consume RNG by world size; dense init must not
         self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()}, scorer.fusion)
         dense = list(self.model.parameters())

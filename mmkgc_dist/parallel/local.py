@@ -77,7 +77,8 @@ class LocalRuntime:
         self.tables = LocalTables(data.num_entities, scoring.relation_rows, (width, scorer.relation_width),
                                   scorer.entity_init_bound, scorer.relation_init_bound, features,
                                   cfg.model.raw_features == "trainable",
-                                  cfg.train.seed, FROZEN_DTYPES[cfg.parallel.frozen_dtype]).to(self.device)
+                                  cfg.train.seed, FROZEN_DTYPES[cfg.parallel.frozen_dtype],
+                                  data.unseen).to(self.device)
         torch_seed(cfg.train.seed, "dense_init")
         self.model = MultiModalKGC(width, {m: f.dim for m, f in features.items()}, scorer.fusion).to(self.device)
         self.embedder = LocalEmbedder(self.tables, self.model)

@@ -6,10 +6,12 @@ streams of ``rng.uniform_rows``, so a table is the same in one process and on an
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..data.format import Features
+from ..model.dropout import STRUCTURE
 from ..model.kgc import EntityRows
 from ..rng import uniform_rows
 from .feature_rows import SparseRows, scatter_present
@@ -27,6 +29,11 @@ def pad_rows(table: Tensor) -> Tensor:
     return torch.nn.functional.pad(table, (0, extra)) if extra else table
 
 
+def structure_mask(unseen: np.ndarray | None) -> Tensor | None:
+    """bool [N], False for the entities whose structure is missing (unseen ones); None when every entity has it."""
+    return None if unseen is None or not unseen.any() else torch.from_numpy(~unseen)
+
+
 # parallel.frozen_dtype -> storage dtype of frozen feature tables
 FROZEN_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -34,8 +41,10 @@ FROZEN_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 class LocalTables(nn.Module):
     def __init__(self, num_entities: int, num_relations: int, widths: tuple[int, int], entity_bound: float,
                  relation_bound: float, features: dict[str, Features], trainable_features: bool, seed: int,
-                 frozen_dtype: torch.dtype = torch.float32):
+                 frozen_dtype: torch.dtype = torch.float32, unseen: np.ndarray | None = None):
         super().__init__()
+        # entities held out by `prepare inductive`: their structure is missing in every fusion (model/dropout.py)
+        self.register_buffer("structure", structure_mask(unseen))
         # Sparse gradients: the backward hands the table optimizer the looked-up rows only (optim.touched_rows),
         # not a dense table-sized gradient to zero, scatter into and scan for the rows that moved.
         self.entity = nn.Embedding.from_pretrained(
@@ -66,8 +75,10 @@ class LocalTables(nn.Module):
         return self.entities(entity_ids), self.relation(relation_ids)
 
     def entities(self, ids: Tensor) -> EntityRows:
-        return EntityRows(self.entity(ids), {m: self.modality_rows(m, ids) for m in self.features},
-                          {m: getattr(self, f"present_{m}")[ids] for m in self.features}, ids)
+        masks = {m: getattr(self, f"present_{m}")[ids] for m in self.features}
+        if self.structure is not None:
+            masks[STRUCTURE] = self.structure[ids]
+        return EntityRows(self.entity(ids), {m: self.modality_rows(m, ids) for m in self.features}, masks, ids)
 
     def modality_rows(self, modality: str, ids: Tensor) -> Tensor:
         """[len(ids), dim] float rows of one modality: the table's rows of the entities that have it, zeros

@@ -31,13 +31,14 @@ from torchrec.modules.embedding_configs import DataType, dtype_to_data_type
 
 from ..config import ParallelConfig
 from ..data.format import Features
+from ..model.dropout import STRUCTURE
 from ..model.kgc import EntityRows
 from ..errors import ConfigError
 from ..model.optim import adagrad_rows_, adam_rows_, every_row
 from ..data.extraction import owner_block
 from ..rng import uniform_rows
 from .feature_rows import SparseRows, scatter_present
-from .local_tables import FROZEN_DTYPES, row_width
+from .local_tables import FROZEN_DTYPES, row_width, structure_mask
 from .env import DistEnv, allreduce_sum_hook
 
 
@@ -92,8 +93,11 @@ class ShardedTables(nn.Module):
 
     def __init__(self, env: DistEnv, num_entities: int, num_relations: int, widths: tuple[int, int], entity_bound: float,
                  relation_bound: float, features: dict[str, Features], trainable_features: bool,
-                 cfg: ParallelConfig, seed: int, table_optimizer: str, lr: float, adagrad_lr: float):
+                 cfg: ParallelConfig, seed: int, table_optimizer: str, lr: float, adagrad_lr: float,
+                 unseen: np.ndarray | None = None):
         super().__init__()
+        # entities held out by `prepare inductive`: their structure is missing in every fusion (model/dropout.py)
+        self.register_buffer("structure", structure_mask(unseen))
         self.env, self.modalities = env, list(features)
         # the first entity this rank owns (embedder.owner_block): row-wise entity rows are indexed from it
         self.first_entity = min(env.rank * owner_block(num_entities, env.world_size), num_entities)
@@ -288,8 +292,10 @@ class ShardedTables(nn.Module):
         return self._entity_rows(entity_ids, rows), rows["relation"]
 
     def _entity_rows(self, entity_ids: Tensor, rows: dict[str, Tensor]) -> EntityRows:
-        return EntityRows(rows["entity"], {m: rows[m] for m in self.modalities},
-                          {m: getattr(self, f"present_{m}")[entity_ids] for m in self.modalities}, entity_ids)
+        masks = {m: getattr(self, f"present_{m}")[entity_ids] for m in self.modalities}
+        if self.structure is not None:
+            masks[STRUCTURE] = self.structure[entity_ids]
+        return EntityRows(rows["entity"], {m: rows[m] for m in self.modalities}, masks, entity_ids)
 
     def lookup_owned(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EntityRows, Tensor]:
         """``lookup`` of ids this rank owns (the owner-computes fusion asks for nothing else). In the owners'
