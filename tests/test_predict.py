@@ -426,3 +426,31 @@ def test_short_names_resolve_when_one_name_has_them_and_list_the_candidates_othe
         vocabulary.id("Paris")
     with pytest.raises(QueryError, match=r"unknown entity 'Barack Obamaa'.*closest known"):
         vocabulary.id("Barack Obamaa")
+
+
+def test_fused_top_k_is_the_brute_force_top_k_with_exclusions_blocks_and_workers():
+    """serving.predict.best_answers against a full score matrix: every block size, one or two workers, filtered
+    pairs left out, k over a block's rows."""
+    import torch
+
+    from mmkgc_dist.serving.predict import best_answers
+
+    class Dot:
+        @staticmethod
+        def all_pairs(query, rows):
+            return query @ rows.T
+
+    generator = torch.Generator().manual_seed(0)
+    table, query = torch.randn(3001, 8, generator=generator), torch.randn(70, 8, generator=generator)
+    excluded = (np.repeat(np.arange(70), 5), np.random.default_rng(0).integers(0, 3001, 350))
+    full = query @ table.T
+    full[torch.from_numpy(excluded[0]), torch.from_numpy(excluded[1])] = float("-inf")
+    expected = torch.topk(full, 40, dim=1)
+    threads = torch.get_num_threads()
+    try:
+        for workers, block in ((1, 64), (2, 256), (1, 5000), (2, 7)):
+            torch.set_num_threads(workers)
+            distance, rows = best_answers(Dot, query, table, 40, excluded, block)
+            assert torch.equal(rows, expected.indices) and torch.allclose(-distance, expected.values)
+    finally:
+        torch.set_num_threads(threads)
