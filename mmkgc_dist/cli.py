@@ -49,6 +49,19 @@ def cmd_tune_trial(args, overrides) -> int:
     return run_trial(args.storage, args.study, args.trial_id, args.run_dir, args.config, overrides)
 
 
+def cmd_add_entities(args, overrides) -> int:
+    from .serving.added import add_entities
+    from .serving.predict import load_run
+
+    model = load_run(args.run_dir, args.checkpoint, overrides=[f"--{k}={v}" for k, v in overrides],
+                     text_model=args.text_model, image_encoder=args.image_encoder, image_weights=args.image_weights)
+    done = add_entities(model, args.table, args.name_column, args.text_column, args.image_column)
+    print(f"added {done['added']} entities to {args.run_dir} ({done['total']} added in all)" +
+          (f"; {done['failed']} rows could not be encoded (listed with the reason in {done['report']})"
+           if done["failed"] else ""))
+    return 0
+
+
 def cmd_compare(args, overrides) -> int:
     from .serving.compare import compare
 
@@ -289,6 +302,21 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--image-encoder", help="the dataset's TorchScript image encoder (or Lite name)")
     new.add_argument("--image-weights", help="weights of the dataset's image encoder, if not the packaged Lite0")
     q.set_defaults(fn=cmd_predict)
+
+    ae = sub.add_parser("add-entities", help="add entities with a text and/or an image to a trained run without "
+                                             "retraining: answered and answerable from their content "
+                                             "(RUN/added-entities/)")
+    ae.add_argument("run_dir")
+    ae.add_argument("table", help="CSV or Parquet (any fsspec URL): an entity name per row, its text and/or image")
+    ae.add_argument("--name-column", default="entity")
+    ae.add_argument("--text-column", default="text")
+    ae.add_argument("--image-column", default="image", help="a path or URL per row")
+    ae.add_argument("--checkpoint", help="checkpoint folder step-N/ (default: as predict)")
+    for flag, text in (("--text-model", "the dataset's sentence-transformers folder, if not the packaged MiniLM"),
+                       ("--image-encoder", "the dataset's TorchScript image encoder (or Lite name)"),
+                       ("--image-weights", "weights of the dataset's image encoder, if not the packaged Lite0")):
+        ae.add_argument(flag, help=text)
+    ae.set_defaults(fn=cmd_add_entities)
 
     pr = sub.add_parser("prepare", help="convert data into the Parquet dataset format")
     psub = pr.add_subparsers(dest="kind", required=True, parser_class=_Parser)

@@ -29,7 +29,7 @@ from .errors import OutputError
 
 log = logging.getLogger("mmkgc_dist")
 MARKER = ".mmkgc-dist"
-KINDS = ("dataset", "export", "run", "study")
+KINDS = ("dataset", "export", "run", "study", "added-entities")
 FAULT_ENV = "MMKGC_DIST_FAULT_AT"
 
 

@@ -86,3 +86,47 @@ def test_the_command_line_answers_for_a_new_entity_and_refuses_a_model_that_fuse
     r = cli("predict", tmp / "plain", "--new-text", "anything", "--relation", "0", "--ids", cwd=tmp)
     assert r.returncode == 2
     assert "this run is structure-only (it fuses no modality), so it cannot place an entity" in r.stderr
+
+
+@pytest.mark.slow
+def test_entities_added_to_a_trained_run_answer_and_are_answered_without_retraining(world):
+    import shutil
+
+    from mmkgc_dist import load_run
+
+    tmp, names = world["tmp"], world["names"]
+    run = tmp / "run-added"
+    shutil.copytree(tmp / "run", run)
+    image = str(tmp / "imgs" / names[6] / "a.png")
+    pq.write_table(pa.table({"entity": ["newcomer-a", "newcomer-b", "newcomer-c", "broken"],
+                             "text": ["a newcomer of kind 3", None, "a third one", None],
+                             "image": [None, image, image, str(tmp / "missing.png")]}), tmp / "new.parquet")
+    r = cli("add-entities", run, tmp / "new.parquet", cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("added 3 entities") and "1 rows could not be encoded" in r.stdout
+    report = json.loads((run / "added-entities" / "report.json").read_text())
+    assert report["failures"][0]["entity"] == "broken" and "file not found" in report["failures"][0]["reason"]
+    model = load_run(run)
+    n = len(names)
+    assert [model.entities.id(x) for x in ("newcomer-a", "newcomer-b", "newcomer-c")] == [n, n + 1, n + 2]
+    relation = model.relations.names[0]
+    answers = model.predict(head="newcomer-a", relation=relation, k=5)
+    assert len(answers) == 5 and not any(p.known for p in answers)
+    same = model.predict(head={"text": "a newcomer of kind 3"}, relation=relation, k=5)
+    assert [p.id for p in answers] == [p.id for p in same]                 # added = given by its content
+    everyone = model.predict(head=names[0], relation=relation, k=n + 3)
+    assert {n, n + 1, n + 2} <= {p.id for p in everyone}                    # and among the answers
+    assert len(model.neighbours("newcomer-c", k=3)) == 3
+    again = cli("add-entities", run, tmp / "new.parquet", cwd=tmp)
+    assert again.returncode == 2 and "row 0: 'newcomer-a' is already an entity of the run (id 120)" in again.stderr
+    pq.write_table(pa.table({"entity": ["newcomer-d"], "text": ["a fourth"]}), tmp / "more.parquet")
+    assert cli("add-entities", run, tmp / "more.parquet", cwd=tmp).returncode == 0
+    model = load_run(run)
+    assert model.entities.id("newcomer-a") == n and model.entities.id("newcomer-d") == n + 3
+    out = tmp / "export-added"
+    r = cli("export", run, out, cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    from mmkgc_dist import read_embeddings
+    exported = read_embeddings(str(out))
+    assert exported.entity_names[-4:] == ["newcomer-a", "newcomer-b", "newcomer-c", "newcomer-d"]
+    assert np.allclose(exported.joint[n], model.joint[n].numpy(), atol=1e-6) and not exported.structural[n].any()

@@ -37,6 +37,32 @@ def is_content(value) -> bool:
     return isinstance(value, dict)
 
 
+def fuse_contents(runtime, width: int, dims: dict[str, int], contents: list[Content]):
+    """(joint rows, AdaMF weights or None) of new entities on a built runtime: their modality rows fused with the
+    structure missing (a structural row of ``width`` zeros, masked out)."""
+    import torch
+
+    from ..model.dropout import STRUCTURE
+    from ..model.kgc import EntityRows
+
+    n, device = len(contents), runtime.device
+    features, masks = {}, {STRUCTURE: torch.zeros(n, dtype=torch.bool, device=device)}
+    for m, dim in dims.items():
+        have = [c.features.get(m) for c in contents]
+        masks[m] = torch.tensor([v is not None for v in have], device=device)
+        features[m] = torch.from_numpy(np.stack([v if v is not None else np.zeros(dim, np.float32)
+                                                 for v in have])).to(device)
+    with torch.no_grad():
+        joint, weights = runtime.model.embed(EntityRows(torch.zeros(n, width, device=device), features, masks))
+    return joint.float(), weights
+
+
+def added_contents(names: list[str], features: dict) -> list[Content]:
+    """``added.read_added``'s entities as contents."""
+    return [Content({m: values[i] for m, (present, values) in features.items() if present[i]}, name)
+            for i, name in enumerate(names)]
+
+
 class ContentEncoder:
     """The dataset's encoders for the run's fused modalities, loaded on first use."""
 

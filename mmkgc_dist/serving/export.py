@@ -51,10 +51,12 @@ def scoring_record(scoring) -> dict:
 
 def export_embeddings(runtime, entity_names: list[str], modalities: list[str], step: int, out_dir: str,
                       relation_names: list[str] | None = None, scoring=None, chunk: int = 65536,
-                      neighbour_index: bool = False) -> dict:
+                      neighbour_index: bool = False, added: dict | None = None) -> dict:
     """Through the runtime's public operations only: ``embedding_chunks`` of the entities this process owns,
     ``share``/``gather_rows``/``barrier`` (local or distributed alike). ``scoring``: ``model.Scoring``.
-    ``neighbour_index``: rank 0 also builds the FAISS index of the joint rows into the folder before it moves in."""
+    ``neighbour_index``: rank 0 also builds the FAISS index of the joint rows into the folder before it moves in.
+    ``added``: the run's added entities (added.py) as columns (names, structural, joint, weights), written by rank
+    0 after the dataset's, ids from N on."""
     rank = runtime.rank
     builder = OutputBuilder(out_dir, "export")
     builder.tmp = runtime.share(builder.tmp)
@@ -64,6 +66,8 @@ def export_embeddings(runtime, entity_names: list[str], modalities: list[str], s
     try:
         info = _write_parts(runtime, entity_names, modalities, step, builder.tmp, chunk,
                             _relations(runtime, relation_names, scoring), scoring_record(scoring) if scoring else None)
+        if added is not None and rank == 0:
+            _write_added(builder.tmp, info, len(entity_names), modalities, added)
         if neighbour_index and rank == 0:
             metric = scoring.scorer.neighbour_metric if scoring else "complex_l1"
             info["neighbour_index"] = _index_joint_rows(builder.tmp, info, metric)
@@ -81,6 +85,20 @@ def export_embeddings(runtime, entity_names: list[str], modalities: list[str], s
 
 
 NEIGHBOUR_INDEX = "neighbour-index"
+ADDED_PART = "part-added.parquet"
+
+
+def _write_added(tmp: str, info: dict, first: int, modalities: list[str], added: dict) -> None:
+    """The added entities' rows as one more part (ids ``first``…), in the dataset parts' schema."""
+    names, weights = added["names"], added["weights"]
+    columns = {"id": pa.array(np.arange(first, first + len(names), dtype=np.int64)),
+               "name": pa.array(names, pa.string()), "structural": _vectors(added["structural"]),
+               "joint": _vectors(added["joint"])}
+    if weights is not None:
+        for i, name in enumerate(["structure", *modalities]):
+            columns[f"weight_{name}"] = pa.array(weights[:, i].detach().float().cpu().numpy())
+    pq.write_table(pa.table(columns), os.path.join(tmp, ADDED_PART))
+    info.update(entities=info["entities"] + len(names), added_entities=len(names), files=info["files"] + [ADDED_PART])
 
 
 def _records(folder: str) -> dict:

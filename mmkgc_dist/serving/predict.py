@@ -36,9 +36,7 @@ from .known_index import KnownIndex, build_known_index
 from ..errors import QueryError
 from ..outputs import derived_folder, derived_places
 from .export import checked_k
-from ..model.dropout import STRUCTURE
-from ..model.kgc import EntityRows
-from .content import Content, ContentEncoder, is_content
+from .content import Content, ContentEncoder, added_contents, fuse_contents, is_content
 from .neighbour_index import exact_nearest
 from .trained import TrainedModel, load_trained
 
@@ -176,6 +174,23 @@ class Predictor:
         dataset = model.cfg.data.path if model.cfg.data.source == "parquet" else None
         self.content = ContentEncoder(dataset, {m: model.data.features[m].dim for m in model.modalities},
                                       text_model, image_encoder, image_weights)
+        self.held = model.data.num_entities       # the dataset's entities: only they have known triples
+        if model.run_dir is not None:
+            self._append_added()
+
+    def _append_added(self) -> None:
+        """The run's added entities (added.py) after the dataset's: names, joint rows fused from their features
+        with the structure missing, zero structural rows."""
+        from .added import read_added
+
+        names, features = read_added(self.model.run_dir, self.model.identity)
+        if not names:
+            return
+        self.joint = torch.cat([self.joint, self.embed_content(added_contents(names, features))])
+        self.structural = torch.cat([self.structural, self.structural.new_zeros(len(names), self.structural.shape[1])])
+        self.entities = Vocabulary("entity", self.entities.names + names)
+        log.info("%d entities added to the run (added-entities/): ids %d..%d, placed by their content", len(names),
+                 self.held, self.held + len(names) - 1)
 
     # ------------------------------------------------------------------------------------ entities
     def _anchors(self, anchors: list) -> tuple[np.ndarray, torch.Tensor, list[str]]:
@@ -196,20 +211,10 @@ class Predictor:
                 names[i] = c.name
         return ids, rows, names
 
-    @torch.no_grad()
     def embed_content(self, contents: list[Content]) -> torch.Tensor:
         """Joint rows of new entities: their modality rows fused with the structure missing."""
-        n, runtime = len(contents), self.model.runtime
-        features, masks = {}, {STRUCTURE: torch.zeros(n, dtype=torch.bool)}
-        for m, dim in self.content.dims.items():
-            have = [c.features.get(m) for c in contents]
-            masks[m] = torch.tensor([v is not None for v in have])
-            features[m] = torch.from_numpy(np.stack([v if v is not None else np.zeros(dim, np.float32)
-                                                     for v in have]))
-        device = runtime.device
-        rows = EntityRows(torch.zeros(n, self.structural.shape[1], device=device),
-                          {m: t.to(device) for m, t in features.items()}, {m: t.to(device) for m, t in masks.items()})
-        return runtime.model.embed(rows)[0].float().to(self.joint.device)
+        joint, _ = fuse_contents(self.model.runtime, self.structural.shape[1], self.content.dims, contents)
+        return joint.to(self.joint.device)
 
     # ------------------------------------------------------------------------------------ queries
     def predict(self, head=None, relation=None, tail=None, k: int = 10, known: str = "mark"):
@@ -283,9 +288,10 @@ class Predictor:
             flagged = np.zeros(score.shape, dtype=bool)
             if known != "keep":
                 grid = np.broadcast_to(np.arange(count), score.shape)
-                flagged = self.known_index().contains(np.repeat(np.maximum(h, 0), count), grid.reshape(-1),
-                                                      np.repeat(np.maximum(t, 0), count)).reshape(score.shape)
-                flagged &= ((h >= 0) & (t >= 0))[:, None]
+                ok = (h >= 0) & (h < self.held) & (t >= 0) & (t < self.held)   # only the dataset's have known triples
+                flagged = self.known_index().contains(np.repeat(np.where(ok, h, 0), count), grid.reshape(-1),
+                                                      np.repeat(np.where(ok, t, 0), count)).reshape(score.shape)
+                flagged &= ok[:, None]
                 if known == "filter":
                     score[torch.from_numpy(flagged)] = float("-inf")
             best = torch.topk(score, k, dim=1)
@@ -304,16 +310,18 @@ class Predictor:
             a, r = anchors[start:start + self.batch_size], relations[start:start + self.batch_size]
             excluded = None
             if known == "filter":
-                held = np.flatnonzero(a >= 0)
+                held = np.flatnonzero((a >= 0) & (a < self.held))
                 rows, cols = index.pairs(direction, a[held], r[held])
                 excluded = (held[rows], cols)
             distance, entity = self._nearest(anchor_rows[start:start + self.batch_size], r, direction, k, excluded)
             flagged = np.zeros(entity.shape, dtype=bool)
             if index is not None:
-                answers, anchor = entity.numpy(), np.repeat(np.maximum(a, 0)[:, None], k, axis=1)
-                h, t = (anchor, answers) if direction == "tail" else (answers, anchor)
+                answers = entity.numpy()
+                anchor = np.repeat(np.where((a >= 0) & (a < self.held), a, 0)[:, None], k, axis=1)
+                inside = np.where(answers < self.held, answers, 0)
+                h, t = (anchor, inside) if direction == "tail" else (inside, anchor)
                 flagged = index.contains(h.reshape(-1), np.repeat(r, k), t.reshape(-1)).reshape(entity.shape)
-                flagged &= (a >= 0)[:, None]
+                flagged &= ((a >= 0) & (a < self.held))[:, None] & (answers < self.held)
             for q in range(len(a)):
                 out.append([Prediction(i + 1, int(e), self.entities.names[int(e)],
                                        float(self.scoring.scorer.bias - d), bool(flagged[q, i]))

@@ -55,7 +55,23 @@ class TrainedModel:
         a FAISS index of the joint rows."""
         from .export import export_embeddings
         return export_embeddings(self.runtime, self.data.entity_names, self.modalities, self.step, out_dir,
-                                 self.data.relation_names, self.scoring, neighbour_index=neighbour_index)
+                                 self.data.relation_names, self.scoring, neighbour_index=neighbour_index,
+                                 added=self.added_rows())
+
+    def added_rows(self) -> dict | None:
+        """The run's added entities (added.py) fused from their content: names, zero structural rows, joint rows,
+        AdaMF weights; None when it has none."""
+        from .added import read_added
+        from .content import added_contents, fuse_contents
+
+        names, features = read_added(self.run_dir, self.identity) if self.run_dir else ([], {})
+        if not names:
+            return None
+        width = self.scoring.scorer.width          # of the structural rows (the dense model is on every rank)
+        dims = {m: self.data.features[m].dim for m in self.modalities}
+        joint, weights = fuse_contents(self.runtime, width, dims, added_contents(names, features))
+        return {"names": names, "structural": torch.zeros(len(names), width), "joint": joint.cpu(),
+                "weights": weights}
 
 
 def load_trained(run_dir: str, checkpoint_path: str | None = None, overrides=(), distributed: bool = False,
