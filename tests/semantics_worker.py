@@ -28,7 +28,11 @@ def main() -> None:
     run_dir = paths.get("--save") or paths.get("--resume")
     torch.set_num_threads(1)
     cfg = load_config(None, parse_overrides(overrides))
-    data = generate(cfg.data.synthetic)
+    if cfg.data.source == "parquet":              # a prepared dataset (e.g. of `prepare inductive`)
+        from mmkgc_dist.data.build import build_dataset
+        data = build_dataset(cfg)
+    else:
+        data = generate(cfg.data.synthetic)
     if local:
         try:
             from mmkgc_dist.compose import local_trainer
