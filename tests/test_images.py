@@ -129,7 +129,7 @@ def test_a_killed_extraction_resumes_without_encoding_the_finished_parts_again(t
     extraction.write_piece = lambda folder, piece, result: seen.append(piece.name) or original(folder, piece, result)
     try:
         from mmkgc_dist.data.images import extract_images
-        summary = extract_images(ds, str(imgs), workers=0, piece_entities=10, show_progress=False)
+        summary = extract_images(ds, str(imgs), batch_size=4, workers=0, piece_entities=10, show_progress=False)
     finally:
         extraction.write_piece = original
     assert summary["pieces_reused"] >= len(finished) and summary["present"] == 120

@@ -91,9 +91,9 @@ def test_checkpoints_move_between_world_sizes(curves, tmp_path):
 @pytest.mark.slow
 def test_sparse_modality_tables_same_at_any_world_size(tmp_path):
     """At 20% visual coverage a modality table holds rows only for the entities that have the feature — in one
-    process exactly those, on each of two ranks about a fifth of its owned block (the dense table held every
-    owned entity) — and both train the same model: the same loss curve, the same trained feature rows, zeros for
-    every entity without the feature."""
+    process exactly those and one zero row, on each of two ranks about a fifth of its owned block (the dense table
+    held every owned entity) — and both train the same model: the same loss curve, the same trained feature rows,
+    zeros for every entity without the feature (the zero row stays zero through training)."""
     extra = ("--data.synthetic.visual_missing=0.8", "--train.max_steps=10", "--features")
     one, two = launch(tmp_path / "one", None, *extra), launch(tmp_path / "two", 2, *extra)
     from mmkgc_dist.config import load_config
@@ -102,7 +102,7 @@ def test_sparse_modality_tables_same_at_any_world_size(tmp_path):
     data = generate(load_config(None, [("data.synthetic.visual_missing", "0.8")]).data.synthetic)
     present = data.features["visual"].present
     assert 0.15 < present.mean() < 0.25
-    assert one["modality_rows"]["visual"] == present.sum()
+    assert one["modality_rows"]["visual"] == present.sum() + 1          # and the zero row the others look up
     owned = -(-data.num_entities // 2)
     assert two["modality_rows"]["visual"] <= 0.3 * owned, two["modality_rows"]
     assert one["initial"] == two["initial"]
@@ -115,7 +115,7 @@ def test_sparse_modality_tables_same_at_any_world_size(tmp_path):
     apart = (visual[0] - visual[1]).abs().max()
     print(f"visual rows: moved up to {moved:.2e} in 10 steps; one process vs 2 ranks up to {apart:.2e}")
     assert moved > 1e-3 and apart <= 0.05 * moved, (moved, apart)      # summation order, through Adam
-    assert not visual[1][~torch.from_numpy(present)].any()
+    assert not visual[0][~torch.from_numpy(present)].any() and not visual[1][~torch.from_numpy(present)].any()
 
 
 @pytest.mark.slow

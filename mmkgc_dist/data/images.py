@@ -378,6 +378,8 @@ def extract_images(root: str, source: str, modality: str = "visual", encoder: st
                     len(index.unmatched), ", ".join(map(repr, index.unmatched[:3])))
     model = load_encoder(encoder, weights, device=device)
     workers = max(0, min(4, (os.cpu_count() or 1) - 1)) if workers is None else workers
+    # the batch shape is part of what decides a row (every batch runs padded to it): a job resumed with another
+    # --batch-size starts afresh, and a new entity is encoded at it (serving/content.py)
     identity = {"kind": "images", "images": index.identity, "encoder": model.identity, "batch": batch_size,
                 "limits": [max_bytes, max_pixels]}
 

@@ -6,13 +6,16 @@ Layout. Entities are owned in contiguous blocks of ``owner_block(N, world)`` ids
 embedder.py). Block ``b``'s present entities take rows ``b·M … b·M + count_b − 1`` of a table of ``world·M`` rows,
 M the largest block count (at least 1), so TorchRec's row-wise sharding of that table in ``world`` equal blocks
 puts every owner's rows on the owner; the rows past ``count_b`` are padding, never looked up. One process is one
-block: the table is exactly the present rows in id order.
+block: the present rows in id order, then one zero row that the entities without the feature look up
+(local_tables.py: a lookup then needs no host wait to find who has it).
 
 Checkpoints hold the canonical table at every world size: the present rows in id order, ``[P, width]``
 (``canonical_spans``), so a run saved on N ranks resumes on M and back.
 
-A lookup asks the table for present entities only and returns zeros for the others (``scatter_present``):
-the optimizers then touch exactly the rows that have a gradient, as they would in a dense table.
+A sharded lookup asks the table for present entities only and returns zeros for the others
+(``scatter_present``): the optimizers then touch exactly the rows that have a gradient, as they would in a dense
+table. (The one-process zero row gets an exactly zero gradient — the fusion masks an absent modality — so it
+stays zero and moves no other row.)
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from ..data.format import Features
 from ..model.dropout import STRUCTURE
 from ..model.kgc import EntityRows
 from ..rng import uniform_rows
-from .feature_rows import SparseRows, scatter_present
+from .feature_rows import SparseRows
 
 
 def row_width(width: int) -> int:
@@ -55,20 +55,22 @@ class LocalTables(nn.Module):
         # trainer built from the same data would start from the first one's trained features).
         # Frozen features may be stored in half precision (parallel.frozen_dtype): half the memory and the
         # bytes read per lookup; rows are widened to fp32 when looked up.
-        # A modality's table holds the rows of the entities that have it, in id order (feature_rows.py).
+        # A modality's table holds the rows of the entities that have it, in id order (feature_rows.py), then
+        # one zero row that every entity without it looks up: no host wait to find who has it (a GPU step counts
+        # them), and the row stays zero — the fusion masks an absent modality, so its gradient is exactly 0.
         self.sparse = {m: SparseRows(f.present, 1) for m, f in features.items()}
 
-        def table(f, rows: SparseRows):
-            values = torch.from_numpy(f.values[f.present])        # a copy: the dataset is never written
-            if not rows.total:                                    # no entity has it: one row, never looked up
-                values = torch.zeros(1, f.dim)
+        def table(f):
+            values = torch.cat([torch.from_numpy(f.values[f.present]),     # a copy: the dataset is never written
+                                torch.zeros(1, f.dim)])
             return values if trainable_features else values.to(frozen_dtype)
         self.features = nn.ModuleDict({
-            m: nn.Embedding.from_pretrained(table(f, self.sparse[m]), freeze=not trainable_features, sparse=True)
+            m: nn.Embedding.from_pretrained(table(f), freeze=not trainable_features, sparse=True)
             for m, f in features.items()})
         for m, f in features.items():
             self.register_buffer(f"present_{m}", torch.from_numpy(f.present.copy()))
-            self.register_buffer(f"rows_{m}", self.sparse[m].block_rows(0))
+            rows = self.sparse[m].block_rows(0).long()
+            self.register_buffer(f"rows_{m}", torch.where(rows < 0, self.sparse[m].total, rows))
 
     def lookup(self, entity_ids: Tensor, relation_ids: Tensor) -> tuple[EntityRows, Tensor]:
         """Rows of the given entities and relations (one call: the sharded version is one collective)."""
@@ -81,12 +83,10 @@ class LocalTables(nn.Module):
         return EntityRows(self.entity(ids), {m: self.modality_rows(m, ids) for m in self.features}, masks, ids)
 
     def modality_rows(self, modality: str, ids: Tensor) -> Tensor:
-        """[len(ids), dim] float rows of one modality: the table's rows of the entities that have it, zeros
-        for the others (only present rows are looked up, so only they get a gradient)."""
-        rows = getattr(self, f"rows_{modality}")[ids]
-        hit = (rows >= 0).nonzero().squeeze(1)
-        return scatter_present(len(ids), hit, self.features[modality](rows[hit].long()))
+        """[len(ids), dim] float rows of one modality: the table's rows of the entities that have it, the zero
+        row for the others."""
+        return self.features[modality](getattr(self, f"rows_{modality}")[ids]).float()
 
     def saved_rows(self, modality: str) -> int:
-        """Rows of a modality's table that a checkpoint holds: the present entities' (no placeholder row)."""
+        """Rows of a modality's table that a checkpoint holds: the present entities' (not the zero row)."""
         return self.sparse[modality].total
