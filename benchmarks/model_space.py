@@ -51,7 +51,8 @@ def protocol(cfg, args, fused: list[str]) -> str:
     selection = f"best of validation every {args.select_every} epochs" if args.select_every else "last model"
     negatives = "1-vs-all cross-entropy" if cfg.train.negatives == "all" else \
         f"{cfg.train.num_negatives} {cfg.train.negatives} negatives, self-adversarial"
-    return (f"features: {features}; {cfg.train.epochs} epochs, {selection}; corruption side "
+    tested = f"a seeded sample of {cfg.eval.max_queries} test triples" if cfg.eval.max_queries else "every test triple"
+    return (f"features: {features}; {cfg.train.epochs} epochs, {selection}; {tested}; corruption side "
             f"{cfg.train.corruption_side}; ties {cfg.eval.ties}; lr {cfg.train.lr}; {negatives}; "
             f"reciprocal {cfg.model.reciprocal}; regularizer {cfg.model.regularizer} {cfg.model.regularizer_weight}")
 
