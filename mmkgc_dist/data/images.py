@@ -21,6 +21,7 @@ average-pooled); it takes ImageNet's normalisation at ``image_size`` unless told
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -46,15 +47,16 @@ LITE_SIZES = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientne
 # ------------------------------------------------------------------------------------------------ sources
 @dataclass
 class ImageIndex:
-    """Every (entity id, image location) of a source, sorted by entity id."""
+    """Every (entity id, image location) of a source, sorted by entity id. The paths are one Arrow string array
+    and the inputs are known by a digest, so the index costs a few tens of bytes per image for the whole job."""
     ids: np.ndarray              # int64 [n]
-    paths: list[str]             # [n]
+    paths: pa.Array              # string [n]
     unmatched: list[str]         # source keys that name no entity (reported, not used)
-    identity: list               # what decides the inputs: (id, path, size or None) per image
+    identity: str                # SHA-256 of what decides the inputs: (id, path, size or None) per image
 
     def between(self, first: int, stop: int) -> tuple[np.ndarray, list[str]]:
         lo, hi = np.searchsorted(self.ids, [first, stop])
-        return self.ids[lo:hi], self.paths[lo:hi]
+        return self.ids[lo:hi], self.paths[int(lo):int(hi)].to_pylist()
 
 
 def _local_names(names: pa.Array) -> pa.Array:
@@ -158,8 +160,10 @@ def _indexed(keys: list[str], paths: list[str], sizes: list, names: pa.Array) ->
     unmatched = sorted({k for k, i in zip(keys, ids) if i < 0})
     keep = np.flatnonzero(ids >= 0)
     order = keep[np.argsort(ids[keep], kind="stable")]
-    return ImageIndex(ids[order], [paths[i] for i in order], unmatched,
-                      [(int(ids[i]), paths[i], sizes[i]) for i in order])
+    digest = hashlib.sha256()
+    for i in order:
+        digest.update(f"{ids[i]}\0{paths[i]}\0{sizes[i]}\n".encode())
+    return ImageIndex(ids[order], pa.array([paths[i] for i in order], pa.string()), unmatched, digest.hexdigest())
 
 
 # ------------------------------------------------------------------------------------------------ decoding
