@@ -17,7 +17,6 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 from _common import machine, mean_std, results_dir, write_json, write_report

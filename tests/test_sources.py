@@ -36,7 +36,7 @@ def test_image_sources_folder_files_and_a_table(tmp_path):
     assert index.ids.tolist() == [2, 3] and index.unmatched == ["stranger"]
     (tmp_path / "t.csv").write_text("entity,path\nplain,imgs/Rome.png\nRome,imgs/3.jpg\nRome,imgs/Rome.png\n")
     index = image_index(str(tmp_path / "t.csv"), NAMES)
-    assert index.ids.tolist() == [2, 2, 3] and index.paths[0].endswith("imgs/3.jpg")
+    assert index.ids.tolist() == [2, 2, 3] and index.paths[0].as_py().endswith("imgs/3.jpg")
     (tmp_path / "bad.csv").write_text("entity,picture\nRome,x.png\n")
     with pytest.raises(DataError, match="expected columns 'entity' and 'path'"):
         image_index(str(tmp_path / "bad.csv"), NAMES)
