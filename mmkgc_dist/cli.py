@@ -141,7 +141,8 @@ def cmd_predict(args, overrides) -> int:
                      text_model=args.text_model, image_encoder=args.image_encoder, image_weights=args.image_weights)
     known = "filter" if args.filter_known else "mark"
     if args.batch is not None:
-        done = model.predict_file(args.batch, args.output, k=args.top, known=known, strict=args.strict)
+        done = model.predict_file(args.batch, args.output, k=args.top, known=known, strict=args.strict,
+                                  approximate=args.approximate)
         print(f"answered {done['answered']} of {done['queries']} queries ({done['answers']} answers, "
               f"{done['queries_per_s']:.1f} queries/s) into {args.output}" +
               (f"; {done['unknown']} could not be answered (listed with the reason in {done['unknown_file']})"
@@ -149,7 +150,8 @@ def cmd_predict(args, overrides) -> int:
         return 0
     head, relation, tail = (int_id(v, name) if args.ids and v is not None and not isinstance(v, dict) else v
                             for v, name in ((args.head, "--head"), (args.relation, "--relation"), (args.tail, "--tail")))
-    found = model.predict(head=head, relation=relation, tail=tail, k=args.top, known=known)
+    found = model.predict(head=head, relation=relation, tail=tail, k=args.top, known=known,
+                          approximate=args.approximate)
     # as typed; the new entity by the name its answers show
     shown = {"head": found.head if isinstance(args.head, dict) else args.head,
              "tail": found.tail if isinstance(args.tail, dict) else args.tail}
@@ -292,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", help="checkpoint folder step-N/ (default: the one model selection chose, "
                                         "RUN_DIR/checkpoints/best.json, else the newest verified)")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.add_argument("--approximate", action="store_true",
+                   help="entity answers from a FAISS index re-ranked by the scorer, for millions of entities; built "
+                        "on first use into RUN_DIR/answer-index/ with recall@10 calibrated to 0.95 against exact "
+                        "(its meta.json holds the measured recall)")
     new = q.add_argument_group("an entity the graph does not hold, by its content (it takes the --new-as place; "
                                "give one of the other two)")
     new.add_argument("--new-text", help="its text (encoded by the model the dataset's text features were made with)")

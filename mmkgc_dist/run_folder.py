@@ -28,7 +28,7 @@ log = logging.getLogger("mmkgc_dist")
 RUN_FILES = ("results.json", "results.md", "metrics.jsonl", "config.yaml", "sharding_plan.json", "mlflow_run_id",
              "dataset.json")
 CHECKPOINT_FILES = (BEST,)          # besides the step-N checkpoints: model selection's record
-RUN_FOLDERS = ("tensorboard", "known-index", "neighbour-index")   # predict's indexes (known triples, neighbours)
+RUN_FOLDERS = ("tensorboard", "known-index", "neighbour-index", "answer-index")   # predict's indexes
 
 
 def _make_folder(path: str, what: str) -> None:

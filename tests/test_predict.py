@@ -289,6 +289,62 @@ def test_inverted_file_index_calibrates_nprobe_to_the_recall_target(model, tmp_p
     assert not (tmp_path / "bad").exists()
 
 
+def test_approximate_answers_agree_with_exact_and_filter_known(model):
+    """predict(approximate=True): an answer index built once into the run folder, calibrated to recall@10 ≥ 0.95
+    against the exact path; answers carry the exact scores; known="filter" still leaves every known answer out."""
+    pytest.importorskip("faiss")
+    heads = [f"entity_{i:06d}" for i in range(10, 50, 4)]
+    exact = model.predict(head=heads, relation="relation_0003", k=10)
+    approximate = model.predict(head=heads, relation="relation_0003", k=10, approximate=True)
+    index = model.answer_index()
+    assert index.meta["recall_at_k"] >= 0.95 and index.meta["recall_queries"] == 1000
+    assert index.meta["scoring"] == model.scoring.scorer.name and index.meta["search"] == "l2"
+    hits = sum(len({p.id for p in a} & {p.id for p in e}) for a, e in zip(approximate, exact))
+    assert hits >= 0.9 * 100
+    for a in approximate:
+        direct = model.score([(a.head, "relation_0003", p.name) for p in a])
+        assert np.allclose(direct, [p.score for p in a], atol=1e-5)
+    train = model.model.evaluator.known_triples()
+    h, r = (int(x) for x in train[0][:2])
+    known = {int(row[2]) for row in train if row[0] == h and row[1] == r}
+    filtered = model.predict(head=h, relation=r, k=20, known="filter", approximate=True)
+    assert len(filtered) == 20 and not {p.id for p in filtered} & known
+    built = os.stat(os.path.join(model.model.run_dir, "answer-index", "index.faiss")).st_mtime_ns
+    assert load_run(model.model.run_dir).answer_index().meta == index.meta
+    assert os.stat(os.path.join(model.model.run_dir, "answer-index", "index.faiss")).st_mtime_ns == built
+
+
+def test_inner_product_answer_index_and_exact_fallback(tmp_path):
+    """Dot-product scorers (ComplEx, DistMult) search an inner-product index (HNSW and IVF); a query whose
+    excluded answers leave fewer than k candidates is answered exactly; a scorer without a vector form refuses."""
+    pytest.importorskip("faiss")
+    from mmkgc_dist.model.scorers.base import make_scorer
+    from mmkgc_dist.serving.answer_index import build_answer_index
+    from mmkgc_dist.serving.exact_answers import best_answers
+    scorer = make_scorer("distmult", 8, 12.0, 2.0)
+    kernels = scorer.kernels()
+    rng = np.random.default_rng(0)
+    table = torch.from_numpy(rng.normal(size=(3000, 16)).astype(np.float32))
+    queries = torch.from_numpy(rng.normal(size=(200, 16)).astype(np.float32))
+    exact_d, exact_e = best_answers(kernels, queries[:20], table, 10)
+    for kind in ("hnsw", "ivf"):
+        index = build_answer_index(str(tmp_path / kind), table, {}, scorer, kernels, queries, kind=kind)
+        assert index.meta["search"] == "inner_product" and index.meta["recall_at_k"] >= 0.95
+        d, e = index.answers(scorer, kernels, queries[:20], table, 10)
+        assert (d <= exact_d[:, -1:] + 1e-4).float().mean() >= 0.95
+    # query 0 may not have 2,995 of the rows, the index's candidates among them: the 5 worst rows are left, which
+    # no search fetches — they are its answers, found exactly, then nothing
+    worst = (table @ queries[0]).argsort()[:5].numpy()
+    rows = np.setdiff1d(np.arange(3000), worst)
+    excluded = (np.zeros(len(rows), dtype=np.int64), rows)
+    d, e = index.answers(scorer, kernels, queries[:2], table, 10, excluded)
+    assert set(e[0, :5].tolist()) == set(worst.tolist()) and torch.isinf(d[0, 5:]).all()
+    assert torch.isfinite(d[1]).all() and index.fallbacks == 1
+    with pytest.raises(ConfigError, match="no single-vector query form"):
+        build_answer_index(str(tmp_path / "views"), table, {}, make_scorer("ikrl", 8, 12.0, 2.0), kernels, queries)
+    assert not (tmp_path / "views").exists()
+
+
 def test_relation_prediction_ranks_relations_by_score(model):
     head, tail = "entity_000010", "entity_000042"
     found = model.predict(head=head, tail=tail, k=50)
@@ -369,6 +425,11 @@ def test_predict_batch_and_relations_from_the_command_line(run, tmp_path):
     res = cli("predict", run, "--batch", tmp_path / "q.csv", "--output", tmp_path / "a.jsonl", "--top", "3",
               cwd=tmp_path)
     assert res.returncode == 0 and "answered 2 of 2 queries (6 answers" in res.stdout, res.stderr[-2000:]
+    approximate = cli("predict", run, "--batch", tmp_path / "q.csv", "--output", tmp_path / "b.jsonl", "--top", "3",
+                      "--approximate", cwd=tmp_path)
+    assert approximate.returncode == 0 and "answered 2 of 2 queries" in approximate.stdout, approximate.stderr[-2000:]
+    answer_ids = lambda path: {(r["query"], r["answer_id"]) for r in map(json.loads, open(path))}
+    assert len(answer_ids(tmp_path / "a.jsonl") & answer_ids(tmp_path / "b.jsonl")) >= 5
     by_id = cli("predict", run, "--head", "10", "--relation", "3", "--ids", "--json", cwd=tmp_path)
     by_name = cli("predict", run, "--head", "entity_000010", "--relation", "relation_0003", "--json", cwd=tmp_path)
     by_short = cli("predict", run, "--head", "Entity 000010", "--relation", "relation_0003", "--json", cwd=tmp_path)
@@ -429,11 +490,11 @@ def test_short_names_resolve_when_one_name_has_them_and_list_the_candidates_othe
 
 
 def test_fused_top_k_is_the_brute_force_top_k_with_exclusions_blocks_and_workers():
-    """serving.predict.best_answers against a full score matrix: every block size, one or two workers, filtered
+    """serving.exact_answers.best_answers against a full score matrix: every block size, one or two workers, filtered
     pairs left out, k over a block's rows."""
     import torch
 
-    from mmkgc_dist.serving.predict import best_answers
+    from mmkgc_dist.serving.exact_answers import best_answers
 
     class Dot:
         @staticmethod

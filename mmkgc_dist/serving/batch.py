@@ -42,7 +42,8 @@ def asked_of(query, where: str) -> str:
     return missing[0]
 
 
-def predict_queries(predictor, queries: Iterable, k: int = 10, known: str = "mark", where: str = "query"):
+def predict_queries(predictor, queries: Iterable, k: int = 10, known: str = "mark", where: str = "query",
+                    approximate: bool = False):
     """Predictions for each (head, relation, tail) with one of them asked, in the order given."""
     if isinstance(queries, (str, bytes)) or not hasattr(queries, "__iter__"):
         raise QueryError(f"{where}s: expected a list of (head, relation, tail) rows, got {type(queries).__name__}")
@@ -58,7 +59,8 @@ def predict_queries(predictor, queries: Iterable, k: int = 10, known: str = "mar
         if not at:
             continue
         h, r, t = (None if kind == c else [queries[i][j] for i in at] for j, c in enumerate(COLUMNS))
-        for i, answers in zip(at, predictor.predict(head=h, relation=r, tail=t, k=k, known=known)):
+        for i, answers in zip(at, predictor.predict(head=h, relation=r, tail=t, k=k, known=known,
+                                                    approximate=approximate)):
             out[i] = answers
     return out
 
@@ -108,7 +110,7 @@ def _check_columns(path: str, names: list[str]) -> None:
 
 
 def predict_file(predictor, src: str, out: str, k: int = 10, known: str = "mark", progress: bool = True,
-                 strict: bool = False) -> dict:
+                 strict: bool = False, approximate: bool = False) -> dict:
     """Answer every query of ``src`` into ``out``. A query naming an unknown entity or relation (or asking
     none or several) is left out and listed with its data row and reason in ``unknown_file(out)`` — or, with
     ``strict``, refused with a DataError naming its row before anything is written.
@@ -139,7 +141,8 @@ def predict_file(predictor, src: str, out: str, k: int = 10, known: str = "mark"
                         raise QueryError(f"{src}: data row {done + i + 1}{line}: {problem}")
                     unknown.append({"query": done + i, "row": done + i + 1, **dict(zip(COLUMNS, map(_plain, query))),
                                     "reason": problem})
-                found = predict_queries(predictor, [rows[i] for i in good], k, known, where=f"{src} row")
+                found = predict_queries(predictor, [rows[i] for i in good], k, known, where=f"{src} row",
+                                        approximate=approximate)
                 answers += writer.write([done + i for i in good], [rows[i] for i in good], found)
                 done += len(rows)
                 bar.update(len(rows))

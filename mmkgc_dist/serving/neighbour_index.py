@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from ..outputs import built_aside, write_atomic
 META = "meta.json"
 
 
-def _faiss():
+def load_faiss():
     try:
         import faiss
     except ImportError:
@@ -99,7 +100,7 @@ class NeighbourIndex:
     ``nprobe`` nearest cells). The search knob is the one the build chose to reach its recall target."""
 
     def __init__(self, folder: str):
-        faiss = _faiss()
+        faiss = load_faiss()
         with open(os.path.join(folder, META)) as fh:
             self.meta = json.load(fh)
         self.index = faiss.read_index(os.path.join(folder, "index.faiss"))
@@ -146,21 +147,40 @@ class NeighbourIndex:
         return distance, found
 
 
-def _new_index(faiss, vectors: np.ndarray, kind: str, m: int, ef_construction: int, seed: int):
-    """An empty index of ``kind`` for ``vectors``, trained where it needs training (IVF's k-means cells)."""
+def new_index(faiss, vectors: np.ndarray, kind: str, m: int, ef_construction: int, seed: int, metric=None):
+    """An empty index of ``kind`` for ``vectors``, trained where it needs training (IVF's k-means cells);
+    ``metric``: FAISS's metric type (default Euclidean; METRIC_INNER_PRODUCT for answers by dot product)."""
     width = vectors.shape[1]
+    metric = faiss.METRIC_L2 if metric is None else metric
     if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(width, m)
+        index = faiss.IndexHNSWFlat(width, m, metric)
         index.hnsw.efConstruction = ef_construction
         return index
     cells = int(min(4096, max(1, 2 * np.sqrt(len(vectors)))))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(width), width, cells)
+    quantizer = faiss.IndexFlatIP(width) if metric == faiss.METRIC_INNER_PRODUCT else faiss.IndexFlatL2(width)
+    index = faiss.IndexIVFFlat(quantizer, width, cells, metric)
     index.cp.seed = seed
     train = vectors
     if len(vectors) > 64 * cells:         # k-means on a seeded sample: 64 rows per cell is plenty
         train = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), 64 * cells, replace=False))]
     index.train(train)
     return index
+
+
+def write_index(faiss, vectors: np.ndarray, folder: str, kind: str, m: int, ef_construction: int, seed: int,
+                metric=None) -> tuple[dict, list[int]]:
+    """Build an index of ``kind`` over ``vectors`` into ``folder/index.faiss``: (its build record for meta.json,
+    the values of its search knob to calibrate, least thorough first)."""
+    start = time.time()
+    index = new_index(faiss, vectors, kind, m, ef_construction, seed, metric)
+    index.add(vectors)
+    record = {"kind": kind, "rows": int(vectors.shape[0]), "width": int(vectors.shape[1]),
+              "build_seconds": round(time.time() - start, 2), "knob_name": "nprobe" if kind == "ivf" else "efSearch"}
+    record.update({"m": m, "ef_construction": ef_construction} if kind == "hnsw" else {"cells": int(index.nlist)})
+    faiss.write_index(index, os.path.join(folder, "index.faiss"))
+    knobs = [16, 32, 64, 128, 256, 512] if kind == "hnsw" else \
+        [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n < index.nlist] + [index.nlist]
+    return record, knobs
 
 
 def build_neighbour_index(folder: str, table: torch.Tensor, identity: dict, kind: str = "auto",
@@ -172,8 +192,7 @@ def build_neighbour_index(folder: str, table: torch.Tensor, identity: dict, kind
     efSearch / nprobe of a doubling sweep whose recall@k against exact search, on ``sample`` seeded rows (each its
     own query, itself excluded), reaches ``target_recall`` (else the sweep's most thorough). The sweep's recall
     and speeds are kept in ``meta.json``."""
-    import time
-    faiss = _faiss()
+    faiss = load_faiss()
     if kind == "auto":
         kind = "hnsw" if table.shape[0] <= HNSW_MAX_ROWS else "ivf"
     if kind not in ("hnsw", "ivf"):
@@ -182,19 +201,9 @@ def build_neighbour_index(folder: str, table: torch.Tensor, identity: dict, kind
         raise ConfigError(f"neighbour index: metric={metric!r}; expected one of {', '.join(METRICS)}")
     vectors = np.ascontiguousarray(table.float().cpu().numpy())
     with built_aside(folder) as work:
-        t0 = time.time()
-        index = _new_index(faiss, vectors, kind, m, ef_construction, seed)
-        index.add(vectors)
-        build_s = time.time() - t0
-        faiss.write_index(index, os.path.join(work, "index.faiss"))
-        knobs = [16, 32, 64, 128, 256, 512] if kind == "hnsw" else \
-            [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n < index.nlist] + [index.nlist]
-        meta = {**identity, "kind": kind, "metric": metric, "rows": int(vectors.shape[0]),
-                "vectors_sha256": table_digest(table),
-                "width": int(vectors.shape[1]),
-                "overfetch": overfetch, "build_seconds": round(build_s, 2), "knob": knobs[-1],
-                "knob_name": "nprobe" if kind == "ivf" else "efSearch", "target_recall": target_recall}
-        meta.update({"m": m, "ef_construction": ef_construction} if kind == "hnsw" else {"cells": int(index.nlist)})
+        built, knobs = write_index(faiss, vectors, work, kind, m, ef_construction, seed)
+        meta = {**identity, **built, "metric": metric, "vectors_sha256": table_digest(table),
+                "overfetch": overfetch, "knob": knobs[-1], "target_recall": target_recall}
         write_atomic(os.path.join(work, META), json.dumps(meta))
         built = NeighbourIndex(work)
         built.meta.update(calibrate(built, table, knobs, k, sample, seed, target_recall))
@@ -219,7 +228,6 @@ def calibrate(index: NeighbourIndex, table: torch.Tensor, knobs: list[int], k: i
 
 def exact_answers(table: torch.Tensor, rows: np.ndarray, k: int, metric: str) -> dict:
     """The exact top-k of each sampled row (itself excluded), its k-th distance, and the exact path's speed."""
-    import time
     t0 = time.time()
     distance, found = exact_nearest(table, table[torch.from_numpy(rows)], k, exclude=rows, metric=metric)
     return {"found": found, "kth": distance[:, -1:], "queries_per_s": len(rows) / max(time.time() - t0, 1e-9)}
@@ -229,7 +237,6 @@ def measure_recall(index: NeighbourIndex, table: torch.Tensor, k: int, rows: np.
     """recall@k of the approximate path against ``exact`` (``exact_answers`` of ``rows``), and both speeds.
     An answer counts when its distance is within the exact k-th distance: rows at the same distance are equally
     right answers (untrained or duplicate rows tie by the thousand), so the ids' overlap is reported beside it."""
-    import time
     t0 = time.time()
     distance, approximate = index.nearest(table, table[torch.from_numpy(rows)], k, exclude=rows)
     approximate_s = time.time() - t0

@@ -37,12 +37,14 @@ from ..errors import QueryError
 from ..outputs import derived_folder, derived_places
 from .export import checked_k
 from .content import Content, ContentEncoder, added_contents, fuse_contents, is_content
+from .exact_answers import best_answers
 from .neighbour_index import exact_nearest
 from .trained import TrainedModel, load_trained
 
 KNOWN_POLICIES = ("mark", "filter", "keep")
 KNOWN_INDEX = "known-index"          # the run folder's index of a streamed dataset's known triples
 NEIGHBOUR_INDEX = "neighbour-index"  # the run folder's FAISS indexes of neighbours(approximate=True)
+ANSWER_INDEX = "answer-index"        # the run folder's FAISS index of predict(approximate=True)
 log = logging.getLogger("mmkgc_dist")
 SPACES = ("joint", "structural")
 
@@ -166,6 +168,7 @@ class Predictor:
         self.relation_rows = model.runtime.relation_table()
         self._known: KnownIndex | None = None
         self._neighbour_indexes: dict = {}
+        self._answer_index = None
         self.entity_chunk: int | None = None     # entities scored at once by predict (None: ~2^24 scores per chunk)
         stats = model.statistics          # a streamed training split stays on disk (known_index)
         self._stream = (model.cfg.data.path, stats.manifest) if stats.streamed else None
@@ -217,10 +220,15 @@ class Predictor:
         return joint.to(self.joint.device)
 
     # ------------------------------------------------------------------------------------ queries
-    def predict(self, head=None, relation=None, tail=None, k: int = 10, known: str = "mark"):
+    def predict(self, head=None, relation=None, tail=None, k: int = 10, known: str = "mark",
+                approximate: bool = False):
         """Top-``k`` tails of (head, relation, ?), heads of (?, relation, tail) or relations of (head, ?, tail).
-        Names or ids; a list of them asks a batch of queries and returns one ``Predictions`` per query."""
+        Names or ids; a list of them asks a batch of queries and returns one ``Predictions`` per query.
+        ``approximate``: entity answers from a FAISS index re-ranked by the scorer (``answer_index``; its recall
+        against the exact path is in ``answer_index().meta``) — for millions of entities."""
         k, known = checked_options(k, known, "predict")
+        if not isinstance(approximate, bool):
+            raise QueryError(f"predict: approximate={approximate!r}; expected True or False")
         if relation is None and head is not None and tail is not None:
             return self._predict_relations(head, tail, k, known)
         if relation is None or (head is None) == (tail is None):
@@ -234,21 +242,22 @@ class Predictor:
         anchor_ids, anchor_rows, anchor_names = self._anchors(anchors)
         relation_ids = self.relations.ids_of(relations)
         found = self._top(anchor_ids, anchor_rows, relation_ids, "tail" if head is not None else "head",
-                          min(k, len(self.entities.names)), known)
+                          min(k, len(self.entities.names)), known, approximate)
         named = [(a, self.relations.names[r]) for a, r in zip(anchor_names, relation_ids)]
         found = [Predictions(answers, a if head is not None else None, r, a if head is None else None)
                  for answers, (a, r) in zip(found, named)]
         return found if batch else found[0]
 
-    def predict_queries(self, queries, k: int = 10, known: str = "mark") -> list[Predictions]:
+    def predict_queries(self, queries, k: int = 10, known: str = "mark",
+                        approximate: bool = False) -> list[Predictions]:
         """Answers of many queries (head, relation, tail), each with one of the three asked (None, '' or '?'),
         in the order given (serving/batch.py)."""
         from .batch import predict_queries
         k, known = checked_options(k, known, "predict_queries")
-        return predict_queries(self, queries, k, known)
+        return predict_queries(self, queries, k, known, approximate=approximate)
 
     def predict_file(self, src: str, out: str, k: int = 10, known: str = "mark", progress: bool = True,
-                     strict: bool = False) -> dict:
+                     strict: bool = False, approximate: bool = False) -> dict:
         """A query file (TSV/CSV/Parquet: head, relation, tail; one asked per row) answered into ``out``
         (Parquet or JSON lines), in chunks with a progress bar; counts and queries/s (serving/batch.py).
         Queries it cannot answer are listed in ``<out stem>.unknown.jsonl`` (``strict``: refused instead)."""
@@ -258,7 +267,7 @@ class Predictor:
             if not isinstance(value, (str, os.PathLike)):
                 raise QueryError(f"predict_file: {name}={value!r}; expected a file path")
         src, out = os.fspath(src), os.fspath(out)
-        return predict_file(self, src, out, k, known, progress, strict)
+        return predict_file(self, src, out, k, known, progress, strict, approximate)
 
     def _predict_relations(self, head, tail, k: int, known: str):
         batch = isinstance(head, (list, tuple, np.ndarray))
@@ -302,7 +311,7 @@ class Predictor:
         return out
 
     def _top(self, anchors: np.ndarray, anchor_rows: torch.Tensor, relations: np.ndarray, direction: str, k: int,
-             known: str):
+             known: str, approximate: bool = False):
         """The answers of (anchor, relation) queries; an anchor id −1 (a new entity) has no known answer."""
         out = []
         index = self.known_index() if known != "keep" else None
@@ -313,7 +322,8 @@ class Predictor:
                 held = np.flatnonzero((a >= 0) & (a < self.held))
                 rows, cols = index.pairs(direction, a[held], r[held])
                 excluded = (held[rows], cols)
-            distance, entity = self._nearest(anchor_rows[start:start + self.batch_size], r, direction, k, excluded)
+            distance, entity = self._nearest(anchor_rows[start:start + self.batch_size], r, direction, k, excluded,
+                                             approximate)
             flagged = np.zeros(entity.shape, dtype=bool)
             if index is not None:
                 answers = entity.numpy()
@@ -331,12 +341,61 @@ class Predictor:
 
     @torch.no_grad()
     def _nearest(self, anchors: torch.Tensor, relations: np.ndarray, direction: str, k: int,
-                 excluded: tuple[np.ndarray, np.ndarray] | None) -> tuple[torch.Tensor, torch.Tensor]:
+                 excluded: tuple[np.ndarray, np.ndarray] | None,
+                 approximate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` best answers of each query (its anchor's joint row, a relation) as (negated similarity,
-        entity), lower first (``best_answers``)."""
+        entity), lower first (``best_answers``, or the answer index's candidates re-ranked)."""
         query = self.scoring.queries.evaluation_query(anchors, torch.from_numpy(relations), self.relation_rows,
                                                       head=direction == "head")
+        if approximate:
+            return self.answer_index().answers(self.scoring.scorer, self.scoring.kernels, query, self.joint, k,
+                                               excluded)
         return best_answers(self.scoring.kernels, query, self.joint, k, excluded, self.entity_chunk)
+
+    def answer_index(self, sample: int = 1000, seed: int = 0):
+        """The FAISS index of approximate answers for this checkpoint (answer_index.py): built on first use into
+        the run folder (``answer-index/``) with its search calibrated to recall@10 ≥ 0.95 against the exact
+        path on ``sample`` seeded queries (random entities and relations, half of them head queries)."""
+        from .answer_index import AnswerIndex, build_answer_index
+        from .neighbour_index import table_digest
+
+        if self._answer_index is not None:
+            return self._answer_index
+        identity = {"dataset": self.model.identity, "checkpoint": os.path.basename(self.model.source),
+                    "step": self.step, "scoring": self.scoring.scorer.name,
+                    "vectors_sha256": table_digest(self.joint), "relations_sha256": table_digest(self.relation_rows)}
+        for folder in derived_places(self.model.run_dir, ANSWER_INDEX):
+            try:
+                index = AnswerIndex(folder)
+            except (OSError, ValueError, KeyError, RuntimeError):
+                continue
+            if all(index.meta.get(key) == value for key, value in identity.items()):
+                self._answer_index = index
+                return index
+        index = build_answer_index(derived_folder(self.model.run_dir, ANSWER_INDEX), self.joint, identity,
+                                   self.scoring.scorer, self.scoring.kernels, self._sample_queries(sample, seed))
+        log.info("answer index (%s, %d entities, %s %d): recall@%d %.3f against exact on %d queries, %.0f vs %.0f "
+                 "queries/s", index.kind, len(self.joint), index.meta["knob_name"], index.meta["knob"],
+                 index.meta["recall_k"], index.meta["recall_at_k"], index.meta["recall_queries"],
+                 index.meta["approximate_queries_per_s"], index.meta["exact_queries_per_s"])
+        if index.meta["approximate_queries_per_s"] < index.meta["exact_queries_per_s"]:
+            log.warning("answer index: it reaches recall@%d %.2f only by visiting most of the table, slower than "
+                        "the exact answers here (rows without cluster structure); approximate=False is faster",
+                        index.meta["recall_k"], index.meta["target_recall"])
+        self._answer_index = index
+        return index
+
+    def _sample_queries(self, count: int, seed: int) -> torch.Tensor:
+        """Seeded queries of this model: random entities and the dataset's relations, tails then heads."""
+        rng = np.random.default_rng(seed)
+        anchors = torch.from_numpy(rng.integers(0, len(self.joint), count))
+        relations = torch.from_numpy(rng.integers(0, len(self.relations.names), count))
+        half = count // 2
+        tails = self.scoring.queries.evaluation_query(self.joint[anchors[:half]], relations[:half],
+                                                      self.relation_rows, head=False)
+        heads = self.scoring.queries.evaluation_query(self.joint[anchors[half:]], relations[half:],
+                                                      self.relation_rows, head=True)
+        return torch.cat([tails, heads])
 
     def known_index(self) -> KnownIndex:
         """Known triples (train ∪ valid ∪ test) as sorted keys: in memory for held splits; for a streamed
@@ -445,74 +504,6 @@ class Predictor:
                      index.meta["exact_queries_per_s"])
         self._neighbour_indexes[space] = index
         return index
-
-
-QUERY_TILE, ROW_BLOCK = 64, 4096     # a tile's scores (64 × 4096 floats, 1 MiB) stay in a core's L2 cache
-
-
-@torch.no_grad()
-def best_answers(kernels, query: torch.Tensor, table: torch.Tensor, k: int,
-                 excluded: tuple[np.ndarray, np.ndarray] | None = None,
-                 block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(negated similarity, row) of the ``k`` rows of ``table`` that score best against each query, lower first.
-
-    Fused score-and-top-k: ``ROW_BLOCK`` rows (``block`` to override) against ``QUERY_TILE`` queries at a time,
-    so a tile's scores are still in cache when each query's best score in it is compared with the query's running
-    k-th best; only queries that beat it are merged (a top-k of their tile row, then of 2k), which after the first
-    blocks is a few of them. No score row of a query is ever held whole: memory is a tile per worker. On a CPU the
-    table's rows are split between ``torch.get_num_threads()`` workers, one thread each (the tiles are too small
-    for a matrix product to gain from threads of its own), and their answers merged; on a GPU the tile is every
-    query (one kernel per block, no per-tile wait for the host). ``excluded``: (query row, table row) pairs left
-    out (known answers under known="filter"). benchmarks/answer_speed.py measures it."""
-    k = min(k, table.shape[0])
-    if excluded is not None:                  # by table row: a block's pairs are one slice
-        order = np.argsort(excluded[1], kind="stable")
-        excluded = excluded[0][order], excluded[1][order]
-    workers = torch.get_num_threads() if query.device.type == "cpu" else 1
-    if workers == 1 or table.shape[0] < 2 * (block or ROW_BLOCK):
-        best_s, best_e = _best_in_rows(kernels, query, table, 0, table.shape[0], k, excluded, block)
-        return -best_s.cpu(), best_e.cpu()
-    from concurrent.futures import ThreadPoolExecutor
-
-    bounds = np.linspace(0, table.shape[0], workers + 1).astype(int)
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(lambda w: _best_in_rows(kernels, query, table, bounds[w], bounds[w + 1], k,
-                                                          excluded, block), range(workers)))
-    finally:
-        torch.set_num_threads(workers)
-    merged_s, merged_e = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
-    keep = torch.topk(merged_s, k, dim=1)
-    return -keep.values.cpu(), merged_e.gather(1, keep.indices).cpu()
-
-
-def _best_in_rows(kernels, query: torch.Tensor, table: torch.Tensor, start: int, stop: int, k: int,
-                  excluded: tuple[np.ndarray, np.ndarray] | None, block: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(similarity, row) of the ``k`` best rows in [start, stop) of ``table`` per query, best first."""
-    queries, block = query.shape[0], block or ROW_BLOCK
-    tile = queries if query.device.type == "cuda" else QUERY_TILE
-    best_s = torch.full((queries, k), float("-inf"), device=query.device)
-    best_e = torch.zeros((queries, k), dtype=torch.long, device=query.device)
-    for lo in range(start, stop, block):
-        rows = table[lo:min(lo + block, stop)]
-        cut = np.searchsorted(excluded[1], [lo, lo + len(rows)]) if excluded is not None else (0, 0)
-        for first in range(0, queries, tile):
-            s = kernels.all_pairs(query[first:first + tile], rows).float()
-            if cut[1] > cut[0]:
-                r, c = excluded[0][cut[0]:cut[1]], excluded[1][cut[0]:cut[1]]
-                inside = (r >= first) & (r < first + tile)
-                s[torch.from_numpy(r[inside] - first), torch.from_numpy(c[inside] - lo)] = float("-inf")
-            better = (s.amax(1) > best_s[first:first + tile, -1]).nonzero().squeeze(1)
-            if not len(better):
-                continue
-            at = better + first
-            top = torch.topk(s[better], min(k, s.shape[1]), dim=1)
-            merged_s = torch.cat([best_s[at], top.values], 1)
-            merged_e = torch.cat([best_e[at], top.indices + lo], 1)
-            keep = torch.topk(merged_s, k, dim=1)
-            best_s[at], best_e[at] = keep.values, merged_e.gather(1, keep.indices)
-    return best_s, best_e
 
 
 def load_run(run_dir: str, checkpoint: str | None = None, device: str = "auto", overrides=(),

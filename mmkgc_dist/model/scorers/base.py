@@ -79,6 +79,7 @@ class Scorer:
     complex_rows = False            # rows are complex numbers (N3 takes their modulus)
     fusion = "adamf"                # the fusion whose joint rows it scores (model/kgc.py builds it)
     neighbour_metric = "euclidean"  # how neighbours() measures entity rows: euclidean or complex_l1
+    answer_search = None            # the FAISS index of approximate answers (answer_index.py): l2, inner_product
 
     def __init__(self, dim: int, gamma: float, epsilon: float = 2.0):
         self.dim, self.gamma, self.epsilon = dim, gamma, epsilon

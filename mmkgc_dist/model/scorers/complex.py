@@ -22,6 +22,7 @@ def complex_product(a: Tensor, b: Tensor) -> Tensor:
 @register_scorer("complex")
 class ComplEx(Scorer):
     complex_rows = True
+    answer_search = "inner_product"     # answers: the rows of largest q · t in the real layout
 
     def query(self, anchor: Tensor, relation: Tensor, head_mode: Tensor | None = None) -> Tensor:
         if head_mode is not None:          # conj(r) where the anchor is the tail

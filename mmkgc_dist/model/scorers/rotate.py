@@ -20,6 +20,7 @@ from .base import Scorer, ScoreKernels, register_scorer
 class RotatE(Scorer):
     complex_rows = True
     neighbour_metric = "complex_l1"     # its own distance: Σ_k |a_k − b_k| over complex coordinates
+    answer_search = "l2"                # answers: the rows nearest the query, re-ranked by the complex L1
 
     def __init__(self, dim: int, gamma: float, epsilon: float = 2.0):
         super().__init__(dim, gamma, epsilon)
