@@ -62,7 +62,10 @@ class AnswerIndex:
         """Like ``best_answers``: (negated similarity, row) of each query's ``k`` best rows, best first."""
         n = table.shape[0]
         k = min(k, n)
-        fetch = min(self.overfetch * k, n)
+        excluded_per_query = np.bincount(excluded[0], minlength=len(query)) if excluded is not None \
+            else np.zeros(len(query), dtype=np.int64)
+        # known answers left out (known="filter") take candidates' places: fetch that many more
+        fetch = min(self.overfetch * k + int(excluded_per_query.max(initial=0)), n)
         _, found = self.index.search(np.ascontiguousarray(query.float().cpu().numpy()), fetch)
         found = torch.from_numpy(found.astype(np.int64))
         valid = (found >= 0) & (found < n)            # FAISS pads with −1 where it found fewer rows
@@ -75,8 +78,6 @@ class AnswerIndex:
         similarity[~valid] = float("-inf")
         top = torch.topk(similarity, min(k, fetch), dim=1)
         best_s, best_e = top.values, found.gather(1, top.indices)
-        excluded_per_query = np.bincount(excluded[0], minlength=len(query)) if excluded is not None \
-            else np.zeros(len(query), dtype=np.int64)
         answerable = torch.from_numpy(np.minimum(k, n - excluded_per_query))
         short = ((~torch.isinf(best_s)).sum(1) < answerable).nonzero().flatten()
         if best_s.shape[1] < k or len(short):         # too few candidates: those queries are answered exactly
