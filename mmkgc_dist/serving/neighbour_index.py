@@ -178,8 +178,10 @@ def write_index(faiss, vectors: np.ndarray, folder: str, kind: str, m: int, ef_c
               "build_seconds": round(time.time() - start, 2), "knob_name": "nprobe" if kind == "ivf" else "efSearch"}
     record.update({"m": m, "ef_construction": ef_construction} if kind == "hnsw" else {"cells": int(index.nlist)})
     faiss.write_index(index, os.path.join(folder, "index.faiss"))
+    # doubling all the way: a table without cluster structure may need half the cells, and the sweep must find
+    # that knob rather than jump to a full scan
     knobs = [16, 32, 64, 128, 256, 512] if kind == "hnsw" else \
-        [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n < index.nlist] + [index.nlist]
+        [1 << i for i in range(int(index.nlist).bit_length()) if 1 << i < index.nlist] + [index.nlist]
     return record, knobs
 
 
