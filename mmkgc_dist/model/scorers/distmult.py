@@ -10,6 +10,7 @@ from .base import Scorer, ScoreKernels, register_scorer
 @register_scorer("distmult")
 class DistMult(Scorer):
     answer_search = "inner_product"
+
     def query(self, anchor: Tensor, relation: Tensor, head_mode: Tensor | None = None) -> Tensor:
         return anchor * relation
 

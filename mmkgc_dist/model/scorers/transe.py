@@ -11,6 +11,7 @@ from .base import Scorer, ScoreKernels, register_scorer
 @register_scorer("transe")
 class TransE(Scorer):
     answer_search = "l2"                # answers: the rows nearest the query, re-ranked by the L1 distance
+
     def __init__(self, dim: int, gamma: float, epsilon: float = 2.0):
         super().__init__(dim, gamma, epsilon)
         self.bias = gamma
