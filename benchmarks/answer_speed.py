@@ -54,10 +54,9 @@ def chunked_topk(kernels, query, table, k):
     return -best_s, best_e
 
 
-def answer_index(table, args, generator):
+def answer_index(table, scorer, generator):
     """The answer index of the table, built and calibrated on 1,000 queries other than the timed ones."""
     import tempfile
-    scorer = make_scorer("distmult", args.width // 2, 12.0, 2.0)
     calibration = table[torch.randint(0, len(table), (1000,), generator=generator)]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="answer-index-") as folder:     # the index stays in memory
@@ -99,8 +98,8 @@ def main() -> int:
     paths = {"chunked top-k (before)": chunked_topk, "fused score-and-top-k (best_answers)": best_answers}
     index_record = None
     if args.approximate:
-        index, index_record = answer_index(table, args, generator)
-        scorer = make_scorer("distmult", args.width // 2, 12.0, 2.0)
+        scorer = make_scorer("distmult", args.width // 2, 12.0, 2.0)     # the Dot kernel's scorer
+        index, index_record = answer_index(table, scorer, generator)
         paths["answer index (approximate)"] = lambda kernels, q, t, k: index.answers(scorer, kernels, q, t, k)
     speeds = {name: [] for name in paths}
     answers = {}

@@ -29,32 +29,13 @@ import torch
 from ..errors import ConfigError
 from ..outputs import built_aside, write_atomic
 from .exact_answers import best_answers
-from .neighbour_index import HNSW_MAX_ROWS, META, load_faiss, table_digest, write_index
+from .neighbour_index import HNSW_MAX_ROWS, META, FaissIndex, load_faiss, table_digest, write_index
 
 SEARCHES = ("inner_product", "l2")
 
 
-class AnswerIndex:
-    """A FAISS index of the joint rows for one scorer's answers (``index.faiss`` + ``meta.json``)."""
-
-    def __init__(self, folder: str):
-        faiss = load_faiss()
-        with open(os.path.join(folder, META)) as fh:
-            self.meta = json.load(fh)
-        self.index = faiss.read_index(os.path.join(folder, "index.faiss"))
-        self.overfetch = self.meta["overfetch"]
-        self.set_knob(self.meta["knob"])
-        self.fallbacks = 0
-
-    @property
-    def kind(self) -> str:
-        return self.meta["kind"]
-
-    def set_knob(self, value: int) -> None:
-        if self.kind == "ivf":
-            self.index.nprobe = int(value)
-        else:
-            self.index.hnsw.efSearch = int(value)
+class AnswerIndex(FaissIndex):
+    """The index of one scorer's answers over the joint rows (``meta["search"]``: inner product or Euclidean)."""
 
     @torch.no_grad()
     def answers(self, scorer, kernels, query: torch.Tensor, table: torch.Tensor, k: int,

@@ -94,7 +94,7 @@ def exact_nearest(table: torch.Tensor, queries: torch.Tensor, k: int, exclude: n
 HNSW_MAX_ROWS = 1_000_000     # above this, an inverted-file index: HNSW's build is ~2,000 rows/s per core
 
 
-class NeighbourIndex:
+class FaissIndex:
     """A FAISS index over a table's rows (``index.faiss`` + ``meta.json`` in a folder): an HNSW graph (``kind``
     "hnsw", searched with ``efSearch``) or an inverted file of k-means cells (``kind`` "ivf", searched in the
     ``nprobe`` nearest cells). The search knob is the one the build chose to reach its recall target."""
@@ -104,7 +104,7 @@ class NeighbourIndex:
         with open(os.path.join(folder, META)) as fh:
             self.meta = json.load(fh)
         self.index = faiss.read_index(os.path.join(folder, "index.faiss"))
-        self.overfetch, self.metric = self.meta["overfetch"], self.meta["metric"]
+        self.overfetch = self.meta["overfetch"]
         self.set_knob(self.meta["knob"])
         self.fallbacks = 0            # queries the index answered too few for, answered exactly instead
 
@@ -118,6 +118,15 @@ class NeighbourIndex:
             self.index.nprobe = int(value)
         else:
             self.index.hnsw.efSearch = int(value)
+
+
+class NeighbourIndex(FaissIndex):
+    """The index of ``neighbours(approximate=True)``: candidates by the Euclidean distance, re-ranked by
+    ``metric``."""
+
+    def __init__(self, folder: str):
+        super().__init__(folder)
+        self.metric = self.meta["metric"]
 
     def nearest(self, table: torch.Tensor, queries: torch.Tensor, k: int,
                 exclude: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:

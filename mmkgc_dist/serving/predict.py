@@ -364,14 +364,9 @@ class Predictor:
         identity = {"dataset": self.model.identity, "checkpoint": os.path.basename(self.model.source),
                     "step": self.step, "scoring": self.scoring.scorer.name,
                     "vectors_sha256": table_digest(self.joint), "relations_sha256": table_digest(self.relation_rows)}
-        for folder in derived_places(self.model.run_dir, ANSWER_INDEX):
-            try:
-                index = AnswerIndex(folder)
-            except (OSError, ValueError, KeyError, RuntimeError):
-                continue
-            if all(index.meta.get(key) == value for key, value in identity.items()):
-                self._answer_index = index
-                return index
+        self._answer_index = self._saved_index(ANSWER_INDEX, identity, AnswerIndex)
+        if self._answer_index is not None:
+            return self._answer_index
         index = build_answer_index(derived_folder(self.model.run_dir, ANSWER_INDEX), self.joint, identity,
                                    self.scoring.scorer, self.scoring.kernels, self._sample_queries(sample, seed))
         log.info("answer index (%s, %d entities, %s %d): recall@%d %.3f against exact on %d queries, %.0f vs %.0f "
@@ -475,6 +470,18 @@ class Predictor:
                            head=name) for name, row_d, row_e in zip(names, distance, found)]
         return out if batch else out[0]
 
+    def _saved_index(self, name: str, identity: dict, open_index):
+        """The index kept under ``name`` (in the run folder, else the cache) that was built for ``identity``, or
+        None: one that cannot be opened or was built for other rows is passed over (and rebuilt by the caller)."""
+        for folder in derived_places(self.model.run_dir, name):
+            try:
+                index = open_index(folder)
+            except (OSError, ValueError, KeyError, RuntimeError):
+                continue
+            if all(index.meta.get(key) == value for key, value in identity.items()):
+                return index
+        return None
+
     def neighbour_index(self, space: str = "joint"):
         """The FAISS index of a space's table for this checkpoint (built once, kept in the run folder)."""
         from .neighbour_index import NeighbourIndex, build_neighbour_index, table_digest
@@ -484,16 +491,7 @@ class Predictor:
         identity = {"dataset": self.model.identity, "checkpoint": os.path.basename(self.model.source),
                     "step": self.step, "metric": self.scoring.scorer.neighbour_metric,
                     "vectors_sha256": table_digest(table)}          # bound to the very rows it indexes
-        index = None
-        for folder in derived_places(self.model.run_dir, os.path.join(NEIGHBOUR_INDEX, space)):
-            try:
-                index = NeighbourIndex(folder)
-                if any(index.meta.get(key) != value for key, value in identity.items()):
-                    index = None
-            except (OSError, ValueError, KeyError, RuntimeError):
-                index = None
-            if index is not None:
-                break
+        index = self._saved_index(os.path.join(NEIGHBOUR_INDEX, space), identity, NeighbourIndex)
         if index is None:
             folder = derived_folder(self.model.run_dir, os.path.join(NEIGHBOUR_INDEX, space))
             index = build_neighbour_index(folder, table, identity, metric=identity["metric"])
